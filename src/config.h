@@ -1,0 +1,103 @@
+/* config.h -- config.lua loaded into C structs and validated.
+ *
+ * config.lua is a Lua chunk returning a table (see docs/config.md). Loading
+ * checks every key against the known schema: an unknown key (with a "did
+ * you mean" suggestion when one is close), a wrong type or a bad value is an
+ * error naming the key path ("queue.retry_limit") and what was expected; a
+ * Lua syntax or runtime error in the file shows file:line. DATABASE_URL, when
+ * set and non-empty, overrides `database`.
+ *
+ * Uses: json (schedule data), log (level names). Needs a lua_State only while
+ * loading; the resulting mq_config is plain C data.
+ */
+#ifndef MQ_CONFIG_H
+#define MQ_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <lua.h>
+
+/* Defaults for the jobs of a queue; config `queue` sets them for every queue
+ * and `queues.<name>` overrides them for one. Durations are in seconds. */
+struct mq_queue_options {
+  int retry_limit;      /* retries after the first attempt; default 3 */
+  double retry_delay;   /* seconds before a retry; default 60 */
+  bool retry_backoff;   /* exponential backoff with jitter; default true */
+  double expire_in;     /* an active job older than this is retried; 900 */
+  double retention;     /* finished jobs are deleted after this; 7 days */
+  double poll_interval; /* fallback poll when no NOTIFY arrives; 2 */
+  int concurrency;      /* jobs of the queue run at once per process; 10 */
+  double timeout;       /* handler timeout; default 300 */
+  char *dead_letter;    /* queue that receives finally failed jobs; NULL */
+};
+
+struct mq_queue_config {
+  char *name;
+  struct mq_queue_options options; /* `queue` merged with `queues.<name>` */
+};
+
+struct mq_schedule_config {
+  char *name;
+  char *cron;
+  char *tz;           /* default "UTC" */
+  char *job;          /* job name to enqueue; default: name */
+  char *data_json;    /* JSON text of `data`; default "{}" */
+  char *options_json; /* JSON text of `options` (send options); "{}" */
+};
+
+struct mq_config {
+  char *path;     /* file it came from, or a description of the table */
+  char *base_dir; /* directory relative paths resolve against */
+  char *database; /* libpq conninfo or URI; NULL: the private cluster */
+  char *schema;   /* SQL schema for moonq's tables; default "moonq" */
+  char *handlers; /* handlers directory; default "handlers" */
+  int workers;    /* worker processes; default 1 */
+  int pool_size;  /* PostgreSQL connections per process; default 4 */
+  bool hot_reload;       /* watch handler files; default true */
+  double shutdown_grace; /* seconds running jobs get on SIGTERM; 30 */
+  double stale_after;    /* a process silent this long is dead; 30 */
+  int max_payload;       /* largest job data in bytes; default 1 MiB */
+
+  struct mq_queue_options queue; /* defaults for every queue */
+  struct mq_queue_config *queues; /* per-queue overrides, merged */
+  size_t nqueues;
+
+  struct {
+    bool enabled;    /* default true */
+    bool job_events; /* job lifecycle events; default true */
+    int pool_size;   /* default 4 */
+  } events;
+
+  struct mq_schedule_config *schedules;
+  size_t nschedules;
+
+  struct {
+    int level; /* enum mq_log_level; default info */
+  } log;
+};
+
+/* Loads `path` as a Lua chunk (text only) in L, calls it and validates the
+ * returned table. Returns a new config the caller frees with
+ * mq_config_free(), or NULL with a message in err (several problems are
+ * reported one per line). L's stack is left as it was. */
+struct mq_config *mq_config_load(lua_State *L, const char *path, char *err,
+                                 size_t errlen);
+
+/* Validates the table at stack index idx as config.lua's table would be.
+ * `origin` names it in messages. Same ownership and errors as load. */
+struct mq_config *mq_config_from_table(lua_State *L, int idx,
+                                       const char *origin, char *err,
+                                       size_t errlen);
+
+/* A config with every default and no file (database from DATABASE_URL). */
+struct mq_config *mq_config_defaults(void);
+
+/* Options of queue `name`: its `queues` entry or the `queue` defaults.
+ * Valid while cfg lives. */
+const struct mq_queue_options *mq_config_queue(const struct mq_config *cfg,
+                                               const char *name);
+
+void mq_config_free(struct mq_config *cfg);
+
+#endif

@@ -1,0 +1,49 @@
+/* json.h -- lossless JSON <-> Lua values.
+ *
+ * Job data, outputs and event payloads cross SQL (jsonb), C and Lua through
+ * this unit, never through lua-cjson (Debian's 2.1.0 turns every number into
+ * a float and prints 14 digits). Rules:
+ *
+ *  - A JSON number without fraction or exponent that fits int64 decodes to a
+ *    Lua integer; any other number to a float. Lua integers encode exactly;
+ *    floats encode with up to 17 significant digits (shortest that round-
+ *    trips) and always look like floats ("1.0", not "1"), so the integer /
+ *    float distinction survives a round trip. NaN and infinities are errors.
+ *  - JSON null is mq_json_null: a light userdata NULL, the same value as
+ *    cjson.null, exposed to Lua as moonq.null.
+ *  - A Lua table with keys 1..n (n >= 1) encodes as an array, one with only
+ *    string keys as an object. An empty table encodes as {} unless its
+ *    metatable is moonq.array_mt (then []); decoded empty arrays carry that
+ *    metatable, so [] and {} both round-trip.
+ *  - Strings are UTF-8 and escaped per RFC 8259; \uXXXX escapes, surrogate
+ *    pairs included, decode to UTF-8.
+ *  - Other Lua types (functions, userdata, mixed or sparse tables, cycles,
+ *    nesting deeper than 128) are errors naming the path ("data.items[3]").
+ *
+ * Uses nothing else from moonq.
+ */
+#ifndef MQ_JSON_H
+#define MQ_JSON_H
+
+#include <stddef.h>
+
+#include <lua.h>
+
+/* Registry key (light userdata address) of the array metatable. */
+extern const char mq_json_array_mt_key;
+
+/* Pushes the array metatable (creating it on first use). */
+void mq_json_push_array_mt(lua_State *L);
+
+/* Encodes the value at idx. Returns a malloc'd NUL-terminated string the
+ * caller frees (length in *len when len is not NULL), or NULL with a message
+ * in err naming the path from `root` ("data", "options"...). */
+char *mq_json_encode(lua_State *L, int idx, const char *root, size_t *len,
+                     char *err, size_t errlen);
+
+/* Decodes text[0..len) and pushes the value. Returns 0, or -1 with nothing
+ * pushed and a message with the byte offset in err. */
+int mq_json_decode(lua_State *L, const char *text, size_t len, char *err,
+                   size_t errlen);
+
+#endif

@@ -1,0 +1,21 @@
+/* bindings.h -- the Lua modules moonq registers.
+ *
+ * Each file in src/lua_bindings/ defines one luaopen_moonq_<module>. They
+ * convert arguments and results and call the C subsystems; logic stays in
+ * the subsystem. mq_bindings_preload() puts them all in package.preload, so
+ * `require "moonq.json"` works in the executable and in the module alike.
+ */
+#ifndef MQ_BINDINGS_H
+#define MQ_BINDINGS_H
+
+#include <lua.h>
+
+int luaopen_moonq(lua_State *L);
+int luaopen_moonq_json(lua_State *L);
+int luaopen_moonq_log(lua_State *L);
+int luaopen_moonq_db(lua_State *L);
+
+/* Registers every luaopen_moonq_* above in package.preload. */
+void mq_bindings_preload(lua_State *L);
+
+#endif
