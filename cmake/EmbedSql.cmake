@@ -1,6 +1,6 @@
 # cmake -DOUT=file.c -DFILES="a.sql;b.sql" -P EmbedSql.cmake
 # Writes a C file defining mq_migrations[]: {version, name, sql} in order.
-set(body "/* Generated from sql/*.sql by cmake/EmbedSql.cmake; do not edit. */\n")
+set(body "/* Generated from the sql/ migrations by cmake/EmbedSql.cmake; do not edit. */\n")
 string(APPEND body "#include \"migrate.h\"\n\nconst struct mq_migration mq_migrations[] = {\n")
 set(count 0)
 foreach(f IN LISTS FILES)

@@ -78,7 +78,7 @@ bool mq_test_run_until(struct ev_loop *loop, const bool *flag,
   t.data = &expired;
   ev_timer_start(loop, &t);
   while (!*flag && !expired)
-    ev_run(loop, EV_RUN_ONCE);
+    ev_run(loop, EVRUN_ONCE);
   ev_timer_stop(loop, &t);
   return *flag;
 }

@@ -10,7 +10,8 @@
 
 #include <lua.h>
 
-int luaopen_moonq(lua_State *L);
+/* The `moonq` module itself; the shared object exports it as luaopen_moonq. */
+int mq_luaopen_moonq(lua_State *L);
 int luaopen_moonq_json(lua_State *L);
 int luaopen_moonq_log(lua_State *L);
 int luaopen_moonq_db(lua_State *L);

@@ -1,0 +1,177 @@
+/* moonq.c -- the `moonq` Lua module: open/close a runtime and the
+ * submodules (moonq.json, moonq.log, moonq.db, ...).
+ *
+ * In `moonq run` the runtime already exists and handlers simply use the
+ * submodules. A script or busted spec calls moonq.open(config) first, which
+ * makes a runtime with a private loop inside the caller's Lua state.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "config.h"
+#include "json.h"
+#include "lua_bindings/bindings.h"
+#include "lua_host.h"
+#include "runtime.h"
+
+static const char *const RUNTIME_MT = "moonq.runtime";
+
+/* The runtime a script opened is owned by a userdata in the registry, so it
+ * is closed with the Lua state even if the script never calls close. */
+struct rt_box {
+  struct mq_runtime *rt;
+};
+
+static int box_close(lua_State *L) {
+  struct rt_box *box = luaL_checkudata(L, 1, RUNTIME_MT);
+  if (box->rt) {
+    if (mq_lua_runtime(L) == box->rt)
+      mq_lua_set_runtime(L, NULL);
+    mq_runtime_free(box->rt);
+    box->rt = NULL;
+  }
+  return 0;
+}
+
+static struct mq_config *config_arg(lua_State *L, char *err, size_t errlen) {
+  int t = lua_type(L, 1);
+  if (t == LUA_TTABLE)
+    return mq_config_from_table(L, 1, "config", err, errlen);
+  if (t == LUA_TSTRING)
+    return mq_config_load(L, lua_tostring(L, 1), err, errlen);
+  if (t == LUA_TNONE || t == LUA_TNIL) {
+    if (access("config.lua", R_OK) == 0)
+      return mq_config_load(L, "config.lua", err, errlen);
+    return mq_config_defaults();
+  }
+  luaL_argerror(L, 1, "expected a config file path, a table or nil");
+  return NULL;
+}
+
+/* moonq.open([config]) -> true | nil, err */
+static int l_open(lua_State *L) {
+  if (mq_lua_runtime(L))
+    return luaL_error(L, "moonq is already open (call moonq.close() first)");
+  char err[4096];
+  struct mq_config *cfg = config_arg(L, err, sizeof err);
+  if (!cfg) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  struct rt_box *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->rt = NULL;
+  luaL_setmetatable(L, RUNTIME_MT);
+  box->rt = mq_runtime_new(NULL, cfg, L);
+  if (!box->rt)
+    return luaL_error(L, "not enough memory");
+  if (mq_runtime_prepare_db(box->rt, false, err, sizeof err) != 0 ||
+      mq_runtime_open(box->rt, err, sizeof err) != 0) {
+    mq_runtime_free(box->rt);
+    box->rt = NULL;
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  mq_lua_set_runtime(L, box->rt);
+  lua_setfield(L, LUA_REGISTRYINDEX, "moonq.runtime_box");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* moonq.close(): waits for in-flight statements, then closes. */
+static int l_close(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "moonq.runtime_box");
+  if (lua_isnil(L, -1))
+    return 0;
+  struct rt_box *box = lua_touserdata(L, -1);
+  if (box->rt) {
+    while (box->rt->pg && mq_pg_pending(box->rt->pg) > 0)
+      ev_run(box->rt->loop, EVRUN_ONCE);
+  }
+  lua_pushcfunction(L, box_close);
+  lua_insert(L, -2);
+  lua_call(L, 1, 0);
+  lua_pushnil(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, "moonq.runtime_box");
+  return 0;
+}
+
+/* moonq.is_open() -> boolean */
+static int l_is_open(lua_State *L) {
+  lua_pushboolean(L, mq_lua_runtime(L) != NULL);
+  return 1;
+}
+
+/* moonq.config() -> table of the effective settings that scripts need. */
+static int l_config(lua_State *L) {
+  struct mq_runtime *rt = mq_lua_runtime(L);
+  if (!rt)
+    return luaL_error(L, "moonq is not open (call moonq.open() first)");
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, rt->cfg->schema);
+  lua_setfield(L, -2, "schema");
+  lua_pushstring(L, rt->cfg->handlers);
+  lua_setfield(L, -2, "handlers");
+  lua_pushstring(L, rt->cfg->base_dir);
+  lua_setfield(L, -2, "base_dir");
+  lua_pushinteger(L, rt->cfg->workers);
+  lua_setfield(L, -2, "workers");
+  return 1;
+}
+
+static const luaL_Reg moonq_funcs[] = {
+    {"open", l_open},
+    {"close", l_close},
+    {"is_open", l_is_open},
+    {"config", l_config},
+    {NULL, NULL}};
+
+static const struct {
+  const char *field;
+  const char *module;
+} submodules[] = {{"json", "moonq.json"}, {"log", "moonq.log"}, {"db", "moonq.db"}};
+
+void mq_bindings_preload(lua_State *L) {
+  static const luaL_Reg preload[] = {{"moonq.json", luaopen_moonq_json},
+                                     {"moonq.log", luaopen_moonq_log},
+                                     {"moonq.db", luaopen_moonq_db},
+                                     {NULL, NULL}};
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (const luaL_Reg *r = preload; r->name; r++) {
+    lua_pushcfunction(L, r->func);
+    lua_setfield(L, -2, r->name);
+  }
+  lua_pushcfunction(L, mq_luaopen_moonq);
+  lua_setfield(L, -2, "moonq");
+  lua_pop(L, 1);
+}
+
+int mq_luaopen_moonq(lua_State *L) {
+  mq_bindings_preload(L);
+  if (luaL_newmetatable(L, RUNTIME_MT)) {
+    lua_pushcfunction(L, box_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, box_close);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, moonq_funcs);
+  lua_pushliteral(L, MOONQ_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_pushlightuserdata(L, NULL);
+  lua_setfield(L, -2, "null");
+  mq_json_push_array_mt(L);
+  lua_setfield(L, -2, "array_mt");
+  for (size_t i = 0; i < sizeof submodules / sizeof submodules[0]; i++) {
+    lua_getglobal(L, "require"); /* [moonq, require] */
+    lua_pushstring(L, submodules[i].module);
+    lua_call(L, 1, 1); /* [moonq, submodule] */
+    lua_setfield(L, -2, submodules[i].field);
+  }
+  return 1;
+}

@@ -1,0 +1,192 @@
+/* main.c -- the `moonq` command line.
+ *
+ *   moonq [--config FILE] COMMAND [ARGS]
+ *
+ * Exit codes: 0 success, 1 runtime error (bad config, database failure),
+ * 2 wrong usage. Errors go to stderr as one line starting with "moonq: ".
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "config.h"
+#include "log.h"
+#include "lua_host.h"
+#include "migrate.h"
+#include "runtime.h"
+
+enum { EXIT_USAGE = 2 };
+
+struct cli {
+  const char *config;   /* --config; NULL: ./config.lua when present */
+  const char *command;
+  int argc;             /* the command's own arguments */
+  char **argv;
+};
+
+static const char usage_text[] =
+    "usage: moonq [--config FILE] COMMAND [ARGS]\n"
+    "\n"
+    "commands:\n"
+    "  run        apply migrations, then run the handlers in config.lua's\n"
+    "             handlers directory until SIGINT/SIGTERM\n"
+    "  migrate    apply database migrations and exit\n"
+    "  version    print the version\n"
+    "  help       print this help\n"
+    "\n"
+    "options:\n"
+    "  -c, --config FILE   configuration file (default ./config.lua)\n"
+    "\n"
+    "DATABASE_URL overrides config.lua's `database`. With neither, moonq\n"
+    "starts a private PostgreSQL under .moonq/ beside the config file.\n";
+
+/* Prints "moonq: <what><arg>" and the usage; returns the usage exit code. */
+static int usage_error(const char *what, const char *arg) {
+  fprintf(stderr, "moonq: %s%s\n\n%s", what, arg, usage_text);
+  return EXIT_USAGE;
+}
+
+/* Splits argv into global options, the command and its arguments. Options
+ * may stand before or after the command. Returns 0 or an exit code. */
+static int parse_args(int argc, char **argv, struct cli *cli) {
+  static char *rest[64];
+  int nrest = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+      if (i + 1 >= argc)
+        return usage_error("missing file name after ", a);
+      cli->config = argv[++i];
+    } else if (strncmp(a, "--config=", 9) == 0) {
+      cli->config = a + 9;
+    } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      cli->command = "help";
+    } else if (strcmp(a, "--version") == 0) {
+      cli->command = "version";
+    } else if (!cli->command) {
+      cli->command = a;
+    } else if (nrest < 63) {
+      rest[nrest++] = argv[i];
+    } else {
+      return usage_error("too many arguments", "");
+    }
+  }
+  rest[nrest] = NULL;
+  cli->argc = nrest;
+  cli->argv = rest;
+  if (!cli->command)
+    return usage_error("missing command", "");
+  return 0;
+}
+
+/* Loads the config the command names; NULL after printing the error. */
+static struct mq_config *load_config(lua_State *L, const char *path) {
+  char err[8192];
+  struct mq_config *cfg;
+  if (path) {
+    cfg = mq_config_load(L, path, err, sizeof err);
+  } else if (access("config.lua", F_OK) == 0) {
+    cfg = mq_config_load(L, "config.lua", err, sizeof err);
+  } else {
+    cfg = mq_config_defaults();
+    if (!cfg)
+      snprintf(err, sizeof err, "out of memory");
+  }
+  if (!cfg) {
+    fprintf(stderr, "moonq: %s\n", err);
+    return NULL;
+  }
+  mq_log_set_level(cfg->log.level);
+  return cfg;
+}
+
+static int cmd_migrate(struct mq_runtime *rt) {
+  char err[4096];
+  if (mq_runtime_prepare_db(rt, false, err, sizeof err) != 0) {
+    fprintf(stderr, "moonq: %s\n", err);
+    return 1;
+  }
+  printf("schema %s is at version %d\n", rt->cfg->schema,
+         mq_migrate_latest());
+  return 0;
+}
+
+static int cmd_run(struct mq_runtime *rt) {
+  char err[4096];
+  if (mq_runtime_prepare_db(rt, true, err, sizeof err) != 0 ||
+      mq_runtime_open(rt, err, sizeof err) != 0) {
+    fprintf(stderr, "moonq: %s\n", err);
+    return 1;
+  }
+  mq_log_info("moonq", "running version=%s schema=%s handlers=%s workers=%d",
+              MOONQ_VERSION, rt->cfg->schema, rt->cfg->handlers,
+              rt->cfg->workers);
+  int code = mq_runtime_run(rt);
+  mq_log_info("moonq", "stopped");
+  return code;
+}
+
+/* Commands that need a config and a runtime. */
+static int with_runtime(const struct cli *cli) {
+  bool run = strcmp(cli->command, "run") == 0;
+  if (cli->argc > 0)
+    return usage_error("unexpected argument ", cli->argv[0]);
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    fprintf(stderr, "moonq: out of memory\n");
+    return 1;
+  }
+  luaL_openlibs(L);
+  struct mq_config *cfg = load_config(L, cli->config);
+  if (!cfg) {
+    lua_close(L);
+    return 1;
+  }
+  struct mq_runtime *rt = mq_runtime_new(ev_default_loop(0), cfg, NULL);
+  if (!rt) {
+    lua_close(L);
+    fprintf(stderr, "moonq: out of memory\n");
+    return 1;
+  }
+  int code;
+  if (run) {
+    /* The runtime's own Lua state serves handlers; the one that read the
+     * config is done. */
+    lua_close(L);
+    L = mq_lua_new(rt, cfg->base_dir);
+    rt->L = L;
+    code = L ? cmd_run(rt) : 1;
+  } else {
+    code = cmd_migrate(rt);
+  }
+  mq_runtime_free(rt);
+  if (L)
+    lua_close(L);
+  return code;
+}
+
+int main(int argc, char **argv) {
+  struct cli cli = {0};
+  int rc = parse_args(argc, argv, &cli);
+  if (rc != 0)
+    return rc;
+  if (strcmp(cli.command, "help") == 0) {
+    fputs(usage_text, stdout);
+    return 0;
+  }
+  if (strcmp(cli.command, "version") == 0) {
+    printf("moonq %s (%s, libpq %d)\n", MOONQ_VERSION, LUA_RELEASE,
+           PQlibVersion());
+    return 0;
+  }
+  if (strcmp(cli.command, "run") == 0 || strcmp(cli.command, "migrate") == 0)
+    return with_runtime(&cli);
+  return usage_error("unknown command ", cli.command);
+}
