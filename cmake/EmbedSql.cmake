@@ -1,8 +1,9 @@
-# cmake -DOUT=file.c -DFILES="a.sql;b.sql" -P EmbedSql.cmake
+# cmake -DOUT=file.c -DFILES="a.sql|b.sql" -P EmbedSql.cmake
 # Writes a C file defining mq_migrations[]: {version, name, sql} in order.
 set(body "/* Generated from the sql/ migrations by cmake/EmbedSql.cmake; do not edit. */\n")
 string(APPEND body "#include \"migrate.h\"\n\nconst struct mq_migration mq_migrations[] = {\n")
 set(count 0)
+string(REPLACE "|" ";" FILES "${FILES}")
 foreach(f IN LISTS FILES)
   get_filename_component(base ${f} NAME_WE)
   string(SUBSTRING ${base} 0 3 ver)

@@ -18,6 +18,8 @@ void mq_log_set_level(int level) { min_level = level; }
 int mq_log_get_level(void) { return min_level; }
 
 int mq_log_level_parse(const char *name) {
+  if (!name)
+    return -1;
   for (int i = 0; i < 4; i++)
     if (strcmp(name, level_names[i]) == 0)
       return i;
@@ -74,128 +76,148 @@ static bool needs_quotes(const char *v) {
   return false;
 }
 
-size_t mq_log_field(char *buf, size_t len, const char *key, const char *value) {
-  size_t n = strlen(buf);
-  int w = snprintf(buf + n, len - n, " %s=", key);
-  if (w < 0 || (size_t)w >= len - n)
-    return len - 1;
-  n += (size_t)w;
-  bool quote = needs_quotes(value);
-  if (quote && n + 1 < len)
-    buf[n++] = '"';
-  for (const char *p = value; *p && n + 2 < len; p++) {
-    char c = *p;
-    if (c == '"' || c == '\\') {
-      buf[n++] = '\\';
-      buf[n++] = c;
-    } else if (c == '\n') {
-      buf[n++] = '\\';
-      buf[n++] = 'n';
-    } else {
-      buf[n++] = c;
-    }
+/* The two-byte escape for c inside a field value, or NULL. */
+static const char *escape_of(char c) {
+  switch (c) {
+  case '"':
+    return "\\\"";
+  case '\\':
+    return "\\\\";
+  case '\n':
+    return "\\n";
+  case '\r':
+    return "\\r";
+  default:
+    return NULL;
   }
-  if (quote && n + 1 < len)
-    buf[n++] = '"';
-  buf[n < len ? n : len - 1] = '\0';
-  return strlen(buf);
 }
 
-/* Masks the value after "password=" in key=value conninfo, which may be
- * quoted with single quotes and contain backslash escapes. */
-static void mask_keyvalue(const char *in, char *out, size_t outlen) {
-  size_t o = 0;
-  const char *p = in;
-  while (*p && o + 1 < outlen) {
-    bool at_word = p == in || isspace((unsigned char)p[-1]);
-    if (at_word && strncmp(p, "password", 8) == 0) {
-      const char *q = p + 8;
-      while (isspace((unsigned char)*q))
-        q++;
-      if (*q == '=') {
-        q++;
-        while (isspace((unsigned char)*q))
-          q++;
-        if (*q == '\'') {
-          q++;
-          while (*q && *q != '\'') {
-            if (*q == '\\' && q[1])
-              q++;
-            q++;
-          }
-          if (*q == '\'')
-            q++;
-        } else {
-          while (*q && !isspace((unsigned char)*q))
-            q++;
-        }
-        int w = snprintf(out + o, outlen - o, "password=***");
-        o += w > 0 ? (size_t)w : 0;
-        if (o >= outlen)
-          o = outlen - 1;
-        p = q;
-        continue;
-      }
-    }
-    out[o++] = *p++;
+/* A bounded string being built: at most len-1 bytes, always terminated. */
+struct sink {
+  char *buf;
+  size_t len, n;
+  bool truncated;
+};
+
+/* Appends k bytes of s, or as many as fit. */
+static void put(struct sink *o, const char *s, size_t k) {
+  size_t room = o->len - 1 - o->n;
+  if (k > room) {
+    k = room;
+    o->truncated = true;
   }
-  out[o] = '\0';
+  memcpy(o->buf + o->n, s, k);
+  o->n += k;
+  o->buf[o->n] = '\0';
+}
+
+size_t mq_log_field(char *buf, size_t len, const char *key, const char *value) {
+  if (len == 0)
+    return 0;
+  struct sink o = {buf, len, strnlen(buf, len - 1), false};
+  buf[o.n] = '\0';
+  bool quote = needs_quotes(value);
+  put(&o, " ", 1);
+  put(&o, key, strlen(key));
+  put(&o, quote ? "=\"" : "=", quote ? 2 : 1);
+  for (const char *p = value; *p && !o.truncated; p++) {
+    const char *esc = escape_of(*p);
+    /* An escape goes in whole or not at all. */
+    if (esc && o.n + 2 > len - 1)
+      o.truncated = true;
+    else
+      put(&o, esc ? esc : p, esc ? 2 : 1);
+  }
+  if (quote && !o.truncated)
+    put(&o, "\"", 1);
+  return o.truncated ? len - 1 : o.n;
+}
+
+/* Returns the end of the conninfo value at p: single-quoted or up to
+ * whitespace, with backslash escapes in both forms (as libpq reads it). */
+static const char *skip_value(const char *p) {
+  bool quoted = *p == '\'';
+  if (quoted)
+    p++;
+  while (*p && (quoted ? *p != '\'' : !isspace((unsigned char)*p))) {
+    if (*p == '\\' && p[1])
+      p++;
+    p++;
+  }
+  return quoted && *p == '\'' ? p + 1 : p;
+}
+
+/* Masks the value of every "password" key in key=value conninfo. Parses
+ * the string the way libpq does (whitespace around '=', no whitespace
+ * needed after a quoted value) and copies everything else unchanged. A
+ * malformed rest, which libpq refuses, is copied as it is. */
+static void mask_keyvalue(const char *in, struct sink *o) {
+  const char *p = in, *copied = in;
+  for (;;) {
+    while (isspace((unsigned char)*p))
+      p++;
+    if (!*p)
+      break;
+    const char *key = p;
+    while (*p && *p != '=' && !isspace((unsigned char)*p))
+      p++;
+    size_t keylen = (size_t)(p - key);
+    while (isspace((unsigned char)*p))
+      p++;
+    if (*p != '=')
+      break;
+    p++;
+    while (isspace((unsigned char)*p))
+      p++;
+    const char *value = p;
+    p = skip_value(p);
+    if (keylen == 8 && strncmp(key, "password", 8) == 0) {
+      put(o, copied, (size_t)(value - copied));
+      put(o, "***", 3);
+      copied = p;
+    }
+  }
+  put(o, copied, strlen(copied));
 }
 
 /* Masks user:PASSWORD@ in the authority and password=... in the query of a
- * postgres:// or postgresql:// URI. */
-static void mask_uri(const char *in, char *out, size_t outlen) {
-  const char *scheme_end = strstr(in, "://");
-  const char *auth = scheme_end + 3;
-  const char *auth_end = auth + strcspn(auth, "/?");
-  const char *at = NULL;
-  for (const char *s = auth; s < auth_end; s++)
-    if (*s == '@')
-      at = s;
-  const char *colon = NULL;
-  if (at)
-    for (const char *s = auth; s < at; s++)
-      if (*s == ':') {
-        colon = s;
-        break;
-      }
-  size_t o = 0;
-  for (const char *p = in; *p && o + 1 < outlen;) {
-    if (colon && p == colon + 1) {
-      int w = snprintf(out + o, outlen - o, "***");
-      o += w > 0 ? (size_t)w : 0;
-      if (o >= outlen)
-        o = outlen - 1;
-      p = at;
-      continue;
-    }
-    bool param = p > auth_end && (p[-1] == '?' || p[-1] == '&');
-    if (param && strncmp(p, "password=", 9) == 0) {
-      int w = snprintf(out + o, outlen - o, "password=***");
-      o += w > 0 ? (size_t)w : 0;
-      if (o >= outlen)
-        o = outlen - 1;
-      p += 9;
-      while (*p && *p != '&')
-        p++;
-      continue;
-    }
-    out[o++] = *p++;
+ * postgres:// or postgresql:// URI. The credentials end at the last '@', so
+ * a password holding an unencoded '@', '/' or '?' is masked whole (at worst
+ * an '@' in the query masks too much, never too little). */
+static void mask_uri(const char *in, struct sink *o) {
+  const char *auth = strstr(in, "://") + 3;
+  const char *at = strrchr(auth, '@');
+  const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+  const char *p = in;
+  if (colon) {
+    put(o, in, (size_t)(colon + 1 - in));
+    put(o, "***", 3);
+    p = at;
   }
-  out[o] = '\0';
+  const char *query = strchr(at ? at : auth, '?');
+  for (; *p; p++) {
+    bool param = query && p > query && (p[-1] == '?' || p[-1] == '&');
+    if (param && strncmp(p, "password=", 9) == 0) {
+      put(o, "password=***", 12);
+      p += 9 + strcspn(p + 9, "&");
+      if (!*p)
+        break;
+    }
+    put(o, p, 1);
+  }
 }
 
 char *mq_log_mask_conninfo(const char *conninfo, char *out, size_t outlen) {
   if (outlen == 0)
     return out;
-  if (!conninfo) {
-    snprintf(out, outlen, "(none)");
-    return out;
-  }
-  if (strncmp(conninfo, "postgres://", 11) == 0 ||
-      strncmp(conninfo, "postgresql://", 13) == 0)
-    mask_uri(conninfo, out, outlen);
+  struct sink o = {out, outlen, 0, false};
+  out[0] = '\0';
+  if (!conninfo)
+    put(&o, "(none)", 6);
+  else if (strncmp(conninfo, "postgres://", 11) == 0 ||
+           strncmp(conninfo, "postgresql://", 13) == 0)
+    mask_uri(conninfo, &o);
   else
-    mask_keyvalue(conninfo, out, outlen);
+    mask_keyvalue(conninfo, &o);
   return out;
 }

@@ -1,0 +1,235 @@
+/* test_migrate.c -- migrations: first run, rerun, concurrent runs, a bad
+ * connection, a database newer than the binary, a schema name that needs
+ * quoting. Each case uses its own schema and drops it at the end. */
+#include "test.h"
+
+#include <stdarg.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "migrate.h"
+
+static char err[512];
+
+/* mq_test_sql() of a formatted statement. */
+static char *sqlf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static char *sqlf(const char *fmt, ...) {
+  char sql[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(sql, sizeof sql, fmt, ap);
+  va_end(ap);
+  return mq_test_sql(sql);
+}
+
+static void drop_schema(const char *schema) {
+  free(sqlf("SET client_min_messages = warning;"
+            " DROP SCHEMA IF EXISTS \"%s\" CASCADE",
+            schema));
+}
+
+/* The compiled versions as "1,2,3", the way string_agg prints them. */
+static void compiled_versions(char *buf, size_t len) {
+  buf[0] = '\0';
+  for (int v = 1, first = 1; v <= mq_migrate_latest(); v++)
+    for (int i = 0; i < mq_migrations_count; i++)
+      if (mq_migrations[i].version == v) {
+        size_t n = strlen(buf);
+        snprintf(buf + n, len - n, "%s%d", first ? "" : ",", v);
+        first = 0;
+      }
+}
+
+static void first_run_applies_everything(void) {
+  const char *schema = mq_test_schema("migrate_first");
+  drop_schema(schema);
+  REQUIRE(mq_migrations_count >= 1);
+
+  int n = mq_migrate(mq_test_db_url(), schema, err, sizeof err);
+  CHECK_INT(n, mq_migrations_count);
+  CHECK_STR(err, "");
+
+  char *s = sqlf("SELECT to_regclass('%s.migrations') IS NOT NULL"
+                 " AND to_regclass('%s.process') IS NOT NULL",
+                 schema, schema);
+  CHECK_STR(s, "t");
+  free(s);
+  s = sqlf("SELECT count(*) FROM pg_indexes WHERE schemaname = '%s'"
+           " AND tablename = 'process' AND indexdef LIKE '%%(heartbeat_at)'",
+           schema);
+  CHECK_STR(s, "1");
+  free(s);
+
+  char want[256];
+  compiled_versions(want, sizeof want);
+  s = sqlf("SELECT string_agg(version::text, ',' ORDER BY version)"
+           " FROM %s.migrations",
+           schema);
+  CHECK_STR(s, want);
+  free(s);
+  s = sqlf("SELECT name FROM %s.migrations WHERE version = 1", schema);
+  CHECK_STR(s, "base");
+  free(s);
+
+  /* The process table takes a row with its defaults filled in. */
+  s = sqlf("INSERT INTO %s.process (host, pid, version)"
+           " VALUES ('h', 42, '0.1.0')"
+           " RETURNING id IS NOT NULL AND started_at = heartbeat_at",
+           schema);
+  CHECK_STR(s, "t");
+  free(s);
+  drop_schema(schema);
+}
+
+/* "version@applied_at,..." of the migrations table (caller frees). */
+static char *applied_snapshot(const char *schema) {
+  return sqlf("SELECT string_agg(version || '@' || applied_at, ','"
+              " ORDER BY version) FROM %s.migrations",
+              schema);
+}
+
+static void second_run_changes_nothing(void) {
+  const char *schema = mq_test_schema("migrate_again");
+  drop_schema(schema);
+  REQUIRE(mq_migrate(mq_test_db_url(), schema, err, sizeof err) ==
+          mq_migrations_count);
+
+  char *before = applied_snapshot(schema);
+  CHECK_INT(mq_migrate(mq_test_db_url(), schema, err, sizeof err), 0);
+  CHECK_STR(err, "");
+  char *after = applied_snapshot(schema);
+  CHECK(before && *before);
+  CHECK_STR(after, before);
+  free(before);
+  free(after);
+  drop_schema(schema);
+}
+
+enum { NCHILD = 4 };
+
+struct child_result {
+  int rc;
+  char err[256];
+};
+
+static void concurrent_runs_apply_once(void) {
+  const char *schema = mq_test_schema("migrate_conc");
+  drop_schema(schema);
+  int go[2], done[2];
+  REQUIRE(pipe(go) == 0 && pipe(done) == 0);
+  fflush(stdout);
+  fflush(stderr);
+
+  pid_t pids[NCHILD];
+  for (int i = 0; i < NCHILD; i++) {
+    pids[i] = fork();
+    REQUIRE(pids[i] >= 0);
+    if (pids[i] == 0) {
+      close(go[1]);
+      close(done[0]);
+      char c;
+      /* Blocks until the parent closes its end: all start together. */
+      (void)!read(go[0], &c, 1);
+      struct child_result res = {0};
+      res.rc = mq_migrate(mq_test_db_url(), schema, res.err, sizeof res.err);
+      /* Smaller than PIPE_BUF, so the write is atomic. */
+      (void)!write(done[1], &res, sizeof res);
+      _exit(0);
+    }
+  }
+  close(go[0]);
+  close(done[1]);
+  close(go[1]);
+
+  int sum = 0;
+  for (int i = 0; i < NCHILD; i++) {
+    struct child_result res;
+    ssize_t got = read(done[0], &res, sizeof res);
+    CHECK_INT(got, sizeof res);
+    if (got != (ssize_t)sizeof res)
+      break;
+    CHECK(res.rc >= 0);
+    CHECK_STR(res.err, "");
+    sum += res.rc;
+  }
+  close(done[0]);
+  for (int i = 0; i < NCHILD; i++) {
+    int status;
+    CHECK_INT(waitpid(pids[i], &status, 0), pids[i]);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  CHECK_INT(sum, mq_migrations_count);
+
+  char *s = sqlf("SELECT count(*) FROM %s.migrations", schema);
+  char want[16];
+  snprintf(want, sizeof want, "%d", mq_migrations_count);
+  CHECK_STR(s, want);
+  free(s);
+  drop_schema(schema);
+}
+
+static void bad_conninfo_fails_without_leaking_it(void) {
+  int n = mq_migrate("host=/nonexistent port=1 connect_timeout=2 "
+                     "password=hunter2",
+                     "moonq", err, sizeof err);
+  CHECK_INT(n, -1);
+  CHECK_CONTAINS(err, "cannot connect to PostgreSQL: ");
+  CHECK(!strstr(err, "hunter2"));
+  CHECK(!strchr(err, '\n'));
+  CHECK(strlen(err) > strlen("cannot connect to PostgreSQL: "));
+
+  CHECK_INT(mq_migrate(mq_test_db_url(), "", err, sizeof err), -1);
+  CHECK_CONTAINS(err, "invalid schema name");
+}
+
+static void newer_database_is_refused(void) {
+  const char *schema = mq_test_schema("migrate_newer");
+  drop_schema(schema);
+  REQUIRE(mq_migrate(mq_test_db_url(), schema, err, sizeof err) ==
+          mq_migrations_count);
+  free(sqlf("INSERT INTO %s.migrations (version, name)"
+            " VALUES (9999, 'future')",
+            schema));
+
+  CHECK_INT(mq_migrate(mq_test_db_url(), schema, err, sizeof err), -1);
+  char want[160];
+  snprintf(want, sizeof want,
+           "schema %s is at version 9999, newer than this moonq (%d)", schema,
+           mq_migrate_latest());
+  CHECK_STR(err, want);
+  drop_schema(schema);
+}
+
+static void schema_name_is_quoted(void) {
+  char schema[64], quoted[80];
+  snprintf(schema, sizeof schema, "t_Mig \"q\" %d", (int)getpid());
+  snprintf(quoted, sizeof quoted, "\"t_Mig \"\"q\"\" %d\"", (int)getpid());
+  free(sqlf("SET client_min_messages = warning;"
+            " DROP SCHEMA IF EXISTS %s CASCADE",
+            quoted));
+
+  CHECK_INT(mq_migrate(mq_test_db_url(), schema, err, sizeof err),
+            mq_migrations_count);
+  CHECK_STR(err, "");
+  char *s = sqlf("SELECT count(*) FROM %s.migrations", quoted);
+  char want[16];
+  snprintf(want, sizeof want, "%d", mq_migrations_count);
+  CHECK_STR(s, want);
+  free(s);
+  CHECK_INT(mq_migrate(mq_test_db_url(), schema, err, sizeof err), 0);
+  free(sqlf("SET client_min_messages = warning;"
+            " DROP SCHEMA IF EXISTS %s CASCADE",
+            quoted));
+}
+
+int main(void) {
+  mq_test_db_url();
+  RUN(first_run_applies_everything);
+  RUN(second_run_changes_nothing);
+  RUN(concurrent_runs_apply_once);
+  RUN(bad_conninfo_fails_without_leaking_it);
+  RUN(newer_database_is_refused);
+  RUN(schema_name_is_quoted);
+  return mq_test_done();
+}
