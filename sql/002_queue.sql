@@ -317,8 +317,11 @@ $$;
 -- Fails active jobs: each goes back to `retry` (start_after per its retry
 -- policy) while retries are left, otherwise to `failed` in the archive, and
 -- a copy goes to its dead-letter queue when it has one. `owner_id` NULL
--- fails whoever runs them (expiry, recovery). Returns what became of each.
-CREATE FUNCTION @schema@.fail_jobs(ids bigint[], errors jsonb[], owner_id uuid DEFAULT NULL)
+-- fails whoever runs them (expiry, recovery); `immediate` retries at once
+-- (the job is not to blame, e.g. its process died). Returns what became of
+-- each.
+CREATE FUNCTION @schema@.fail_jobs(ids bigint[], errors jsonb[], owner_id uuid DEFAULT NULL,
+                                   immediate boolean DEFAULT false)
 RETURNS TABLE (id bigint, state @schema@.job_state, start_after timestamptz)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -328,9 +331,9 @@ DECLARE
 BEGIN
   SELECT array_agg(j.id) FILTER (WHERE j.retry_count < j.retry_limit),
          array_agg(u.error) FILTER (WHERE j.retry_count < j.retry_limit),
-         array_agg(now() + make_interval(secs => @schema@.retry_delay(
-                     j.retry_delay, j.retry_backoff, j.retry_delay_max,
-                     j.retry_count + 1)))
+         array_agg(now() + make_interval(secs => CASE WHEN immediate THEN 0
+                     ELSE @schema@.retry_delay(j.retry_delay, j.retry_backoff,
+                                               j.retry_delay_max, j.retry_count + 1) END))
            FILTER (WHERE j.retry_count < j.retry_limit),
          array_agg(j.id) FILTER (WHERE j.retry_count >= j.retry_limit),
          array_agg(u.error) FILTER (WHERE j.retry_count >= j.retry_limit)
@@ -578,13 +581,14 @@ BEGIN
   SELECT array_agg(j.id) INTO stale_ids
     FROM @schema@.job j
    WHERE j.state = 'active' AND j.owner IS NOT NULL
+     AND j.started_at < now() - make_interval(secs => stale_after)
      AND NOT EXISTS (SELECT 1 FROM @schema@.process p
                       WHERE p.id = j.owner
                         AND p.heartbeat_at >= now() - make_interval(secs => stale_after));
   IF stale_ids IS NOT NULL THEN
     PERFORM @schema@.fail_jobs(stale_ids,
       array_fill(jsonb_build_object('message', 'the process running it stopped responding'),
-                 ARRAY[cardinality(stale_ids)]));
+                 ARRAY[cardinality(stale_ids)]), NULL, true);
   END IF;
   SELECT array_agg(j.id) INTO expired_ids
     FROM @schema@.job j
@@ -606,3 +610,92 @@ BEGIN
                             'expired', coalesce(cardinality(expired_ids), 0),
                             'deleted', deleted, 'processes_removed', dead);
 END $$;
+
+-- Claims up to `n` runnable jobs of queue q for process `owner_id`: higher
+-- priority first, then oldest first; none while the queue is paused.
+CREATE FUNCTION @schema@.fetch_jobs(q text, n integer, owner_id uuid)
+RETURNS TABLE (id bigint, name text, data jsonb, attempt integer,
+               priority integer, retry_limit integer, expire_in double precision,
+               run_id text, created_at timestamptz)
+LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN QUERY
+  WITH next AS (
+    SELECT j.id FROM @schema@.job j
+     WHERE j.queue = q AND j.state < 'active' AND j.start_after <= now()
+       AND NOT EXISTS (SELECT 1 FROM @schema@.queue x WHERE x.name = q AND x.paused)
+     ORDER BY j.priority DESC, j.id
+     LIMIT n
+       FOR UPDATE SKIP LOCKED
+  ), claimed AS (
+    UPDATE @schema@.job j
+       SET state = 'active', started_at = now(), owner = owner_id
+      FROM next WHERE j.id = next.id
+    RETURNING j.id, j.name, j.data, j.retry_count + 1, j.priority,
+              j.retry_limit, j.expire_in, j.run_id, j.created_at
+  )
+  SELECT * FROM claimed c ORDER BY c.priority DESC, c.id;
+END $$;
+
+-- Completes active jobs of process `owner_id`: `outputs` is a JSON array
+-- parallel to `ids` (JSON null: no output). Returns the ids completed; a job
+-- no longer active (cancelled, expired, recovered) is left alone.
+CREATE FUNCTION @schema@.complete_jobs(ids bigint[], outputs jsonb, owner_id uuid)
+RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN QUERY
+  WITH u AS (
+    SELECT i.id, nullif(o.value, 'null'::jsonb) AS output
+      FROM unnest(ids) WITH ORDINALITY AS i(id, n)
+      JOIN jsonb_array_elements(outputs) WITH ORDINALITY AS o(value, n)
+        ON o.n = i.n
+  ), gone AS (
+    DELETE FROM @schema@.job j USING u
+     WHERE j.id = u.id AND j.state = 'active'
+       AND j.owner IS NOT DISTINCT FROM owner_id
+    RETURNING j.*, u.output AS new_output
+  )
+  INSERT INTO @schema@.job_archive
+    (id, queue, name, data, state, priority, retry_limit, retry_count,
+     retry_delay, retry_backoff, retry_delay_max, expire_in, retention,
+     start_after, created_at, started_at, singleton_key, dead_letter, run_id,
+     owner, error, output, completed_at, keep_until)
+  SELECT g.id, g.queue, g.name, g.data, 'completed', g.priority, g.retry_limit,
+         g.retry_count, g.retry_delay, g.retry_backoff, g.retry_delay_max,
+         g.expire_in, g.retention, g.start_after, g.created_at, g.started_at,
+         g.singleton_key, g.dead_letter, g.run_id, g.owner, g.error,
+         g.new_output, now(), now() + make_interval(secs => g.retention)
+    FROM gone g
+  RETURNING job_archive.id;
+END $$;
+
+-- Registers process `process_id` or moves its heartbeat forward.
+CREATE FUNCTION @schema@.heartbeat(process_id uuid, host_name text, os_pid integer,
+                                   moonq_version text)
+RETURNS void LANGUAGE sql AS $$
+  INSERT INTO @schema@.process (id, host, pid, version)
+  VALUES (process_id, host_name, os_pid, moonq_version)
+  ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+$$;
+
+-- Stores a queue's defaults (q = '' for every queue) from config.lua;
+-- `settings` holds retry_limit, retry_delay, retry_backoff, retry_delay_max,
+-- expire_in, retention, dead_letter. The paused flag is left as it is.
+CREATE FUNCTION @schema@.configure_queue(q text, settings jsonb)
+RETURNS void LANGUAGE sql AS $$
+  INSERT INTO @schema@.queue AS x (name, retry_limit, retry_delay, retry_backoff,
+                                   retry_delay_max, expire_in, retention, dead_letter)
+  VALUES (q, (settings->>'retry_limit')::integer,
+          (settings->>'retry_delay')::double precision,
+          (settings->>'retry_backoff')::boolean,
+          (settings->>'retry_delay_max')::double precision,
+          (settings->>'expire_in')::double precision,
+          (settings->>'retention')::double precision,
+          settings->>'dead_letter')
+  ON CONFLICT (name) DO UPDATE
+    SET retry_limit = excluded.retry_limit, retry_delay = excluded.retry_delay,
+        retry_backoff = excluded.retry_backoff,
+        retry_delay_max = excluded.retry_delay_max,
+        expire_in = excluded.expire_in, retention = excluded.retention,
+        dead_letter = excluded.dead_letter, updated_at = now()
+$$;

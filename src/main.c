@@ -125,6 +125,7 @@ static int cmd_run(struct mq_runtime *rt) {
     fprintf(stderr, "moonq: %s\n", err);
     return 1;
   }
+  mq_queue_start_maintenance(rt->queue);
   mq_log_info("moonq", "running version=%s schema=%s handlers=%s workers=%d",
               MOONQ_VERSION, rt->cfg->schema, rt->cfg->handlers,
               rt->cfg->workers);

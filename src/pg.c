@@ -153,7 +153,7 @@ static double jitter(mq_pg *pg, double seconds) {
 }
 
 /* Copies a libpq message onto one line: runs of whitespace become one
- * space, double quotes become single ones (it is logged inside quotes). */
+ * space. */
 static void set_error(char *dst, size_t len, const char *msg) {
   if (!msg || !*msg)
     msg = "unknown error";
@@ -164,7 +164,7 @@ static void set_error(char *dst, size_t len, const char *msg) {
       if (n > 0 && dst[n - 1] != ' ')
         dst[n++] = ' ';
     } else {
-      dst[n++] = c == '"' ? '\'' : c;
+      dst[n++] = c;
     }
   }
   while (n > 0 && dst[n - 1] == ' ')
@@ -223,7 +223,18 @@ static void complete(struct req *r, int status, const char *msg) {
   if (status == MQ_PG_OK) {
     reply.result = r->result;
   } else if (status == MQ_PG_ESQL && r->error) {
-    set_error(buf, sizeof buf, PQresultErrorMessage(r->error));
+    /* The server's primary message, then its hint; no "ERROR:" prefix. */
+    const char *primary = PQresultErrorField(r->error, PG_DIAG_MESSAGE_PRIMARY);
+    const char *hint = PQresultErrorField(r->error, PG_DIAG_MESSAGE_HINT);
+    char raw[1024];
+    if (primary)
+      snprintf(raw, sizeof raw, "%s%s%s", primary, hint ? " (hint: " : "",
+               hint ? hint : "");
+    else
+      snprintf(raw, sizeof raw, "%s", PQresultErrorMessage(r->error));
+    if (primary && hint)
+      snprintf(raw + strlen(raw), sizeof raw - strlen(raw), ")");
+    set_error(buf, sizeof buf, raw);
     reply.error = buf;
     const char *st = PQresultErrorField(r->error, PG_DIAG_SQLSTATE);
     reply.sqlstate = st ? st : "";
@@ -545,6 +556,18 @@ static void conn_watch(struct conn *c, int fd, int events) {
   ev_io_start(c->pg->loop, &c->io);
 }
 
+/* Server notices (NOTICE, WARNING) go to the log instead of stderr. */
+static void on_notice(void *arg, const PGresult *res) {
+  const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+  const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+  char line[512];
+  set_error(line, sizeof line, msg ? msg : PQresultErrorMessage(res));
+  if (sev && strcmp(sev, "WARNING") == 0)
+    mq_log_warn("pg", "server warning: %s", line);
+  else
+    mq_log_debug("pg", "server notice: %s", line);
+}
+
 static void conn_ready(struct conn *c) {
   mq_pg *pg = c->pg;
   ev_timer_stop(pg->loop, &c->timer);
@@ -603,6 +626,7 @@ static void conn_start(struct conn *c) {
       conn_fail(c, PQerrorMessage(c->pq));
       return;
     }
+    PQsetNoticeReceiver(c->pq, on_notice, NULL);
     c->state = CONN_CONNECTING;
     ev_timer_stop(pg->loop, &c->timer);
     ev_timer_set(&c->timer, 10.0, 0.);
@@ -650,6 +674,9 @@ static void conn_fail(struct conn *c, const char *why) {
   if (c->backoff > pg->reconnect_max)
     c->backoff = pg->reconnect_max;
   double delay = jitter(pg, c->backoff);
+  for (char *p = msg; *p; p++) /* it is logged inside double quotes */
+    if (*p == '"')
+      *p = '\'';
   if (was_ready)
     mq_log_warn("pg", "connection lost conn=%d error=\"%s\" reconnect_in_ms=%d",
                 c->index, msg, (int)(delay * 1000));

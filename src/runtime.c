@@ -144,6 +144,22 @@ int mq_runtime_prepare_db(struct mq_runtime *rt, bool wait_for_db, char *err,
   }
 }
 
+struct configured {
+  bool done;
+  int status;
+  char *err;
+  size_t errlen;
+};
+
+static void configured_cb(int status, const char *error, const char *json,
+                          void *data) {
+  struct configured *c = data;
+  c->done = true;
+  c->status = status;
+  if (status != 0)
+    snprintf(c->err, c->errlen, "cannot store queue settings: %s", error);
+}
+
 int mq_runtime_open(struct mq_runtime *rt, char *err, size_t errlen) {
   if (rt->pg)
     return 0;
@@ -163,7 +179,19 @@ int mq_runtime_open(struct mq_runtime *rt, char *err, size_t errlen) {
   mq_log_debug("runtime", "database target=\"%s\" schema=%s pool=%d",
                mq_log_mask_conninfo(rt->conninfo, masked, sizeof masked),
                rt->cfg->schema, rt->cfg->pool_size);
-  return 0;
+  rt->queue = mq_queue_new(rt->loop, rt->pg, rt->cfg);
+  if (!rt->queue) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  struct configured done = {.err = err, .errlen = errlen};
+  if (mq_queue_configure(rt->queue, configured_cb, &done) != 0) {
+    snprintf(err, errlen, "the connection pool is closed");
+    return -1;
+  }
+  while (!done.done)
+    ev_run(rt->loop, EVRUN_ONCE);
+  return done.status == 0 ? 0 : -1;
 }
 
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
@@ -226,6 +254,15 @@ void mq_runtime_free(struct mq_runtime *rt) {
   if (!rt)
     return;
   ev_timer_stop(rt->loop, &rt->drain);
+  if (rt->queue) {
+    mq_queue_close(rt->queue);
+    rt->queue = NULL;
+    /* Let the final statements (flushed results, unregistering) finish. */
+    ev_tstamp until = ev_time() + 5;
+    while (rt->pg && mq_pg_pending(rt->pg) > 0 && mq_pg_is_up(rt->pg) &&
+           ev_time() < until)
+      ev_run(rt->loop, EVRUN_ONCE);
+  }
   if (rt->pg)
     mq_pg_close(rt->pg);
   rt->pg = NULL;

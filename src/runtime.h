@@ -9,7 +9,7 @@
  * private cluster under <config dir>/.moonq started on demand), applies
  * migrations, then opens the connection pool.
  *
- * Uses: config, log, pg, migrate.
+ * Uses: config, log, pg, migrate, queue.
  */
 #ifndef MQ_RUNTIME_H
 #define MQ_RUNTIME_H
@@ -22,6 +22,7 @@
 
 #include "config.h"
 #include "pg.h"
+#include "queue.h"
 
 struct mq_runtime {
   struct ev_loop *loop;
@@ -29,6 +30,7 @@ struct mq_runtime {
   struct mq_config *cfg; /* owned */
   char *conninfo;        /* the database actually used */
   mq_pg *pg;
+  mq_queue *queue;
   lua_State *L;          /* the Lua state the runtime serves (not owned) */
   bool stopping;
   int exit_code;
@@ -50,7 +52,9 @@ struct mq_runtime *mq_runtime_new(struct ev_loop *loop, struct mq_config *cfg,
 int mq_runtime_prepare_db(struct mq_runtime *rt, bool wait_for_db, char *err,
                           size_t errlen);
 
-/* Opens the connection pool (non-blocking). Returns 0 or -1 with err. */
+/* Opens the connection pool and the queue, registers this process and
+ * stores config.lua's queue settings (it runs the loop until they are
+ * stored). Returns 0 or -1 with err. */
 int mq_runtime_open(struct mq_runtime *rt, char *err, size_t errlen);
 
 /* Runs the loop until mq_runtime_stop() or SIGINT/SIGTERM. Returns the

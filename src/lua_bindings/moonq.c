@@ -134,12 +134,14 @@ static const luaL_Reg moonq_funcs[] = {
 static const struct {
   const char *field;
   const char *module;
-} submodules[] = {{"json", "moonq.json"}, {"log", "moonq.log"}, {"db", "moonq.db"}};
+} submodules[] = {{"json", "moonq.json"}, {"log", "moonq.log"}, {"db", "moonq.db"},
+                  {"queue", "moonq.queue"}};
 
 void mq_bindings_preload(lua_State *L) {
   static const luaL_Reg preload[] = {{"moonq.json", luaopen_moonq_json},
                                      {"moonq.log", luaopen_moonq_log},
                                      {"moonq.db", luaopen_moonq_db},
+                                     {"moonq.queue", luaopen_moonq_queue},
                                      {NULL, NULL}};
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (const luaL_Reg *r = preload; r->name; r++) {

@@ -1,0 +1,382 @@
+/* queue.c -- moonq.queue: the job queue from Lua.
+ *
+ *   id = moonq.queue.send(name, data, opts)        -- or nil, err
+ *   ids = moonq.queue.send_many(name, list, opts)  -- or nil, err
+ *   jobs = moonq.queue.fetch(queue, n)
+ *   moonq.queue.complete(id, output)   moonq.queue.fail(id, err)
+ *   moonq.queue.get(id)  .list(queue, {state, limit, after, order})
+ *   moonq.queue.counts(queue)  .pause(q)  .resume(q)  .is_paused(q)
+ *   moonq.queue.cancel(id)  .retry(id)  .purge(queue, state)  .maintain()
+ *
+ * Every call returns its result, or nil and a message; arguments of the
+ * wrong type raise. Data and results convert losslessly (json.h).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "json.h"
+#include "lua_bindings/bindings.h"
+#include "lua_host.h"
+#include "queue.h"
+#include "runtime.h"
+
+static struct mq_runtime *runtime(lua_State *L) {
+  struct mq_runtime *rt = mq_lua_runtime(L);
+  if (!rt || !rt->queue)
+    luaL_error(L, "moonq is not open (call moonq.open() first)");
+  return rt;
+}
+
+static int fail_with(lua_State *L, const char *msg) {
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  return 2;
+}
+
+/* Encodes argument idx (nil: `dflt`) as JSON onto the stack as a string;
+ * returns it, or NULL with the message pushed instead. */
+static const char *json_arg(lua_State *L, int idx, const char *root,
+                            const char *dflt) {
+  if (lua_isnoneornil(L, idx))
+    return lua_pushstring(L, dflt);
+  char err[512];
+  size_t len;
+  char *json = mq_json_encode(L, idx, root, &len, err, sizeof err);
+  if (!json) {
+    lua_pushstring(L, err);
+    return NULL;
+  }
+  const char *s = lua_pushlstring(L, json, len);
+  free(json);
+  return s;
+}
+
+/* Completion that pushes a decoded JSON result, or nil, err. */
+static void json_done(int status, const char *error, const char *json,
+                      void *data) {
+  struct mq_lua_wait *w = data;
+  lua_State *L = w->L;
+  w->done = true;
+  w->nresults = 2;
+  char err[256];
+  if (status < 0 || status == MQ_QUEUE_ENOTACTIVE) {
+    lua_pushnil(L);
+    lua_pushstring(L, error ? error : "failed");
+  } else if (mq_json_decode(L, json, strlen(json), err, sizeof err) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+  } else {
+    w->nresults = 1;
+  }
+}
+
+static int wait_json(lua_State *L, struct mq_runtime *rt, int rc,
+                     struct mq_lua_wait *w) {
+  if (rc != 0)
+    return fail_with(L, "the connection pool is closed");
+  return mq_lua_wait(L, rt, w);
+}
+
+/* ---- send ------------------------------------------------------------- */
+
+static void id_done(int status, const char *error, long long id, void *data) {
+  struct mq_lua_wait *w = data;
+  w->done = true;
+  if (status == MQ_QUEUE_OK) {
+    lua_pushinteger(w->L, id);
+    w->nresults = 1;
+  } else {
+    lua_pushnil(w->L);
+    lua_pushstring(w->L, error);
+    w->nresults = 2;
+  }
+}
+
+/* send(name, data, opts) -> id | nil, err */
+static int l_send(lua_State *L) {
+  struct mq_runtime *rt = runtime(L);
+  const char *name = luaL_checkstring(L, 1);
+  luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_istable(L, 3), 3,
+                "options must be a table");
+  lua_settop(L, 3);
+  const char *data = json_arg(L, 2, "data", "{}"); /* [.. data] */
+  if (!data)
+    return fail_with(L, lua_tostring(L, -1));
+  const char *opts = json_arg(L, 3, "options", "{}"); /* [.. data opts] */
+  if (!opts)
+    return fail_with(L, lua_tostring(L, -1));
+  struct mq_lua_wait w = {.L = L};
+  char err[512];
+  if (mq_queue_send(rt->queue, name, data, opts, id_done, &w, err,
+                    sizeof err) != 0)
+    return fail_with(L, err);
+  return mq_lua_wait(L, rt, &w);
+}
+
+/* send_many(name, list, opts) -> {ids} | nil, err */
+static int l_send_many(lua_State *L) {
+  struct mq_runtime *rt = runtime(L);
+  const char *name = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_istable(L, 3), 3,
+                "options must be a table");
+  lua_settop(L, 3);
+  const char *opts = json_arg(L, 3, "options", "{}"); /* [.. opts] */
+  if (!opts)
+    return fail_with(L, lua_tostring(L, -1));
+  lua_Integer n = luaL_len(L, 2);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b); /* [.. opts buffer...] */
+  luaL_addchar(&b, '[');
+  for (lua_Integer i = 1; i <= n; i++) {
+    char root[48], err[512];
+    snprintf(root, sizeof root, "list[%lld]", (long long)i);
+    lua_geti(L, 2, i);
+    size_t len;
+    char *json = mq_json_encode(L, -1, root, &len, err, sizeof err);
+    lua_pop(L, 1);
+    if (json && len > (size_t)rt->cfg->max_payload)
+      snprintf(err, sizeof err, "%s is %zu bytes, more than max_payload (%d)",
+               root, len, rt->cfg->max_payload);
+    if (!json || len > (size_t)rt->cfg->max_payload) {
+      free(json);
+      return fail_with(L, err);
+    }
+    if (i > 1)
+      luaL_addchar(&b, ',');
+    luaL_addlstring(&b, json, len);
+    free(json);
+  }
+  luaL_addchar(&b, ']');
+  luaL_pushresult(&b); /* [.. opts list] */
+  struct mq_lua_wait w = {.L = L};
+  char err[512];
+  if (mq_queue_send_many(rt->queue, name, lua_tostring(L, -1), opts, json_done,
+                         &w, err, sizeof err) != 0)
+    return fail_with(L, err);
+  return mq_lua_wait(L, rt, &w);
+}
+
+/* ---- fetch, complete, fail ------------------------------------------- */
+
+static void push_job(lua_State *L, const struct mq_job *j) {
+  lua_createtable(L, 0, 9);
+  lua_pushinteger(L, j->id);
+  lua_setfield(L, -2, "id");
+  lua_pushstring(L, j->name);
+  lua_setfield(L, -2, "name");
+  lua_pushstring(L, j->queue);
+  lua_setfield(L, -2, "queue");
+  char err[256];
+  if (mq_json_decode(L, j->data, strlen(j->data), err, sizeof err) != 0)
+    lua_pushstring(L, j->data);
+  lua_setfield(L, -2, "data");
+  lua_pushinteger(L, j->attempt);
+  lua_setfield(L, -2, "attempt");
+  lua_pushinteger(L, j->priority);
+  lua_setfield(L, -2, "priority");
+  lua_pushinteger(L, j->retry_limit);
+  lua_setfield(L, -2, "retry_limit");
+  lua_pushnumber(L, j->expire_in);
+  lua_setfield(L, -2, "expire_in");
+  if (j->run_id) {
+    lua_pushstring(L, j->run_id);
+    lua_setfield(L, -2, "run_id");
+  }
+}
+
+/* [jobs-lightuserdata n] -> [array]; protected from memory errors. */
+static int push_jobs(lua_State *L) {
+  const struct mq_job *jobs = lua_touserdata(L, 1);
+  int n = (int)lua_tointeger(L, 2);
+  lua_createtable(L, n, 0);
+  mq_json_push_array_mt(L);
+  lua_setmetatable(L, -2);
+  for (int i = 0; i < n; i++) {
+    push_job(L, &jobs[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+static void fetch_done(int status, const char *error, const struct mq_job *jobs,
+                       int n, void *data) {
+  struct mq_lua_wait *w = data;
+  lua_State *L = w->L;
+  w->done = true;
+  w->nresults = 2;
+  if (status != MQ_QUEUE_OK) {
+    lua_pushnil(L);
+    lua_pushstring(L, error);
+    return;
+  }
+  lua_pushcfunction(L, push_jobs);
+  lua_pushlightuserdata(L, (void *)jobs);
+  lua_pushinteger(L, n);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return;
+  }
+  w->nresults = 1;
+}
+
+/* fetch(queue, n) -> {jobs} | nil, err */
+static int l_fetch(lua_State *L) {
+  struct mq_runtime *rt = runtime(L);
+  const char *queue = luaL_checkstring(L, 1);
+  lua_Integer n = luaL_optinteger(L, 2, 1);
+  luaL_argcheck(L, n >= 1 && n <= 100000, 2, "expected 1 to 100000 jobs");
+  struct mq_lua_wait w = {.L = L};
+  return wait_json(L, rt, mq_queue_fetch(rt->queue, queue, (int)n, fetch_done, &w),
+                   &w);
+}
+
+/* complete(id, output) -> true | nil, err */
+static int l_complete(lua_State *L) {
+  struct mq_runtime *rt = runtime(L);
+  lua_Integer id = luaL_checkinteger(L, 1);
+  lua_settop(L, 2);
+  const char *out = json_arg(L, 2, "output", "null");
+  if (!out)
+    return fail_with(L, lua_tostring(L, -1));
+  struct mq_lua_wait w = {.L = L};
+  int n = wait_json(L, rt, mq_queue_complete(rt->queue, id, out, json_done, &w),
+                    &w);
+  if (n == 1) { /* {"state":"completed"} -> true */
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1);
+  }
+  return n;
+}
+
+/* fail(id, err) -> {state=, start_after=} | nil, err. err is a message
+ * or a table (stored as given; a string becomes {message = err}). */
+static int l_fail(lua_State *L) {
+  struct mq_runtime *rt = runtime(L);
+  lua_Integer id = luaL_checkinteger(L, 1);
+  lua_settop(L, 2);
+  if (lua_type(L, 2) == LUA_TSTRING || lua_isnil(L, 2)) {
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, lua_isnil(L, 2) ? "failed" : lua_tostring(L, 2));
+    lua_setfield(L, -2, "message");
+    lua_replace(L, 2);
+  }
+  const char *error = json_arg(L, 2, "error", "null");
+  if (!error)
+    return fail_with(L, lua_tostring(L, -1));
+  struct mq_lua_wait w = {.L = L};
+  return wait_json(L, rt, mq_queue_fail(rt->queue, id, error, json_done, &w),
+                   &w);
+}
+
+/* ---- inspection and control ------------------------------------------ */
+
+static int call_op(lua_State *L, enum mq_queue_op op, const char *const a[5]) {
+  struct mq_runtime *rt = runtime(L);
+  struct mq_lua_wait w = {.L = L};
+  return wait_json(L, rt, mq_queue_call(rt->queue, op, a, json_done, &w), &w);
+}
+
+static const char *id_arg(lua_State *L, int idx) {
+  lua_Integer id = luaL_checkinteger(L, idx);
+  return lua_pushfstring(L, "%I", id);
+}
+
+/* get(id) -> job | nil, "job N not found" */
+static int l_get(lua_State *L) {
+  const char *a[5] = {id_arg(L, 1)};
+  int n = call_op(L, MQ_QUEUE_GET, a);
+  if (n == 1 && lua_touserdata(L, -1) == NULL && !lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_pushfstring(L, "job %s not found", a[0]);
+    return 2;
+  }
+  return n;
+}
+
+/* list(queue, {state, limit, after, order = "newest"|"oldest"}) -> jobs */
+static int l_list(lua_State *L) {
+  const char *queue = luaL_checkstring(L, 1);
+  const char *a[5] = {queue, NULL, "100", NULL, "newest"};
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (lua_getfield(L, 2, "state") != LUA_TNIL)
+      a[1] = luaL_checkstring(L, -1);
+    if (lua_getfield(L, 2, "limit") != LUA_TNIL)
+      a[2] = lua_pushfstring(L, "%I", luaL_checkinteger(L, -1));
+    if (lua_getfield(L, 2, "after") != LUA_TNIL)
+      a[3] = lua_pushfstring(L, "%I", luaL_checkinteger(L, -1));
+    if (lua_getfield(L, 2, "order") != LUA_TNIL) {
+      a[4] = luaL_checkstring(L, -1);
+      luaL_argcheck(L, strcmp(a[4], "newest") == 0 || strcmp(a[4], "oldest") == 0,
+                    2, "order must be \"newest\" or \"oldest\"");
+    }
+  }
+  return call_op(L, MQ_QUEUE_LIST, a);
+}
+
+static int queue_op(lua_State *L, enum mq_queue_op op) {
+  const char *a[5] = {luaL_checkstring(L, 1)};
+  return call_op(L, op, a);
+}
+
+static int l_counts(lua_State *L) { return queue_op(L, MQ_QUEUE_COUNTS); }
+static int l_pause(lua_State *L) { return queue_op(L, MQ_QUEUE_PAUSE); }
+static int l_resume(lua_State *L) { return queue_op(L, MQ_QUEUE_RESUME); }
+static int l_is_paused(lua_State *L) { return queue_op(L, MQ_QUEUE_IS_PAUSED); }
+
+static int l_cancel(lua_State *L) {
+  const char *a[5] = {id_arg(L, 1)};
+  return call_op(L, MQ_QUEUE_CANCEL, a);
+}
+
+static int l_retry(lua_State *L) {
+  const char *a[5] = {id_arg(L, 1)};
+  return call_op(L, MQ_QUEUE_RETRY, a);
+}
+
+/* purge(queue, state) -> count; state nil purges every state but active. */
+static int l_purge(lua_State *L) {
+  const char *a[5] = {luaL_checkstring(L, 1), luaL_optstring(L, 2, NULL)};
+  return call_op(L, MQ_QUEUE_PURGE, a);
+}
+
+/* maintain() -> {recovered, expired, deleted, processes_removed} | nil when
+ * another process is running a pass. */
+static int l_maintain(lua_State *L) {
+  int n = call_op(L, MQ_QUEUE_MAINTAIN, NULL);
+  if (n == 1 && lua_touserdata(L, -1) == NULL && !lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_pushliteral(L, "another process is running maintenance");
+    return 2;
+  }
+  return n;
+}
+
+/* process_id() -> the id this process registered with */
+static int l_process_id(lua_State *L) {
+  lua_pushstring(L, mq_queue_process_id(runtime(L)->queue));
+  return 1;
+}
+
+int luaopen_moonq_queue(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+      {"send", l_send},         {"send_many", l_send_many},
+      {"fetch", l_fetch},       {"complete", l_complete},
+      {"fail", l_fail},         {"get", l_get},
+      {"list", l_list},         {"counts", l_counts},
+      {"pause", l_pause},       {"resume", l_resume},
+      {"is_paused", l_is_paused}, {"cancel", l_cancel},
+      {"retry", l_retry},       {"purge", l_purge},
+      {"maintain", l_maintain}, {"process_id", l_process_id},
+      {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  return 1;
+}

@@ -1,0 +1,680 @@
+/* queue.c -- the job queue on PostgreSQL; see queue.h.
+ *
+ * Every operation is one prepared statement calling a function of
+ * sql/002_queue.sql. Completions and failures are gathered per loop turn
+ * (struct batch) and flushed from an ev_prepare watcher as one statement
+ * each, with the ids as a bigint[] and the outputs or errors as one JSON
+ * array parallel to them.
+ */
+#include "queue.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+enum stmt {
+  ST_SEND,
+  ST_SEND_MANY,
+  ST_FETCH,
+  ST_COMPLETE,
+  ST_FAIL,
+  ST_GET,
+  ST_LIST,
+  ST_COUNTS,
+  ST_PAUSE,
+  ST_RESUME,
+  ST_IS_PAUSED,
+  ST_CANCEL,
+  ST_RETRY,
+  ST_PURGE,
+  ST_MAINTAIN,
+  ST_HEARTBEAT,
+  ST_UNREGISTER,
+  ST_CONFIGURE,
+  ST_COUNT
+};
+
+/* "%s" is the quoted schema. */
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_SEND] = "SELECT %s.send($1, $2::jsonb, $3::jsonb)",
+    [ST_SEND_MANY] =
+        "SELECT to_jsonb(%s.send_many($1, $2::jsonb, $3::jsonb))::text",
+    [ST_FETCH] = "SELECT id, name, data::text, attempt, priority, retry_limit,"
+                 " expire_in, run_id FROM %s.fetch_jobs($1, $2::int, $3::uuid)",
+    [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs($1::bigint[], $2::jsonb,"
+                    " $3::uuid) AS c",
+    [ST_FAIL] = "SELECT f.id, f.state::text, to_jsonb(f.start_after) #>> '{}'"
+                " FROM %s.fail_jobs("
+                "$1::bigint[], ARRAY(SELECT e.value FROM jsonb_array_elements("
+                "$2::jsonb) WITH ORDINALITY AS e(value, n) ORDER BY e.n),"
+                " $3::uuid) AS f",
+    [ST_GET] = "SELECT %s.get_job($1::bigint)::text",
+    [ST_LIST] = "SELECT %s.list_jobs($1, $2, $3::int, $4::bigint,"
+                " $5 = 'newest')::text",
+    [ST_COUNTS] = "SELECT %s.counts($1)::text",
+    [ST_PAUSE] = "SELECT %s.pause($1), 'true'",
+    [ST_RESUME] = "SELECT %s.resume($1), 'true'",
+    [ST_IS_PAUSED] = "SELECT to_jsonb(coalesce((SELECT paused FROM %s.queue"
+                     " WHERE name = $1), false))::text",
+    [ST_CANCEL] = "SELECT to_jsonb(%s.cancel($1::bigint))::text",
+    [ST_RETRY] = "SELECT to_jsonb(%s.retry($1::bigint))::text",
+    [ST_PURGE] = "SELECT to_jsonb(%s.purge($1, $2))::text",
+    [ST_MAINTAIN] = "SELECT %s.maintain($1::float8)::text",
+    [ST_HEARTBEAT] = "SELECT %s.heartbeat($1::uuid, $2, $3::int, $4)",
+    [ST_UNREGISTER] = "DELETE FROM %s.process WHERE id = $1::uuid",
+    [ST_CONFIGURE] = "SELECT %s.configure_queue($1, $2::jsonb)",
+};
+
+/* One caller waiting in a batch. */
+struct waiter {
+  long long id;
+  mq_queue_json_cb cb;
+  void *data;
+};
+
+/* Completions or failures gathered during one loop turn. */
+struct batch {
+  mq_queue *q;
+  enum stmt stmt;
+  char *ids;   /* "{1,2,3" while gathering */
+  size_t ids_len, ids_cap;
+  char *json;  /* "[a,b,c" while gathering */
+  size_t json_len, json_cap;
+  struct waiter *waiters;
+  int n, cap;
+};
+
+struct mq_queue {
+  struct ev_loop *loop;
+  mq_pg *pg;
+  const struct mq_config *cfg;
+  int stmts[ST_COUNT];
+  char process_id[37];
+  char host[256];
+  ev_timer heartbeat;
+  ev_timer maintenance;
+  ev_prepare flush;
+  struct batch *complete; /* gathering, or NULL */
+  struct batch *fail;
+};
+
+static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
+
+/* ---- helpers ----------------------------------------------------------- */
+
+/* Appends n bytes to a growable buffer; returns -1 when out of memory. */
+static int buf_add(char **buf, size_t *len, size_t *cap, const char *s,
+                   size_t n) {
+  if (*len + n + 1 > *cap) {
+    size_t c = *cap ? *cap : 256;
+    while (c < *len + n + 1)
+      c *= 2;
+    char *b = realloc(*buf, c);
+    if (!b)
+      return -1;
+    *buf = b;
+    *cap = c;
+  }
+  memcpy(*buf + *len, s, n);
+  *len += n;
+  (*buf)[*len] = '\0';
+  return 0;
+}
+
+/* Copies sql to out with its "%s" replaced by the quoted schema. */
+static void expand_schema(const char *sql, const char *schema, char *out,
+                          size_t len) {
+  const char *mark = strstr(sql, "%s");
+  snprintf(out, len, "%.*s%s%s", (int)(mark - sql), sql, schema, mark + 2);
+}
+
+/* A random version 4 UUID as text. */
+static void make_uuid(char out[37]) {
+  unsigned char b[16];
+  int fd = open("/dev/urandom", O_RDONLY);
+  ssize_t got = fd >= 0 ? read(fd, b, sizeof b) : -1;
+  if (fd >= 0)
+    close(fd);
+  if (got != (ssize_t)sizeof b)
+    for (size_t i = 0; i < sizeof b; i++)
+      b[i] = (unsigned char)(rand() ^ (getpid() >> (i % 8)));
+  b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+  b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+  snprintf(out, 37,
+           "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x"
+           "%02x",
+           b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
+           b[11], b[12], b[13], b[14], b[15]);
+}
+
+/* The status for a failed database reply: bad input (SQLSTATE class 22,
+ * e.g. an unknown option) or a database failure. */
+static int reply_status(const struct mq_pg_reply *r) {
+  return r->status == MQ_PG_ESQL && strncmp(r->sqlstate, "22", 2) == 0
+             ? MQ_QUEUE_EINVAL
+             : MQ_QUEUE_EDB;
+}
+
+/* A single JSON value from the first column of the first row. */
+static const char *first_json(const PGresult *res) {
+  if (PQntuples(res) < 1 || PQgetisnull(res, 0, PQnfields(res) - 1))
+    return "null";
+  return PQgetvalue(res, 0, PQnfields(res) - 1);
+}
+
+struct call {
+  mq_queue_json_cb cb;
+  void *data;
+};
+
+static void call_done(const struct mq_pg_reply *r, void *data) {
+  struct call *c = data;
+  if (c->cb) {
+    if (r->status == MQ_PG_OK)
+      c->cb(MQ_QUEUE_OK, NULL, first_json(r->result), c->data);
+    else
+      c->cb(reply_status(r), r->error, NULL, c->data);
+  }
+  free(c);
+}
+
+/* Runs a statement whose result is one JSON value. */
+static int exec_json(mq_queue *q, enum stmt st, int nparams,
+                     const char *const *params, mq_queue_json_cb cb,
+                     void *data) {
+  struct call *c = malloc(sizeof *c);
+  if (!c)
+    return MQ_QUEUE_EDB;
+  c->cb = cb;
+  c->data = data;
+  if (mq_pg_exec(q->pg, q->stmts[st], nparams, params, 0, call_done, c) != 0) {
+    free(c);
+    return MQ_QUEUE_EDB;
+  }
+  return 0;
+}
+
+static void log_failure(int status, const char *error, const char *json,
+                        void *data) {
+  if (status < 0)
+    mq_log_warn("queue", "%s failed error=\"%s\"", (const char *)data, error);
+}
+
+/* ---- process registration and maintenance ------------------------------ */
+
+static void heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  mq_queue *q = w->data;
+  char pid[16];
+  snprintf(pid, sizeof pid, "%d", (int)getpid());
+  const char *params[] = {q->process_id, q->host, pid, MOONQ_VERSION};
+  exec_json(q, ST_HEARTBEAT, 4, params, log_failure, (void *)"heartbeat");
+}
+
+static void maintained(int status, const char *error, const char *json,
+                       void *data) {
+  if (status < 0) {
+    mq_log_warn("queue", "maintenance failed error=\"%s\"", error);
+    return;
+  }
+  /* Report passes that did something (any non-zero count). */
+  if (strcmp(json, "null") != 0 && strpbrk(json, "123456789"))
+    mq_log_info("queue", "maintenance result=%s", json);
+}
+
+static void maintenance_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  mq_queue *q = w->data;
+  char stale[32];
+  snprintf(stale, sizeof stale, "%g", q->cfg->stale_after);
+  const char *params[] = {stale};
+  exec_json(q, ST_MAINTAIN, 1, params, maintained, NULL);
+}
+
+mq_queue *mq_queue_new(struct ev_loop *loop, mq_pg *pg,
+                       const struct mq_config *cfg) {
+  mq_queue *q = calloc(1, sizeof *q);
+  if (!q)
+    return NULL;
+  q->loop = loop;
+  q->pg = pg;
+  q->cfg = cfg;
+  char schema[160], sql[1024];
+  snprintf(schema, sizeof schema, "\"%s\"", cfg->schema); /* [a-z0-9_] only */
+  for (int i = 0; i < ST_COUNT; i++) {
+    expand_schema(stmt_sql[i], schema, sql, sizeof sql);
+    q->stmts[i] = mq_pg_prepare(pg, sql);
+    if (q->stmts[i] < 0) {
+      free(q);
+      return NULL;
+    }
+  }
+  make_uuid(q->process_id);
+  if (gethostname(q->host, sizeof q->host) != 0)
+    snprintf(q->host, sizeof q->host, "unknown");
+  q->host[sizeof q->host - 1] = '\0';
+  ev_prepare_init(&q->flush, flush_cb);
+  q->flush.data = q;
+  double beat = cfg->stale_after / 6 < 0.5 ? 0.5 : cfg->stale_after / 6;
+  ev_timer_init(&q->heartbeat, heartbeat_cb, 0., beat);
+  q->heartbeat.data = q;
+  heartbeat_cb(loop, &q->heartbeat, 0); /* register now */
+  ev_timer_again(loop, &q->heartbeat);
+  ev_unref(loop); /* a heartbeat alone does not keep the loop running */
+  double every = cfg->stale_after / 2;
+  every = every < 0.5 ? 0.5 : every > 15 ? 15 : every;
+  ev_timer_init(&q->maintenance, maintenance_cb, every, every);
+  q->maintenance.data = q;
+  return q;
+}
+
+void mq_queue_start_maintenance(mq_queue *q) {
+  if (ev_is_active(&q->maintenance))
+    return;
+  ev_timer_start(q->loop, &q->maintenance);
+  ev_unref(q->loop);
+}
+
+const char *mq_queue_process_id(const mq_queue *q) { return q->process_id; }
+
+static void batch_send(struct batch *b);
+
+void mq_queue_close(mq_queue *q) {
+  if (!q)
+    return;
+  if (q->complete)
+    batch_send(q->complete);
+  if (q->fail)
+    batch_send(q->fail);
+  q->complete = q->fail = NULL;
+  ev_prepare_stop(q->loop, &q->flush);
+  ev_ref(q->loop);
+  ev_timer_stop(q->loop, &q->heartbeat);
+  if (ev_is_active(&q->maintenance)) {
+    ev_ref(q->loop);
+    ev_timer_stop(q->loop, &q->maintenance);
+  }
+  const char *params[] = {q->process_id};
+  exec_json(q, ST_UNREGISTER, 1, params, log_failure, (void *)"unregister");
+  free(q);
+}
+
+/* ---- send ---------------------------------------------------------------- */
+
+struct send_call {
+  mq_queue_id_cb cb;
+  void *data;
+};
+
+static void send_done(const struct mq_pg_reply *r, void *data) {
+  struct send_call *c = data;
+  if (r->status != MQ_PG_OK)
+    c->cb(reply_status(r), r->error, 0, c->data);
+  else if (PQgetisnull(r->result, 0, 0))
+    c->cb(MQ_QUEUE_EREFUSED, "singleton_key is taken by a waiting or active job",
+          0, c->data);
+  else
+    c->cb(MQ_QUEUE_OK, NULL, mq_pg_getll(r->result, 0, 0), c->data);
+  free(c);
+}
+
+static int check_payload(mq_queue *q, const char *json, const char *what,
+                         char *err, size_t errlen) {
+  size_t n = json ? strlen(json) : 0;
+  if (n > (size_t)q->cfg->max_payload) {
+    snprintf(err, errlen, "%s is %zu bytes, more than max_payload (%d)", what,
+             n, q->cfg->max_payload);
+    return MQ_QUEUE_EINVAL;
+  }
+  return 0;
+}
+
+int mq_queue_send(mq_queue *q, const char *name, const char *data_json,
+                  const char *opts_json, mq_queue_id_cb cb, void *data,
+                  char *err, size_t errlen) {
+  if (!name || !*name) {
+    snprintf(err, errlen, "job name must be a non-empty string");
+    return MQ_QUEUE_EINVAL;
+  }
+  int rc = check_payload(q, data_json, "job data", err, errlen);
+  if (rc != 0)
+    return rc;
+  struct send_call *c = malloc(sizeof *c);
+  if (!c) {
+    snprintf(err, errlen, "out of memory");
+    return MQ_QUEUE_EDB;
+  }
+  c->cb = cb;
+  c->data = data;
+  const char *params[] = {name, data_json ? data_json : "{}",
+                          opts_json ? opts_json : "{}"};
+  if (mq_pg_exec(q->pg, q->stmts[ST_SEND], 3, params, 0, send_done, c) != 0) {
+    free(c);
+    snprintf(err, errlen, "the connection pool is closed");
+    return MQ_QUEUE_EDB;
+  }
+  return 0;
+}
+
+int mq_queue_send_many(mq_queue *q, const char *name, const char *list_json,
+                       const char *opts_json, mq_queue_json_cb cb, void *data,
+                       char *err, size_t errlen) {
+  if (!name || !*name) {
+    snprintf(err, errlen, "job name must be a non-empty string");
+    return MQ_QUEUE_EINVAL;
+  }
+  /* The limit is per job; a list may be as long as it likes, but not any
+   * single element, which the SQL side cannot see cheaply: bound the whole
+   * list by max_payload times its count instead (checked by the caller). */
+  const char *params[] = {name, list_json ? list_json : "[]",
+                          opts_json ? opts_json : "{}"};
+  if (exec_json(q, ST_SEND_MANY, 3, params, cb, data) != 0) {
+    snprintf(err, errlen, "the connection pool is closed");
+    return MQ_QUEUE_EDB;
+  }
+  return 0;
+}
+
+/* ---- fetch --------------------------------------------------------------- */
+
+struct fetch_call {
+  mq_queue_fetch_cb cb;
+  void *data;
+  char queue[];
+};
+
+static void fetch_done(const struct mq_pg_reply *r, void *data) {
+  struct fetch_call *c = data;
+  if (r->status != MQ_PG_OK) {
+    c->cb(reply_status(r), r->error, NULL, 0, c->data);
+    free(c);
+    return;
+  }
+  const PGresult *res = r->result;
+  int n = PQntuples(res);
+  struct mq_job stack_jobs[64];
+  struct mq_job *jobs = n <= 64 ? stack_jobs : malloc(sizeof *jobs * (size_t)n);
+  if (!jobs) {
+    c->cb(MQ_QUEUE_EDB, "out of memory", NULL, 0, c->data);
+    free(c);
+    return;
+  }
+  for (int i = 0; i < n; i++) {
+    jobs[i] = (struct mq_job){
+        .id = mq_pg_getll(res, i, 0),
+        .name = PQgetvalue(res, i, 1),
+        .queue = c->queue,
+        .data = PQgetvalue(res, i, 2),
+        .attempt = (int)mq_pg_getll(res, i, 3),
+        .priority = (int)mq_pg_getll(res, i, 4),
+        .retry_limit = (int)mq_pg_getll(res, i, 5),
+        .expire_in = mq_pg_getdouble(res, i, 6),
+        .run_id = PQgetisnull(res, i, 7) ? NULL : PQgetvalue(res, i, 7)};
+  }
+  c->cb(MQ_QUEUE_OK, NULL, jobs, n, c->data);
+  if (jobs != stack_jobs)
+    free(jobs);
+  free(c);
+}
+
+int mq_queue_fetch(mq_queue *q, const char *queue, int n, mq_queue_fetch_cb cb,
+                   void *data) {
+  if (!queue || !*queue || n < 1)
+    return MQ_QUEUE_EINVAL;
+  size_t len = strlen(queue) + 1;
+  struct fetch_call *c = malloc(sizeof *c + len);
+  if (!c)
+    return MQ_QUEUE_EDB;
+  c->cb = cb;
+  c->data = data;
+  memcpy(c->queue, queue, len);
+  char count[16];
+  snprintf(count, sizeof count, "%d", n);
+  const char *params[] = {queue, count, q->process_id};
+  if (mq_pg_exec(q->pg, q->stmts[ST_FETCH], 3, params, 0, fetch_done, c) !=
+      0) {
+    free(c);
+    return MQ_QUEUE_EDB;
+  }
+  return 0;
+}
+
+/* ---- batched complete and fail --------------------------------------- */
+
+static struct batch *batch_new(mq_queue *q, enum stmt st) {
+  struct batch *b = calloc(1, sizeof *b);
+  if (!b)
+    return NULL;
+  b->q = q;
+  b->stmt = st;
+  if (buf_add(&b->ids, &b->ids_len, &b->ids_cap, "{", 1) != 0 ||
+      buf_add(&b->json, &b->json_len, &b->json_cap, "[", 1) != 0) {
+    free(b->ids);
+    free(b->json);
+    free(b);
+    return NULL;
+  }
+  return b;
+}
+
+static void batch_free(struct batch *b) {
+  free(b->ids);
+  free(b->json);
+  free(b->waiters);
+  free(b);
+}
+
+static int batch_add(struct batch *b, long long id, const char *json,
+                     mq_queue_json_cb cb, void *data) {
+  if (b->n == b->cap) {
+    int cap = b->cap ? b->cap * 2 : 16;
+    struct waiter *w = realloc(b->waiters, sizeof *w * (size_t)cap);
+    if (!w)
+      return -1;
+    b->waiters = w;
+    b->cap = cap;
+  }
+  char num[32];
+  int len = snprintf(num, sizeof num, "%s%lld", b->n ? "," : "", id);
+  if (buf_add(&b->ids, &b->ids_len, &b->ids_cap, num, (size_t)len) != 0 ||
+      (b->n && buf_add(&b->json, &b->json_len, &b->json_cap, ",", 1) != 0) ||
+      buf_add(&b->json, &b->json_len, &b->json_cap, json, strlen(json)) != 0)
+    return -1;
+  b->waiters[b->n++] = (struct waiter){id, cb, data};
+  return 0;
+}
+
+/* The row of `id` in a complete/fail result, or -1. Results are small and
+ * in id order is not promised, so a linear scan per waiter is fine for the
+ * batch sizes one loop turn produces. */
+static int find_row(const PGresult *res, long long id) {
+  char key[32];
+  snprintf(key, sizeof key, "%lld", id);
+  for (int i = 0; i < PQntuples(res); i++)
+    if (strcmp(PQgetvalue(res, i, 0), key) == 0)
+      return i;
+  return -1;
+}
+
+static void batch_done(const struct mq_pg_reply *r, void *data) {
+  struct batch *b = data;
+  for (int i = 0; i < b->n; i++) {
+    struct waiter *w = &b->waiters[i];
+    if (!w->cb)
+      continue;
+    if (r->status != MQ_PG_OK) {
+      w->cb(reply_status(r), r->error, NULL, w->data);
+      continue;
+    }
+    int row = find_row(r->result, w->id);
+    if (row < 0) {
+      w->cb(MQ_QUEUE_ENOTACTIVE, "the job is no longer active", NULL,
+            w->data);
+    } else if (b->stmt == ST_COMPLETE) {
+      w->cb(MQ_QUEUE_OK, NULL, "{\"state\":\"completed\"}", w->data);
+    } else {
+      char json[160];
+      const char *state = PQgetvalue(r->result, row, 1);
+      if (PQgetisnull(r->result, row, 2))
+        snprintf(json, sizeof json, "{\"state\":\"%s\"}", state);
+      else
+        snprintf(json, sizeof json, "{\"state\":\"%s\",\"start_after\":\"%s\"}",
+                 state, PQgetvalue(r->result, row, 2));
+      w->cb(MQ_QUEUE_OK, NULL, json, w->data);
+    }
+  }
+  batch_free(b);
+}
+
+static void batch_send(struct batch *b) {
+  if (buf_add(&b->ids, &b->ids_len, &b->ids_cap, "}", 1) != 0 ||
+      buf_add(&b->json, &b->json_len, &b->json_cap, "]", 1) != 0) {
+    struct mq_pg_reply oom = {.status = MQ_PG_ENOMEM, .error = "out of memory",
+                              .sqlstate = ""};
+    batch_done(&oom, b);
+    return;
+  }
+  const char *params[] = {b->ids, b->json, b->q->process_id};
+  if (mq_pg_exec(b->q->pg, b->q->stmts[b->stmt], 3, params, 0, batch_done, b) !=
+      0) {
+    struct mq_pg_reply closed = {.status = MQ_PG_ECLOSED,
+                                 .error = "the connection pool is closed",
+                                 .sqlstate = ""};
+    batch_done(&closed, b);
+  }
+}
+
+static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
+  mq_queue *q = w->data;
+  ev_prepare_stop(loop, w);
+  struct batch *c = q->complete, *f = q->fail;
+  q->complete = q->fail = NULL;
+  if (c)
+    batch_send(c);
+  if (f)
+    batch_send(f);
+}
+
+static int enqueue_batch(mq_queue *q, struct batch **slot, enum stmt st,
+                         long long id, const char *json, mq_queue_json_cb cb,
+                         void *data) {
+  if (!*slot && !(*slot = batch_new(q, st)))
+    return MQ_QUEUE_EDB;
+  if (batch_add(*slot, id, json, cb, data) != 0)
+    return MQ_QUEUE_EDB;
+  ev_prepare_start(q->loop, &q->flush);
+  return 0;
+}
+
+int mq_queue_complete(mq_queue *q, long long id, const char *output_json,
+                      mq_queue_json_cb cb, void *data) {
+  return enqueue_batch(q, &q->complete, ST_COMPLETE, id,
+                       output_json ? output_json : "null", cb, data);
+}
+
+int mq_queue_fail(mq_queue *q, long long id, const char *error_json,
+                  mq_queue_json_cb cb, void *data) {
+  return enqueue_batch(q, &q->fail, ST_FAIL, id,
+                       error_json ? error_json : "null", cb, data);
+}
+
+/* ---- inspection and control --------------------------------------------- */
+
+static const struct {
+  enum stmt stmt;
+  int nparams;
+} ops[] = {
+    [MQ_QUEUE_GET] = {ST_GET, 1},         [MQ_QUEUE_LIST] = {ST_LIST, 5},
+    [MQ_QUEUE_COUNTS] = {ST_COUNTS, 1},   [MQ_QUEUE_PAUSE] = {ST_PAUSE, 1},
+    [MQ_QUEUE_RESUME] = {ST_RESUME, 1},   [MQ_QUEUE_IS_PAUSED] = {ST_IS_PAUSED, 1},
+    [MQ_QUEUE_CANCEL] = {ST_CANCEL, 1},   [MQ_QUEUE_RETRY] = {ST_RETRY, 1},
+    [MQ_QUEUE_PURGE] = {ST_PURGE, 2},     [MQ_QUEUE_MAINTAIN] = {ST_MAINTAIN, 1},
+};
+
+int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],
+                  mq_queue_json_cb cb, void *data) {
+  if ((int)op < 0 || op > MQ_QUEUE_MAINTAIN)
+    return MQ_QUEUE_EINVAL;
+  const char *params[5] = {NULL};
+  char stale[32];
+  if (op == MQ_QUEUE_MAINTAIN) {
+    snprintf(stale, sizeof stale, "%g", q->cfg->stale_after);
+    params[0] = stale;
+  } else {
+    for (int i = 0; i < ops[op].nparams; i++)
+      params[i] = args ? args[i] : NULL;
+  }
+  return exec_json(q, ops[op].stmt, ops[op].nparams, params, cb, data);
+}
+
+/* ---- config sync ---------------------------------------------------------- */
+
+static int options_json(const struct mq_queue_options *o, char *out,
+                        size_t len) {
+  char dl[300] = "null";
+  if (o->dead_letter) {
+    /* Queue names from config.lua are plain text; escape what JSON needs. */
+    size_t n = 0;
+    dl[n++] = '"';
+    for (const char *p = o->dead_letter; *p && n + 3 < sizeof dl; p++) {
+      if (*p == '"' || *p == '\\')
+        dl[n++] = '\\';
+      dl[n++] = *p;
+    }
+    dl[n++] = '"';
+    dl[n] = '\0';
+  }
+  return snprintf(out, len,
+                  "{\"retry_limit\":%d,\"retry_delay\":%.17g,"
+                  "\"retry_backoff\":%s,\"expire_in\":%.17g,"
+                  "\"retention\":%.17g,\"dead_letter\":%s}",
+                  o->retry_limit, o->retry_delay,
+                  o->retry_backoff ? "true" : "false", o->expire_in,
+                  o->retention, dl);
+}
+
+/* Waits for every configure statement (they may run on different
+ * connections) before telling the caller. */
+struct configure_wait {
+  int left;
+  int status;
+  char error[512];
+  mq_queue_json_cb cb;
+  void *data;
+};
+
+static void configured(int status, const char *error, const char *json,
+                       void *data) {
+  struct configure_wait *w = data;
+  if (status < 0 && w->status == 0) {
+    w->status = status;
+    snprintf(w->error, sizeof w->error, "%s", error);
+    mq_log_warn("queue", "storing queue settings failed error=\"%s\"", error);
+  }
+  if (--w->left > 0)
+    return;
+  if (w->cb)
+    w->cb(w->status, w->status ? w->error : NULL, "true", w->data);
+  free(w);
+}
+
+int mq_queue_configure(mq_queue *q, mq_queue_json_cb cb, void *data) {
+  struct configure_wait *w = calloc(1, sizeof *w);
+  if (!w)
+    return MQ_QUEUE_EDB;
+  w->cb = cb;
+  w->data = data;
+  w->left = 1 + (int)q->cfg->nqueues;
+  char json[512];
+  for (size_t i = 0; i <= q->cfg->nqueues; i++) {
+    const struct mq_queue_options *o =
+        i == 0 ? &q->cfg->queue : &q->cfg->queues[i - 1].options;
+    options_json(o, json, sizeof json);
+    const char *params[] = {i == 0 ? "" : q->cfg->queues[i - 1].name, json};
+    if (exec_json(q, ST_CONFIGURE, 2, params, configured, w) != 0)
+      configured(MQ_QUEUE_EDB, "the connection pool is closed", NULL, w);
+  }
+  return 0;
+}

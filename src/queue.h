@@ -1,0 +1,137 @@
+/* queue.h -- the job queue on PostgreSQL.
+ *
+ * Provides send, fetch, complete and fail for the workers, and inspection and
+ * control for users (get, list, counts, pause, resume, cancel, retry,
+ * purge), all asynchronous on an mq_pg pool. The SQL lives in
+ * sql/002_queue.sql as functions of the configured schema, so a job sent
+ * with `SELECT moonq.send(...)` from an application behaves exactly like one
+ * sent from Lua. Data, options and results cross this API as JSON text;
+ * see docs/queue.md for every option and state.
+ *
+ * Completions and failures made during one loop turn are flushed together
+ * from an ev_prepare watcher: one statement per batch.
+ *
+ * A queue handle also registers this process (a random id in the process
+ * table), moves its heartbeat forward every stale_after/6 seconds and runs a
+ * maintenance pass every few seconds (expiry, crash recovery, retention);
+ * PostgreSQL advisory locks make one process in the cluster do each pass.
+ *
+ * Uses: pg, config, log.
+ */
+#ifndef MQ_QUEUE_H
+#define MQ_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <ev.h>
+
+#include "config.h"
+#include "pg.h"
+
+typedef struct mq_queue mq_queue;
+
+enum mq_queue_status {
+  MQ_QUEUE_OK = 0,
+  MQ_QUEUE_EREFUSED = 1,   /* send: the singleton key is taken */
+  MQ_QUEUE_ENOTACTIVE = 2, /* complete/fail: the job is no longer active */
+  MQ_QUEUE_EINVAL = -1,    /* bad input; the message names it */
+  MQ_QUEUE_EDB = -2        /* the database failed; the message says why */
+};
+
+/* A fetched job. Strings are valid until the fetch callback returns. */
+struct mq_job {
+  long long id;
+  const char *name;
+  const char *queue;
+  const char *data;   /* JSON text */
+  const char *run_id; /* NULL when none */
+  int attempt;        /* 1 for the first run */
+  int priority;
+  int retry_limit;
+  double expire_in;
+};
+
+/* Result callbacks. `error` is NULL unless status < 0 (and for the refused
+ * singleton); strings are valid until the callback returns. */
+typedef void (*mq_queue_id_cb)(int status, const char *error, long long id,
+                               void *data);
+typedef void (*mq_queue_json_cb)(int status, const char *error,
+                                 const char *json, void *data);
+typedef void (*mq_queue_fetch_cb)(int status, const char *error,
+                                  const struct mq_job *jobs, int njobs,
+                                  void *data);
+
+/* Makes the queue API for cfg's schema on pg. Registers this process and
+ * starts heartbeat and maintenance timers on loop. cfg and pg must outlive
+ * the handle. Returns NULL when out of memory. */
+mq_queue *mq_queue_new(struct ev_loop *loop, mq_pg *pg,
+                       const struct mq_config *cfg);
+
+/* Starts the periodic maintenance pass (moonq run does; scripts call
+ * MQ_QUEUE_MAINTAIN when they want one). */
+void mq_queue_start_maintenance(mq_queue *q);
+
+/* Stops the timers, unregisters the process (its active jobs are then
+ * recovered by maintenance) and frees the handle. Pending batched
+ * completions are flushed first. */
+void mq_queue_close(mq_queue *q);
+
+/* The process id (uuid text) this handle registered. */
+const char *mq_queue_process_id(const mq_queue *q);
+
+/* Checks and sends one job. data_json NULL means {}; opts_json NULL means
+ * {}. cb gets the id, or MQ_QUEUE_EREFUSED with id 0 when the singleton key
+ * is taken. Errors in the arguments that can be seen here (payload larger
+ * than max_payload, options not an object) are returned as
+ * MQ_QUEUE_EINVAL with a message in err, and cb is not called. */
+int mq_queue_send(mq_queue *q, const char *name, const char *data_json,
+                  const char *opts_json, mq_queue_id_cb cb, void *data,
+                  char *err, size_t errlen);
+
+/* Sends one job per element of the JSON array list_json in one statement.
+ * cb gets a JSON array of the new ids, in input order. */
+int mq_queue_send_many(mq_queue *q, const char *name, const char *list_json,
+                       const char *opts_json, mq_queue_json_cb cb, void *data,
+                       char *err, size_t errlen);
+
+/* Claims up to n runnable jobs of `queue` for this process. */
+int mq_queue_fetch(mq_queue *q, const char *queue, int n, mq_queue_fetch_cb cb,
+                   void *data);
+
+/* Completes an active job with output_json (NULL: no output). Batched with
+ * the other completions of this loop turn. cb (may be NULL) gets
+ * MQ_QUEUE_OK, MQ_QUEUE_ENOTACTIVE, or an error. */
+int mq_queue_complete(mq_queue *q, long long id, const char *output_json,
+                      mq_queue_json_cb cb, void *data);
+
+/* Fails an active job with error_json ({"message":..., ...}); its retry
+ * policy decides what follows. Batched like completions. cb gets JSON
+ * {"state":"retry"|"failed","start_after":...}, or ENOTACTIVE. */
+int mq_queue_fail(mq_queue *q, long long id, const char *error_json,
+                  mq_queue_json_cb cb, void *data);
+
+/* Inspection and control; each cb gets a JSON result. */
+enum mq_queue_op {
+  MQ_QUEUE_GET,       /* a1 = id            -> job object or null */
+  MQ_QUEUE_LIST,      /* a1 = queue, a2 = state or NULL, a3 = limit,
+                         a4 = after id or NULL, a5 = "newest"|"oldest"
+                                            -> array of jobs */
+  MQ_QUEUE_COUNTS,    /* a1 = queue         -> {waiting, delayed, ...} */
+  MQ_QUEUE_PAUSE,     /* a1 = queue         -> true */
+  MQ_QUEUE_RESUME,    /* a1 = queue         -> true */
+  MQ_QUEUE_IS_PAUSED, /* a1 = queue         -> true|false */
+  MQ_QUEUE_CANCEL,    /* a1 = id            -> true|false (found) */
+  MQ_QUEUE_RETRY,     /* a1 = id            -> true|false (found) */
+  MQ_QUEUE_PURGE,     /* a1 = queue, a2 = state or NULL -> count */
+  MQ_QUEUE_MAINTAIN   /* -> {recovered, expired, deleted, ...} or null */
+};
+
+int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],
+                  mq_queue_json_cb cb, void *data);
+
+/* Writes config.lua's queue defaults into the queue table (once at start;
+ * the paused flags are kept). cb may be NULL. */
+int mq_queue_configure(mq_queue *q, mq_queue_json_cb cb, void *data);
+
+#endif
