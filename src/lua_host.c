@@ -80,8 +80,94 @@ lua_State *mq_lua_new(struct mq_runtime *rt, const char *base_dir) {
   return L;
 }
 
-int mq_lua_wait(lua_State *L, struct mq_runtime *rt, struct mq_lua_wait *w) {
+struct mq_lua_wait {
+  struct mq_runtime *rt;
+  lua_State *L;             /* the calling thread */
+  lua_State *main;          /* the state's main thread */
+  struct mq_lua_task *task; /* set when the caller yielded */
+  void (*on_cancel)(void *arg);
+  void *cancel_arg;
+  int nresults;
+  bool done;
+  bool cancelled;
+};
+
+void mq_lua_set_task(lua_State *co, struct mq_lua_task *task) {
+  *(struct mq_lua_task **)lua_getextraspace(co) = task;
+}
+
+struct mq_lua_task *mq_lua_get_task(lua_State *co) {
+  return *(struct mq_lua_task **)lua_getextraspace(co);
+}
+
+struct mq_lua_wait *mq_lua_wait_new(lua_State *L, struct mq_runtime *rt) {
+  struct mq_lua_wait *w = calloc(1, sizeof *w);
+  if (!w)
+    luaL_error(L, "not enough memory");
+  w->rt = rt;
+  w->L = L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  w->main = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  return w;
+}
+
+int mq_lua_wait_k(lua_State *L, struct mq_lua_wait *w, lua_KFunction k) {
+  int top = lua_gettop(L);
+  struct mq_lua_task *task = mq_lua_get_task(L);
+  if (task && lua_isyieldable(L) && !w->done) {
+    w->task = task;
+    task->wait = w;
+    /* Resumed with the results as arguments. */
+    return lua_yieldk(L, 0, (lua_KContext)top, k);
+  }
   while (!w->done)
-    ev_run(rt->loop, EVRUN_ONCE);
-  return w->nresults;
+    ev_run(w->rt->loop, EVRUN_ONCE);
+  int n = w->nresults;
+  free(w);
+  return k ? k(L, LUA_OK, (lua_KContext)top) : n;
+}
+
+int mq_lua_wait(lua_State *L, struct mq_lua_wait *w) {
+  return mq_lua_wait_k(L, w, NULL);
+}
+
+lua_State *mq_lua_wait_state(struct mq_lua_wait *w) {
+  if (w->cancelled)
+    return NULL;
+  return w->task ? w->main : w->L;
+}
+
+void mq_lua_wait_done(struct mq_lua_wait *w, int nresults) {
+  if (w->cancelled) {
+    free(w);
+    return;
+  }
+  w->nresults = nresults;
+  w->done = true;
+  struct mq_lua_task *task = w->task;
+  if (!task)
+    return; /* the blocking caller picks the results up and frees w */
+  lua_xmove(w->main, task->co, nresults);
+  task->wait = NULL;
+  free(w);
+  task->ready(task, nresults);
+}
+
+void mq_lua_wait_on_cancel(struct mq_lua_wait *w, void (*fn)(void *arg),
+                           void *arg) {
+  w->on_cancel = fn;
+  w->cancel_arg = arg;
+}
+
+void mq_lua_wait_cancel(struct mq_lua_wait *w) {
+  w->cancelled = true;
+  if (w->task)
+    w->task->wait = NULL;
+  w->task = NULL;
+  if (w->on_cancel) {
+    void (*fn)(void *) = w->on_cancel;
+    w->on_cancel = NULL;
+    fn(w->cancel_arg); /* may complete the wait, which then frees it */
+  }
 }

@@ -38,6 +38,16 @@ static const char usage_text[] =
     "  run        apply migrations, then run the handlers in config.lua's\n"
     "             handlers directory until SIGINT/SIGTERM\n"
     "  migrate    apply database migrations and exit\n"
+    "  enqueue NAME JSON [--delay S] [--priority N] [--queue Q]\n"
+    "             [--start-after TIME] [--retry-limit N] [--retry-delay S]\n"
+    "             [--retry-backoff true|false] [--retry-delay-max S]\n"
+    "             [--expire-in S] [--retention S] [--singleton-key K]\n"
+    "             [--dead-letter Q] [--run-id R]   send a job, print its id\n"
+    "  jobs QUEUE [--state S] [--limit N] [--after ID] [--oldest]\n"
+    "             list a queue's jobs, newest first\n"
+    "  job ID     print one job as JSON\n"
+    "  counts QUEUE       jobs of a queue in each state\n"
+    "  pause QUEUE | resume QUEUE   stop or restart fetching, everywhere\n"
     "  version    print the version\n"
     "  help       print this help\n"
     "\n"
@@ -134,10 +144,50 @@ static int cmd_run(struct mq_runtime *rt) {
   return code;
 }
 
+/* The queue commands live in lua/moonq/cli.lua: they run in the
+ * runtime's Lua state, whose moonq calls drive the loop until done. */
+static int cmd_lua(struct mq_runtime *rt, const struct cli *cli) {
+  char err[4096];
+  if (mq_runtime_prepare_db(rt, false, err, sizeof err) != 0 ||
+      mq_runtime_open(rt, err, sizeof err) != 0) {
+    fprintf(stderr, "moonq: %s\n", err);
+    return 1;
+  }
+  lua_State *L = rt->L;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moonq.cli");
+  if (mq_lua_pcall(L, 1, 1) != LUA_OK) {
+    fprintf(stderr, "moonq: %s\n", lua_tostring(L, -1));
+    return 1;
+  }
+  lua_getfield(L, -1, "main"); /* [cli, main] */
+  lua_pushstring(L, cli->command);
+  lua_createtable(L, cli->argc, 0);
+  for (int i = 0; i < cli->argc; i++) {
+    lua_pushstring(L, cli->argv[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  if (mq_lua_pcall(L, 2, 1) != LUA_OK) {
+    fprintf(stderr, "moonq: %s\n", lua_tostring(L, -1));
+    return 1;
+  }
+  return (int)lua_tointeger(L, -1);
+}
+
+static bool is_lua_command(const char *c) {
+  static const char *const names[] = {"enqueue", "jobs",  "job",
+                                      "counts",  "pause", "resume"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (strcmp(c, names[i]) == 0)
+      return true;
+  return false;
+}
+
 /* Commands that need a config and a runtime. */
 static int with_runtime(const struct cli *cli) {
   bool run = strcmp(cli->command, "run") == 0;
-  if (cli->argc > 0)
+  bool lua_cmd = is_lua_command(cli->command);
+  if (cli->argc > 0 && !lua_cmd)
     return usage_error("unexpected argument ", cli->argv[0]);
   lua_State *L = luaL_newstate();
   if (!L) {
@@ -157,13 +207,13 @@ static int with_runtime(const struct cli *cli) {
     return 1;
   }
   int code;
-  if (run) {
+  if (run || lua_cmd) {
     /* The runtime's own Lua state serves handlers; the one that read the
      * config is done. */
     lua_close(L);
     L = mq_lua_new(rt, cfg->base_dir);
     rt->L = L;
-    code = L ? cmd_run(rt) : 1;
+    code = !L ? 1 : run ? cmd_run(rt) : cmd_lua(rt, cli);
   } else {
     code = cmd_migrate(rt);
   }
@@ -187,7 +237,8 @@ int main(int argc, char **argv) {
            PQlibVersion());
     return 0;
   }
-  if (strcmp(cli.command, "run") == 0 || strcmp(cli.command, "migrate") == 0)
+  if (strcmp(cli.command, "run") == 0 || strcmp(cli.command, "migrate") == 0 ||
+      is_lua_command(cli.command))
     return with_runtime(&cli);
   return usage_error("unknown command ", cli.command);
 }

@@ -102,7 +102,7 @@ int mq_migrate(const char *conninfo, const char *schema, char *err,
     mq_log_field(name, sizeof name, "name", m->name);
     mq_log_info(MODULE, "applied version=%d%s%s", m->version, name, fields);
   }
-  mq_log_info(MODULE, "%s version=%d applied=%d%s",
+  mq_log(count ? MQ_LOG_INFO : MQ_LOG_DEBUG, MODULE, "%s version=%d applied=%d%s",
               count ? "schema migrated" : "schema up to date",
               latest, count, fields);
   rc = count;

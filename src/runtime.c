@@ -101,7 +101,7 @@ char *mq_runtime_local_db(const char *dir, char *err, size_t errlen) {
              script);
     return NULL;
   }
-  mq_log_info("runtime", "starting the private PostgreSQL dir=%s", dir);
+  mq_log_debug("runtime", "starting the private PostgreSQL dir=%s", dir);
   char *argv[] = {script, (char *)"start", (char *)dir, NULL};
   char why[1024];
   char *url = run_capture(argv, why, sizeof why);

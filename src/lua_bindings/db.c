@@ -89,15 +89,18 @@ static int push_rows(lua_State *L) {
 
 static void query_done(const struct mq_pg_reply *reply, void *data) {
   struct mq_lua_wait *w = data;
-  lua_State *L = w->L;
-  w->done = true;
-  w->nresults = 2;
+  lua_State *L = mq_lua_wait_state(w);
+  if (!L) {
+    mq_lua_wait_done(w, 0);
+    return;
+  }
   if (reply->status != MQ_PG_OK) {
     lua_pushnil(L);
     if (reply->sqlstate[0])
       lua_pushfstring(L, "%s (SQLSTATE %s)", reply->error, reply->sqlstate);
     else
       lua_pushstring(L, reply->error);
+    mq_lua_wait_done(w, 2);
     return;
   }
   lua_pushcfunction(L, push_rows);
@@ -105,11 +108,13 @@ static void query_done(const struct mq_pg_reply *reply, void *data) {
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     lua_pushnil(L);
     lua_insert(L, -2);
+    mq_lua_wait_done(w, 2);
     return;
   }
   const char *tuples = PQcmdTuples(reply->result);
   lua_pushinteger(L, *tuples ? strtoll(tuples, NULL, 10)
                              : (long long)PQntuples(reply->result));
+  mq_lua_wait_done(w, 2);
 }
 
 /* Converts argument i to a text parameter: *out points at a string on the
@@ -168,14 +173,15 @@ static int l_query(lua_State *L) {
   const char **params = lua_newuserdatauv(L, sizeof(char *) * (size_t)(nparams + 1), 0);
   for (int i = 0; i < nparams; i++)
     param_text(L, i + 2, &params[i]);
-  struct mq_lua_wait w = {.L = L};
-  int rc = mq_pg_query(rt->pg, sql, nparams, params, 0, query_done, &w);
+  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
+  int rc = mq_pg_query(rt->pg, sql, nparams, params, 0, query_done, w);
   if (rc != 0) {
+    free(w);
     lua_pushnil(L);
     lua_pushstring(L, rc == MQ_PG_ECLOSED ? "connection pool closed" : "cannot queue query");
     return 2;
   }
-  return mq_lua_wait(L, rt, &w);
+  return mq_lua_wait(L, w);
 }
 
 int luaopen_moonq_db(lua_State *L) {

@@ -59,9 +59,11 @@ static const char *json_arg(lua_State *L, int idx, const char *root,
 static void json_done(int status, const char *error, const char *json,
                       void *data) {
   struct mq_lua_wait *w = data;
-  lua_State *L = w->L;
-  w->done = true;
-  w->nresults = 2;
+  lua_State *L = mq_lua_wait_state(w);
+  if (!L) {
+    mq_lua_wait_done(w, 0);
+    return;
+  }
   char err[256];
   if (status < 0 || status == MQ_QUEUE_ENOTACTIVE) {
     lua_pushnil(L);
@@ -70,29 +72,35 @@ static void json_done(int status, const char *error, const char *json,
     lua_pushnil(L);
     lua_pushstring(L, err);
   } else {
-    w->nresults = 1;
+    mq_lua_wait_done(w, 1);
+    return;
   }
+  mq_lua_wait_done(w, 2);
 }
 
-static int wait_json(lua_State *L, struct mq_runtime *rt, int rc,
-                     struct mq_lua_wait *w) {
-  if (rc != 0)
+/* Waits for w when the operation was started (rc == 0). */
+static int wait_json(lua_State *L, int rc, struct mq_lua_wait *w) {
+  if (rc != 0) {
+    free(w);
     return fail_with(L, "the connection pool is closed");
-  return mq_lua_wait(L, rt, w);
+  }
+  return mq_lua_wait(L, w);
 }
 
 /* ---- send ------------------------------------------------------------- */
 
 static void id_done(int status, const char *error, long long id, void *data) {
   struct mq_lua_wait *w = data;
-  w->done = true;
-  if (status == MQ_QUEUE_OK) {
-    lua_pushinteger(w->L, id);
-    w->nresults = 1;
+  lua_State *L = mq_lua_wait_state(w);
+  if (!L) {
+    mq_lua_wait_done(w, 0);
+  } else if (status == MQ_QUEUE_OK) {
+    lua_pushinteger(L, id);
+    mq_lua_wait_done(w, 1);
   } else {
-    lua_pushnil(w->L);
-    lua_pushstring(w->L, error);
-    w->nresults = 2;
+    lua_pushnil(L);
+    lua_pushstring(L, error);
+    mq_lua_wait_done(w, 2);
   }
 }
 
@@ -109,12 +117,14 @@ static int l_send(lua_State *L) {
   const char *opts = json_arg(L, 3, "options", "{}"); /* [.. data opts] */
   if (!opts)
     return fail_with(L, lua_tostring(L, -1));
-  struct mq_lua_wait w = {.L = L};
+  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
   char err[512];
-  if (mq_queue_send(rt->queue, name, data, opts, id_done, &w, err,
-                    sizeof err) != 0)
+  if (mq_queue_send(rt->queue, name, data, opts, id_done, w, err,
+                    sizeof err) != 0) {
+    free(w);
     return fail_with(L, err);
-  return mq_lua_wait(L, rt, &w);
+  }
+  return mq_lua_wait(L, w);
 }
 
 /* send_many(name, list, opts) -> {ids} | nil, err */
@@ -153,12 +163,14 @@ static int l_send_many(lua_State *L) {
   }
   luaL_addchar(&b, ']');
   luaL_pushresult(&b); /* [.. opts list] */
-  struct mq_lua_wait w = {.L = L};
+  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
   char err[512];
   if (mq_queue_send_many(rt->queue, name, lua_tostring(L, -1), opts, json_done,
-                         &w, err, sizeof err) != 0)
+                         w, err, sizeof err) != 0) {
+    free(w);
     return fail_with(L, err);
-  return mq_lua_wait(L, rt, &w);
+  }
+  return mq_lua_wait(L, w);
 }
 
 /* ---- fetch, complete, fail ------------------------------------------- */
@@ -206,12 +218,15 @@ static int push_jobs(lua_State *L) {
 static void fetch_done(int status, const char *error, const struct mq_job *jobs,
                        int n, void *data) {
   struct mq_lua_wait *w = data;
-  lua_State *L = w->L;
-  w->done = true;
-  w->nresults = 2;
+  lua_State *L = mq_lua_wait_state(w);
+  if (!L) {
+    mq_lua_wait_done(w, 0);
+    return;
+  }
   if (status != MQ_QUEUE_OK) {
     lua_pushnil(L);
     lua_pushstring(L, error);
+    mq_lua_wait_done(w, 2);
     return;
   }
   lua_pushcfunction(L, push_jobs);
@@ -220,9 +235,10 @@ static void fetch_done(int status, const char *error, const struct mq_job *jobs,
   if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
     lua_pushnil(L);
     lua_insert(L, -2);
+    mq_lua_wait_done(w, 2);
     return;
   }
-  w->nresults = 1;
+  mq_lua_wait_done(w, 1);
 }
 
 /* fetch(queue, n) -> {jobs} | nil, err */
@@ -231,9 +247,18 @@ static int l_fetch(lua_State *L) {
   const char *queue = luaL_checkstring(L, 1);
   lua_Integer n = luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 1 && n <= 100000, 2, "expected 1 to 100000 jobs");
-  struct mq_lua_wait w = {.L = L};
-  return wait_json(L, rt, mq_queue_fetch(rt->queue, queue, (int)n, fetch_done, &w),
-                   &w);
+  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
+  return wait_json(L, mq_queue_fetch(rt->queue, queue, (int)n, fetch_done, w),
+                   w);
+}
+
+/* {"state":"completed"} -> true */
+static int complete_k(lua_State *L, int status, lua_KContext top) {
+  if (lua_gettop(L) - (int)top == 1) {
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1);
+  }
+  return lua_gettop(L) - (int)top;
 }
 
 /* complete(id, output) -> true | nil, err */
@@ -244,14 +269,10 @@ static int l_complete(lua_State *L) {
   const char *out = json_arg(L, 2, "output", "null");
   if (!out)
     return fail_with(L, lua_tostring(L, -1));
-  struct mq_lua_wait w = {.L = L};
-  int n = wait_json(L, rt, mq_queue_complete(rt->queue, id, out, json_done, &w),
-                    &w);
-  if (n == 1) { /* {"state":"completed"} -> true */
-    lua_pop(L, 1);
-    lua_pushboolean(L, 1);
-  }
-  return n;
+  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
+  if (mq_queue_complete(rt->queue, id, out, json_done, w) != 0)
+    return wait_json(L, -1, w);
+  return mq_lua_wait_k(L, w, complete_k);
 }
 
 /* fail(id, err) -> {state=, start_after=} | nil, err. err is a message
@@ -269,17 +290,16 @@ static int l_fail(lua_State *L) {
   const char *error = json_arg(L, 2, "error", "null");
   if (!error)
     return fail_with(L, lua_tostring(L, -1));
-  struct mq_lua_wait w = {.L = L};
-  return wait_json(L, rt, mq_queue_fail(rt->queue, id, error, json_done, &w),
-                   &w);
+  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
+  return wait_json(L, mq_queue_fail(rt->queue, id, error, json_done, w), w);
 }
 
 /* ---- inspection and control ------------------------------------------ */
 
 static int call_op(lua_State *L, enum mq_queue_op op, const char *const a[5]) {
   struct mq_runtime *rt = runtime(L);
-  struct mq_lua_wait w = {.L = L};
-  return wait_json(L, rt, mq_queue_call(rt->queue, op, a, json_done, &w), &w);
+  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
+  return wait_json(L, mq_queue_call(rt->queue, op, a, json_done, w), w);
 }
 
 static const char *id_arg(lua_State *L, int idx) {
@@ -287,17 +307,29 @@ static const char *id_arg(lua_State *L, int idx) {
   return lua_pushfstring(L, "%I", id);
 }
 
-/* get(id) -> job | nil, "job N not found" */
-static int l_get(lua_State *L) {
-  const char *a[5] = {id_arg(L, 1)};
-  int n = call_op(L, MQ_QUEUE_GET, a);
-  if (n == 1 && lua_touserdata(L, -1) == NULL && !lua_istable(L, -1)) {
+/* A JSON null result -> nil, message (the message is at stack index 2). */
+static int null_k(lua_State *L, int status, lua_KContext top) {
+  int n = lua_gettop(L) - (int)top;
+  if (n == 1 && lua_type(L, -1) == LUA_TLIGHTUSERDATA) {
     lua_pop(L, 1);
     lua_pushnil(L);
-    lua_pushfstring(L, "job %s not found", a[0]);
+    lua_pushvalue(L, 2);
     return 2;
   }
   return n;
+}
+
+/* get(id) -> job | nil, "job N not found" */
+static int l_get(lua_State *L) {
+  lua_Integer id = luaL_checkinteger(L, 1);
+  lua_settop(L, 1);
+  lua_pushfstring(L, "job %I not found", id); /* [id msg] */
+  const char *a[5] = {lua_pushfstring(L, "%I", id)};
+  struct mq_runtime *rt = runtime(L);
+  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
+  if (mq_queue_call(rt->queue, MQ_QUEUE_GET, a, json_done, w) != 0)
+    return wait_json(L, -1, w);
+  return mq_lua_wait_k(L, w, null_k);
 }
 
 /* list(queue, {state, limit, after, order = "newest"|"oldest"}) -> jobs */
@@ -350,14 +382,14 @@ static int l_purge(lua_State *L) {
 /* maintain() -> {recovered, expired, deleted, processes_removed} | nil when
  * another process is running a pass. */
 static int l_maintain(lua_State *L) {
-  int n = call_op(L, MQ_QUEUE_MAINTAIN, NULL);
-  if (n == 1 && lua_touserdata(L, -1) == NULL && !lua_istable(L, -1)) {
-    lua_pop(L, 1);
-    lua_pushnil(L);
-    lua_pushliteral(L, "another process is running maintenance");
-    return 2;
-  }
-  return n;
+  lua_settop(L, 0);
+  lua_pushnil(L);
+  lua_pushliteral(L, "another process is running maintenance"); /* [nil msg] */
+  struct mq_runtime *rt = runtime(L);
+  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
+  if (mq_queue_call(rt->queue, MQ_QUEUE_MAINTAIN, NULL, json_done, w) != 0)
+    return wait_json(L, -1, w);
+  return mq_lua_wait_k(L, w, null_k);
 }
 
 /* process_id() -> the id this process registered with */

@@ -1,0 +1,178 @@
+-- moonq.cli: the queue commands of the `moonq` executable.
+--
+--   moonq enqueue NAME JSON [--delay S] [--priority N] [--queue Q] ...
+--   moonq jobs QUEUE [--state S] [--limit N] [--after ID] [--oldest]
+--   moonq job ID
+--   moonq counts QUEUE
+--   moonq pause QUEUE | moonq resume QUEUE
+--
+-- main() returns the process exit code: 0 success, 1 runtime error, 2 usage.
+local moonq = require "moonq"
+
+local M = {}
+
+local function number(flag, s)
+  local n = tonumber(s)
+  if not n then error({ usage = ("--%s expects a number, got %q"):format(flag, s) }) end
+  return n
+end
+
+local function integer(flag, s)
+  local n = math.tointeger(tonumber(s))
+  if not n then error({ usage = ("--%s expects an integer, got %q"):format(flag, s) }) end
+  return n
+end
+
+local function boolean(flag, s)
+  if s == "true" then return true elseif s == "false" then return false end
+  error({ usage = ("--%s expects true or false, got %q"):format(flag, s) })
+end
+
+local function text(_, s) return s end
+
+-- enqueue flags -> send option names and their parsers
+local send_flags = {
+  delay = { "delay", number },
+  priority = { "priority", integer },
+  queue = { "queue", text },
+  ["start-after"] = { "start_after", text },
+  ["retry-limit"] = { "retry_limit", integer },
+  ["retry-delay"] = { "retry_delay", number },
+  ["retry-backoff"] = { "retry_backoff", boolean },
+  ["retry-delay-max"] = { "retry_delay_max", number },
+  ["expire-in"] = { "expire_in", number },
+  retention = { "retention", number },
+  ["singleton-key"] = { "singleton_key", text },
+  ["dead-letter"] = { "dead_letter", text },
+  ["run-id"] = { "run_id", text },
+}
+
+-- Splits args into positionals and --flag value pairs (known is the set of
+-- flags that take a value; others are switches).
+local function parse(args, known, switches)
+  local pos, opts = {}, {}
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    local flag, inline = a:match("^%-%-([%w%-]+)=(.*)$")
+    flag = flag or a:match("^%-%-([%w%-]+)$")
+    if flag then
+      if switches and switches[flag] then
+        opts[flag] = true
+      elseif known[flag] then
+        local v = inline
+        if not v then
+          i = i + 1
+          v = args[i]
+          if v == nil then error({ usage = ("--%s needs a value"):format(flag) }) end
+        end
+        opts[flag] = v
+      else
+        error({ usage = ("unknown option --%s"):format(flag) })
+      end
+    else
+      pos[#pos + 1] = a
+    end
+    i = i + 1
+  end
+  return pos, opts
+end
+
+local function need(pos, n, what)
+  if #pos ~= n then error({ usage = ("expected %s"):format(what) }) end
+end
+
+local function check(value, err)
+  if value == nil then error({ runtime = err }) end
+  return value
+end
+
+local commands = {}
+
+function commands.enqueue(args)
+  local pos, flags = parse(args, send_flags)
+  need(pos, 2, "NAME JSON")
+  local data, err = moonq.json.decode(pos[2])
+  if err then error({ runtime = "job data is not valid JSON: " .. err }) end
+  local opts = {}
+  for flag, value in pairs(flags) do
+    local spec = send_flags[flag]
+    opts[spec[1]] = spec[2](flag, value)
+  end
+  local id, serr = moonq.queue.send(pos[1], data, opts)
+  if id == nil then error({ runtime = serr }) end
+  print(id)
+end
+
+local function fmt_job(j)
+  return ("%-10s %-9s %-24s %3d  %s"):format(j.id, j.state, j.name, j.attempt,
+    j.created_at or "")
+end
+
+function commands.jobs(args)
+  local pos, flags = parse(args, { state = true, limit = true, after = true },
+    { oldest = true })
+  need(pos, 1, "QUEUE")
+  local list = check(moonq.queue.list(pos[1], {
+    state = flags.state,
+    limit = flags.limit and integer("limit", flags.limit) or 50,
+    after = flags.after and integer("after", flags.after) or nil,
+    order = flags.oldest and "oldest" or "newest",
+  }))
+  print(("%-10s %-9s %-24s %3s  %s"):format("ID", "STATE", "NAME", "TRY", "CREATED"))
+  for _, j in ipairs(list) do print(fmt_job(j)) end
+end
+
+function commands.job(args)
+  local pos = parse(args, {})
+  need(pos, 1, "ID")
+  local id = integer("id", pos[1])
+  print(moonq.json.encode(check(moonq.queue.get(id))))
+end
+
+function commands.counts(args)
+  local pos = parse(args, {})
+  need(pos, 1, "QUEUE")
+  local c = check(moonq.queue.counts(pos[1]))
+  for _, k in ipairs({ "waiting", "delayed", "paused", "active", "completed", "failed", "cancelled" }) do
+    print(("%-10s %d"):format(k, c[k]))
+  end
+end
+
+function commands.pause(args)
+  local pos = parse(args, {})
+  need(pos, 1, "QUEUE")
+  check(moonq.queue.pause(pos[1]))
+  print(("queue %s paused"):format(pos[1]))
+end
+
+function commands.resume(args)
+  local pos = parse(args, {})
+  need(pos, 1, "QUEUE")
+  check(moonq.queue.resume(pos[1]))
+  print(("queue %s resumed"):format(pos[1]))
+end
+
+-- Runs `command` with its argument list; returns the exit code.
+function M.main(command, args)
+  local fn = commands[command]
+  if not fn then
+    io.stderr:write(("moonq: unknown command %q\n"):format(command))
+    return 2
+  end
+  local ok, err = pcall(fn, args)
+  if ok then return 0 end
+  if type(err) == "table" and err.usage then
+    io.stderr:write(("moonq %s: %s\n"):format(command, err.usage))
+    return 2
+  elseif type(err) == "table" and err.runtime then
+    io.stderr:write(("moonq %s: %s\n"):format(command, err.runtime))
+    return 1
+  end
+  io.stderr:write(("moonq %s: %s\n"):format(command, tostring(err)))
+  return 1
+end
+
+M.commands = commands
+
+return M

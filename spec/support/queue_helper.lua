@@ -1,0 +1,192 @@
+-- Shared helpers for the queue specs (spec/queue_*_spec.lua). Load with
+--   local H = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/queue_helper.lua")
+-- Each spec file opens moonq on its own random schema (H.open) and drops it
+-- in teardown (H.close). H.sql runs SQL with "@." standing for "<schema>.".
+local moonq = require "moonq"
+
+local H = {}
+
+-- Temporary files to delete at H.close().
+local temps = {}
+
+-- A new temporary file name, deleted (with its ".tmp" and ".done"
+-- companions) at H.close().
+function H.tmpname()
+  local p = os.tmpname()
+  temps[#temps + 1] = p
+  return p
+end
+
+H.url = os.getenv("DATABASE_URL")
+
+-- Opens moonq on a fresh random schema; returns the schema name.
+function H.open(config)
+  config = config or {}
+  config.database = H.url
+  config.schema = config.schema or ("t_q_%d"):format(math.random(1, 1e9))
+  assert(moonq.open(config))
+  H.schema = config.schema
+  return config.schema
+end
+
+-- Quotes a string for sh.
+function H.shq(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- Runs psql on DATABASE_URL with the SQL text; returns its output and ok.
+function H.psql(sql)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(sql)
+  f:close()
+  local p = assert(io.popen('psql "$DATABASE_URL" -X -q -t -A -v ON_ERROR_STOP=1 -f '
+    .. H.shq(path) .. " 2>&1"))
+  local out = p:read("a")
+  local ok = p:close()
+  os.remove(path)
+  return out, ok
+end
+
+-- Closes moonq, then drops the schema (with psql, so the process row can
+-- still be unregistered while the schema exists).
+function H.close()
+  local schema = H.schema
+  moonq.close()
+  for _, p in ipairs(temps) do
+    os.remove(p)
+    os.remove(p .. ".tmp")
+    os.remove(p .. ".done")
+  end
+  temps = {}
+  if schema then
+    H.psql("DROP SCHEMA IF EXISTS " .. schema .. " CASCADE;")
+  end
+  H.schema = nil
+end
+
+-- moonq.db.query with "@." replaced by the schema; raises on error.
+function H.sql(sql, ...)
+  sql = sql:gsub("@%.", H.schema .. ".")
+  local rows, n = moonq.db.query(sql, ...)
+  if not rows then error(n, 2) end
+  return rows, n
+end
+
+-- The first row of a query.
+function H.row(sql, ...)
+  return (H.sql(sql, ...))[1]
+end
+
+-- Wall-clock seconds (sub-second precision), from the database.
+function H.now()
+  return moonq.db.query("SELECT extract(epoch FROM clock_timestamp())::float8 AS t")[1].t
+end
+
+function H.sleep(s)
+  os.execute(("sleep %.3f"):format(s))
+end
+
+-- Polls fn() every `every` seconds until it returns a truthy value or
+-- `timeout` seconds pass; returns that value (or nil).
+function H.wait_for(fn, timeout, every)
+  local deadline = os.time() + timeout + 1
+  repeat
+    local v = fn()
+    if v then return v end
+    H.sleep(every or 0.05)
+  until os.time() > deadline
+  return fn()
+end
+
+function H.read(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- A child lua5.4 script with this process's module paths; `vars` become
+-- locals of the script (strings, numbers and booleans only).
+function H.script(body, vars)
+  local lines = {
+    ("package.path = %q; package.cpath = %q"):format(package.path, package.cpath),
+    'local moonq = require "moonq"',
+  }
+  for k, v in pairs(vars or {}) do
+    lines[#lines + 1] = ("local %s = %s"):format(k,
+      type(v) == "string" and ("%q"):format(v) or tostring(v))
+  end
+  lines[#lines + 1] = body
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(table.concat(lines, "\n"), "\n")
+  f:close()
+  return path
+end
+
+-- Runs a child script to completion; returns its stdout+stderr and ok.
+function H.run(body, vars)
+  local path = H.script(body, vars)
+  local p = assert(io.popen("lua5.4 " .. H.shq(path) .. " 2>&1"))
+  local out = p:read("a")
+  local ok = p:close()
+  os.remove(path)
+  return out, ok
+end
+
+-- Starts a child script in the background, in its own process group (so
+-- kill -9 -PID also ends what it started); output goes to `log`. Returns
+-- its pid.
+function H.spawn(body, vars, log)
+  local path = H.script(body, vars)
+  temps[#temps + 1] = path
+  local p = assert(io.popen(("setsid lua5.4 %s >%s 2>&1 </dev/null & echo $!")
+    :format(H.shq(path), H.shq(log))))
+  local pid = tonumber(p:read("l"))
+  p:close()
+  return pid
+end
+
+-- Runs a shell command in the background in its own process group;
+-- output goes to `log`. Returns its pid.
+function H.bg(cmd, log)
+  local p = assert(io.popen(("setsid sh -c %s >%s 2>&1 </dev/null & echo $!")
+    :format(H.shq(cmd), H.shq(log or "/dev/null"))))
+  local pid = tonumber(p:read("l"))
+  p:close()
+  return pid
+end
+
+-- Kills a process group started by H.spawn.
+function H.kill_group(pid)
+  os.execute(("kill -9 -%d 2>/dev/null"):format(pid))
+end
+
+-- Whether process pid still runs (a zombie does not).
+function H.alive(pid)
+  local stat = H.read(("/proc/%d/stat"):format(pid))
+  return stat ~= nil and stat:match("^%d+ %b() (%a)") ~= "Z"
+end
+
+-- Number of elements of t (any keys).
+function H.count(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
+-- Ids of a list of jobs, in order.
+function H.ids(jobs)
+  local out = {}
+  for i, j in ipairs(jobs) do out[i] = j.id end
+  return out
+end
+
+-- Rows of the hot table and of the archive.
+function H.job_rows()
+  return H.row("SELECT count(*) AS n FROM @.job").n
+end
+
+return H
