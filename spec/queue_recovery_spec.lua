@@ -184,7 +184,7 @@ describe("queue across processes", function()
   end)
 
   describe("concurrent fetch", function()
-    local N, BUDGET = 10000, 20
+    local N, BUDGET = 10000, 30
     -- Waits for `go`, then fetches 100 at a time and completes each job
     -- until the queue is empty (or the time budget is spent); writes
     -- "id attempt" lines, then "done <completion failures>".

@@ -81,6 +81,14 @@ ALTER TABLE @schema@.job_archive ADD CHECK (state > 'active');
 CREATE INDEX job_archive_queue_idx ON @schema@.job_archive (queue, state, id);
 CREATE INDEX job_archive_keep_idx ON @schema@.job_archive (keep_until);
 
+-- Wakes idle workers of the named queues (comma-separated): one NOTIFY on
+-- channel "<schema>_wake". "@schema@" is the quoted schema name, so its
+-- quotes are dropped for the channel name.
+CREATE FUNCTION @schema@.wake(queues text) RETURNS void
+LANGUAGE sql AS $$
+  SELECT pg_notify(replace('@schema@', '"', '') || '_wake', left(queues, 7000))
+$$;
+
 -- One NOTIFY per inserting statement, naming the queues that got runnable
 -- jobs; PostgreSQL folds identical notifications of one transaction.
 CREATE FUNCTION @schema@.job_notify() RETURNS trigger
@@ -91,7 +99,7 @@ BEGIN
   SELECT string_agg(DISTINCT queue, ',') INTO queues
     FROM new_jobs WHERE start_after <= now();
   IF queues IS NOT NULL THEN
-    PERFORM pg_notify(TG_TABLE_SCHEMA || '_wake', left(queues, 7000));
+    PERFORM @schema@.wake(queues);
   END IF;
   RETURN NULL;
 END $$;
@@ -356,7 +364,7 @@ BEGIN
     SELECT string_agg(DISTINCT j.queue, ',') INTO wake
       FROM @schema@.job j WHERE j.id = ANY(again_ids) AND j.start_after <= now();
     IF wake IS NOT NULL THEN
-      PERFORM pg_notify('@schema@_wake', wake);
+      PERFORM @schema@.wake(wake);
     END IF;
     RETURN QUERY SELECT u.id, 'retry'::@schema@.job_state, u.at
                    FROM unnest(again_ids, again_at) AS u(id, at);
@@ -490,7 +498,7 @@ $$;
 
 CREATE FUNCTION @schema@.resume(q text) RETURNS void LANGUAGE sql AS $$
   UPDATE @schema@.queue SET paused = false, updated_at = now() WHERE name = q;
-  SELECT pg_notify('@schema@_wake', q);
+  SELECT @schema@.wake(q);
 $$;
 
 -- Cancels a job that waits or runs (a running handler is not interrupted,
@@ -537,6 +545,7 @@ END $$;
 CREATE FUNCTION @schema@.purge(q text, generic_state text) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
+  paused boolean := coalesce((SELECT x.paused FROM @schema@.queue x WHERE x.name = q), false);
   n bigint := 0;
   m bigint;
 BEGIN
@@ -548,8 +557,12 @@ BEGIN
   IF generic_state IS NULL OR generic_state IN ('waiting', 'paused', 'delayed') THEN
     DELETE FROM @schema@.job j
      WHERE j.queue = q AND j.state < 'active'
-       AND (generic_state IS NULL
-            OR (generic_state = 'delayed') = (j.start_after > now()));
+       AND CASE generic_state
+             WHEN 'delayed' THEN j.start_after > now()
+             WHEN 'waiting' THEN j.start_after <= now() AND NOT paused
+             WHEN 'paused' THEN j.start_after <= now() AND paused
+             ELSE true
+           END;
     GET DIAGNOSTICS m = ROW_COUNT;
     n := n + m;
   END IF;
@@ -699,3 +712,34 @@ RETURNS void LANGUAGE sql AS $$
         expire_in = excluded.expire_in, retention = excluded.retention,
         dead_letter = excluded.dead_letter, updated_at = now()
 $$;
+
+-- Seconds until the next delayed job of queue q is due, or NULL.
+CREATE FUNCTION @schema@.next_due(q text) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+  SELECT greatest(extract(epoch FROM min(j.start_after) - now()), 0)::double precision
+    FROM @schema@.job j
+   WHERE j.queue = q AND j.state < 'active' AND j.start_after > now()
+$$;
+
+-- Gives active jobs of process `owner_id` back (a graceful stop): they wait
+-- again at once and this attempt does not count. Returns how many.
+CREATE FUNCTION @schema@.release_jobs(ids bigint[], owner_id uuid) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+  n bigint;
+  wake text;
+BEGIN
+  WITH r AS (
+    UPDATE @schema@.job j
+       SET state = CASE WHEN j.retry_count > 0 THEN 'retry'::@schema@.job_state
+                        ELSE 'created'::@schema@.job_state END,
+           start_after = now(), owner = NULL, started_at = NULL
+     WHERE j.id = ANY(ids) AND j.state = 'active' AND j.owner = owner_id
+    RETURNING j.queue
+  )
+  SELECT count(*), string_agg(DISTINCT r.queue, ',') INTO n, wake FROM r;
+  IF wake IS NOT NULL THEN
+    PERFORM @schema@.wake(wake);
+  END IF;
+  RETURN n;
+END $$;

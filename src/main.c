@@ -21,6 +21,7 @@
 #include "lua_host.h"
 #include "migrate.h"
 #include "runtime.h"
+#include "worker.h"
 
 enum { EXIT_USAGE = 2 };
 
@@ -135,6 +136,12 @@ static int cmd_run(struct mq_runtime *rt) {
     fprintf(stderr, "moonq: %s\n", err);
     return 1;
   }
+  rt->worker = mq_worker_new(rt, err, sizeof err);
+  if (!rt->worker) {
+    fprintf(stderr, "moonq: %s\n", err);
+    return 1;
+  }
+  mq_worker_start(rt->worker);
   mq_queue_start_maintenance(rt->queue);
   mq_log_info("moonq", "running version=%s schema=%s handlers=%s workers=%d",
               MOONQ_VERSION, rt->cfg->schema, rt->cfg->handlers,

@@ -84,6 +84,7 @@ struct mq_pg {
   double queue_timeout;
   struct fifo waiting;
   ev_prepare dispatch;
+  ev_idle kick; /* keeps the loop from blocking before dispatch runs */
   ev_timer expiry;
   char **stmts;
   int nstmts, stmts_cap;
@@ -255,7 +256,11 @@ static int submit(mq_pg *pg, struct req *r, int flags, mq_pg_cb cb,
   r->data = data;
   r->queued_at = ev_now(pg->loop);
   fifo_push(&pg->waiting, r);
+  /* A request made from a prepare or check watcher would otherwise wait
+   * for the next poll to return: the idle watcher makes that poll not
+   * block, and the prepare watcher sends it right after. */
   ev_prepare_start(pg->loop, &pg->dispatch);
+  ev_idle_start(pg->loop, &pg->kick);
   if (!ev_is_active(&pg->expiry))
     ev_timer_again(pg->loop, &pg->expiry);
   return 0;
@@ -401,6 +406,10 @@ static void dispatch_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
   if (!pg->closing && (!pg->waiting.head || !least_loaded(pg)))
     ev_prepare_stop(loop, w);
   leave(pg);
+}
+
+static void kick_cb(struct ev_loop *loop, ev_idle *w, int revents) {
+  ev_idle_stop(loop, w);
 }
 
 /* Fails requests that have waited longer than queue_timeout for a
@@ -848,6 +857,7 @@ mq_pg *mq_pg_new(struct ev_loop *loop, const struct mq_pg_options *opts) {
   pg->rng = (uint64_t)ev_time() * 1000003u ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15u;
   ev_prepare_init(&pg->dispatch, dispatch_cb);
   pg->dispatch.data = pg;
+  ev_idle_init(&pg->kick, kick_cb);
   ev_init(&pg->expiry, expiry_cb);
   pg->expiry.repeat = 1.0;
   pg->expiry.data = pg;
@@ -901,6 +911,7 @@ void mq_pg_close(mq_pg *pg) {
     return;
   pg->closing = true;
   ev_prepare_stop(pg->loop, &pg->dispatch);
+  ev_idle_stop(pg->loop, &pg->kick);
   ev_timer_stop(pg->loop, &pg->expiry);
   enter(pg);
   struct req *r;

@@ -35,6 +35,8 @@ enum stmt {
   ST_HEARTBEAT,
   ST_UNREGISTER,
   ST_CONFIGURE,
+  ST_NEXT_DUE,
+  ST_RELEASE,
   ST_COUNT
 };
 
@@ -66,7 +68,9 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_MAINTAIN] = "SELECT %s.maintain($1::float8)::text",
     [ST_HEARTBEAT] = "SELECT %s.heartbeat($1::uuid, $2, $3::int, $4)",
     [ST_UNREGISTER] = "DELETE FROM %s.process WHERE id = $1::uuid",
-    [ST_CONFIGURE] = "SELECT %s.configure_queue($1, $2::jsonb)",
+    [ST_CONFIGURE] = "SELECT %s.configure_queue($1, $2::jsonb), 'true'",
+    [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
+    [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs($1::bigint[], $2::uuid))::text",
 };
 
 /* One caller waiting in a batch. */
@@ -591,17 +595,22 @@ static const struct {
     [MQ_QUEUE_RESUME] = {ST_RESUME, 1},   [MQ_QUEUE_IS_PAUSED] = {ST_IS_PAUSED, 1},
     [MQ_QUEUE_CANCEL] = {ST_CANCEL, 1},   [MQ_QUEUE_RETRY] = {ST_RETRY, 1},
     [MQ_QUEUE_PURGE] = {ST_PURGE, 2},     [MQ_QUEUE_MAINTAIN] = {ST_MAINTAIN, 1},
+    [MQ_QUEUE_NEXT_DUE] = {ST_NEXT_DUE, 1}, [MQ_QUEUE_RELEASE] = {ST_RELEASE, 2},
+    [MQ_QUEUE_CONFIGURE] = {ST_CONFIGURE, 2},
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],
                   mq_queue_json_cb cb, void *data) {
-  if ((int)op < 0 || op > MQ_QUEUE_MAINTAIN)
+  if ((int)op < 0 || op > MQ_QUEUE_CONFIGURE)
     return MQ_QUEUE_EINVAL;
   const char *params[5] = {NULL};
   char stale[32];
   if (op == MQ_QUEUE_MAINTAIN) {
     snprintf(stale, sizeof stale, "%g", q->cfg->stale_after);
     params[0] = stale;
+  } else if (op == MQ_QUEUE_RELEASE) {
+    params[0] = args[0];
+    params[1] = q->process_id;
   } else {
     for (int i = 0; i < ops[op].nparams; i++)
       params[i] = args ? args[i] : NULL;

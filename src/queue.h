@@ -124,7 +124,14 @@ enum mq_queue_op {
   MQ_QUEUE_CANCEL,    /* a1 = id            -> true|false (found) */
   MQ_QUEUE_RETRY,     /* a1 = id            -> true|false (found) */
   MQ_QUEUE_PURGE,     /* a1 = queue, a2 = state or NULL -> count */
-  MQ_QUEUE_MAINTAIN   /* -> {recovered, expired, deleted, ...} or null */
+  MQ_QUEUE_MAINTAIN,  /* -> {recovered, expired, deleted, ...} or null */
+  MQ_QUEUE_NEXT_DUE,  /* a1 = queue -> seconds until its next delayed job
+                         is due, or null */
+  MQ_QUEUE_RELEASE,   /* a1 = "{id,id,...}" -> count: this process's active
+                         jobs go back to waiting, attempt not counted */
+  MQ_QUEUE_CONFIGURE  /* a1 = queue, a2 = settings JSON (retry_limit,
+                         retry_delay, retry_backoff, retry_delay_max,
+                         expire_in, retention, dead_letter) -> true */
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],

@@ -13,6 +13,7 @@
 
 #include "log.h"
 #include "migrate.h"
+#include "worker.h"
 
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents);
 
@@ -197,7 +198,9 @@ int mq_runtime_open(struct mq_runtime *rt, char *err, size_t errlen) {
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
   struct mq_runtime *rt = w->data;
   if (w->signum == SIGHUP) {
-    mq_log_info("runtime", "SIGHUP received");
+    mq_log_info("runtime", "SIGHUP: reloading handlers");
+    if (rt->worker)
+      mq_worker_reload(rt->worker);
     return;
   }
   if (rt->stopping) {
@@ -224,15 +227,23 @@ static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   }
 }
 
+static void start_drain(void *arg) {
+  struct mq_runtime *rt = arg;
+  rt->stop_deadline = ev_now(rt->loop) + 10;
+  ev_timer_init(&rt->drain, drain_cb, 0., 0.02);
+  rt->drain.data = rt;
+  ev_timer_start(rt->loop, &rt->drain);
+}
+
 void mq_runtime_stop(struct mq_runtime *rt, int exit_code) {
   if (rt->stopping)
     return;
   rt->stopping = true;
   rt->exit_code = exit_code;
-  rt->stop_deadline = ev_now(rt->loop) + rt->cfg->shutdown_grace;
-  ev_timer_init(&rt->drain, drain_cb, 0., 0.02);
-  rt->drain.data = rt;
-  ev_timer_start(rt->loop, &rt->drain);
+  if (rt->worker)
+    mq_worker_stop(rt->worker, start_drain, rt);
+  else
+    start_drain(rt);
 }
 
 int mq_runtime_run(struct mq_runtime *rt) {
@@ -254,6 +265,8 @@ void mq_runtime_free(struct mq_runtime *rt) {
   if (!rt)
     return;
   ev_timer_stop(rt->loop, &rt->drain);
+  mq_worker_free(rt->worker);
+  rt->worker = NULL;
   if (rt->queue) {
     mq_queue_close(rt->queue);
     rt->queue = NULL;

@@ -9,7 +9,7 @@
  * private cluster under <config dir>/.moonq started on demand), applies
  * migrations, then opens the connection pool.
  *
- * Uses: config, log, pg, migrate, queue.
+ * Uses: config, log, pg, migrate, queue, worker.
  */
 #ifndef MQ_RUNTIME_H
 #define MQ_RUNTIME_H
@@ -31,6 +31,7 @@ struct mq_runtime {
   char *conninfo;        /* the database actually used */
   mq_pg *pg;
   mq_queue *queue;
+  struct mq_worker *worker; /* when this process runs handlers */
   lua_State *L;          /* the Lua state the runtime serves (not owned) */
   bool stopping;
   int exit_code;
@@ -61,7 +62,8 @@ int mq_runtime_open(struct mq_runtime *rt, char *err, size_t errlen);
  * process exit code. */
 int mq_runtime_run(struct mq_runtime *rt);
 
-/* Asks the loop to finish: waits for in-flight database work, then returns
+/* Asks the loop to finish: stops the worker (running jobs get
+ * shutdown_grace seconds), waits for in-flight database work, then returns
  * from mq_runtime_run(). */
 void mq_runtime_stop(struct mq_runtime *rt, int exit_code);
 

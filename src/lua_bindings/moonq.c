@@ -124,7 +124,50 @@ static int l_config(lua_State *L) {
   return 1;
 }
 
+/* A sleep in progress; freed when it fires or is cancelled. */
+struct sleeper {
+  ev_timer timer;
+  struct mq_runtime *rt;
+  struct mq_lua_wait *wait;
+};
+
+static void sleep_fired(struct ev_loop *loop, ev_timer *t, int revents) {
+  struct sleeper *s = t->data;
+  struct mq_lua_wait *w = s->wait;
+  free(s);
+  mq_lua_wait_done(w, 0);
+}
+
+static void sleep_cancelled(void *arg) {
+  struct sleeper *s = arg;
+  struct mq_lua_wait *w = s->wait;
+  ev_timer_stop(s->rt->loop, &s->timer);
+  free(s);
+  mq_lua_wait_done(w, 0);
+}
+
+/* moonq.sleep(seconds): in a job it yields (other jobs run meanwhile); in a
+ * script it runs the loop for that long. */
+static int l_sleep(lua_State *L) {
+  struct mq_runtime *rt = mq_lua_runtime(L);
+  lua_Number seconds = luaL_checknumber(L, 1);
+  luaL_argcheck(L, seconds >= 0 && seconds < 1e9, 1, "expected seconds >= 0");
+  if (!rt)
+    return luaL_error(L, "moonq is not open (call moonq.open() first)");
+  struct sleeper *s = malloc(sizeof *s);
+  if (!s)
+    return luaL_error(L, "not enough memory");
+  s->rt = rt;
+  s->wait = mq_lua_wait_new(L, rt);
+  ev_timer_init(&s->timer, sleep_fired, (ev_tstamp)seconds, 0.);
+  s->timer.data = s;
+  ev_timer_start(rt->loop, &s->timer);
+  mq_lua_wait_on_cancel(s->wait, sleep_cancelled, s);
+  return mq_lua_wait(L, s->wait);
+}
+
 static const luaL_Reg moonq_funcs[] = {
+    {"sleep", l_sleep},
     {"open", l_open},
     {"close", l_close},
     {"is_open", l_is_open},

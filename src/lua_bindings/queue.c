@@ -175,7 +175,7 @@ static int l_send_many(lua_State *L) {
 
 /* ---- fetch, complete, fail ------------------------------------------- */
 
-static void push_job(lua_State *L, const struct mq_job *j) {
+void mq_lua_push_job(lua_State *L, const struct mq_job *j) {
   lua_createtable(L, 0, 9);
   lua_pushinteger(L, j->id);
   lua_setfield(L, -2, "id");
@@ -209,7 +209,7 @@ static int push_jobs(lua_State *L) {
   mq_json_push_array_mt(L);
   lua_setmetatable(L, -2);
   for (int i = 0; i < n; i++) {
-    push_job(L, &jobs[i]);
+    mq_lua_push_job(L, &jobs[i]);
     lua_rawseti(L, -2, i + 1);
   }
   return 1;

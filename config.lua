@@ -1,0 +1,19 @@
+-- The example app's configuration (see docs/config.md for every key).
+return {
+  -- nil: moonq starts a private PostgreSQL under .moonq/ (DATABASE_URL,
+  -- when set, overrides this either way).
+  database = os.getenv("DATABASE_URL"),
+  schema = "moonq",
+  handlers = "handlers",
+  workers = 1,
+  queue = {
+    retry_limit = 3, retry_delay = 60, retry_backoff = true,
+    expire_in = 900, retention = 7 * 86400, poll_interval = 2,
+    concurrency = 10, timeout = 300,
+  },
+  queues = {
+    -- flaky.lua's first attempt fails; retry it after a second.
+    flaky = { retry_delay = 1, retry_backoff = false },
+  },
+  log = { level = "info" },
+}

@@ -1,0 +1,63 @@
+-- moonq.ctx: the second argument of every handler.
+--
+--   ctx.job                 the job (id, name, queue, data, attempt, run_id)
+--   ctx.log.info(msg, f)    logging tagged with the job (debug/info/warn/error)
+--   ctx.sleep(seconds)      yields to the loop; other jobs keep running
+--   ctx.enqueue(name, data, opts)   sends a job (same run_id by default)
+--   ctx.emit(type, data)    records an event for the job
+--
+-- Every call that waits yields the job's coroutine; none blocks the loop.
+local moonq = require "moonq"
+
+local M = {}
+local Ctx = {}
+Ctx.__index = function(ctx, key)
+  local method = Ctx[key]
+  if method then return method end
+  if key == "log" then
+    local job = rawget(ctx, "job")
+    local log = {}
+    for _, level in ipairs({ "debug", "info", "warn", "error" }) do
+      local write = moonq.log[level]
+      log[level] = function(msg, fields)
+        local f = { job_id = job.id, job = job.name }
+        if fields then for k, v in pairs(fields) do f[k] = v end end
+        write(msg, f)
+      end
+    end
+    rawset(ctx, "log", log)
+    return log
+  end
+  if key == "emitted" then
+    local list = {}
+    rawset(ctx, "emitted", list)
+    return list
+  end
+end
+
+Ctx.sleep = moonq.sleep
+
+function M.new(job)
+  local ctx = setmetatable({ job = job }, Ctx)
+  -- Closures, so handlers call ctx.enqueue(...) without a colon.
+  ctx.enqueue = function(name, data, opts)
+    if job.run_id and (opts == nil or opts.run_id == nil) then
+      local o = { run_id = job.run_id }
+      if opts then for k, v in pairs(opts) do o[k] = v end end
+      opts = o
+    end
+    return moonq.queue.send(name, data, opts)
+  end
+  ctx.emit = function(type_, data)
+    if type(type_) ~= "string" or type_ == "" then
+      error("ctx.emit: event type must be a non-empty string", 2)
+    end
+    local list = ctx.emitted
+    list[#list + 1] = { type = type_, data = data }
+    moonq.log.info("emit", { job_id = job.id, job = job.name, event = type_ })
+    return true
+  end
+  return ctx
+end
+
+return M
