@@ -773,45 +773,19 @@ static void bench_explain(void) {
   notice_sink = NULL;
 }
 
-static void bench_profile(void) {
-  char path[1024];
-  snprintf(path, sizeof path, "%s/pg_stat_statements.txt", opt.out);
-  int b = opt.drain_batch[0], k = opt.drain_inflight[0];
-  printf("\n== profile: drain %d jobs (batch %d, inflight %d) with"
-         " pg_stat_statements -> %s\n",
-         opt.drain_jobs, b, k, path);
-  PGresult *ext = PQexec(admin, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
-  bool have = PQresultStatus(ext) == PGRES_COMMAND_OK;
-  PQclear(ext);
-  if (!have) {
-    printf("  pg_stat_statements is not available: %s\n", PQerrorMessage(admin));
-    return;
-  }
-  prefill(opt.drain_jobs);
-  sql_exec("SELECT pg_stat_statements_reset()");
-  memset(&drn, 0, sizeof drn);
-  drn.batch = b;
-  drn.fetchers = k;
-  drn.target = opt.drain_jobs;
-  double t0 = now_s();
-  for (int i = 0; i < k; i++)
-    drain_fetch();
-  while (!drn.finished)
-    ev_run(loop, EVRUN_ONCE);
-  double dt = drn.t_end - t0;
-  printf("RESULT profile_drain_jobs_per_s %.0f\n", opt.drain_jobs / dt);
-  FILE *f = fopen(path, "w");
-  if (!f)
-    die("cannot write %s", path);
+/* Writes the top statements of pg_stat_statements (this database) to f. */
+static void dump_statements(FILE *f, const char *title) {
+  fprintf(f, "\n######## %s\n", title);
   PGresult *r = sql_res(
       "SELECT round(total_exec_time::numeric, 1) AS total_ms, calls, rows,"
-      " round((total_exec_time / greatest(calls, 1))::numeric, 3) AS mean_ms,"
-      " shared_blks_hit AS hit, shared_blks_read AS read,"
-      " shared_blks_dirtied AS dirtied, wal_records, wal_bytes, toplevel,"
-      " regexp_replace(left(query, 160), '\\s+', ' ', 'g') AS query"
+      " round((total_exec_time / greatest(calls, 1))::numeric, 4) AS mean_ms,"
+      " shared_blks_hit AS hit, shared_blks_dirtied AS dirtied, wal_records,"
+      " wal_fpi, wal_bytes, toplevel,"
+      " regexp_replace(left(query, 110), '\\s+', ' ', 'g') AS query"
       " FROM pg_stat_statements"
       " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-      " ORDER BY total_exec_time DESC LIMIT 15");
+      " AND query NOT LIKE '%pg_stat_statements%'"
+      " ORDER BY total_exec_time DESC LIMIT 12");
   int nf = PQnfields(r);
   for (int j = 0; j < nf; j++)
     fprintf(f, "%s%s", j ? " | " : "", PQfname(r, j));
@@ -822,7 +796,65 @@ static void bench_profile(void) {
     fprintf(f, "\n");
   }
   PQclear(r);
-  fprintf(f, "\n(drain: %.3f s)\n", dt);
+}
+
+/* pg_stat_statements around one series of sends and one drain. Run with
+ * PGOPTIONS='-c pg_stat_statements.track=all' to see the statements inside
+ * the SQL functions too. */
+static void bench_profile(void) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/pg_stat_statements.txt", opt.out);
+  int b = opt.drain_batch[0], k = opt.drain_inflight[0];
+  printf("\n== profile: %d sends, then a drain of %d jobs (batch %d, inflight"
+         " %d), with pg_stat_statements -> %s\n",
+         opt.send_n, opt.drain_jobs, b, k, path);
+  PGresult *ext =
+      PQexec(admin, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+  bool have = PQresultStatus(ext) == PGRES_COMMAND_OK;
+  PQclear(ext);
+  if (!have) {
+    printf("  pg_stat_statements is not available: %s\n",
+           PQerrorMessage(admin));
+    return;
+  }
+  FILE *f = fopen(path, "w");
+  if (!f)
+    die("cannot write %s", path);
+  PGresult *tr = sql_res("SHOW pg_stat_statements.track");
+  fprintf(f, "pg_stat_statements.track = %s; schema %s\n",
+          PQgetvalue(tr, 0, 0), opt.schema);
+  PQclear(tr);
+
+  reset_tables();
+  run_sends(300);
+  sql_exec("SELECT pg_stat_statements_reset()");
+  double t0 = now_s();
+  run_sends(opt.send_n);
+  double dt = now_s() - t0;
+  qsort(snd.lat, (size_t)snd.n, sizeof(double), cmp_double);
+  printf("RESULT profile_send_p50_ms %.3f\n", pct(snd.lat, snd.n, 50));
+  char title[200];
+  snprintf(title, sizeof title, "%d sends one at a time (%.3f s, p50 %.3f ms)",
+           opt.send_n, dt, pct(snd.lat, snd.n, 50));
+  dump_statements(f, title);
+
+  prefill(opt.drain_jobs);
+  sql_exec("SELECT pg_stat_statements_reset()");
+  memset(&drn, 0, sizeof drn);
+  drn.batch = b;
+  drn.fetchers = k;
+  drn.target = opt.drain_jobs;
+  t0 = now_s();
+  for (int i = 0; i < k; i++)
+    drain_fetch();
+  while (!drn.finished)
+    ev_run(loop, EVRUN_ONCE);
+  dt = drn.t_end - t0;
+  printf("RESULT profile_drain_jobs_per_s %.0f\n", opt.drain_jobs / dt);
+  snprintf(title, sizeof title,
+           "drain of %d jobs, batch %d, %d fetches in flight (%.3f s)",
+           opt.drain_jobs, b, k, dt);
+  dump_statements(f, title);
   fclose(f);
 }
 

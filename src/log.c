@@ -9,6 +9,7 @@
 
 static int min_level = MQ_LOG_INFO;
 static FILE *out_stream;
+static char tag[32]; /* "w1 " in prefork worker 1, else empty */
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static const char *const level_tags[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
@@ -32,6 +33,10 @@ const char *mq_log_level_name(int level) {
 
 void mq_log_set_stream(FILE *stream) { out_stream = stream; }
 
+void mq_log_set_tag(const char *t) {
+  snprintf(tag, sizeof tag, "%s%s", t ? t : "", t && *t ? " " : "");
+}
+
 void mq_logv(int level, const char *module, const char *fmt, va_list ap) {
   if (level < min_level || level < 0 || level > MQ_LOG_ERROR)
     return;
@@ -42,10 +47,10 @@ void mq_logv(int level, const char *module, const char *fmt, va_list ap) {
   gmtime_r(&tv.tv_sec, &tm);
   char line[4096];
   int n = snprintf(line, sizeof line,
-                   "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s %s: ",
+                   "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s %s%s: ",
                    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
                    tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000),
-                   level_tags[level], module);
+                   level_tags[level], tag, module);
   if (n < 0)
     return;
   if ((size_t)n < sizeof line)

@@ -35,6 +35,10 @@ const char *mq_log_level_name(int level);
 /* Where records go; NULL restores stderr. The stream is not closed. */
 void mq_log_set_stream(FILE *stream);
 
+/* A word written before the module in every record ("w2" in the second
+ * prefork worker, "supervisor"); NULL or "" for none. */
+void mq_log_set_tag(const char *tag);
+
 /* Writes one record. `module` is a short subsystem name ("pg", "config"). */
 void mq_log(int level, const char *module, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -21,6 +21,7 @@
 #include "lua_host.h"
 #include "migrate.h"
 #include "runtime.h"
+#include "supervisor.h"
 #include "worker.h"
 
 enum { EXIT_USAGE = 2 };
@@ -129,10 +130,14 @@ static int cmd_migrate(struct mq_runtime *rt) {
   return 0;
 }
 
-static int cmd_run(struct mq_runtime *rt) {
+/* Runs handlers in this process until stopped (also each prefork child). */
+static int serve(struct mq_runtime *rt, int index) {
   char err[4096];
-  if (mq_runtime_prepare_db(rt, true, err, sizeof err) != 0 ||
-      mq_runtime_open(rt, err, sizeof err) != 0) {
+  if (!rt->L && !(rt->L = mq_lua_new(rt, rt->cfg->base_dir))) {
+    fprintf(stderr, "moonq: out of memory\n");
+    return 1;
+  }
+  if (mq_runtime_open(rt, err, sizeof err) != 0) {
     fprintf(stderr, "moonq: %s\n", err);
     return 1;
   }
@@ -143,12 +148,35 @@ static int cmd_run(struct mq_runtime *rt) {
   }
   mq_worker_start(rt->worker);
   mq_queue_start_maintenance(rt->queue);
-  mq_log_info("moonq", "running version=%s schema=%s handlers=%s workers=%d",
+  mq_log_info("moonq", "running version=%s schema=%s handlers=%s pid=%d",
               MOONQ_VERSION, rt->cfg->schema, rt->cfg->handlers,
-              rt->cfg->workers);
+              (int)getpid());
   int code = mq_runtime_run(rt);
   mq_log_info("moonq", "stopped");
   return code;
+}
+
+/* In a prefork child the runtime (copied from the supervisor) gets its own
+ * loop, Lua state and connections; it exits when serve() returns. */
+static int child_main(struct mq_runtime *rt, int index) {
+  rt->L = NULL;
+  int code = serve(rt, index);
+  lua_State *L = rt->L;
+  mq_runtime_free(rt);
+  if (L)
+    lua_close(L);
+  return code;
+}
+
+static int cmd_run(struct mq_runtime *rt) {
+  char err[4096];
+  if (mq_runtime_prepare_db(rt, true, err, sizeof err) != 0) {
+    fprintf(stderr, "moonq: %s\n", err);
+    return 1;
+  }
+  if (rt->cfg->workers > 1)
+    return mq_supervisor_run(rt, child_main);
+  return serve(rt, 0);
 }
 
 /* The queue commands live in lua/moonq/cli.lua: they run in the
@@ -218,9 +246,14 @@ static int with_runtime(const struct cli *cli) {
     /* The runtime's own Lua state serves handlers; the one that read the
      * config is done. */
     lua_close(L);
-    L = mq_lua_new(rt, cfg->base_dir);
-    rt->L = L;
-    code = !L ? 1 : run ? cmd_run(rt) : cmd_lua(rt, cli);
+    L = NULL;
+    if (run) {
+      code = cmd_run(rt);
+      L = rt->L;
+    } else {
+      L = rt->L = mq_lua_new(rt, cfg->base_dir);
+      code = L ? cmd_lua(rt, cli) : 1;
+    }
   } else {
     code = cmd_migrate(rt);
   }

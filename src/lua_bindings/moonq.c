@@ -17,8 +17,11 @@
 #include "lua_bindings/bindings.h"
 #include "lua_host.h"
 #include "runtime.h"
+#include "worker.h"
 
 static const char *const RUNTIME_MT = "moonq.runtime";
+
+static int l_stop(lua_State *L);
 
 /* The runtime a script opened is owned by a userdata in the registry, so it
  * is closed with the Lua state even if the script never calls close. */
@@ -77,6 +80,11 @@ static int l_open(lua_State *L) {
     lua_pushstring(L, err);
     return 2;
   }
+  /* Handlers run as coroutines of the main thread, which outlives any
+   * coroutine (a busted test, say) that happened to call open. */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  box->rt->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
   mq_lua_set_runtime(L, box->rt);
   lua_setfield(L, LUA_REGISTRYINDEX, "moonq.runtime_box");
   lua_pushboolean(L, 1);
@@ -89,6 +97,10 @@ static int l_close(lua_State *L) {
   if (lua_isnil(L, -1))
     return 0;
   struct rt_box *box = lua_touserdata(L, -1);
+  if (box->rt && box->rt->worker) {
+    lua_pushcfunction(L, l_stop);
+    lua_call(L, 0, 0);
+  }
   if (box->rt) {
     while (box->rt->pg && mq_pg_pending(box->rt->pg) > 0)
       ev_run(box->rt->loop, EVRUN_ONCE);
@@ -99,6 +111,80 @@ static int l_close(lua_State *L) {
   lua_pushnil(L);
   lua_setfield(L, LUA_REGISTRYINDEX, "moonq.runtime_box");
   return 0;
+}
+
+static struct mq_runtime *open_runtime(lua_State *L) {
+  struct mq_runtime *rt = mq_lua_runtime(L);
+  if (!rt)
+    luaL_error(L, "moonq is not open (call moonq.open() first)");
+  return rt;
+}
+
+/* moonq.start() -> true | nil, err: runs the config's handlers in this
+ * process whenever the loop runs (moonq.run_until, or any blocking call). */
+static int l_start(lua_State *L) {
+  struct mq_runtime *rt = open_runtime(L);
+  if (rt->worker)
+    return luaL_error(L, "moonq.start: workers already started");
+  char err[1024];
+  rt->worker = mq_worker_new(rt, err, sizeof err);
+  if (!rt->worker) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  mq_worker_start(rt->worker);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void worker_stopped(void *arg) { *(bool *)arg = true; }
+
+/* moonq.stop(): stops fetching and waits for running jobs (up to
+ * shutdown_grace seconds; the rest go back to the queue). */
+static int l_stop(lua_State *L) {
+  struct mq_runtime *rt = open_runtime(L);
+  if (!rt->worker)
+    return 0;
+  bool done = false;
+  mq_worker_stop(rt->worker, worker_stopped, &done);
+  while (!done)
+    ev_run(rt->loop, EVRUN_ONCE);
+  mq_worker_free(rt->worker);
+  rt->worker = NULL;
+  return 0;
+}
+
+static void tick(struct ev_loop *loop, ev_timer *t, int revents) {}
+
+/* moonq.run_until(fn, timeout) -> true | false, "timeout": runs the loop
+ * (handlers, timers, queries) until fn() returns a true value. */
+static int l_run_until(lua_State *L) {
+  struct mq_runtime *rt = open_runtime(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_Number timeout = luaL_optnumber(L, 2, 10);
+  ev_tstamp deadline = ev_time() + timeout;
+  ev_timer t; /* wakes the loop so fn is asked again */
+  ev_timer_init(&t, tick, 0.01, 0.01);
+  ev_timer_start(rt->loop, &t);
+  for (;;) {
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+      ev_timer_stop(rt->loop, &t);
+      return lua_error(L);
+    }
+    int ok = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (ok || ev_time() >= deadline) {
+      ev_timer_stop(rt->loop, &t);
+      lua_pushboolean(L, ok);
+      if (ok)
+        return 1;
+      lua_pushliteral(L, "timeout");
+      return 2;
+    }
+    ev_run(rt->loop, EVRUN_ONCE);
+  }
 }
 
 /* moonq.is_open() -> boolean */
@@ -168,6 +254,9 @@ static int l_sleep(lua_State *L) {
 
 static const luaL_Reg moonq_funcs[] = {
     {"sleep", l_sleep},
+    {"start", l_start},
+    {"stop", l_stop},
+    {"run_until", l_run_until},
     {"open", l_open},
     {"close", l_close},
     {"is_open", l_is_open},
