@@ -89,15 +89,15 @@ LANGUAGE sql AS $$
   SELECT pg_notify(replace('@schema@', '"', '') || '_wake', left(queues, 7000))
 $$;
 
--- One NOTIFY per inserting statement, naming the queues that got runnable
--- jobs; PostgreSQL folds identical notifications of one transaction.
+-- One NOTIFY per inserting statement, naming the queues that got jobs;
+-- PostgreSQL folds identical notifications of one transaction.
 CREATE FUNCTION @schema@.job_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
   queues text;
 BEGIN
-  SELECT string_agg(DISTINCT queue, ',') INTO queues
-    FROM new_jobs WHERE start_after <= now();
+  -- Delayed jobs notify too: an idle worker then sets its timer to them.
+  SELECT string_agg(DISTINCT queue, ',') INTO queues FROM new_jobs;
   IF queues IS NOT NULL THEN
     PERFORM @schema@.wake(queues);
   END IF;

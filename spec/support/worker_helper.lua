@@ -1,0 +1,181 @@
+-- Shared helpers for the worker specs (spec/worker_*_spec.lua). Load with
+--   local W = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/worker_helper.lua")
+-- W has every function of queue_helper.lua (W.sql, W.row, W.now, W.spawn,
+-- ...) plus: temporary handler directories (W.handlers_dir, W.write),
+-- W.open/W.close for an in-process runtime whose handlers live in such a
+-- directory, W.wait_job, and `moonq run` child processes (W.moonq_run).
+local moonq = require "moonq"
+local here = debug.getinfo(1, "S").source:match("^@(.*/)")
+local H = dofile(here .. "queue_helper.lua")
+
+local W = setmetatable({}, { __index = H })
+
+local dirs = {}   -- temp directories removed at W.close()
+local pids = {}   -- process groups killed at W.close() if still alive
+
+-- A new empty temporary directory (absolute path), removed at W.close().
+function W.tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute("mkdir -p " .. H.shq(p)))
+  dirs[#dirs + 1] = p
+  return p
+end
+
+-- Writes `text` to `path` (creating parent directories).
+function W.write(path, text)
+  local parent = path:match("^(.*)/[^/]+$")
+  if parent then os.execute("mkdir -p " .. H.shq(parent)) end
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+-- A temporary handlers directory holding `files` ({ ["name.lua"] = source }).
+function W.handlers_dir(files)
+  local dir = W.tmpdir()
+  for name, text in pairs(files or {}) do W.write(dir .. "/" .. name, text) end
+  return dir
+end
+
+-- Opens moonq on a fresh random schema with `config` (its `handlers`
+-- directory must be absolute); returns the schema name.
+function W.open(config)
+  return H.open(config)
+end
+
+-- Stops the workers, closes moonq, drops the schema, removes temp dirs and
+-- kills child process groups that still run.
+function W.close()
+  for _, pid in ipairs(pids) do
+    if H.alive(pid) then H.kill_group(pid) end
+  end
+  pids = {}
+  H.close()
+  for _, d in ipairs(dirs) do os.execute("rm -rf " .. H.shq(d)) end
+  dirs = {}
+end
+
+-- Runs the loop until job `id` is in one of `states` (a string or a list;
+-- default the finished states) or `timeout` seconds pass; returns the job.
+function W.wait_job(id, states, timeout)
+  if type(states) == "string" then states = { states } end
+  states = states or { "completed", "failed", "cancelled" }
+  local want = {}
+  for _, s in ipairs(states) do want[s] = true end
+  local job
+  moonq.run_until(function()
+    job = moonq.queue.get(id)
+    return job and want[job.state]
+  end, timeout or 10)
+  return job
+end
+
+-- Runs the loop until every job of `ids` is finished (or timeout); returns
+-- true when they all are.
+function W.wait_all(ids, timeout)
+  local list = "{" .. table.concat(ids, ",") .. "}"
+  return (moonq.run_until(function()
+    return H.row("SELECT count(*) AS n FROM @.job_archive WHERE id = ANY($1::bigint[])", list).n == #ids
+  end, timeout or 10))
+end
+
+-- Runs the loop (handlers included) for `s` seconds.
+function W.run_for(s)
+  moonq.run_until(function() return false end, s)
+end
+
+-- Source of a handler file that returns `body` (a Lua expression or a
+-- table constructor text).
+function W.src(body)
+  return "return " .. body .. "\n"
+end
+
+-- ---- `moonq run` children ------------------------------------------------
+
+W.bin = os.getenv("MOONQ_BIN")
+
+-- Writes a config file for `moonq run` (into a temp dir) from a table of
+-- settings: string values are quoted, numbers and booleans as they are,
+-- nested tables one level deep. Returns its path.
+function W.config_file(settings)
+  local function value(v)
+    if type(v) == "string" then return ("%q"):format(v) end
+    if type(v) == "table" then
+      local parts = {}
+      for k, x in pairs(v) do parts[#parts + 1] = ("%s = %s"):format(k, value(x)) end
+      return "{ " .. table.concat(parts, ", ") .. " }"
+    end
+    return tostring(v)
+  end
+  local lines = { "return {" }
+  for k, v in pairs(settings) do lines[#lines + 1] = ("  %s = %s,"):format(k, value(v)) end
+  lines[#lines + 1] = "}"
+  local path = W.tmpdir() .. "/config.lua"
+  W.write(path, table.concat(lines, "\n") .. "\n")
+  return path
+end
+
+-- Starts "$MOONQ_BIN run --config <config>" in the background with
+-- DATABASE_URL set to the test database; output goes to a temp log file.
+-- Returns its pid (the process itself: exec replaces the shell) and the
+-- log path.
+function W.moonq_run(config)
+  local log = W.tmpdir() .. "/moonq.log"
+  local cmd = ("DATABASE_URL=%s exec %s run --config %s"):format(H.shq(H.url), H.shq(W.bin), H.shq(config))
+  local pid = H.bg(cmd, log)
+  pids[#pids + 1] = pid
+  return pid, log
+end
+
+-- Sends signal `sig` ("TERM", "HUP", "KILL") to process pid.
+function W.signal(pid, sig)
+  return os.execute(("kill -%s %d 2>/dev/null"):format(sig, pid))
+end
+
+-- The exit status of a process that was started by H.bg, once it has
+-- exited: H.bg's shell detaches it, so the status is not ours to wait for;
+-- `moonq run` is started as `sh -c "...; echo $? > file"` by W.moonq_run_rc.
+function W.moonq_run_rc(config)
+  local dir = W.tmpdir()
+  local log, rcfile = dir .. "/moonq.log", dir .. "/rc"
+  -- sh runs moonq in the foreground and records its status; the pid we
+  -- return is moonq's own (sh prints it before waiting).
+  local cmd = ("DATABASE_URL=%s %s run --config %s & echo $! > %s; wait $!; echo $? > %s")
+    :format(H.shq(H.url), H.shq(W.bin), H.shq(config), H.shq(dir .. "/pid"), H.shq(rcfile))
+  local group = H.bg(cmd, log)
+  pids[#pids + 1] = group
+  local pid = W.wait_for(function()
+    local s = H.read(dir .. "/pid")
+    return s and tonumber(s:match("%d+"))
+  end, 5)
+  assert(pid, "moonq run did not start")
+  return pid, log, function()
+    local s = H.read(rcfile)
+    return s and tonumber(s:match("%d+"))
+  end
+end
+
+-- Child pids of pid (via pgrep -P).
+function W.children(pid)
+  local p = assert(io.popen(("pgrep -P %d"):format(pid)))
+  local out = {}
+  for l in p:lines() do out[#out + 1] = tonumber(l) end
+  p:close()
+  table.sort(out)
+  return out
+end
+
+-- Waits (without the loop) until `fn()` is truthy or `timeout` passes,
+-- measuring time with the database clock; returns the value.
+function W.poll(fn, timeout, every)
+  local t0 = H.now()
+  repeat
+    local v = fn()
+    if v then return v end
+    H.sleep(every or 0.05)
+  until H.now() - t0 > timeout
+  return fn()
+end
+
+return W
