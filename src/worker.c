@@ -91,6 +91,8 @@ struct mq_worker {
   ev_idle idle;
   ev_timer scan;
   ev_timer grace;
+  int inflight;            /* requests whose callbacks point into us */
+  bool dead;               /* freed by the owner; waiting for inflight */
   bool started;
   bool stopping;
   void (*stopped)(void *arg);
@@ -104,6 +106,7 @@ static void consider_fetch(struct consumer *c);
 static void finish(struct run *r);
 static void check_stopped(mq_worker *w);
 static void fail_job(struct run *r);
+static void release_memory(mq_worker *w);
 
 /* ---- loading handlers -------------------------------------------------- */
 
@@ -690,10 +693,48 @@ static int push_job_protected(lua_State *L) {
   return 1;
 }
 
+static void released(int status, const char *error, const char *json,
+                     void *data);
+
+/* Gives jobs of this process back to the queue (the worker is stopping):
+ * they wait again at once and the attempt does not count. */
+static void release_ids(mq_worker *w, const long long *ids, int n) {
+  luaL_Buffer b;
+  lua_State *L = w->L;
+  luaL_buffinit(L, &b);
+  luaL_addchar(&b, '{');
+  for (int i = 0; i < n; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "%s%lld", i ? "," : "", ids[i]);
+    luaL_addstring(&b, id);
+  }
+  luaL_addchar(&b, '}');
+  luaL_pushresult(&b);
+  const char *a[5] = {lua_tostring(L, -1)};
+  mq_queue_call(w->rt->queue, MQ_QUEUE_RELEASE, a, released, NULL);
+  lua_pop(L, 1);
+}
+
+/* Every callback holding a consumer starts here: false when the worker is
+ * gone (the last such callback frees it) or stopping. */
+static bool callback_live(mq_worker *w) {
+  w->inflight--;
+  if (w->dead) {
+    if (w->inflight == 0)
+      release_memory(w);
+    return false;
+  }
+  if (w->stopping) {
+    check_stopped(w);
+    return false;
+  }
+  return true;
+}
+
 static void due_cb(int status, const char *error, const char *json,
                    void *data) {
   struct consumer *c = data;
-  if (status != 0 || strcmp(json, "null") == 0 || c->w->stopping)
+  if (!callback_live(c->w) || status != 0 || strcmp(json, "null") == 0)
     return;
   double s = strtod(json, NULL);
   ev_timer_stop(c->w->rt->loop, &c->due);
@@ -707,10 +748,26 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
   mq_worker *w = c->w;
   int asked = c->asked;
   c->fetching = false;
+  w->inflight--;
+  if (w->dead) {
+    if (w->inflight == 0)
+      release_memory(w);
+    return; /* the jobs come back through crash recovery */
+  }
   if (status != 0) {
     mq_log_warn("worker", "fetch failed queue=%s error=\"%s\"", c->queue,
                 error);
     return; /* the poll timer tries again */
+  }
+  if (w->stopping && n > 0) { /* stopped while the fetch was in flight */
+    long long *ids = malloc(sizeof *ids * (size_t)n);
+    for (int i = 0; ids && i < n; i++)
+      ids[i] = jobs[i].id;
+    if (ids)
+      release_ids(w, ids, n);
+    free(ids);
+    check_stopped(w);
+    return;
   }
   for (int i = 0; i < n; i++) {
     lua_pushcfunction(w->L, push_job_protected);
@@ -726,9 +783,13 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
     c->more = true;
   } else if (!w->stopping) {
     const char *a[5] = {c->queue};
-    mq_queue_call(w->rt->queue, MQ_QUEUE_NEXT_DUE, a, due_cb, c);
+    if (mq_queue_call(w->rt->queue, MQ_QUEUE_NEXT_DUE, a, due_cb, c) == 0)
+      w->inflight++;
   }
-  consider_fetch(c);
+  if (w->stopping)
+    check_stopped(w);
+  else
+    consider_fetch(c);
 }
 
 static void consider_fetch(struct consumer *c) {
@@ -742,6 +803,8 @@ static void consider_fetch(struct consumer *c) {
   c->asked = free_slots;
   if (mq_queue_fetch(w->rt->queue, c->queue, free_slots, fetched, c) != 0)
     c->fetching = false;
+  else
+    w->inflight++;
 }
 
 /* NOTIFY payload: comma-separated queue names; NULL: maybe missed some. */
@@ -896,21 +959,15 @@ static void released(int status, const char *error, const char *json,
 /* Grace period over: the jobs still running go back to the queue. */
 static void grace_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   mq_worker *w = t->data;
-  luaL_Buffer b;
-  lua_State *L = w->L;
-  luaL_buffinit(L, &b);
-  luaL_addchar(&b, '{');
-  int n = 0;
-  for (struct run *r = w->runs; r; r = r->next) {
-    char id[32];
-    snprintf(id, sizeof id, "%s%lld", n++ ? "," : "", r->id);
-    luaL_addstring(&b, id);
-  }
-  luaL_addchar(&b, '}');
-  luaL_pushresult(&b);
-  const char *a[5] = {lua_tostring(L, -1)};
-  mq_queue_call(w->rt->queue, MQ_QUEUE_RELEASE, a, released, NULL);
-  lua_pop(L, 1);
+  int n = mq_worker_running(w), i = 0;
+  long long *ids = malloc(sizeof *ids * (size_t)(n ? n : 1));
+  for (struct run *r = w->runs; ids && r; r = r->next)
+    ids[i++] = r->id;
+  if (ids)
+    release_ids(w, ids, n);
+  else
+    mq_log_error("worker", "out of memory: jobs stay active until recovered");
+  free(ids);
   while (w->runs) {
     struct run *r = w->runs;
     if (r->task.wait)
@@ -921,7 +978,7 @@ static void grace_cb(struct ev_loop *loop, ev_timer *t, int revents) {
 }
 
 static void check_stopped(mq_worker *w) {
-  if (!w->stopping || w->runs || !w->stopped)
+  if (!w->stopping || w->runs || w->inflight > 0 || !w->stopped)
     return;
   ev_timer_stop(w->rt->loop, &w->grace);
   void (*done)(void *) = w->stopped;
@@ -977,6 +1034,18 @@ void mq_worker_free(mq_worker *w) {
   for (int i = 0; i < w->nconsumers; i++) {
     ev_timer_stop(loop, &w->consumers[i]->poll);
     ev_timer_stop(loop, &w->consumers[i]->due);
+  }
+  if (w->started)
+    mq_pg_unlisten(w->rt->pg, w->rt->notify_channel, wake_cb, w);
+  luaL_unref(w->L, LUA_REGISTRYINDEX, w->ctx_ref);
+  w->dead = true;
+  if (w->inflight == 0)
+    release_memory(w);
+}
+
+/* The last step of freeing, once no callback can reach the worker. */
+static void release_memory(mq_worker *w) {
+  for (int i = 0; i < w->nconsumers; i++) {
     free(w->consumers[i]->queue);
     free(w->consumers[i]);
   }
@@ -986,7 +1055,6 @@ void mq_worker_free(mq_worker *w) {
     free(w->files[i].name);
   }
   free(w->files);
-  luaL_unref(w->L, LUA_REGISTRYINDEX, w->ctx_ref);
   free(w->dir);
   free(w);
 }
