@@ -11,6 +11,12 @@
 #include "runtime.h"
 
 static const char runtime_key = 'r';
+static struct mq_lua_task *current_task;
+
+/* The address is the marker value (a light userdata) of a host yield. */
+const char mq_lua_host_yield = 'y';
+
+void mq_lua_set_current(struct mq_lua_task *task) { current_task = task; }
 
 void mq_lua_set_runtime(lua_State *L, struct mq_runtime *rt) {
   lua_pushlightuserdata(L, (void *)&runtime_key);
@@ -115,11 +121,19 @@ struct mq_lua_wait *mq_lua_wait_new(lua_State *L, struct mq_runtime *rt) {
 int mq_lua_wait_k(lua_State *L, struct mq_lua_wait *w, lua_KFunction k) {
   int top = lua_gettop(L);
   struct mq_lua_task *task = mq_lua_get_task(L);
+  bool nested = false;
+  if (!task && current_task && lua_isyieldable(L)) {
+    task = current_task; /* a handler's own coroutine inside a job */
+    nested = true;
+  }
   if (task && lua_isyieldable(L) && !w->done) {
     w->task = task;
     task->wait = w;
-    /* Resumed with the results as arguments. */
-    return lua_yieldk(L, 0, (lua_KContext)top, k);
+    /* Resumed with the results as arguments (passed down by the handler
+     * environment's coroutine.resume when nested). */
+    if (nested)
+      lua_pushlightuserdata(L, (void *)&mq_lua_host_yield);
+    return lua_yieldk(L, nested ? 1 : 0, (lua_KContext)top, k);
   }
   while (!w->done)
     ev_run(w->rt->loop, EVRUN_ONCE);

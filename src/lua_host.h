@@ -45,6 +45,13 @@ struct mq_lua_task {
   void (*ready)(struct mq_lua_task *task, int nresults);
 };
 
+/* The task whose coroutine runs now (set by the scheduler around each
+ * resume). A moonq call from a coroutine the handler made itself yields a
+ * marker (moonq._host_yield) that the handler environment's
+ * coroutine.resume passes up to the task, so it reaches the scheduler. */
+void mq_lua_set_current(struct mq_lua_task *task);
+extern const char mq_lua_host_yield;
+
 /* Marks co as a runtime-managed task (NULL: a plain thread). */
 void mq_lua_set_task(lua_State *co, struct mq_lua_task *task);
 struct mq_lua_task *mq_lua_get_task(lua_State *co);

@@ -208,6 +208,12 @@ static void log_failure(int status, const char *error, const char *json,
     mq_log_warn("queue", "%s failed error=\"%s\"", (const char *)data, error);
 }
 
+static void log_debug(int status, const char *error, const char *json,
+                      void *data) {
+  if (status < 0)
+    mq_log_debug("queue", "%s failed error=\"%s\"", (const char *)data, error);
+}
+
 /* ---- process registration and maintenance ------------------------------ */
 
 static void heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -300,8 +306,9 @@ void mq_queue_close(mq_queue *q) {
     ev_ref(q->loop);
     ev_timer_stop(q->loop, &q->maintenance);
   }
+  /* Maintenance removes the row anyway if this does not get through. */
   const char *params[] = {q->process_id};
-  exec_json(q, ST_UNREGISTER, 1, params, log_failure, (void *)"unregister");
+  exec_json(q, ST_UNREGISTER, 1, params, log_debug, (void *)"unregister");
   free(q);
 }
 

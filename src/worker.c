@@ -531,7 +531,9 @@ static void step(struct run *r) {
     nargs = 2; /* job, ctx */
   }
   current = r;
+  mq_lua_set_current(&r->task);
   int status = lua_resume(co, r->w->L, nargs, &nres);
+  mq_lua_set_current(NULL);
   current = NULL;
   if (status == LUA_YIELD) {
     lua_pop(co, nres); /* values a bare coroutine.yield() passed out */
@@ -664,7 +666,6 @@ static void start_job(struct consumer *c, const struct mq_job *job) {
   c->running++;
   lua_sethook(r->task.co, deadline_hook, LUA_MASKCOUNT, HOOK_COUNT);
   if (!push_handler(w, job->name)) { /* [job message] */
-    mq_log_error("worker", "%s", lua_tostring(L, -1));
     lua_xmove(L, r->task.co, 1);
     lua_pop(L, 1);
     fail_job(r);

@@ -101,10 +101,36 @@ function M.normalise(name, value, file)
   return spec
 end
 
+-- coroutine.resume/wrap for handlers: a moonq call inside a coroutine the
+-- handler made yields moonq._host_yield; pass it up to the job's coroutine
+-- (and so to the scheduler), then hand the results back down.
+local host_yield = require("moonq")._host_yield
+local co_resume, co_yield, co_status = coroutine.resume, coroutine.yield, coroutine.status
+
+local function resume(co, ...)
+  local r = table.pack(co_resume(co, ...))
+  while r[1] and r[2] == host_yield and co_status(co) == "suspended" do
+    r = table.pack(co_resume(co, co_yield(host_yield)))
+  end
+  return table.unpack(r, 1, r.n)
+end
+
+local function wrap(f)
+  local co = coroutine.create(f)
+  return function(...)
+    local r = table.pack(resume(co, ...))
+    if not r[1] then error(r[2], 2) end
+    return table.unpack(r, 2, r.n)
+  end
+end
+
+local handler_coroutine = setmetatable({ resume = resume, wrap = wrap },
+  { __index = coroutine })
+
 -- A fresh environment for a handler file: reads fall through to the
 -- globals, writes are an error (a handler must keep state in locals).
 function M.env(file)
-  return setmetatable({}, {
+  return setmetatable({ coroutine = handler_coroutine }, {
     __index = _G,
     __newindex = function(_, k)
       error(("%s: assignment to undeclared global %q (use local)"):format(file, tostring(k)), 2)

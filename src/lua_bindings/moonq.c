@@ -299,6 +299,8 @@ int mq_luaopen_moonq(lua_State *L) {
   lua_setfield(L, -2, "version");
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");
+  lua_pushlightuserdata(L, (void *)&mq_lua_host_yield);
+  lua_setfield(L, -2, "_host_yield");
   mq_json_push_array_mt(L);
   lua_setfield(L, -2, "array_mt");
   for (size_t i = 0; i < sizeof submodules / sizeof submodules[0]; i++) {
