@@ -51,13 +51,19 @@ local moonq = require "moonq"
 return {
   timeout = 0.5,
   handler = function(job, ctx)
-    moonq.db.query("SELECT pg_sleep(2)")
+    moonq.db.query("SELECT pg_sleep(3)")
     return "query finished"
   end,
 }
 ]],
   -- no timeout of its own: the queue's (config queues.cfg_timeout.timeout)
   ["cfg_timeout.lua"] = [[return function(job, ctx) ctx.sleep(5) return "woke up" end]],
+  ["querying.lua"] = [[
+local moonq = require "moonq"
+return function(job, ctx)
+  return assert(moonq.db.query("SELECT $1::int AS n", job.data.n))[1].n
+end
+]],
   ["normal.lua"] = [[return function(job, ctx) ctx.sleep(0.05) return { ok = job.data.n } end]],
 }
 
@@ -87,7 +93,8 @@ describe("worker timeouts", function()
     local job = W.wait_job(id, nil, 5)
     assert.equal("completed", job.state)
     assert.same({ ok = n }, job.output)
-    assert.is_true(W.now() - t0 < 1.5, "a normal job waited behind a timed-out one")
+    local took = W.now() - t0
+    assert.is_true(took < 1.5, ("a normal job took %.2f s after a timed-out one"):format(took))
   end
 
   local function assert_timed_out(job, took)
@@ -122,8 +129,22 @@ describe("worker timeouts", function()
     still_works(4)
   end)
 
-  it("stops a handler waiting for a query", function()
+  it("stops a handler waiting for a query; the query holds up no other work", function()
     assert_timed_out(run("slow_query"))
+    -- the query (pg_sleep(3)) would run 2.5 s longer: statements of other
+    -- jobs must not wait behind it
+    local t0 = W.now()
+    local list = {}
+    for i = 1, 12 do list[i] = { n = i } end
+    local ids = assert(Q.send_many("querying", list))
+    assert.is_true(W.wait_all(ids, 6))
+    local took = W.now() - t0
+    for i, id in ipairs(ids) do
+      local job = Q.get(id)
+      assert.equal("completed", job.state)
+      assert.equal(i, job.output)
+    end
+    assert.is_true(took < 1.5, ("12 quick query jobs took %.2f s after a timed-out query"):format(took))
     still_works(5)
   end)
 

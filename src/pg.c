@@ -36,6 +36,7 @@ struct req {
   mq_pg_cb cb;
   void *data;
   ev_tstamp queued_at;
+  ev_tstamp sent_at;
   /* Set while in flight. */
   bool with_prepare; /* the first command is the statement's Parse */
   int commands_done;
@@ -365,16 +366,34 @@ static bool conn_send(struct conn *c, struct req *r) {
   }
   if (ok)
     ok = PQpipelineSync(c->pq);
+  r->sent_at = ev_now(pg->loop);
   fifo_push(&c->sent, r);
   return ok == 1;
 }
 
+/* How busy a connection looks: requests in flight, and a heavy penalty
+ * when the oldest has been running for a while (a slow statement would
+ * hold up everything queued behind it on that connection). */
+static size_t load_of(const struct conn *c, ev_tstamp now) {
+  size_t load = c->sent.n;
+  if (c->sent.head && now - c->sent.head->sent_at > 0.05)
+    load += 1000;
+  return load;
+}
+
 static struct conn *least_loaded(mq_pg *pg) {
   struct conn *best = NULL;
+  size_t best_load = 0;
+  ev_tstamp now = ev_now(pg->loop);
   for (int i = 0; i < pg->nconns; i++) {
     struct conn *c = &pg->conns[i];
-    if (c->state == CONN_READY && (!best || c->sent.n < best->sent.n))
+    if (c->state != CONN_READY)
+      continue;
+    size_t load = load_of(c, now);
+    if (!best || load < best_load) {
       best = c;
+      best_load = load;
+    }
   }
   return best;
 }

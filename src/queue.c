@@ -289,6 +289,8 @@ void mq_queue_start_maintenance(mq_queue *q) {
 
 const char *mq_queue_process_id(const mq_queue *q) { return q->process_id; }
 
+bool mq_queue_flushed(const mq_queue *q) { return !q->complete && !q->fail; }
+
 static void batch_send(struct batch *b);
 
 void mq_queue_close(mq_queue *q) {

@@ -77,6 +77,9 @@ void mq_queue_start_maintenance(mq_queue *q);
  * completions are flushed first. */
 void mq_queue_close(mq_queue *q);
 
+/* True when no completion or failure is waiting to be flushed. */
+bool mq_queue_flushed(const mq_queue *q);
+
 /* The process id (uuid text) this handle registered. */
 const char *mq_queue_process_id(const mq_queue *q);
 

@@ -3,7 +3,8 @@
 -- W has every function of queue_helper.lua (W.sql, W.row, W.now, W.spawn,
 -- ...) plus: temporary handler directories (W.handlers_dir, W.write),
 -- W.open/W.close for an in-process runtime whose handlers live in such a
--- directory, W.wait_job, and `moonq run` child processes (W.moonq_run).
+-- directory, W.wait_job/W.wait_all/W.run_for, and `moonq run` child
+-- processes (W.config_file, W.moonq_run, W.signal, W.children).
 local moonq = require "moonq"
 local here = debug.getinfo(1, "S").source:match("^@(.*/)")
 local H = dofile(here .. "queue_helper.lua")
@@ -85,12 +86,6 @@ function W.run_for(s)
   moonq.run_until(function() return false end, s)
 end
 
--- Source of a handler file that returns `body` (a Lua expression or a
--- table constructor text).
-function W.src(body)
-  return "return " .. body .. "\n"
-end
-
 -- ---- `moonq run` children ------------------------------------------------
 
 W.bin = os.getenv("MOONQ_BIN")
@@ -116,37 +111,19 @@ function W.config_file(settings)
   return path
 end
 
--- Starts "$MOONQ_BIN run --config <config>" in the background with
--- DATABASE_URL set to the test database; output goes to a temp log file.
--- Returns its pid (the process itself: exec replaces the shell) and the
--- log path.
+-- Starts "$MOONQ_BIN run --config <config>" in the background (its own
+-- process group, killed at W.close() if still running) with DATABASE_URL
+-- set to the test database. Returns moonq's pid, its log file (stdout and
+-- stderr) and a function that returns its exit status once it has exited
+-- (nil before): a shell waits for it and records the status.
 function W.moonq_run(config)
-  local log = W.tmpdir() .. "/moonq.log"
-  local cmd = ("DATABASE_URL=%s exec %s run --config %s"):format(H.shq(H.url), H.shq(W.bin), H.shq(config))
-  local pid = H.bg(cmd, log)
-  pids[#pids + 1] = pid
-  return pid, log
-end
-
--- Sends signal `sig` ("TERM", "HUP", "KILL") to process pid.
-function W.signal(pid, sig)
-  return os.execute(("kill -%s %d 2>/dev/null"):format(sig, pid))
-end
-
--- The exit status of a process that was started by H.bg, once it has
--- exited: H.bg's shell detaches it, so the status is not ours to wait for;
--- `moonq run` is started as `sh -c "...; echo $? > file"` by W.moonq_run_rc.
-function W.moonq_run_rc(config)
   local dir = W.tmpdir()
-  local log, rcfile = dir .. "/moonq.log", dir .. "/rc"
-  -- sh runs moonq in the foreground and records its status; the pid we
-  -- return is moonq's own (sh prints it before waiting).
+  local log, rcfile, pidfile = dir .. "/moonq.log", dir .. "/rc", dir .. "/pid"
   local cmd = ("DATABASE_URL=%s %s run --config %s & echo $! > %s; wait $!; echo $? > %s")
-    :format(H.shq(H.url), H.shq(W.bin), H.shq(config), H.shq(dir .. "/pid"), H.shq(rcfile))
-  local group = H.bg(cmd, log)
-  pids[#pids + 1] = group
-  local pid = W.wait_for(function()
-    local s = H.read(dir .. "/pid")
+    :format(H.shq(H.url), H.shq(W.bin), H.shq(config), H.shq(pidfile), H.shq(rcfile))
+  pids[#pids + 1] = H.bg(cmd, log)
+  local pid = H.wait_for(function()
+    local s = H.read(pidfile)
     return s and tonumber(s:match("%d+"))
   end, 5)
   assert(pid, "moonq run did not start")
@@ -154,6 +131,11 @@ function W.moonq_run_rc(config)
     local s = H.read(rcfile)
     return s and tonumber(s:match("%d+"))
   end
+end
+
+-- Sends signal `sig` ("TERM", "HUP", "KILL") to process pid.
+function W.signal(pid, sig)
+  return os.execute(("kill -%s %d 2>/dev/null"):format(sig, pid))
 end
 
 -- Child pids of pid (via pgrep -P).

@@ -152,6 +152,9 @@ static int l_stop(lua_State *L) {
     ev_run(rt->loop, EVRUN_ONCE);
   mq_worker_free(rt->worker);
   rt->worker = NULL;
+  /* The last results are stored before stop returns. */
+  while (!mq_queue_flushed(rt->queue) || mq_pg_pending(rt->pg) > 0)
+    ev_run(rt->loop, EVRUN_ONCE);
   return 0;
 }
 

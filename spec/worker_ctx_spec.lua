@@ -1,0 +1,202 @@
+-- The handler's ctx against the real PostgreSQL: ctx.job, ctx.enqueue (sends
+-- a job, propagating the run id), ctx.emit (recorded in ctx.emitted),
+-- ctx.log (lines on stderr tagged with the job), each handler file's own
+-- environment, and moonq calls from a handler's own coroutines.
+local moonq = require "moonq"
+local W = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/worker_helper.lua")
+local Q = moonq.queue
+
+local HANDLERS = {
+  ["whoami.lua"] = [[
+return function(job, ctx)
+  local j = ctx.job
+  return { id = j.id, name = j.name, queue = j.queue, data = j.data, attempt = j.attempt,
+           run_id = j.run_id, same = (j == job) }
+end
+]],
+  ["parent.lua"] = [[
+return function(job, ctx)
+  local a = assert(ctx.enqueue("child", { from = job.id }))
+  local b = assert(ctx.enqueue("child", { from = job.id, own = true }, { run_id = "own-run" }))
+  local c = assert(ctx.enqueue("child", { from = job.id, later = true }, { delay = 60, priority = 3 }))
+  local none, err = ctx.enqueue("child", { from = job.id }, { no_such_option = 1 })
+  return { a = a, b = b, c = c, none = none == nil, err = err }
+end
+]],
+  ["child.lua"] = [[
+return function(job, ctx) return { from = job.data.from, run_id = job.run_id or "none" } end
+]],
+  ["emitter.lua"] = [[
+return function(job, ctx)
+  assert(ctx.emit("order.paid", { order = job.data.order, total = 12.5 }))
+  assert(ctx.emit("order.noted"))
+  local ok, err = pcall(ctx.emit, "", {})
+  local ok2, err2 = pcall(ctx.emit, 42)
+  return { emitted = ctx.emitted, bad = not ok and tostring(err), bad2 = not ok2 and tostring(err2) }
+end
+]],
+  ["logger.lua"] = [[
+return function(job, ctx)
+  ctx.log.info("hello from the handler", { user = "u-17", n = 3 })
+  ctx.log.warn("careful now")
+  ctx.log.error("an error line", { code = "E1" })
+  ctx.log.debug("a debug line")
+  return true
+end
+]],
+  ["global.lua"] = [[
+return function(job, ctx)
+  leaked = job.id   -- writing a global is an error
+  return "not reached"
+end
+]],
+  ["env_a.lua"] = [[
+local counter = 0
+return function(job, ctx)
+  counter = counter + 1
+  return { counter = counter, sees_b = rawget(_ENV, "secret_b") ~= nil, print_ok = type(print) == "function" }
+end
+]],
+  ["generator.lua"] = [[
+local moonq = require "moonq"
+return function(job, ctx)
+  local gen = coroutine.wrap(function()
+    for i = 1, 3 do
+      local rows = assert(moonq.db.query("SELECT $1::int * 2 AS v", i))
+      ctx.sleep(0.01)
+      coroutine.yield(rows[1].v)
+    end
+  end)
+  local out = {}
+  for i = 1, 3 do out[i] = gen() end
+  return out
+end
+]],
+}
+
+describe("worker ctx", function()
+  local dir
+
+  setup(function()
+    dir = W.handlers_dir(HANDLERS)
+    W.open({ handlers = dir, hot_reload = false, queue = { retry_limit = 0 } })
+    assert(moonq.start())
+  end)
+  teardown(W.close)
+
+  it("ctx.job is the job: id, name, queue, data, attempt, run_id", function()
+    local id = assert(Q.send("whoami", { k = "v", list = { 1, 2 } }, { run_id = "run-9" }))
+    local job = W.wait_job(id)
+    assert.equal("completed", job.state)
+    assert.same({ id = id, name = "whoami", queue = "whoami", data = { k = "v", list = { 1, 2 } },
+                  attempt = 1, run_id = "run-9", same = true }, job.output)
+    local plain = assert(Q.send("whoami", {}))
+    assert.is_nil(W.wait_job(plain).output.run_id)
+  end)
+
+  it("ctx.enqueue sends jobs that run; the run id goes along unless given", function()
+    local id = assert(Q.send("parent", {}, { run_id = "run-1" }))
+    local job = W.wait_job(id)
+    assert.equal("completed", job.state)
+    local out = job.output
+    assert.is_true(out.none)
+    assert.matches("no_such_option", out.err, 1, true)
+
+    local a = W.wait_job(out.a)
+    assert.equal("completed", a.state)
+    assert.same({ from = id, run_id = "run-1" }, a.output)
+    assert.equal("run-1", a.run_id)
+    local b = W.wait_job(out.b)
+    assert.same({ from = id, run_id = "own-run" }, b.output)
+    -- send options pass through
+    local c = Q.get(out.c)
+    assert.equal("delayed", c.state)
+    assert.equal(3, c.priority)
+    assert.equal("run-1", c.run_id)
+    assert.is_true(Q.cancel(out.c))
+  end)
+
+  it("ctx.enqueue from a job without a run id sends jobs without one", function()
+    local id = assert(Q.send("parent", {}))
+    local out = W.wait_job(id).output
+    assert.same({ from = id, run_id = "none" }, W.wait_job(out.a).output)
+    assert.same({ from = id, run_id = "own-run" }, W.wait_job(out.b).output)
+    assert.is_true(Q.cancel(out.c))
+  end)
+
+  it("ctx.emit records events in ctx.emitted and checks the type", function()
+    local id = assert(Q.send("emitter", { order = 77 }))
+    local job = W.wait_job(id)
+    assert.equal("completed", job.state)
+    local out = job.output
+    assert.equal(2, #out.emitted)
+    assert.same({ type = "order.paid", data = { order = 77, total = 12.5 } }, out.emitted[1])
+    assert.equal("order.noted", out.emitted[2].type)
+    assert.matches("non%-empty string", out.bad)
+    assert.matches("non%-empty string", out.bad2)
+  end)
+
+  it("writing a global fails the job; each file has its own environment", function()
+    local id = assert(Q.send("global", {}))
+    local job = W.wait_job(id)
+    assert.equal("failed", job.state)
+    assert.matches('undeclared global "leaked"', job.error.message, 1, true)
+    assert.matches("global.lua", job.error.traceback, 1, true)
+    assert.is_nil(rawget(_G, "leaked"))
+
+    local a1 = W.wait_job(assert(Q.send("env_a", {})))
+    local a2 = W.wait_job(assert(Q.send("env_a", {})))
+    assert.same({ counter = 1, sees_b = false, print_ok = true }, a1.output)
+    assert.equal(2, a2.output.counter)
+  end)
+
+  it("moonq calls work from a handler's own coroutine (coroutine.wrap)", function()
+    local id = assert(Q.send("generator", {}))
+    local job = W.wait_job(id)
+    assert.equal("completed", job.state, job.error and job.error.message)
+    assert.same({ 2, 4, 6 }, job.output)
+  end)
+
+  it("ctx.log writes lines tagged with the job to stderr (a child process)", function()
+    local log = W.tmpdir() .. "/child.log"
+    local body = [[
+      assert(moonq.open({ database = url, schema = schema, handlers = dir, hot_reload = false,
+                          log = { level = "info" } }))
+      local id = assert(moonq.queue.send("logger", {}))
+      io.stderr:write("SENT ", id, "\n")
+      assert(moonq.start())
+      assert(moonq.run_until(function() return moonq.queue.get(id).state == "completed" end, 10))
+      io.stderr:write("DONE ", id, "\n")
+      moonq.stop()
+      moonq.close()
+    ]]
+    local path = W.script(body, { url = W.url, schema = W.schema, dir = dir })
+    local ok = os.execute(("lua5.4 %s >%s 2>&1"):format(W.shq(path), W.shq(log)))
+    os.remove(path)
+    local out = W.read(log) or ""
+    local id = out:match("SENT (%d+)")
+    assert.is_string(id, out)
+    assert.matches("DONE " .. id, out, 1, true)
+    local function line(pat)
+      for l in out:gmatch("[^\n]+") do
+        if l:find(pat, 1, true) then return l end
+      end
+    end
+    local info = line("hello from the handler")
+    assert.is_string(info, out)
+    assert.matches("INFO", info, 1, true)
+    assert.matches("job_id=" .. id, info, 1, true)
+    assert.matches("job=logger", info, 1, true)
+    assert.matches("user=u-17", info, 1, true)
+    assert.matches("n=3", info, 1, true)
+    local warn = line("careful now")
+    assert.is_string(warn, out)
+    assert.matches("WARN", warn, 1, true)
+    local err = line("an error line")
+    assert.is_string(err, out)
+    assert.matches("ERROR", err, 1, true)
+    assert.matches("code=E1", err, 1, true)
+    assert.is_nil(line("a debug line"), "a debug line was written at level info")
+    assert.is_truthy(ok, "the child process failed:\n" .. out)
+  end)
+end)

@@ -1,0 +1,120 @@
+-- Hot reload of handler files (hot_reload = true) against the real
+-- PostgreSQL: a changed file takes effect within about a second while the
+-- job that was running finishes with the code it started with; a broken
+-- version is refused and the previous one keeps running; an added file is
+-- picked up (its waiting jobs run); a deleted file's job name is unknown.
+local moonq = require "moonq"
+local W = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/worker_helper.lua")
+local Q = moonq.queue
+
+-- The watcher scans every 0.5 s and waits until a file has been quiet for
+-- 0.1 s: a change is live after at most ~0.7 s; wait a little longer.
+local SETTLE = 1.2
+
+local V1 = [[
+-- version 1: slow
+return { handler = function(job, ctx) ctx.sleep(2) return "v1" end }
+]]
+local V2 = [[
+-- version 2: fast, and a different size than version 1
+return { timeout = 10, handler = function(job, ctx) return "v2" end }
+]]
+local BROKEN_SYNTAX = [[
+return { handler = function(job, ctx) return "v3" end
+]]
+local BROKEN_SPEC = [[
+return { concurrency = 0, handler = function(job, ctx) return "v4" end }
+]]
+local BROKEN_RUNTIME = [[
+error("this file cannot load")
+]]
+
+describe("worker hot reload", function()
+  local dir
+
+  setup(function()
+    dir = W.handlers_dir({
+      ["hot.lua"] = V1,
+      ["shared/a.lua"] = [[return { queue = "shared", handler = function(job) return "a" end }]],
+      ["shared/b.lua"] = [[return { queue = "shared", handler = function(job) return "b" end }]],
+      ["gone.lua"] = [[return function(job) return "gone" end]],
+    })
+    W.open({ handlers = dir, hot_reload = true, queue = { retry_limit = 0 } })
+    assert(moonq.start())
+  end)
+  teardown(W.close)
+
+  it("a changed file serves the next job; the running job finishes with the old code", function()
+    local first = assert(Q.send("hot", { n = 1 }))
+    assert.equal("active", W.wait_job(first, "active", 5).state)
+    W.write(dir .. "/hot.lua", V2)
+    W.run_for(SETTLE)
+    -- version 1 sleeps 2 s: the first job still runs
+    assert.equal("active", Q.get(first).state, "the running job was disturbed by the reload")
+    local second = assert(Q.send("hot", { n = 2 }))
+    local job2 = W.wait_job(second, nil, 5)
+    assert.equal("completed", job2.state)
+    assert.equal("v2", job2.output)
+    assert.equal("active", Q.get(first).state, "v2 should have finished while v1 still slept")
+    local job1 = W.wait_job(first, nil, 5)
+    assert.equal("completed", job1.state)
+    assert.equal("v1", job1.output)
+  end)
+
+  it("a broken version is refused: the previous one keeps serving", function()
+    for _, broken in ipairs({ BROKEN_SYNTAX, BROKEN_SPEC, BROKEN_RUNTIME }) do
+      W.write(dir .. "/hot.lua", broken)
+      W.run_for(SETTLE)
+      local id = assert(Q.send("hot", {}))
+      local job = W.wait_job(id, nil, 5)
+      assert.equal("completed", job.state)
+      assert.equal("v2", job.output)
+    end
+    -- fixing the file again takes effect
+    W.write(dir .. "/hot.lua", [[return function() return "v5, fixed" end]])
+    W.run_for(SETTLE)
+    local id = assert(Q.send("hot", {}))
+    assert.equal("v5, fixed", W.wait_job(id, nil, 5).output)
+  end)
+
+  it("a file added later is picked up, and its waiting jobs run", function()
+    local early = assert(Q.send("added.later", { early = true }))
+    W.run_for(0.7)
+    assert.equal("waiting", Q.get(early).state)
+    W.write(dir .. "/added/later.lua", [[return function(job) return { added = job.data } end]])
+    local job = W.wait_job(early, nil, 5)
+    assert.equal("completed", job.state)
+    assert.same({ added = { early = true } }, job.output)
+    local late = assert(Q.send("added.later", { early = false }))
+    assert.same({ added = { early = false } }, W.wait_job(late, nil, 5).output)
+  end)
+
+  it("a deleted file's job name becomes unknown", function()
+    local before = assert(Q.send("shared.b", {}, { queue = "shared" }))
+    assert.equal("b", W.wait_job(before, nil, 5).output)
+    assert(os.remove(dir .. "/shared/b.lua"))
+    W.run_for(SETTLE)
+    local after = assert(Q.send("shared.b", {}, { queue = "shared" }))
+    local job = W.wait_job(after, nil, 5)
+    assert.equal("failed", job.state)
+    assert.matches('no handler for job "shared.b"', job.error.message, 1, true)
+    assert.matches("shared.a", job.error.message, 1, true)
+    assert.not_matches("shared.b,", job.error.message, 1, true)
+    -- the other handler of the queue still works
+    local a = assert(Q.send("shared.a", {}, { queue = "shared" }))
+    assert.equal("a", W.wait_job(a, nil, 5).output)
+  end)
+
+  it("a deleted file's own queue is no longer consumed: its jobs wait", function()
+    local before = assert(Q.send("gone", {}))
+    assert.equal("gone", W.wait_job(before, nil, 5).output)
+    assert(os.remove(dir .. "/gone.lua"))
+    W.run_for(SETTLE)
+    local after = assert(Q.send("gone", {}))
+    W.run_for(0.7)
+    assert.equal("waiting", Q.get(after).state)
+    -- putting it back runs the waiting job
+    W.write(dir .. "/gone.lua", [[return function(job) return "back" end]])
+    assert.equal("back", W.wait_job(after, nil, 5).output)
+  end)
+end)
