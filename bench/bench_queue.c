@@ -13,14 +13,19 @@
  *          tuple writes per job (pg_stat_user_tables), CPU split.
  *   explain  EXPLAIN (ANALYZE, BUFFERS) of the statements inside fetch_jobs
  *          and complete_jobs (auto_explain, nested) for one big batch.
- *   profile  one drain with pg_stat_statements reset before and the top
- *          statements printed after (run with
+ *   profile  pg_stat_statements reset before, and its top statements
+ *          written after, one series of sends and one drain (run with
  *          PGOPTIONS='-c pg_stat_statements.track=all' to see nested ones).
+ *   none   nothing: just make the migrated (and --patch'ed) schema.
+ *
+ * CPU is reported per job for this process, the whole machine and
+ * PostgreSQL (its postmaster and children, from /proc, when the server runs
+ * here): PostgreSQL's CPU per job ignores time taken by other programs.
  *
  * Every figure is printed as a line "RESULT key value" (bench/run.sh parses
  * them); everything else is commentary.
  *
- *   bench_queue [--schema S] [--pool N] [--phases send,many,drain,explain,profile]
+ *   bench_queue [--schema S] [--pool N] [--phases send,many,drain,explain,profile,none]
  *               [--send-n N] [--many-total N] [--many-batch N]
  *               [--many-inflight 1,2,4,8] [--drain-jobs N]
  *               [--drain 500x1,500x2,1000x4] [--reps N] [--patch FILE.sql]
@@ -32,9 +37,10 @@
  * second to the next, and the best run is the least disturbed one.
  *
  * --patch (up to 4 times) applies an SQL file (with @schema@ replaced by the
- * schema) after the migrations: it lets bench/run.sh measure a variant of the queue SQL
- * without touching sql/.
+ * schema) after the migrations: it lets bench/run.sh measure a variant of
+ * the queue SQL without touching sql/.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -202,12 +208,69 @@ static double median(double *v, int n) {
  * (from /proc/stat), to split a phase's CPU between moonq and PostgreSQL. */
 struct cpu {
   double self, busy, total;
+  double pg; /* PostgreSQL: postmaster, its live children, reaped children */
 };
+
+/* The postmaster's pid when the server runs on this machine and its data
+ * directory is readable (found at start-up), else 0. */
+static long pm_pid;
+
+/* utime+stime (and cutime+cstime) of one /proc/<pid>/stat, in ticks; the
+ * parent pid in *ppid. Returns -1 when unreadable. */
+static long long proc_ticks(const char *stat_path, long *ppid, bool children) {
+  FILE *f = fopen(stat_path, "r");
+  if (!f)
+    return -1;
+  char buf[1024];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')');
+  if (!p)
+    return -1;
+  /* Fields after the command: state ppid pgrp session tty tpgid flags minflt
+   * cminflt majflt cmajflt utime stime cutime cstime ... */
+  char state;
+  long pp;
+  unsigned long long ut, st;
+  long long cut, cst;
+  if (sscanf(p + 2,
+             "%c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %lld %lld",
+             &state, &pp, &ut, &st, &cut, &cst) != 6)
+    return -1;
+  *ppid = pp;
+  return (long long)(ut + st) + (children ? cut + cst : 0);
+}
+
+static double pg_cpu(void) {
+  if (!pm_pid)
+    return 0;
+  char path[64];
+  long ppid;
+  snprintf(path, sizeof path, "/proc/%ld/stat", pm_pid);
+  long long ticks = proc_ticks(path, &ppid, true);
+  if (ticks < 0)
+    return 0;
+  DIR *d = opendir("/proc");
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9')
+      continue;
+    snprintf(path, sizeof path, "/proc/%.20s/stat", e->d_name);
+    long long t = proc_ticks(path, &ppid, false);
+    if (t > 0 && ppid == pm_pid)
+      ticks += t;
+  }
+  if (d)
+    closedir(d);
+  return (double)ticks / (double)sysconf(_SC_CLK_TCK);
+}
 
 static struct cpu cpu_now(void) {
   struct cpu c = {0};
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
+  c.pg = pg_cpu();
   c.self = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
            (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
   FILE *f = fopen("/proc/stat", "r");
@@ -560,7 +623,7 @@ static void bench_many(void) {
   int best_k = 0;
   for (int i = 0; i < opt.n_many_inflight; i++) {
     int k = opt.many_inflight[i];
-    double rates[64], top = 0;
+    double rates[64], pgus[64], top = 0;
     int reps = opt.reps > 64 ? 64 : opt.reps;
     for (int r = 0; r < reps; r++) {
       reset_tables();
@@ -569,13 +632,16 @@ static void bench_many(void) {
       double dt = run_many("bench_many", opt.many_total, opt.many_batch, k);
       struct cpu c1 = cpu_now();
       rates[r] = opt.many_total / dt;
-      printf("  inflight=%d run %d: %.0f jobs/s, %.3f s, cpu: moonq %.2f s,"
-             " machine busy %.2f of %.2f s\n",
-             k, r + 1, rates[r], dt, c1.self - c0.self, c1.busy - c0.busy,
-             c1.total - c0.total);
+      pgus[r] = (c1.pg - c0.pg) / opt.many_total * 1e6;
+      printf("  inflight=%d run %d: %.0f jobs/s, %.3f s, PostgreSQL CPU %.1f"
+             " us/job, moonq CPU %.2f s, machine busy %.2f of %.2f s\n",
+             k, r + 1, rates[r], dt, pgus[r], c1.self - c0.self,
+             c1.busy - c0.busy, c1.total - c0.total);
       if (rates[r] > top)
         top = rates[r];
     }
+    printf("RESULT many_inflight%d_pg_cpu_us_per_job %.1f\n", k,
+           median(pgus, reps));
     printf("RESULT many_inflight%d_jobs_per_s %.0f\n", k, top);
     printf("RESULT many_inflight%d_jobs_per_s_median %.0f\n", k,
            median(rates, reps));
@@ -636,7 +702,7 @@ static void drain_fetch(void) {
 }
 
 struct drain_result {
-  double rate, secs, writes_per_job, cpu_self, cpu_busy, cpu_total;
+  double rate, secs, writes_per_job, cpu_self, cpu_busy, cpu_total, cpu_pg;
   int fetches;
 };
 
@@ -672,6 +738,7 @@ static struct drain_result run_drain(int jobs, int batch, int inflight) {
   res.cpu_self = c1.self - c0.self;
   res.cpu_busy = c1.busy - c0.busy;
   res.cpu_total = c1.total - c0.total;
+  res.cpu_pg = c1.pg - c0.pg;
   long long w1 = tuple_writes();
   res.writes_per_job = (double)(w1 - w0) / jobs;
   char sql[256];
@@ -693,31 +760,34 @@ static void bench_drain(void) {
          opt.drain_jobs, opt.reps);
   run_drain(5000, 500, 2); /* warm up */
   struct drain_result best = {0};
-  double best_median = 0;
+  double best_median = 0, best_pg = 0;
   int best_b = 0, best_k = 0;
   for (int i = 0; i < opt.n_drain; i++) {
     int b = opt.drain_batch[i], k = opt.drain_inflight[i];
     struct drain_result top = {0};
-    double rates[64];
+    double rates[64], pgus[64];
     int reps = opt.reps > 64 ? 64 : opt.reps;
     for (int rep = 0; rep < reps; rep++) {
       struct drain_result r = run_drain(opt.drain_jobs, b, k);
       rates[rep] = r.rate;
+      pgus[rep] = r.cpu_pg / opt.drain_jobs * 1e6;
       printf("  batch=%d inflight=%d run %d: %.0f jobs/s, %.3f s, %d fetches,"
-             " %.2f tuple writes/job, cpu: moonq %.1f us/job, machine busy"
-             " %.1f us/job (%.2f of %.2f s)\n",
+             " %.2f tuple writes/job, CPU per job: PostgreSQL %.1f us, moonq"
+             " %.1f us, machine busy %.1f us (%.2f of %.2f s)\n",
              b, k, rep + 1, r.rate, r.secs, r.fetches, r.writes_per_job,
-             r.cpu_self / opt.drain_jobs * 1e6,
+             pgus[rep], r.cpu_self / opt.drain_jobs * 1e6,
              r.cpu_busy / opt.drain_jobs * 1e6, r.cpu_busy, r.cpu_total);
       if (r.rate > top.rate)
         top = r;
     }
-    double med = median(rates, reps);
+    double med = median(rates, reps), pg_med = median(pgus, reps);
     printf("RESULT drain_b%d_k%d_jobs_per_s %.0f\n", b, k, top.rate);
     printf("RESULT drain_b%d_k%d_jobs_per_s_median %.0f\n", b, k, med);
+    printf("RESULT drain_b%d_k%d_pg_cpu_us_per_job %.1f\n", b, k, pg_med);
     if (top.rate > best.rate) {
       best = top;
       best_median = med;
+      best_pg = pg_med;
       best_b = b;
       best_k = k;
     }
@@ -727,6 +797,7 @@ static void bench_drain(void) {
   printf("RESULT drain_best_batch %d\n", best_b);
   printf("RESULT drain_best_inflight %d\n", best_k);
   printf("RESULT drain_tuple_writes_per_job %.2f\n", best.writes_per_job);
+  printf("RESULT drain_pg_cpu_us_per_job %.1f\n", best_pg);
   printf("RESULT drain_cpu_moonq_us_per_job %.1f\n",
          best.cpu_self / opt.drain_jobs * 1e6);
   printf("RESULT drain_cpu_machine_us_per_job %.1f\n",
@@ -875,6 +946,23 @@ int main(int argc, char **argv) {
   if (PQstatus(admin) != CONNECTION_OK)
     die("cannot connect: %s", PQerrorMessage(admin));
   PQsetNoticeReceiver(admin, notice_cb, NULL);
+  {
+    PGresult *r = PQexec(admin, "SELECT current_setting('data_directory')");
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+      char path[1200];
+      snprintf(path, sizeof path, "%s/postmaster.pid", PQgetvalue(r, 0, 0));
+      FILE *f = fopen(path, "r");
+      if (f) {
+        if (fscanf(f, "%ld", &pm_pid) != 1)
+          pm_pid = 0;
+        fclose(f);
+      }
+    }
+    PQclear(r);
+    if (pm_pid == 0)
+      printf("(PostgreSQL's CPU cannot be measured: its data directory is"
+             " not readable here)\n");
+  }
   sql_exec("SET client_min_messages = warning");
   sqlf("DROP SCHEMA IF EXISTS \"%s\" CASCADE", opt.schema);
   sql_exec("SET client_min_messages = notice");

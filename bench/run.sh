@@ -5,7 +5,7 @@
 #                           DATABASE_URL), run everything, print a table and
 #                           append a dated section to bench/RESULTS.md
 #   BENCH_NO_APPEND=1       do not touch bench/RESULTS.md
-#   BENCH_ROUNDS=N          rounds of the paired drain comparison (default 4)
+#   BENCH_ROUNDS=N          rounds of the paired drain comparison (default 3)
 #   BUILD_DIR=DIR           build directory (default build-bench)
 #
 # What runs (about 4-5 minutes on a 2-core machine):
@@ -19,12 +19,14 @@
 #   4. send and send_many with the proposed SQL, and without the NOTIFY
 #      trigger (an upper bound for a cheaper wake-up).
 #   5. pg_stat_statements (track = all) around sends and a drain.
+#   6. micro: CPU of one fetch + completion of 1000 jobs inside one backend,
+#      for moonq as is, each proposed SQL change, and the floor.
 # Raw outputs go to $BUILD_DIR/bench-out/<timestamp>/.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$repo/build-bench}
-rounds=${BENCH_ROUNDS:-4}
+rounds=${BENCH_ROUNDS:-3}
 stamp=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 out=$build/bench-out/$(date -u +%Y%m%d-%H%M%S)
 mkdir -p "$out"
@@ -62,6 +64,18 @@ shared_buffers=$(q "SHOW shared_buffers")
 preload=$(q "SHOW shared_preload_libraries")
 cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 ncpu=$(nproc)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# PostgreSQL's CPU seconds so far: the postmaster, its live children, and
+# the children it has reaped (pgbench's backends exit before we look).
+pm_pid=$(head -1 "$(q "SHOW data_directory")/postmaster.pid" 2>/dev/null || echo 0)
+hz=$(getconf CLK_TCK)
+pgcpu() {
+  [ "$pm_pid" != 0 ] || { echo 0; return; }
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm_pid" -v hz="$hz" '
+    $1 == pm { t += $14 + $15 + $16 + $17 } $4 == pm && $1 != pm { t += $14 + $15 }
+    END { printf "%.2f\n", t / hz }'
+}
 
 # ---- helpers ----------------------------------------------------------------
 declare -A R      # figure -> value
@@ -93,6 +107,10 @@ prefill_floor() {
 stats() { sort -g | awk '{v[NR]=$1} END {if (NR==0) {print "0 0"; exit}
   m = NR % 2 ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2; printf "%.0f %.0f\n", v[NR], m}'; }
 
+# median of the second column
+med2() { awk '{print $2}' | sort -g | awk '{v[NR]=$1} END {if (NR==0) {print 0; exit}
+  printf "%.1f\n", NR % 2 ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+
 # 123456.7 -> 123,457
 fmt() { awk -v x="$1" 'BEGIN { if (x !~ /^[0-9.]+$/) { printf "%s", x; exit }
   s = sprintf("%.0f", x); while (s ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", s)
@@ -100,23 +118,23 @@ fmt() { awk -v x="$1" 'BEGIN { if (x !~ /^[0-9.]+$/) { printf "%s", x; exit }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 # ---- 1. moonq as it is --------------------------------------------------------
-say "== 1/5 moonq as it is (send, send_many, drain sweep, explain)"
+say "== 1/6 moonq as it is (send, send_many, drain sweep, explain)"
 bench base --schema moonq_bench --phases send,many,drain,explain \
   --send-n 5000 --many-total 200000 --many-batch 1000 --many-inflight 1,2,4 \
-  --drain-jobs 50000 --drain 500x2,1000x1,1000x2,1000x4 --reps 2
+  --drain-jobs 50000 --drain 500x2,1000x1,1000x2 --reps 2
 cp "$out/explain.txt" "$out/explain-base.txt"
 drain_b=${R[base.drain_best_batch]}
 drain_k=${R[base.drain_best_inflight]}
 
 # ---- 2. the SQL floor ------------------------------------------------------------
-say "== 2/5 SQL floor with pgbench"
+say "== 2/6 SQL floor with pgbench"
 psql "$url" -q -v ON_ERROR_STOP=1 -f "$sqldir/floor_setup.sql" >/dev/null 2>&1
 # (i) single-row INSERT, 1 client; latency percentiles from the per-transaction log
 best_i=0; best_p50=999; best_p99=0
 for rep in 1 2 3; do
   prefill_floor 1
   rm -f "$out"/pgbench_log.*
-  tps=$(cd "$out" && pgb insert1-$rep -c 1 -j 1 -T 5 -l -f "$sqldir/floor_insert1.sql")
+  tps=$(cd "$out" && pgb insert1-$rep -c 1 -j 1 -T 4 -l -f "$sqldir/floor_insert1.sql")
   read -r p50 p99 < <(cat "$out"/pgbench_log.* | awk '{print $3}' | sort -n |
     awk '{v[NR]=$1} END {printf "%.3f %.3f\n", v[int(NR*0.5)]/1000, v[int(NR*0.99)]/1000}')
   rm -f "$out"/pgbench_log.*
@@ -124,27 +142,36 @@ for rep in 1 2 3; do
     best_p50=$p50; best_p99=$p99; best_i=$tps; fi
 done
 R[floor.insert1_tps]=$(printf '%.0f' "$best_i"); R[floor.insert1_p50_ms]=$best_p50; R[floor.insert1_p99_ms]=$best_p99
-CMDS+=("floor (i)	pgbench -n -M prepared -c 1 -j 1 -T 5 -l -f bench/sql/floor_insert1.sql \"\$DATABASE_URL\"  (3 runs, lowest p50)")
+CMDS+=("floor (i)	pgbench -n -M prepared -c 1 -j 1 -T 4 -l -f bench/sql/floor_insert1.sql \"\$DATABASE_URL\"  (3 runs, lowest p50)")
 # (ii) 1000-row INSERT ... SELECT generate_series, 1 and 2 clients
 for c in 1 2; do
-  vals=()
+  vals=(); cpus=()
   for rep in 1 2; do
     prefill_floor 1
-    vals+=("$(pgb insert1000-c$c-$rep -c $c -j $c -T 4 -f "$sqldir/floor_insert1000.sql")")
+    c0=$(pgcpu)
+    tps=$(pgb insert1000-c$c-$rep -c $c -j $c -T 3 -f "$sqldir/floor_insert1000.sql")
+    sleep 0.3
+    c1=$(pgcpu)
+    vals+=("$tps")
+    cpus+=("$(awk -v a="$c0" -v b="$c1" -v t="$tps" 'BEGIN { printf "0 %.1f\n", (b - a) / (t * 3 * 1000) * 1e6 }')")
   done
   read -r best med < <(printf '%s\n' "${vals[@]}" | awk '{print $1*1000}' | stats)
   R[floor.insert1000_c${c}_rows_per_s]=$best
+  R[floor.insert1000_c${c}_pg_cpu]=$(printf '%s\n' "${cpus[@]}" | med2)
 done
-CMDS+=("floor (ii)	pgbench -n -M prepared -c {1,2} -j {1,2} -T 4 -f bench/sql/floor_insert1000.sql \"\$DATABASE_URL\"  (2 runs each, best; rows/s = tps x 1000)")
+CMDS+=("floor (ii)	pgbench -n -M prepared -c {1,2} -j {1,2} -T 3 -f bench/sql/floor_insert1000.sql \"\$DATABASE_URL\"  (2 runs each, best; rows/s = tps x 1000)")
 # (iii) claim + delete, and (iv) claim + move to a minimal archive: 50,000 jobs
-floor_drain() { # script clients batch label -> jobs/s
+floor_drain() { # script clients batch label -> "jobs/s PostgreSQL-CPU-us/job"
   local script=$1 c=$2 b=$3 label=$4
   prefill_floor 50000
   local t=$((50000 / b / c))
+  local c0; c0=$(pgcpu)
   local tps; tps=$(pgb "$label" -c "$c" -j "$c" -t "$t" -D batch="$b" -f "$sqldir/$script.sql")
+  sleep 0.3
+  local c1; c1=$(pgcpu)
   local left; left=$(q "SELECT count(*) FROM bench_floor.floor_job")
   [ "$left" = 0 ] || say "warning: $left floor jobs left after $label"
-  awk -v t="$tps" -v b="$b" 'BEGIN { printf "%.0f\n", t * b }'
+  awk -v t="$tps" -v b="$b" -v c0="$c0" -v c1="$c1" 'BEGIN { printf "%.0f %.1f\n", t * b, (c1 - c0) / 50000 * 1e6 }'
 }
 floor_best=0; floor_best_cfg=""
 for cfg in "1 500" "2 500" "1 1000" "2 1000"; do
@@ -154,6 +181,7 @@ for cfg in "1 500" "2 500" "1 1000" "2 1000"; do
   read -r best med < <(printf '%s\n' "${vals[@]}" | stats)
   R[floor.claim_c${c}_b${b}_jobs_per_s]=$best
   R[floor.claim_c${c}_b${b}_jobs_per_s_median]=$med
+  R[floor.claim_c${c}_b${b}_pg_cpu]=$(printf '%s\n' "${vals[@]}" | med2)
   if [ "$best" -gt "$floor_best" ]; then floor_best=$best; floor_best_cfg="$c $b"; fi
 done
 read -r floor_c floor_b <<<"$floor_best_cfg"
@@ -162,22 +190,28 @@ vals=()
 for rep in 1 2; do vals+=("$(floor_drain floor_claim_archive "$floor_c" "$floor_b" archive-$rep)"); done
 read -r best med < <(printf '%s\n' "${vals[@]}" | stats)
 R[floor.archive_jobs_per_s]=$best
+R[floor.archive_pg_cpu]=$(printf '%s\n' "${vals[@]}" | med2)
 CMDS+=("floor (iv)	pgbench -n -M prepared -c $floor_c -j $floor_c -t $((50000 / floor_b / floor_c)) -D batch=$floor_b -f bench/sql/floor_claim_archive.sql \"\$DATABASE_URL\"  (2 runs, best)")
 
 # ---- 3. paired drain rounds ----------------------------------------------------------
-say "== 3/5 paired drain rounds ($rounds): as is / proposed SQL / floor"
+say "== 3/6 paired drain rounds ($rounds): as is / proposed SQL / floor"
 alt=(--patch "$sqldir/alt_queue.sql")
 alt_all=(--patch "$sqldir/alt_queue.sql" --patch "$sqldir/alt_complete.sql" --patch "$sqldir/alt_archive.sql")
-pa=(); pb=(); pc=(); pf=()
+pa=(); pb=(); pc=(); pf=(); pfc=(); pac=(); pbc=(); pcc=()
 for r in $(seq 1 "$rounds"); do
   bench pair-base-$r --schema moonq_bench --phases drain --reps 1 --drain "${drain_b}x${drain_k}"
-  pa+=("${R[pair-base-$r.drain_best_jobs_per_s]}")
+  pa+=("${R[pair-base-$r.drain_best_jobs_per_s]}"); pac+=("0 ${R[pair-base-$r.drain_pg_cpu_us_per_job]}")
   bench pair-alt-$r --schema moonq_alt "${alt[@]}" --phases drain --reps 1 --drain "${drain_b}x${drain_k}"
-  pb+=("${R[pair-alt-$r.drain_best_jobs_per_s]}")
+  pb+=("${R[pair-alt-$r.drain_best_jobs_per_s]}"); pbc+=("0 ${R[pair-alt-$r.drain_pg_cpu_us_per_job]}")
   bench pair-altall-$r --schema moonq_alt "${alt_all[@]}" --phases drain --reps 1 --drain "${drain_b}x${drain_k}"
-  pc+=("${R[pair-altall-$r.drain_best_jobs_per_s]}")
-  pf+=("$(floor_drain floor_claim_complete "$floor_c" "$floor_b" pair-floor-$r)")
+  pc+=("${R[pair-altall-$r.drain_best_jobs_per_s]}"); pcc+=("0 ${R[pair-altall-$r.drain_pg_cpu_us_per_job]}")
+  read -r fj fc < <(floor_drain floor_claim_complete "$floor_c" "$floor_b" pair-floor-$r)
+  pf+=("$fj"); pfc+=("0 $fc")
 done
+R[pair.base_cpu]=$(printf '%s\n' "${pac[@]}" | med2)
+R[pair.alt_cpu]=$(printf '%s\n' "${pbc[@]}" | med2)
+R[pair.altall_cpu]=$(printf '%s\n' "${pcc[@]}" | med2)
+R[pair.floor_cpu]=$(printf '%s\n' "${pfc[@]}" | med2)
 for v in base:pa alt:pb altall:pc floor:pf; do
   declare -n xs=${v#*:}
   read -r best med < <(printf '%s\n' "${xs[@]}" | stats)
@@ -191,80 +225,132 @@ R[pair.writes_base]=${R[pair-base-1.drain_tuple_writes_per_job]}
 R[pair.writes_alt]=${R[pair-altall-1.drain_tuple_writes_per_job]}
 
 # ---- 4. send paths with the proposed SQL ------------------------------------------------
-say "== 4/5 send and send_many with the proposed SQL"
+say "== 4/6 send and send_many with the proposed SQL"
 bench alt-send --schema moonq_alt "${alt[@]}" --phases send,many --reps 2 \
-  --send-n 5000 --many-total 200000 --many-batch 1000 --many-inflight 1,2,4
+  --send-n 5000 --many-total 100000 --many-batch 1000 --many-inflight 1,2,4
 bench nonotify-send --schema moonq_alt "${alt[@]}" --patch "$sqldir/alt_no_notify.sql" \
-  --phases send,many --reps 2 --send-n 5000 --many-total 200000 --many-batch 1000 --many-inflight 1,2,4
+  --phases send,many --reps 2 --send-n 5000 --many-total 100000 --many-batch 1000 --many-inflight 1,2,4
 
 # ---- 5. pg_stat_statements ------------------------------------------------------------------
-say "== 5/5 pg_stat_statements around sends and a drain"
+say "== 5/6 pg_stat_statements around sends and a drain"
 if [[ $preload == *pg_stat_statements* ]]; then
   PGOPTIONS='-c pg_stat_statements.track=all' bench profile-base --schema moonq_bench \
-    --phases profile --send-n 2000 --drain-jobs 50000 --drain "${drain_b}x${drain_k}"
+    --phases profile --send-n 1000 --drain-jobs 50000 --drain "${drain_b}x${drain_k}"
   mv "$out/pg_stat_statements.txt" "$out/pg_stat_statements-base.txt"
   PGOPTIONS='-c pg_stat_statements.track=all' bench profile-alt --schema moonq_alt "${alt_all[@]}" \
-    --phases profile --send-n 2000 --drain-jobs 50000 --drain "${drain_b}x${drain_k}"
+    --phases profile --send-n 1000 --drain-jobs 50000 --drain "${drain_b}x${drain_k}"
   mv "$out/pg_stat_statements.txt" "$out/pg_stat_statements-alt.txt"
 fi
+
+# ---- 6. micro: CPU of one fetch and one completion of 1000 jobs ----------------------------------
+say "== 6/6 micro: fetch and complete 1000 jobs inside one backend"
+declare -A MS=(
+  [moonq_m_base]=""
+  [moonq_m_alt]="--patch $sqldir/alt_queue.sql"
+  [moonq_m_altc]="--patch $sqldir/alt_queue.sql --patch $sqldir/alt_complete.sql"
+  [moonq_m_pk]="--patch $sqldir/alt_queue.sql --patch $sqldir/alt_complete.sql --patch $sqldir/alt_archive_min.sql"
+  [moonq_m_del]="--patch $sqldir/alt_queue.sql --patch $sqldir/alt_delete_only.sql"
+)
+micro_order="moonq_m_base moonq_m_alt moonq_m_altc moonq_m_pk moonq_m_del floor floor_archive"
+for sch in moonq_m_base moonq_m_alt moonq_m_altc moonq_m_pk moonq_m_del; do
+  # shellcheck disable=SC2086
+  "$bq" --schema "$sch" ${MS[$sch]} --phases none >"$out/micro-$sch.log" 2>&1
+  psql "$url" -q -v ON_ERROR_STOP=1 -c "SELECT $sch.send_many('drain', (SELECT jsonb_agg(jsonb_build_object('n', g)) FROM generate_series(1, 20000) g))" \
+    -c "VACUUM ANALYZE $sch.job" -c "VACUUM ANALYZE $sch.job_archive" >/dev/null
+done
+prefill_floor 20000
+{ cat "$sqldir/micro.sql"
+  for r in $(seq 1 9); do for sch in $micro_order; do echo "SELECT pg_temp.micro('$sch');"; done; done
+} | psql "$url" -Atq -v ON_ERROR_STOP=1 >"$out/micro.txt"
+while IFS='|' read -r sch f c; do
+  if [ -z "${R[micro.$sch.f]:-}" ] || awk -v a="$f" -v b="${R[micro.$sch.f]}" 'BEGIN{exit !(a<b)}'; then R[micro.$sch.f]=$f; fi
+  if [ -z "${R[micro.$sch.c]:-}" ] || awk -v a="$c" -v b="${R[micro.$sch.c]}" 'BEGIN{exit !(a<b)}'; then R[micro.$sch.c]=$c; fi
+done <"$out/micro.txt"
+for sch in $micro_order; do
+  R[micro.$sch.sum]=$(awk -v a="${R[micro.$sch.f]}" -v b="${R[micro.$sch.c]}" 'BEGIN{printf "%.2f", a + b}')
+done
+CMDS+=("micro	for each schema: bench_queue --schema S [--patch ...] --phases none; SELECT S.send_many('drain', <20,000 jobs>); psql -f bench/sql/floor_prefill.sql -v jobs=20000; then psql -f bench/sql/micro.sql + 9 rounds of SELECT pg_temp.micro(S) over all schemas, interleaved; fastest call per schema")
 secs=$(( $(date +%s) - t_start ))
 
 # ---- report -------------------------------------------------------------------------------
 metyn() { awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN {
-  ok = (op == "<=") ? (a <= b) : (a >= b); print ok ? "met" : "NOT met" }'; }
+  ok = (op == "<=") ? (a <= b) : (a >= b); print ok ? "met" : "**not met**" }'; }
 drain_ours=${R[base.drain_best_jobs_per_s]}
-many_floor=${R[floor.insert1000_c1_rows_per_s]}
-[ "${R[floor.insert1000_c2_rows_per_s]}" -gt "$many_floor" ] && many_floor=${R[floor.insert1000_c2_rows_per_s]}
-pair_ratio_med=$(ratio "${R[pair.base_median]}" "${R[pair.floor_median]}")
-pair_ratio_alt=$(ratio "${R[pair.altall_median]}" "${R[pair.floor_median]}")
-floor80=$(awk -v f="${R[pair.floor_median]}" 'BEGIN{printf "%.0f", f*0.8}')
+many_floor=${R[floor.insert1000_c1_rows_per_s]}; many_floor_c=1
+if [ "${R[floor.insert1000_c2_rows_per_s]}" -gt "$many_floor" ]; then
+  many_floor=${R[floor.insert1000_c2_rows_per_s]}; many_floor_c=2; fi
+pair_ratio=$(ratio "${R[pair.base_median]}" "${R[pair.floor_median]}")
+cpu_ratio=$(ratio "${R[pair.floor_cpu]}" "${R[pair.base_cpu]}")
+k1=${R[base.many_best_inflight]}
 
 report=$(cat <<EOF
 ## Run of $stamp
 
 Machine: $ncpu CPUs ($cpu_model), PostgreSQL $pg_version on the same machine,
-synchronous_commit=$sync_commit, fsync=$fsync, shared_buffers=$shared_buffers.
-Raw logs: \`${out#$repo/}/\`; whole run took ${secs} s.
-Each figure is the best of its runs (median in brackets where there were several).
+synchronous_commit=$sync_commit, fsync=$fsync, shared_buffers=$shared_buffers;
+load average before the run: $load_before. Whole run: ${secs} s. Raw logs: \`${out#$repo/}/\`.
+Throughput figures are the best of their runs, medians in brackets. "PG CPU" is
+the CPU time PostgreSQL's processes used per job (median of runs): it does not
+count time lost to other programs on the machine, so it compares more steadily
+than jobs/s here.
 
 | What | moonq (as is) | SQL floor | ours / floor | Goal | |
 |---|---:|---:|---:|---|---|
-| send, one at a time: p50 latency | ${R[base.send_p50_ms]} ms (${R[base.send_p50_ms_median]}) | ${R[floor.insert1_p50_ms]} ms (i) | $(ratio "${R[base.send_p50_ms]}" "${R[floor.insert1_p50_ms]}") x latency | p50 <= 0.3 ms | $(metyn "${R[base.send_p50_ms]}" "<=" 0.3) |
-| send, one at a time: p99 latency | ${R[base.send_p99_ms]} ms | ${R[floor.insert1_p99_ms]} ms (i) | | | |
-| send, one at a time: jobs/s | $(fmt "${R[base.send_jobs_per_s]}") | $(fmt "${R[floor.insert1_tps]}") (i) | $(ratio "${R[base.send_jobs_per_s]}" "${R[floor.insert1_tps]}") | | |
-| send_many, 1000 a batch, 1 in flight | $(fmt "${R[base.many_inflight1_jobs_per_s]}") jobs/s ($(fmt "${R[base.many_inflight1_jobs_per_s_median]}")) | $(fmt "${R[floor.insert1000_c1_rows_per_s]}") rows/s (ii, 1 client) | $(ratio "${R[base.many_inflight1_jobs_per_s]}" "${R[floor.insert1000_c1_rows_per_s]}") | | |
-| send_many, best of 1/2/4 in flight | $(fmt "${R[base.many_best_jobs_per_s]}") jobs/s (${R[base.many_best_inflight]} in flight) | $(fmt "$many_floor") rows/s (ii, best of 1/2 clients) | $(ratio "${R[base.many_best_jobs_per_s]}" "$many_floor") | >= 150,000 jobs/s | $(metyn "${R[base.many_best_jobs_per_s]}" ">=" 150000) |
-| drain 50,000 jobs, best setting | $(fmt "$drain_ours") jobs/s (batch $drain_b, $drain_k fetches in flight) | $(fmt "$floor_best") jobs/s (iii, $floor_c clients, batch $floor_b) | $(ratio "$drain_ours" "$floor_best") | >= 75,000 jobs/s | $(metyn "$drain_ours" ">=" 75000) |
-| drain, paired rounds (median of $rounds) | $(fmt "${R[pair.base_median]}") jobs/s (best $(fmt "${R[pair.base_best]}")) | $(fmt "${R[pair.floor_median]}") jobs/s (best $(fmt "${R[pair.floor_best]}")) | $pair_ratio_med (per round: ${R[pair.base_ratios]}) | >= 80% of floor | $(metyn "$pair_ratio_med" ">=" 0.8) |
-| drain: tuple writes per job | ${R[pair.writes_base]} (job + job_archive) | 2 (update + delete) | | | |
-| drain: CPU per job (best run) | moonq process ${R[base.drain_cpu_moonq_us_per_job]} us, whole machine ${R[base.drain_cpu_machine_us_per_job]} us | | | | |
+| send one at a time, p50 latency | ${R[base.send_p50_ms]} ms (${R[base.send_p50_ms_median]}) | ${R[floor.insert1_p50_ms]} ms (i) | $(ratio "${R[base.send_p50_ms]}" "${R[floor.insert1_p50_ms]}")x | p50 <= 0.3 ms | $(metyn "${R[base.send_p50_ms]}" "<=" 0.3) |
+| send one at a time, p99 latency | ${R[base.send_p99_ms]} ms | ${R[floor.insert1_p99_ms]} ms (i) | | | |
+| send one at a time, jobs/s | $(fmt "${R[base.send_jobs_per_s]}") | $(fmt "${R[floor.insert1_tps]}") (i) | $(ratio "${R[base.send_jobs_per_s]}" "${R[floor.insert1_tps]}") | | |
+| send_many 1000/batch, 1 in flight | $(fmt "${R[base.many_inflight1_jobs_per_s]}") jobs/s ($(fmt "${R[base.many_inflight1_jobs_per_s_median]}")); PG CPU ${R[base.many_inflight1_pg_cpu_us_per_job]} us/job | $(fmt "${R[floor.insert1000_c1_rows_per_s]}") rows/s (ii, 1 client); PG CPU ${R[floor.insert1000_c1_pg_cpu]} us/row | $(ratio "${R[base.many_inflight1_jobs_per_s]}" "${R[floor.insert1000_c1_rows_per_s]}") | | |
+| send_many, best of 1/2/4 in flight | $(fmt "${R[base.many_best_jobs_per_s]}") jobs/s ($k1 in flight) | $(fmt "$many_floor") rows/s (ii, $many_floor_c clients) | $(ratio "${R[base.many_best_jobs_per_s]}" "$many_floor") | >= 150,000 jobs/s | $(metyn "${R[base.many_best_jobs_per_s]}" ">=" 150000) |
+| drain 50,000, best setting | $(fmt "$drain_ours") jobs/s ($(fmt "${R[base.drain_best_jobs_per_s_median]}")), batch $drain_b x $drain_k in flight | $(fmt "$floor_best") jobs/s (iii, $floor_c clients x batch $floor_b) | $(ratio "$drain_ours" "$floor_best") | >= 75,000 (aim 100,000) | $(metyn "$drain_ours" ">=" 75000) |
+| drain, paired rounds (median of $rounds) | $(fmt "${R[pair.base_median]}") jobs/s (best $(fmt "${R[pair.base_best]}")) | $(fmt "${R[pair.floor_median]}") jobs/s (best $(fmt "${R[pair.floor_best]}")) | $pair_ratio (rounds: ${R[pair.base_ratios]}) | >= 0.80 of floor | $(metyn "$pair_ratio" ">=" 0.8) |
+| drain, PG CPU per job (paired) | ${R[pair.base_cpu]} us | ${R[pair.floor_cpu]} us | floor/ours $cpu_ratio | | |
+| drain, tuple writes per job | ${R[pair.writes_base]} (update, delete, archive insert) | 2 (update, delete) | | | |
+| drain, moonq process CPU per job | ${R[base.drain_cpu_moonq_us_per_job]} us | | | | |
 
-Drain settings tried (jobs/s, best of 2 [median]): batch 500 x 2 in flight $(fmt "${R[base.drain_b500_k2_jobs_per_s]}") [$(fmt "${R[base.drain_b500_k2_jobs_per_s_median]}")],
-1000 x 1 $(fmt "${R[base.drain_b1000_k1_jobs_per_s]}") [$(fmt "${R[base.drain_b1000_k1_jobs_per_s_median]}")],
-1000 x 2 $(fmt "${R[base.drain_b1000_k2_jobs_per_s]}") [$(fmt "${R[base.drain_b1000_k2_jobs_per_s_median]}")],
-1000 x 4 $(fmt "${R[base.drain_b1000_k4_jobs_per_s]}") [$(fmt "${R[base.drain_b1000_k4_jobs_per_s_median]}")].
-Floor (iii) settings (jobs/s, best of 2): 1 client x 500 $(fmt "${R[floor.claim_c1_b500_jobs_per_s]}"), 2 x 500 $(fmt "${R[floor.claim_c2_b500_jobs_per_s]}"),
-1 x 1000 $(fmt "${R[floor.claim_c1_b1000_jobs_per_s]}"), 2 x 1000 $(fmt "${R[floor.claim_c2_b1000_jobs_per_s]}");
-(iv) claim + move to a minimal archive: $(fmt "${R[floor.archive_jobs_per_s]}") jobs/s.
-send_many by batches in flight (best of 2): 1: $(fmt "${R[base.many_inflight1_jobs_per_s]}"), 2: $(fmt "${R[base.many_inflight2_jobs_per_s]}"), 4: $(fmt "${R[base.many_inflight4_jobs_per_s]}") jobs/s.
+Drain settings (jobs/s best [median; PG CPU us/job]): batch 500 x 2 in flight $(fmt "${R[base.drain_b500_k2_jobs_per_s]}") [$(fmt "${R[base.drain_b500_k2_jobs_per_s_median]}"); ${R[base.drain_b500_k2_pg_cpu_us_per_job]}],
+1000 x 1 $(fmt "${R[base.drain_b1000_k1_jobs_per_s]}") [$(fmt "${R[base.drain_b1000_k1_jobs_per_s_median]}"); ${R[base.drain_b1000_k1_pg_cpu_us_per_job]}],
+1000 x 2 $(fmt "${R[base.drain_b1000_k2_jobs_per_s]}") [$(fmt "${R[base.drain_b1000_k2_jobs_per_s_median]}"); ${R[base.drain_b1000_k2_pg_cpu_us_per_job]}].
+Floor (iii) (jobs/s best [median; PG CPU us/job]): 1 client x 500 $(fmt "${R[floor.claim_c1_b500_jobs_per_s]}") [$(fmt "${R[floor.claim_c1_b500_jobs_per_s_median]}"); ${R[floor.claim_c1_b500_pg_cpu]}],
+2 x 500 $(fmt "${R[floor.claim_c2_b500_jobs_per_s]}") [$(fmt "${R[floor.claim_c2_b500_jobs_per_s_median]}"); ${R[floor.claim_c2_b500_pg_cpu]}],
+1 x 1000 $(fmt "${R[floor.claim_c1_b1000_jobs_per_s]}") [$(fmt "${R[floor.claim_c1_b1000_jobs_per_s_median]}"); ${R[floor.claim_c1_b1000_pg_cpu]}],
+2 x 1000 $(fmt "${R[floor.claim_c2_b1000_jobs_per_s]}") [$(fmt "${R[floor.claim_c2_b1000_jobs_per_s_median]}"); ${R[floor.claim_c2_b1000_pg_cpu]}].
+Floor (iv), claim + move to a minimal archive: $(fmt "${R[floor.archive_jobs_per_s]}") jobs/s, PG CPU ${R[floor.archive_pg_cpu]} us/job.
+send_many by batches in flight (best jobs/s; PG CPU us/job): 1: $(fmt "${R[base.many_inflight1_jobs_per_s]}"); ${R[base.many_inflight1_pg_cpu_us_per_job]}, 2: $(fmt "${R[base.many_inflight2_jobs_per_s]}"); ${R[base.many_inflight2_pg_cpu_us_per_job]}, 4: $(fmt "${R[base.many_inflight4_jobs_per_s]}"); ${R[base.many_inflight4_pg_cpu_us_per_job]}.
 
-With the proposed SQL (bench/sql/alt_*.sql over the migrated schema; same runs):
+The proposed SQL (bench/sql/alt_*.sql applied over the migrated schema), same run:
 
 | What | as is | proposed | proposed / floor |
 |---|---:|---:|---:|
-| drain, paired median (alt_queue.sql: fetch via primary key) | $(fmt "${R[pair.base_median]}") | $(fmt "${R[pair.alt_median]}") (best $(fmt "${R[pair.alt_best]}")) | $(ratio "${R[pair.alt_median]}" "${R[pair.floor_median]}") (per round: ${R[pair.alt_ratios]}) |
-| drain, paired median (+ alt_complete.sql + alt_archive.sql) | $(fmt "${R[pair.base_median]}") | $(fmt "${R[pair.altall_median]}") (best $(fmt "${R[pair.altall_best]}")) | $pair_ratio_alt (per round: ${R[pair.altall_ratios]}) |
-| send p50 (alt_queue.sql: no per-call SQL-function planning) | ${R[base.send_p50_ms]} ms | ${R[alt-send.send_p50_ms]} ms (median ${R[alt-send.send_p50_ms_median]}), p99 ${R[alt-send.send_p99_ms]} | |
-| send p50, proposed SQL without the NOTIFY trigger | | ${R[nonotify-send.send_p50_ms]} ms | |
-| send_many best (proposed SQL) | $(fmt "${R[base.many_best_jobs_per_s]}") | $(fmt "${R[alt-send.many_best_jobs_per_s]}") (${R[alt-send.many_best_inflight]} in flight) | |
-| send_many best, proposed SQL without the NOTIFY trigger | | $(fmt "${R[nonotify-send.many_best_jobs_per_s]}") (${R[nonotify-send.many_best_inflight]} in flight; 1/2/4: $(fmt "${R[nonotify-send.many_inflight1_jobs_per_s]}")/$(fmt "${R[nonotify-send.many_inflight2_jobs_per_s]}")/$(fmt "${R[nonotify-send.many_inflight4_jobs_per_s]}")) | |
+| drain, paired median: alt_queue.sql (fetch through the primary key) | $(fmt "${R[pair.base_median]}") jobs/s, PG CPU ${R[pair.base_cpu]} us | $(fmt "${R[pair.alt_median]}") jobs/s (best $(fmt "${R[pair.alt_best]}")), PG CPU ${R[pair.alt_cpu]} us | $(ratio "${R[pair.alt_median]}" "${R[pair.floor_median]}") (rounds: ${R[pair.alt_ratios]}); CPU floor/ours $(ratio "${R[pair.floor_cpu]}" "${R[pair.alt_cpu]}") |
+| drain, paired median: + alt_complete.sql + alt_archive.sql | | $(fmt "${R[pair.altall_median]}") jobs/s (best $(fmt "${R[pair.altall_best]}")), PG CPU ${R[pair.altall_cpu]} us | $(ratio "${R[pair.altall_median]}" "${R[pair.floor_median]}") (rounds: ${R[pair.altall_ratios]}); CPU floor/ours $(ratio "${R[pair.floor_cpu]}" "${R[pair.altall_cpu]}") |
+| send p50: alt_queue.sql (no per-call planning of SQL functions) | ${R[base.send_p50_ms]} ms | ${R[alt-send.send_p50_ms]} ms (median ${R[alt-send.send_p50_ms_median]}), p99 ${R[alt-send.send_p99_ms]} ms | $(ratio "${R[alt-send.send_p50_ms]}" "${R[floor.insert1_p50_ms]}")x latency |
+| send p50: alt_queue.sql without the NOTIFY trigger | | ${R[nonotify-send.send_p50_ms]} ms (median ${R[nonotify-send.send_p50_ms_median]}) | $(ratio "${R[nonotify-send.send_p50_ms]}" "${R[floor.insert1_p50_ms]}")x latency |
+| send_many 1/2/4 in flight: alt_queue.sql | $(fmt "${R[base.many_inflight1_jobs_per_s]}") / $(fmt "${R[base.many_inflight2_jobs_per_s]}") / $(fmt "${R[base.many_inflight4_jobs_per_s]}") | $(fmt "${R[alt-send.many_inflight1_jobs_per_s]}") / $(fmt "${R[alt-send.many_inflight2_jobs_per_s]}") / $(fmt "${R[alt-send.many_inflight4_jobs_per_s]}") | |
+| send_many 1/2/4 in flight: without the NOTIFY trigger | | $(fmt "${R[nonotify-send.many_inflight1_jobs_per_s]}") / $(fmt "${R[nonotify-send.many_inflight2_jobs_per_s]}") / $(fmt "${R[nonotify-send.many_inflight4_jobs_per_s]}") | $(ratio "${R[nonotify-send.many_best_jobs_per_s]}" "$many_floor") (best) |
 
-Command lines (DATABASE_URL=\`$url\`; bench_queue is $(printf '%s' "${bq#$repo/}")):
+CPU of one fetch of 1000 jobs and of completing them, inside one backend (no
+network, commit not timed; fastest of 9 interleaved calls; ms per 1000 jobs = us per job):
+
+| Variant | fetch | complete | total | floor / total |
+|---|---:|---:|---:|---:|
+$(for sch in $micro_order; do
+  case $sch in
+    moonq_m_base) name="moonq as is" ;;
+    moonq_m_alt) name="alt_queue.sql (fetch through the primary key)" ;;
+    moonq_m_altc) name="+ alt_complete.sql (leaner complete_jobs)" ;;
+    moonq_m_pk) name="+ alt_archive_min.sql (archive with its primary key only)" ;;
+    moonq_m_del) name="alt_queue.sql + alt_delete_only.sql (no archive row: upper bound)" ;;
+    floor) name="floor (iii): claim + DELETE" ;;
+    floor_archive) name="floor (iv): claim + move to a minimal archive" ;;
+  esac
+  printf '| %s | %s | %s | %s | %s |\n' "$name" "${R[micro.$sch.f]}" "${R[micro.$sch.c]}" "${R[micro.$sch.sum]}" "$(ratio "${R[micro.floor.sum]}" "${R[micro.$sch.sum]}")"
+done)
+
+Command lines (DATABASE_URL=\`$url\`):
 
 \`\`\`
 $(for c in "${CMDS[@]}"; do printf '%-16s %s\n' "${c%%	*}" "${c#*	}"; done)
 \`\`\`
-
 EOF
 )
 
