@@ -8,8 +8,9 @@
 -- delayed, paused, active, completed, failed, cancelled.
 --
 -- Applications enqueue with SELECT moonq.send(name, data, options) inside
--- their own transactions; a statement that inserts runnable jobs sends one
--- NOTIFY on channel "<schema>_wake" with the queue names as payload.
+-- their own transactions; each send sends one NOTIFY on channel
+-- "<schema>_wake" with the queue name as payload (moonq's own connections
+-- set moonq.no_wake and send one wake() per loop turn instead).
 
 CREATE TYPE @schema@.job_state AS ENUM
   ('created', 'retry', 'active', 'completed', 'cancelled', 'failed');
@@ -83,30 +84,12 @@ CREATE INDEX job_archive_keep_idx ON @schema@.job_archive (keep_until);
 
 -- Wakes idle workers of the named queues (comma-separated): one NOTIFY on
 -- channel "<schema>_wake". "@schema@" is the quoted schema name, so its
--- quotes are dropped for the channel name.
+-- quotes are dropped for the channel name. (plpgsql, so its plan is cached.)
 CREATE FUNCTION @schema@.wake(queues text) RETURNS void
-LANGUAGE sql AS $$
-  SELECT pg_notify(replace('@schema@', '"', '') || '_wake', left(queues, 7000))
-$$;
-
--- One NOTIFY per inserting statement, naming the queues that got jobs;
--- PostgreSQL folds identical notifications of one transaction.
-CREATE FUNCTION @schema@.job_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-  queues text;
 BEGIN
-  -- Delayed jobs notify too: an idle worker then sets its timer to them.
-  SELECT string_agg(DISTINCT queue, ',') INTO queues FROM new_jobs;
-  IF queues IS NOT NULL THEN
-    PERFORM @schema@.wake(queues);
-  END IF;
-  RETURN NULL;
+  PERFORM pg_notify(replace('@schema@', '"', '') || '_wake', left(queues, 7000));
 END $$;
-
-CREATE TRIGGER job_notify AFTER INSERT ON @schema@.job
-  REFERENCING NEW TABLE AS new_jobs
-  FOR EACH STATEMENT EXECUTE FUNCTION @schema@.job_notify();
 
 -- The settings a new job of queue q gets: its queue's row over the '' row
 -- over the built-in defaults.
@@ -269,7 +252,22 @@ BEGIN
                'retention, singleton_key, dead_letter, run_id';
     END CASE;
   END LOOP;
-  d := @schema@.queue_defaults(coalesce(q, name));
+  -- The queue's settings over the '' row over built-in defaults (inlined:
+  -- a LANGUAGE sql function would be planned again on every call).
+  q := coalesce(q, name);
+  SELECT q, coalesce(own.paused, false),
+         coalesce(own.retry_limit, base.retry_limit, 3),
+         coalesce(own.retry_delay, base.retry_delay, 60),
+         coalesce(own.retry_backoff, base.retry_backoff, true),
+         coalesce(own.retry_delay_max, base.retry_delay_max),
+         coalesce(own.expire_in, base.expire_in, 900),
+         coalesce(own.retention, base.retention, 604800),
+         coalesce(own.dead_letter, base.dead_letter),
+         now()
+    INTO d
+    FROM (SELECT 1) one
+    LEFT JOIN @schema@.queue own ON own.name = q
+    LEFT JOIN @schema@.queue base ON base.name = '';
   WITH ins AS (
     INSERT INTO @schema@.job (queue, name, data, priority, retry_limit,
                               retry_delay, retry_backoff, retry_delay_max,
@@ -286,16 +284,20 @@ BEGIN
     RETURNING id
   )
   SELECT array_agg(id ORDER BY id) INTO ids FROM ins;
+  IF ids IS NOT NULL AND current_setting('moonq.no_wake', true) IS DISTINCT FROM 'on' THEN
+    PERFORM @schema@.wake(q);
+  END IF;
   RETURN coalesce(ids, '{}');
 END $$;
 
 -- Enqueues one job; returns its id, or NULL when its singleton_key is
 -- taken by a job that waits or runs.
 CREATE FUNCTION @schema@.send(name text, data jsonb DEFAULT '{}', options jsonb DEFAULT '{}')
-RETURNS bigint LANGUAGE sql AS $$
-  SELECT (@schema@.send_many(name, jsonb_build_array(coalesce(data, '{}'::jsonb)),
-                             options))[1]
-$$;
+RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN (@schema@.send_many(name, jsonb_build_array(coalesce(data, '{}'::jsonb)),
+                             options))[1];
+END $$;
 
 -- Moves finished rows of `job` into the archive. `ids` are locked by the
 -- caller's statement.
@@ -384,9 +386,12 @@ BEGIN
              dq.expire_in, dq.retention, f.run_id, f.error
         FROM failed f, LATERAL @schema@.queue_defaults(f.dead_letter) dq
        WHERE f.dead_letter IS NOT NULL
-      RETURNING 1
+      RETURNING queue
     )
-    SELECT count(*) FROM dead INTO wake;
+    SELECT string_agg(DISTINCT queue, ',') FROM dead INTO wake;
+    IF wake IS NOT NULL THEN
+      PERFORM @schema@.wake(wake);
+    END IF;
     RETURN QUERY SELECT u, 'failed'::@schema@.job_state, NULL::timestamptz
                    FROM unnest(final_ids) AS u;
   END IF;
@@ -537,6 +542,7 @@ BEGIN
           a.retry_delay, a.retry_backoff, a.retry_delay_max, a.expire_in,
           a.retention, a.created_at, a.singleton_key, a.dead_letter,
           a.run_id, a.error);
+  PERFORM @schema@.wake(a.queue);
   RETURN true;
 END $$;
 
@@ -632,18 +638,21 @@ RETURNS TABLE (id bigint, name text, data jsonb, attempt integer,
                run_id text, created_at timestamptz)
 LANGUAGE plpgsql AS $$
 BEGIN
+  IF EXISTS (SELECT 1 FROM @schema@.queue x WHERE x.name = q AND x.paused) THEN
+    RETURN;
+  END IF;
+  -- The UPDATE finds the claimed rows through the primary key; joining it
+  -- to a CTE instead makes the planner hash the whole table.
   RETURN QUERY
-  WITH next AS (
-    SELECT j.id FROM @schema@.job j
-     WHERE j.queue = q AND j.state < 'active' AND j.start_after <= now()
-       AND NOT EXISTS (SELECT 1 FROM @schema@.queue x WHERE x.name = q AND x.paused)
-     ORDER BY j.priority DESC, j.id
-     LIMIT n
-       FOR UPDATE SKIP LOCKED
-  ), claimed AS (
+  WITH claimed AS (
     UPDATE @schema@.job j
        SET state = 'active', started_at = now(), owner = owner_id
-      FROM next WHERE j.id = next.id
+     WHERE j.id = ANY(ARRAY(
+             SELECT jj.id FROM @schema@.job jj
+              WHERE jj.queue = q AND jj.state < 'active' AND jj.start_after <= now()
+              ORDER BY jj.priority DESC, jj.id
+              LIMIT n
+                FOR UPDATE SKIP LOCKED))
     RETURNING j.id, j.name, j.data, j.retry_count + 1, j.priority,
               j.retry_limit, j.expire_in, j.run_id, j.created_at
   )

@@ -83,6 +83,7 @@ struct mq_pg {
   bool use_listener;
   double reconnect_max;
   double queue_timeout;
+  char *init_sql;
   struct fifo waiting;
   ev_prepare dispatch;
   ev_idle kick; /* keeps the loop from blocking before dispatch runs */
@@ -584,6 +585,11 @@ static void conn_watch(struct conn *c, int fd, int events) {
   ev_io_start(c->pg->loop, &c->io);
 }
 
+static void init_done(const struct mq_pg_reply *reply, void *data) {
+  if (reply->status == MQ_PG_ESQL)
+    mq_log_error("pg", "connection set-up failed error=\"%s\"", reply->error);
+}
+
 /* Server notices (NOTICE, WARNING) go to the log instead of stderr. */
 static void on_notice(void *arg, const PGresult *res) {
   const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
@@ -633,6 +639,16 @@ static void conn_ready(struct conn *c) {
         s = next;
       }
     return;
+  }
+  if (pg->init_sql) {
+    struct req *r = req_new(pg->init_sql, -1, 0, NULL);
+    if (r) {
+      r->cb = init_done;
+      if (!conn_send(c, r)) {
+        conn_fail(c, PQerrorMessage(c->pq));
+        return;
+      }
+    }
   }
   set_up(pg);
   if (!pg->closing && pg->waiting.head)
@@ -865,6 +881,7 @@ mq_pg *mq_pg_new(struct ev_loop *loop, const struct mq_pg_options *opts) {
   pg->queue_timeout = opts->queue_timeout > 0 ? opts->queue_timeout : 30;
   pg->use_listener = opts->listen;
   pg->conninfo = strdup(opts->conninfo ? opts->conninfo : "");
+  pg->init_sql = opts->init_sql ? strdup(opts->init_sql) : NULL;
   pg->conns = calloc((size_t)pg->nconns, sizeof *pg->conns);
   if (!pg->conninfo || !pg->conns) {
     free(pg->conninfo);
@@ -954,6 +971,7 @@ static void pool_free(mq_pg *pg) {
   free(pg->stmts);
   free(pg->conns);
   free(pg->conninfo);
+  free(pg->init_sql);
   free(pg);
 }
 

@@ -71,6 +71,8 @@ struct mq_pg_options {
   double reconnect_max;  /* cap of the reconnect backoff, s; default 10 */
   double queue_timeout;  /* how long a request waits for a connection; 30 */
   bool listen;           /* open the LISTEN connection; default true */
+  const char *init_sql;  /* run first on every new query connection, e.g.
+                            session settings (copied); NULL: none */
 };
 
 /* Creates the pool and starts connecting (it does not wait). Returns NULL

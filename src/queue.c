@@ -37,14 +37,16 @@ enum stmt {
   ST_CONFIGURE,
   ST_NEXT_DUE,
   ST_RELEASE,
+  ST_WAKE,
   ST_COUNT
 };
 
 /* "%s" is the quoted schema. */
 static const char *const stmt_sql[ST_COUNT] = {
-    [ST_SEND] = "SELECT %s.send($1, $2::jsonb, $3::jsonb)",
-    [ST_SEND_MANY] =
-        "SELECT to_jsonb(%s.send_many($1, $2::jsonb, $3::jsonb))::text",
+    [ST_SEND] = "SELECT %s.send($1, $2::jsonb, $3::jsonb),"
+                " coalesce($3::jsonb->>'queue', $1)",
+    [ST_SEND_MANY] = "SELECT coalesce($3::jsonb->>'queue', $1),"
+                     " to_jsonb(%s.send_many($1, $2::jsonb, $3::jsonb))::text",
     [ST_FETCH] = "SELECT id, name, data::text, attempt, priority, retry_limit,"
                  " expire_in, run_id FROM %s.fetch_jobs($1, $2::int, $3::uuid)",
     [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs($1::bigint[], $2::jsonb,"
@@ -71,6 +73,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_CONFIGURE] = "SELECT %s.configure_queue($1, $2::jsonb), 'true'",
     [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
     [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs($1::bigint[], $2::uuid))::text",
+    [ST_WAKE] = "SELECT %s.wake($1)",
 };
 
 /* One caller waiting in a batch. */
@@ -104,6 +107,8 @@ struct mq_queue {
   ev_prepare flush;
   struct batch *complete; /* gathering, or NULL */
   struct batch *fail;
+  char *wake;             /* "q1,q2" sent to this turn, or NULL */
+  size_t wake_len, wake_cap;
 };
 
 static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
@@ -289,19 +294,17 @@ void mq_queue_start_maintenance(mq_queue *q) {
 
 const char *mq_queue_process_id(const mq_queue *q) { return q->process_id; }
 
-bool mq_queue_flushed(const mq_queue *q) { return !q->complete && !q->fail; }
+bool mq_queue_flushed(const mq_queue *q) {
+  return !q->complete && !q->fail && !q->wake_len;
+}
 
 static void batch_send(struct batch *b);
 
 void mq_queue_close(mq_queue *q) {
   if (!q)
     return;
-  if (q->complete)
-    batch_send(q->complete);
-  if (q->fail)
-    batch_send(q->fail);
-  q->complete = q->fail = NULL;
-  ev_prepare_stop(q->loop, &q->flush);
+  flush_cb(q->loop, &q->flush, 0);
+  free(q->wake);
   ev_ref(q->loop);
   ev_timer_stop(q->loop, &q->heartbeat);
   if (ev_is_active(&q->maintenance)) {
@@ -317,12 +320,28 @@ void mq_queue_close(mq_queue *q) {
 /* ---- send ---------------------------------------------------------------- */
 
 struct send_call {
+  mq_queue *q;
   mq_queue_id_cb cb;
   void *data;
 };
 
+/* Notes that `queue` got jobs this loop turn; flush_cb wakes its workers
+ * with one statement after the sends have committed. */
+static void note_wake(mq_queue *q, const char *queue) {
+  size_t n = strlen(queue);
+  for (const char *p = q->wake; p && (p = strstr(p, queue)); p += n)
+    if ((p == q->wake || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
+      return;
+  if ((q->wake_len && buf_add(&q->wake, &q->wake_len, &q->wake_cap, ",", 1)) ||
+      buf_add(&q->wake, &q->wake_len, &q->wake_cap, queue, n))
+    return;
+  ev_prepare_start(q->loop, &q->flush);
+}
+
 static void send_done(const struct mq_pg_reply *r, void *data) {
   struct send_call *c = data;
+  if (r->status == MQ_PG_OK && !PQgetisnull(r->result, 0, 0))
+    note_wake(c->q, PQgetvalue(r->result, 0, 1));
   if (r->status != MQ_PG_OK)
     c->cb(reply_status(r), r->error, 0, c->data);
   else if (PQgetisnull(r->result, 0, 0))
@@ -359,6 +378,7 @@ int mq_queue_send(mq_queue *q, const char *name, const char *data_json,
     snprintf(err, errlen, "out of memory");
     return MQ_QUEUE_EDB;
   }
+  c->q = q;
   c->cb = cb;
   c->data = data;
   const char *params[] = {name, data_json ? data_json : "{}",
@@ -371,6 +391,25 @@ int mq_queue_send(mq_queue *q, const char *name, const char *data_json,
   return 0;
 }
 
+struct many_call {
+  mq_queue *q;
+  mq_queue_json_cb cb;
+  void *data;
+};
+
+static void many_done(const struct mq_pg_reply *r, void *data) {
+  struct many_call *c = data;
+  if (r->status != MQ_PG_OK) {
+    c->cb(reply_status(r), r->error, NULL, c->data);
+  } else {
+    const char *ids = PQgetvalue(r->result, 0, 1);
+    if (strcmp(ids, "[]") != 0)
+      note_wake(c->q, PQgetvalue(r->result, 0, 0));
+    c->cb(MQ_QUEUE_OK, NULL, ids, c->data);
+  }
+  free(c);
+}
+
 int mq_queue_send_many(mq_queue *q, const char *name, const char *list_json,
                        const char *opts_json, mq_queue_json_cb cb, void *data,
                        char *err, size_t errlen) {
@@ -381,9 +420,17 @@ int mq_queue_send_many(mq_queue *q, const char *name, const char *list_json,
   /* The limit is per job; a list may be as long as it likes, but not any
    * single element, which the SQL side cannot see cheaply: bound the whole
    * list by max_payload times its count instead (checked by the caller). */
+  struct many_call *c = malloc(sizeof *c);
+  if (!c) {
+    snprintf(err, errlen, "out of memory");
+    return MQ_QUEUE_EDB;
+  }
+  *c = (struct many_call){q, cb, data};
   const char *params[] = {name, list_json ? list_json : "[]",
                           opts_json ? opts_json : "{}"};
-  if (exec_json(q, ST_SEND_MANY, 3, params, cb, data) != 0) {
+  if (mq_pg_exec(q->pg, q->stmts[ST_SEND_MANY], 3, params, 0, many_done, c) !=
+      0) {
+    free(c);
     snprintf(err, errlen, "the connection pool is closed");
     return MQ_QUEUE_EDB;
   }
@@ -568,6 +615,12 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
     batch_send(c);
   if (f)
     batch_send(f);
+  if (q->wake_len) {
+    const char *params[] = {q->wake};
+    exec_json(q, ST_WAKE, 1, params, log_failure, (void *)"wake");
+    q->wake_len = 0;
+    q->wake[0] = '\0';
+  }
 }
 
 static int enqueue_batch(mq_queue *q, struct batch **slot, enum stmt st,

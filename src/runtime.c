@@ -170,6 +170,8 @@ int mq_runtime_open(struct mq_runtime *rt, char *err, size_t errlen) {
       .conninfo = rt->conninfo,
       .pool_size = rt->cfg->pool_size,
       .listen = true,
+      /* moonq batches its wake-ups (queue.c) instead of one NOTIFY per send */
+      .init_sql = "SET moonq.no_wake = on",
   };
   rt->pg = mq_pg_new(rt->loop, &opts);
   if (!rt->pg) {
