@@ -94,9 +94,13 @@ END $$;
 -- The settings a new job of queue q gets: its queue's row over the '' row
 -- over the built-in defaults.
 CREATE FUNCTION @schema@.queue_defaults(q text) RETURNS @schema@.queue
-LANGUAGE sql STABLE AS $$
-  SELECT q,
-         coalesce(own.paused, false),
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  d @schema@.queue;
+BEGIN
+  -- plpgsql, so this plan is cached (a LANGUAGE sql function called from
+  -- plpgsql would be planned again on every call).
+  SELECT q, coalesce(own.paused, false),
          coalesce(own.retry_limit, base.retry_limit, 3),
          coalesce(own.retry_delay, base.retry_delay, 60),
          coalesce(own.retry_backoff, base.retry_backoff, true),
@@ -105,10 +109,12 @@ LANGUAGE sql STABLE AS $$
          coalesce(own.retention, base.retention, 604800),
          coalesce(own.dead_letter, base.dead_letter),
          now()
+    INTO d
     FROM (SELECT 1) one
     LEFT JOIN @schema@.queue own ON own.name = q
-    LEFT JOIN @schema@.queue base ON base.name = ''
-$$;
+    LEFT JOIN @schema@.queue base ON base.name = '';
+  RETURN d;
+END $$;
 
 -- Seconds before retry number `attempt` (1 = the first retry). Without
 -- backoff: `delay`. With backoff: delay * 2^(attempt-1), capped at
@@ -252,22 +258,8 @@ BEGIN
                'retention, singleton_key, dead_letter, run_id';
     END CASE;
   END LOOP;
-  -- The queue's settings over the '' row over built-in defaults (inlined:
-  -- a LANGUAGE sql function would be planned again on every call).
   q := coalesce(q, name);
-  SELECT q, coalesce(own.paused, false),
-         coalesce(own.retry_limit, base.retry_limit, 3),
-         coalesce(own.retry_delay, base.retry_delay, 60),
-         coalesce(own.retry_backoff, base.retry_backoff, true),
-         coalesce(own.retry_delay_max, base.retry_delay_max),
-         coalesce(own.expire_in, base.expire_in, 900),
-         coalesce(own.retention, base.retention, 604800),
-         coalesce(own.dead_letter, base.dead_letter),
-         now()
-    INTO d
-    FROM (SELECT 1) one
-    LEFT JOIN @schema@.queue own ON own.name = q
-    LEFT JOIN @schema@.queue base ON base.name = '';
+  d := @schema@.queue_defaults(q);
   WITH ins AS (
     INSERT INTO @schema@.job (queue, name, data, priority, retry_limit,
                               retry_delay, retry_backoff, retry_delay_max,
