@@ -14,12 +14,12 @@
 #   2. pgbench on the SQL floor (bench/sql/floor_*.sql): single-row INSERT,
 #      1000-row INSERT, claim + delete, claim + move to a minimal archive.
 #   3. paired drain rounds, interleaved so that this machine's noisy CPU
-#      hits every contender alike: moonq as is, moonq with the proposed SQL
-#      (bench/sql/alt_*.sql applied over the migrated schema) and the floor.
-#   4. send and send_many with the proposed SQL, and without the NOTIFY
-#      trigger (an upper bound for a cheaper wake-up).
-#   5. pg_stat_statements (track = all) around sends and a drain.
-#   6. micro: CPU of one fetch + completion of 1000 jobs inside one backend,
+#      hits every contender alike: moonq as is, moonq with the remaining
+#      proposed completion SQL (bench/sql/alt_complete.sql + alt_archive.sql
+#      applied over the migrated schema) and the floor. (alt_queue.sql and
+#      alt_no_notify.sql are in sql/002_queue.sql since 5ea988f.)
+#   4. pg_stat_statements (track = all) around sends and a drain.
+#   5. micro: CPU of one fetch + completion of 1000 jobs inside one backend,
 #      for moonq as is, each proposed SQL change, and the floor.
 # Raw outputs go to $BUILD_DIR/bench-out/<timestamp>/.
 set -euo pipefail
@@ -118,7 +118,7 @@ fmt() { awk -v x="$1" 'BEGIN { if (x !~ /^[0-9.]+$/) { printf "%s", x; exit }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 # ---- 1. moonq as it is --------------------------------------------------------
-say "== 1/6 moonq as it is (send, send_many, drain sweep, explain)"
+say "== 1/5 moonq as it is (send, send_many, drain sweep, explain)"
 bench base --schema moonq_bench --phases send,many,drain,explain \
   --send-n 5000 --many-total 200000 --many-batch 1000 --many-inflight 1,2,4 \
   --drain-jobs 50000 --drain 500x2,1000x1,1000x2 --reps 2
@@ -127,7 +127,7 @@ drain_b=${R[base.drain_best_batch]}
 drain_k=${R[base.drain_best_inflight]}
 
 # ---- 2. the SQL floor ------------------------------------------------------------
-say "== 2/6 SQL floor with pgbench"
+say "== 2/5 SQL floor with pgbench"
 psql "$url" -q -v ON_ERROR_STOP=1 -f "$sqldir/floor_setup.sql" >/dev/null 2>&1
 # (i) single-row INSERT, 1 client; latency percentiles from the per-transaction log
 best_i=0; best_p50=999; best_p99=0
@@ -194,25 +194,23 @@ R[floor.archive_pg_cpu]=$(printf '%s\n' "${vals[@]}" | med2)
 CMDS+=("floor (iv)	pgbench -n -M prepared -c $floor_c -j $floor_c -t $((50000 / floor_b / floor_c)) -D batch=$floor_b -f bench/sql/floor_claim_archive.sql \"\$DATABASE_URL\"  (2 runs, best)")
 
 # ---- 3. paired drain rounds ----------------------------------------------------------
-say "== 3/6 paired drain rounds ($rounds): as is / proposed SQL / floor"
-alt=(--patch "$sqldir/alt_queue.sql")
-alt_all=(--patch "$sqldir/alt_queue.sql" --patch "$sqldir/alt_complete.sql" --patch "$sqldir/alt_archive.sql")
+say "== 3/5 paired drain rounds ($rounds): as is / alt_complete+alt_archive / floor"
+# alt_queue.sql (fetch through the primary key, plpgsql send) is the baseline since
+# commit 5ea988f; only the completion variants are still compared.
+alt_all=(--patch "$sqldir/alt_complete.sql" --patch "$sqldir/alt_archive.sql")
 pa=(); pb=(); pc=(); pf=(); pfc=(); pac=(); pbc=(); pcc=()
 for r in $(seq 1 "$rounds"); do
   bench pair-base-$r --schema moonq_bench --phases drain --reps 1 --drain "${drain_b}x${drain_k}"
   pa+=("${R[pair-base-$r.drain_best_jobs_per_s]}"); pac+=("0 ${R[pair-base-$r.drain_pg_cpu_us_per_job]}")
-  bench pair-alt-$r --schema moonq_alt "${alt[@]}" --phases drain --reps 1 --drain "${drain_b}x${drain_k}"
-  pb+=("${R[pair-alt-$r.drain_best_jobs_per_s]}"); pbc+=("0 ${R[pair-alt-$r.drain_pg_cpu_us_per_job]}")
   bench pair-altall-$r --schema moonq_alt "${alt_all[@]}" --phases drain --reps 1 --drain "${drain_b}x${drain_k}"
   pc+=("${R[pair-altall-$r.drain_best_jobs_per_s]}"); pcc+=("0 ${R[pair-altall-$r.drain_pg_cpu_us_per_job]}")
   read -r fj fc < <(floor_drain floor_claim_complete "$floor_c" "$floor_b" pair-floor-$r)
   pf+=("$fj"); pfc+=("0 $fc")
 done
 R[pair.base_cpu]=$(printf '%s\n' "${pac[@]}" | med2)
-R[pair.alt_cpu]=$(printf '%s\n' "${pbc[@]}" | med2)
 R[pair.altall_cpu]=$(printf '%s\n' "${pcc[@]}" | med2)
 R[pair.floor_cpu]=$(printf '%s\n' "${pfc[@]}" | med2)
-for v in base:pa alt:pb altall:pc floor:pf; do
+for v in base:pa altall:pc floor:pf; do
   declare -n xs=${v#*:}
   read -r best med < <(printf '%s\n' "${xs[@]}" | stats)
   R[pair.${v%%:*}_best]=$best; R[pair.${v%%:*}_median]=$med
@@ -220,19 +218,12 @@ for v in base:pa alt:pb altall:pc floor:pf; do
 done
 # Per-round ratios (each against the floor of the same round).
 pair_ratios() { local -n xs=$1; for i in "${!xs[@]}"; do ratio "${xs[$i]}" "${pf[$i]}"; echo; done | sort -g | tr '\n' ' '; }
-R[pair.base_ratios]=$(pair_ratios pa); R[pair.alt_ratios]=$(pair_ratios pb); R[pair.altall_ratios]=$(pair_ratios pc)
+R[pair.base_ratios]=$(pair_ratios pa); R[pair.altall_ratios]=$(pair_ratios pc)
 R[pair.writes_base]=${R[pair-base-1.drain_tuple_writes_per_job]}
 R[pair.writes_alt]=${R[pair-altall-1.drain_tuple_writes_per_job]}
 
-# ---- 4. send paths with the proposed SQL ------------------------------------------------
-say "== 4/6 send and send_many with the proposed SQL"
-bench alt-send --schema moonq_alt "${alt[@]}" --phases send,many --reps 2 \
-  --send-n 5000 --many-total 100000 --many-batch 1000 --many-inflight 1,2,4
-bench nonotify-send --schema moonq_alt "${alt[@]}" --patch "$sqldir/alt_no_notify.sql" \
-  --phases send,many --reps 2 --send-n 5000 --many-total 100000 --many-batch 1000 --many-inflight 1,2,4
-
 # ---- 5. pg_stat_statements ------------------------------------------------------------------
-say "== 5/6 pg_stat_statements around sends and a drain"
+say "== 4/5 pg_stat_statements around sends and a drain"
 if [[ $preload == *pg_stat_statements* ]]; then
   PGOPTIONS='-c pg_stat_statements.track=all' bench profile-base --schema moonq_bench \
     --phases profile --send-n 1000 --drain-jobs 50000 --drain "${drain_b}x${drain_k}"
@@ -243,16 +234,15 @@ if [[ $preload == *pg_stat_statements* ]]; then
 fi
 
 # ---- 6. micro: CPU of one fetch and one completion of 1000 jobs ----------------------------------
-say "== 6/6 micro: fetch and complete 1000 jobs inside one backend"
+say "== 5/5 micro: fetch and complete 1000 jobs inside one backend"
 declare -A MS=(
   [moonq_m_base]=""
-  [moonq_m_alt]="--patch $sqldir/alt_queue.sql"
-  [moonq_m_altc]="--patch $sqldir/alt_queue.sql --patch $sqldir/alt_complete.sql"
-  [moonq_m_pk]="--patch $sqldir/alt_queue.sql --patch $sqldir/alt_complete.sql --patch $sqldir/alt_archive_min.sql"
-  [moonq_m_del]="--patch $sqldir/alt_queue.sql --patch $sqldir/alt_delete_only.sql"
+  [moonq_m_altc]="--patch $sqldir/alt_complete.sql"
+  [moonq_m_pk]="--patch $sqldir/alt_complete.sql --patch $sqldir/alt_archive_min.sql"
+  [moonq_m_del]="--patch $sqldir/alt_delete_only.sql"
 )
-micro_order="moonq_m_base moonq_m_alt moonq_m_altc moonq_m_pk moonq_m_del floor floor_archive"
-for sch in moonq_m_base moonq_m_alt moonq_m_altc moonq_m_pk moonq_m_del; do
+micro_order="moonq_m_base moonq_m_altc moonq_m_pk moonq_m_del floor floor_archive"
+for sch in moonq_m_base moonq_m_altc moonq_m_pk moonq_m_del; do
   # shellcheck disable=SC2086
   "$bq" --schema "$sch" ${MS[$sch]} --phases none >"$out/micro-$sch.log" 2>&1
   psql "$url" -q -v ON_ERROR_STOP=1 -c "SELECT $sch.send_many('drain', (SELECT jsonb_agg(jsonb_build_object('n', g)) FROM generate_series(1, 20000) g))" \
@@ -317,16 +307,11 @@ Floor (iii) (jobs/s best [median; PG CPU us/job]): 1 client x 500 $(fmt "${R[flo
 Floor (iv), claim + move to a minimal archive: $(fmt "${R[floor.archive_jobs_per_s]}") jobs/s, PG CPU ${R[floor.archive_pg_cpu]} us/job.
 send_many by batches in flight (best jobs/s; PG CPU us/job): 1: $(fmt "${R[base.many_inflight1_jobs_per_s]}"); ${R[base.many_inflight1_pg_cpu_us_per_job]}, 2: $(fmt "${R[base.many_inflight2_jobs_per_s]}"); ${R[base.many_inflight2_pg_cpu_us_per_job]}, 4: $(fmt "${R[base.many_inflight4_jobs_per_s]}"); ${R[base.many_inflight4_pg_cpu_us_per_job]}.
 
-The proposed SQL (bench/sql/alt_*.sql applied over the migrated schema), same run:
+The remaining proposed SQL (bench/sql/alt_*.sql applied over the migrated schema; alt_queue.sql is now the baseline), same run:
 
 | What | as is | proposed | proposed / floor |
 |---|---:|---:|---:|
-| drain, paired median: alt_queue.sql (fetch through the primary key) | $(fmt "${R[pair.base_median]}") jobs/s, PG CPU ${R[pair.base_cpu]} us | $(fmt "${R[pair.alt_median]}") jobs/s (best $(fmt "${R[pair.alt_best]}")), PG CPU ${R[pair.alt_cpu]} us | $(ratio "${R[pair.alt_median]}" "${R[pair.floor_median]}") (rounds: ${R[pair.alt_ratios]}); CPU floor/ours $(ratio "${R[pair.floor_cpu]}" "${R[pair.alt_cpu]}") |
-| drain, paired median: + alt_complete.sql + alt_archive.sql | | $(fmt "${R[pair.altall_median]}") jobs/s (best $(fmt "${R[pair.altall_best]}")), PG CPU ${R[pair.altall_cpu]} us | $(ratio "${R[pair.altall_median]}" "${R[pair.floor_median]}") (rounds: ${R[pair.altall_ratios]}); CPU floor/ours $(ratio "${R[pair.floor_cpu]}" "${R[pair.altall_cpu]}") |
-| send p50: alt_queue.sql (no per-call planning of SQL functions) | ${R[base.send_p50_ms]} ms | ${R[alt-send.send_p50_ms]} ms (median ${R[alt-send.send_p50_ms_median]}), p99 ${R[alt-send.send_p99_ms]} ms | $(ratio "${R[alt-send.send_p50_ms]}" "${R[floor.insert1_p50_ms]}")x latency |
-| send p50: alt_queue.sql without the NOTIFY trigger | | ${R[nonotify-send.send_p50_ms]} ms (median ${R[nonotify-send.send_p50_ms_median]}) | $(ratio "${R[nonotify-send.send_p50_ms]}" "${R[floor.insert1_p50_ms]}")x latency |
-| send_many 1/2/4 in flight: alt_queue.sql | $(fmt "${R[base.many_inflight1_jobs_per_s]}") / $(fmt "${R[base.many_inflight2_jobs_per_s]}") / $(fmt "${R[base.many_inflight4_jobs_per_s]}") | $(fmt "${R[alt-send.many_inflight1_jobs_per_s]}") / $(fmt "${R[alt-send.many_inflight2_jobs_per_s]}") / $(fmt "${R[alt-send.many_inflight4_jobs_per_s]}") | |
-| send_many 1/2/4 in flight: without the NOTIFY trigger | | $(fmt "${R[nonotify-send.many_inflight1_jobs_per_s]}") / $(fmt "${R[nonotify-send.many_inflight2_jobs_per_s]}") / $(fmt "${R[nonotify-send.many_inflight4_jobs_per_s]}") | $(ratio "${R[nonotify-send.many_best_jobs_per_s]}" "$many_floor") (best) |
+| drain, paired median: alt_complete.sql + alt_archive.sql | | $(fmt "${R[pair.altall_median]}") jobs/s (best $(fmt "${R[pair.altall_best]}")), PG CPU ${R[pair.altall_cpu]} us | $(ratio "${R[pair.altall_median]}" "${R[pair.floor_median]}") (rounds: ${R[pair.altall_ratios]}); CPU floor/ours $(ratio "${R[pair.floor_cpu]}" "${R[pair.altall_cpu]}") |
 
 CPU of one fetch of 1000 jobs and of completing them, inside one backend (no
 network, commit not timed; fastest of 9 interleaved calls; ms per 1000 jobs = us per job):
@@ -336,10 +321,9 @@ network, commit not timed; fastest of 9 interleaved calls; ms per 1000 jobs = us
 $(for sch in $micro_order; do
   case $sch in
     moonq_m_base) name="moonq as is" ;;
-    moonq_m_alt) name="alt_queue.sql (fetch through the primary key)" ;;
-    moonq_m_altc) name="+ alt_complete.sql (leaner complete_jobs)" ;;
+    moonq_m_altc) name="alt_complete.sql (leaner complete_jobs)" ;;
     moonq_m_pk) name="+ alt_archive_min.sql (archive with its primary key only)" ;;
-    moonq_m_del) name="alt_queue.sql + alt_delete_only.sql (no archive row: upper bound)" ;;
+    moonq_m_del) name="alt_delete_only.sql (no archive row: upper bound)" ;;
     floor) name="floor (iii): claim + DELETE" ;;
     floor_archive) name="floor (iv): claim + move to a minimal archive" ;;
   esac

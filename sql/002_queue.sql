@@ -714,13 +714,21 @@ RETURNS void LANGUAGE sql AS $$
         dead_letter = excluded.dead_letter, updated_at = now()
 $$;
 
--- Seconds until the next delayed job of queue q is due, or NULL.
+-- Seconds until the next delayed job of queue q is due (0 if one is due
+-- already), or NULL when it has none.
 CREATE FUNCTION @schema@.next_due(q text) RETURNS double precision
-LANGUAGE sql STABLE AS $$
-  SELECT greatest(extract(epoch FROM min(j.start_after) - now()), 0)::double precision
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  due timestamptz;
+BEGIN
+  SELECT min(j.start_after) INTO due
     FROM @schema@.job j
-   WHERE j.queue = q AND j.state < 'active' AND j.start_after > now()
-$$;
+   WHERE j.queue = q AND j.state < 'active' AND j.start_after > now();
+  IF due IS NULL THEN
+    RETURN NULL;
+  END IF;
+  RETURN greatest(extract(epoch FROM due - now()), 0)::double precision;
+END $$;
 
 -- Gives active jobs of process `owner_id` back (a graceful stop): they wait
 -- again at once and this attempt does not count. Returns how many.

@@ -783,6 +783,7 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
   if (n >= asked && asked > 0) {
     c->more = true;
   } else if (!w->stopping) {
+    /* The queue ran dry: wake again when its next delayed job is due. */
     const char *a[5] = {c->queue};
     if (mq_queue_call(w->rt->queue, MQ_QUEUE_NEXT_DUE, a, due_cb, c) == 0)
       w->inflight++;
