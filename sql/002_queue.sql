@@ -64,6 +64,10 @@ ALTER SEQUENCE @schema@.job_id_seq OWNED BY @schema@.job.id;
 -- skipped inside the index, without visiting the heap.
 CREATE INDEX job_fetch_idx ON @schema@.job (queue, priority DESC, id, start_after)
   WHERE state < 'active';
+-- When a queue runs dry, its workers ask when the next delayed job is due
+-- (next_due); without this a queue of a million jobs is scanned whole.
+CREATE INDEX job_due_idx ON @schema@.job (queue, start_after)
+  WHERE state < 'active';
 -- Expiry and crash recovery look only at running jobs.
 CREATE INDEX job_active_idx ON @schema@.job (owner) WHERE state = 'active';
 -- At most one waiting-or-running job per singleton key and queue (the
