@@ -107,6 +107,10 @@ static void finish(struct run *r);
 static void check_stopped(mq_worker *w);
 static void fail_job(struct run *r);
 static void release_memory(mq_worker *w);
+static void failed_cb(int status, const char *error, const char *json,
+                      void *data);
+static void due_cb(int status, const char *error, const char *json,
+                   void *data);
 
 /* ---- loading handlers -------------------------------------------------- */
 
@@ -492,7 +496,11 @@ static void fail_job(struct run *r) {
   }
   mq_log_warn("worker", "job failed id=%lld job=%s error=\"%s\"", r->id,
               r->name, message);
-  mq_queue_fail(r->w->rt->queue, r->id, json ? json : "{}", log_result, NULL);
+  /* Once the failure is stored, a retry's start_after is known: look for
+   * the queue's next due job then (asking earlier races the commit). */
+  mq_worker *w = r->w;
+  if (mq_queue_fail(w->rt->queue, r->id, json ? json : "{}", failed_cb, r->c) == 0)
+    w->inflight++;
   free(json);
 }
 
@@ -730,6 +738,18 @@ static bool callback_live(mq_worker *w) {
     return false;
   }
   return true;
+}
+
+static void failed_cb(int status, const char *error, const char *json,
+                      void *data) {
+  struct consumer *c = data;
+  if (status < 0)
+    mq_log_error("worker", "storing a job result failed error=\"%s\"", error);
+  if (!callback_live(c->w) || status != 0 || !strstr(json, "\"retry\""))
+    return;
+  const char *a[5] = {c->queue};
+  if (mq_queue_call(c->w->rt->queue, MQ_QUEUE_NEXT_DUE, a, due_cb, c) == 0)
+    c->w->inflight++;
 }
 
 static void due_cb(int status, const char *error, const char *json,
