@@ -99,6 +99,8 @@ static const struct field queue_fields[] = {
      .min = 1, .max = INT_MAX},
     {.name = "timeout", .kind = F_POS, .off = QOFF(timeout)},
     {.name = "dead_letter", .kind = F_STR, .off = QOFF(dead_letter)},
+    {.name = "prefetch", .kind = F_INT, .off = QOFF(prefetch), .min = 0,
+     .max = 100000},
 };
 
 /* Offsets of events and log are from struct mq_config (their structs are
@@ -154,6 +156,7 @@ static const struct mq_queue_options default_queue = {
     .concurrency = 10,
     .timeout = 300,
     .dead_letter = NULL,
+    .prefetch = 0,
 };
 
 static int load_cb(lua_State *L);

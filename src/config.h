@@ -28,6 +28,8 @@ struct mq_queue_options {
   double retention;     /* finished jobs are deleted after this; 7 days */
   double poll_interval; /* fallback poll when no NOTIFY arrives; 2 */
   int concurrency;      /* jobs of the queue run at once per process; 10 */
+  int prefetch;         /* jobs claimed ahead of free slots, so the next
+                           batch is on its way while one runs; 0 */
   double timeout;       /* handler timeout; default 300 */
   char *dead_letter;    /* queue that receives finally failed jobs; NULL */
 };

@@ -40,6 +40,7 @@ struct consumer {
   mq_worker *w;
   char *queue;
   int slots;   /* concurrency */
+  int prefetch; /* jobs claimed ahead (config queue.prefetch) */
   int running;
   bool fetching;
   int asked;   /* jobs the fetch in flight asked for */
@@ -48,6 +49,16 @@ struct consumer {
   bool live;   /* some handler still names this queue */
   ev_timer poll;
   ev_timer due; /* the next delayed job */
+  /* Jobs fetched ahead (at most `prefetch` of them), started as slots
+   * free up: the next batch is on its way while the current one runs. */
+  struct buffered *buf_head, *buf_tail;
+  int nbuf;
+};
+
+/* A fetched job waiting for a slot; its strings live after the struct. */
+struct buffered {
+  struct buffered *next;
+  struct mq_job job;
 };
 
 struct run {
@@ -103,6 +114,8 @@ struct mq_worker {
 static struct run *current; /* the run whose coroutine is executing */
 
 static void consider_fetch(struct consumer *c);
+static void start_buffered(struct consumer *c);
+static void release_buffer(mq_worker *w, struct consumer *c);
 static void finish(struct run *r);
 static void check_stopped(mq_worker *w);
 static void fail_job(struct run *r);
@@ -289,6 +302,7 @@ static struct consumer *add_consumer(mq_worker *w, const char *queue) {
   c->more = true;
   const struct mq_queue_options *o = mq_config_queue(w->rt->cfg, queue);
   c->slots = o->concurrency;
+  c->prefetch = o->prefetch;
   ev_timer_init(&c->poll, poll_cb, o->poll_interval, o->poll_interval);
   c->poll.data = c;
   ev_init(&c->due, poll_cb);
@@ -593,10 +607,12 @@ static void finish(struct run *r) {
   c->running--;
   free(r->name);
   free(r);
-  if (w->stopping)
+  if (w->stopping) {
     check_stopped(w);
-  else
+  } else {
+    start_buffered(c);
     consider_fetch(c);
+  }
 }
 
 /* Pushes the handler function for `name` onto L, or an error message and
@@ -763,6 +779,75 @@ static void due_cb(int status, const char *error, const char *json,
   ev_timer_start(c->w->rt->loop, &c->due);
 }
 
+/* Copies a fetched job into the consumer's buffer. */
+static bool buffer_push(struct consumer *c, const struct mq_job *j) {
+  size_t name = strlen(j->name) + 1, queue = strlen(j->queue) + 1,
+         data = strlen(j->data) + 1, run = j->run_id ? strlen(j->run_id) + 1 : 0;
+  struct buffered *b = malloc(sizeof *b + name + queue + data + run);
+  if (!b)
+    return false;
+  char *p = (char *)(b + 1);
+  b->next = NULL;
+  b->job = *j;
+  b->job.name = memcpy(p, j->name, name);
+  b->job.queue = memcpy(p += name, j->queue, queue);
+  b->job.data = memcpy(p += queue, j->data, data);
+  b->job.run_id = run ? memcpy(p + data, j->run_id, run) : NULL;
+  if (c->buf_tail)
+    c->buf_tail->next = b;
+  else
+    c->buf_head = b;
+  c->buf_tail = b;
+  c->nbuf++;
+  return true;
+}
+
+/* Pushes the job table and starts it (see start_job). */
+static void run_job(struct consumer *c, const struct mq_job *job) {
+  lua_State *L = c->w->L;
+  lua_pushcfunction(L, push_job_protected);
+  lua_pushlightuserdata(L, (void *)job);
+  if (mq_lua_pcall(L, 1, 1) != LUA_OK) {
+    mq_log_error("worker", "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return;
+  }
+  start_job(c, job);
+}
+
+/* Starts buffered jobs while slots are free. */
+static void start_buffered(struct consumer *c) {
+  while (c->buf_head && c->running < c->slots) {
+    struct buffered *b = c->buf_head;
+    c->buf_head = b->next;
+    if (!c->buf_head)
+      c->buf_tail = NULL;
+    c->nbuf--;
+    run_job(c, &b->job);
+    free(b);
+  }
+}
+
+/* Gives every buffered job back to the queue (stopping). */
+static void release_buffer(mq_worker *w, struct consumer *c) {
+  if (!c->nbuf)
+    return;
+  long long *ids = malloc(sizeof *ids * (size_t)c->nbuf);
+  int n = 0;
+  while (c->buf_head) {
+    struct buffered *b = c->buf_head;
+    c->buf_head = b->next;
+    if (ids)
+      ids[n++] = b->job.id;
+    free(b);
+  }
+  c->buf_tail = NULL;
+  c->nbuf = 0;
+  if (ids)
+    release_ids(w, ids, n);
+  free(ids);
+}
+
 static void fetched(int status, const char *error, const struct mq_job *jobs,
                     int n, void *data) {
   struct consumer *c = data;
@@ -791,14 +876,11 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
     return;
   }
   for (int i = 0; i < n; i++) {
-    lua_pushcfunction(w->L, push_job_protected);
-    lua_pushlightuserdata(w->L, (void *)&jobs[i]);
-    if (mq_lua_pcall(w->L, 1, 1) != LUA_OK) {
-      mq_log_error("worker", "%s", lua_tostring(w->L, -1));
-      lua_pop(w->L, 1);
-      continue;
-    }
-    start_job(c, &jobs[i]);
+    if (c->running < c->slots && !c->buf_head)
+      run_job(c, &jobs[i]);
+    else if (!buffer_push(c, &jobs[i]))
+      mq_log_error("worker", "out of memory buffering job id=%lld "
+                   "(crash recovery will retry it)", jobs[i].id);
   }
   if (n >= asked && asked > 0) {
     c->more = true;
@@ -814,16 +896,20 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
     consider_fetch(c);
 }
 
+/* Fetches free slots' worth of jobs; with `prefetch` up to that many more
+ * are claimed ahead (buffered), and a fetch then waits until there is room
+ * for half of them, so batches stay large (unless nothing runs). */
 static void consider_fetch(struct consumer *c) {
   mq_worker *w = c->w;
-  int free_slots = c->slots - c->running;
+  int room = c->slots + c->prefetch - c->running - c->nbuf;
+  int worth = c->prefetch / 2 > 0 ? c->prefetch / 2 : 1;
   if (!w->started || w->stopping || !c->live || c->fetching || !c->more ||
-      free_slots <= 0)
+      room <= 0 || (room < worth && c->running + c->nbuf > 0))
     return;
   c->more = false;
   c->fetching = true;
-  c->asked = free_slots;
-  if (mq_queue_fetch(w->rt->queue, c->queue, free_slots, fetched, c) != 0)
+  c->asked = room;
+  if (mq_queue_fetch(w->rt->queue, c->queue, room, fetched, c) != 0)
     c->fetching = false;
   else
     w->inflight++;
@@ -1016,6 +1102,7 @@ void mq_worker_stop(mq_worker *w, void (*done)(void *arg), void *arg) {
   for (int i = 0; i < w->nconsumers; i++) {
     ev_timer_stop(loop, &w->consumers[i]->poll);
     ev_timer_stop(loop, &w->consumers[i]->due);
+    release_buffer(w, w->consumers[i]);
   }
   mq_pg_unlisten(w->rt->pg, w->rt->notify_channel, wake_cb, w);
   if (ev_is_active(&w->scan)) {
@@ -1068,8 +1155,14 @@ void mq_worker_free(mq_worker *w) {
 /* The last step of freeing, once no callback can reach the worker. */
 static void release_memory(mq_worker *w) {
   for (int i = 0; i < w->nconsumers; i++) {
-    free(w->consumers[i]->queue);
-    free(w->consumers[i]);
+    struct consumer *c = w->consumers[i];
+    while (c->buf_head) { /* left to crash recovery */
+      struct buffered *b = c->buf_head;
+      c->buf_head = b->next;
+      free(b);
+    }
+    free(c->queue);
+    free(c);
   }
   free(w->consumers);
   for (int i = 0; i < w->nfiles; i++) {

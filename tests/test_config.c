@@ -21,6 +21,9 @@
 #include "log.h"
 #include "test.h"
 
+/* Room for a fixture path and the message around it. */
+#define MSG_MAX (PATH_MAX + 512)
+
 static char *fixture(const char *name) {
   static char buf[PATH_MAX];
   const char *src = getenv("MOONQ_SOURCE_DIR");
@@ -177,7 +180,7 @@ static void test_defaults_fn(void) {
 }
 
 static void test_unknown_key(void) {
-  char err[512], want[512];
+  char err[MSG_MAX], want[MSG_MAX];
   const char *path = fixture("unknown_key.lua");
   CHECK(load(path, err, sizeof err) == NULL);
   snprintf(want, sizeof want,
@@ -186,7 +189,7 @@ static void test_unknown_key(void) {
 }
 
 static void test_unknown_nested_key(void) {
-  char err[512], want[512];
+  char err[MSG_MAX], want[MSG_MAX];
   const char *path = fixture("nested_unknown.lua");
   CHECK(load(path, err, sizeof err) == NULL);
   snprintf(want, sizeof want,
@@ -221,7 +224,7 @@ static void test_unknown_key_hints(void) {
 }
 
 static void test_wrong_type(void) {
-  char err[512], want[512];
+  char err[MSG_MAX], want[MSG_MAX];
   const char *path = fixture("wrong_type.lua");
   CHECK(load(path, err, sizeof err) == NULL);
   snprintf(want, sizeof want,
@@ -248,7 +251,7 @@ static void test_bad_values(void) {
   const char *path = fixture("bad_values.lua");
   CHECK(load(path, err, sizeof err) == NULL);
   CHECK_INT(count_lines(err), 3);
-  char want[512];
+  char want[MSG_MAX];
   snprintf(want, sizeof want, "%s: workers: expected an integer >= 1, got 0",
            path);
   CHECK_CONTAINS(err, want);
@@ -320,7 +323,7 @@ static void test_strings(void) {
 }
 
 static void test_syntax_error(void) {
-  char err[512], want[512];
+  char err[MSG_MAX], want[MSG_MAX];
   const char *path = fixture("syntax_error.lua");
   CHECK(load(path, err, sizeof err) == NULL);
   snprintf(want, sizeof want, "%s:3: ", path);
@@ -330,7 +333,7 @@ static void test_syntax_error(void) {
 }
 
 static void test_runtime_error(void) {
-  char err[512], want[512];
+  char err[MSG_MAX], want[MSG_MAX];
   const char *path = fixture("runtime_error.lua");
   CHECK(load(path, err, sizeof err) == NULL);
   snprintf(want, sizeof want, "%s:2: boom", path);
@@ -338,7 +341,7 @@ static void test_runtime_error(void) {
 }
 
 static void test_runtime_error_position_added(void) {
-  char err[512], want[512], *path;
+  char err[MSG_MAX], want[MSG_MAX], *path;
   CHECK(load_text("local a = 1\nerror('plain', 0)\n", &path, err,
                   sizeof err) == NULL);
   snprintf(want, sizeof want, "%s:2: plain", path);
@@ -385,7 +388,7 @@ static void test_long_path(void) {
 }
 
 static void test_not_a_table(void) {
-  char err[512], want[512];
+  char err[MSG_MAX], want[MSG_MAX];
   const char *path = fixture("returns_number.lua");
   CHECK(load(path, err, sizeof err) == NULL);
   snprintf(want, sizeof want, "%s must return a table, got number", path);
@@ -523,7 +526,7 @@ static void test_schedules(void) {
 }
 
 static void test_schedules_errors(void) {
-  char err[512], want[512];
+  char err[MSG_MAX], want[MSG_MAX];
   const char *path = fixture("schedules.lua");
   CHECK(load(path, err, sizeof err) == NULL);
   snprintf(want, sizeof want,
