@@ -177,6 +177,21 @@ static void add_error(struct errbuf *eb, const char *fmt, ...)
 static void problem(struct ctx *c, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The end of a load: base_dir from `path` (NULL: the current directory)
+ * when the protected run succeeded without problems, then finish(); the
+ * stack goes back to `top`. Returns the config, or NULL (freed). */
+static struct mq_config *conclude(struct ctx *c, int status, const char *path,
+                                  int top) {
+  char *dir = status == LUA_OK && c->eb.count == 0 ? dir_of(path) : NULL;
+  struct mq_config *cfg = c->cfg;
+  if (finish(c, status, dir) < 0) { /* reads the error off the stack */
+    mq_config_free(cfg);
+    cfg = NULL;
+  }
+  lua_settop(c->L, top);
+  return cfg;
+}
+
 /* Loads, runs and validates `path` inside one lua_pcall (load_cb); only a
  * Lua memory error ends that call early, and the half-built config it
  * leaves is freed here. Caller frees the result with mq_config_free(). */
@@ -192,15 +207,7 @@ struct mq_config *mq_config_load(lua_State *L, const char *path, char *err,
     lua_pushlightuserdata(L, &c);
     status = lua_pcall(L, 1, 0, 0);
   }
-  char *dir = status == LUA_OK && c.eb.count == 0 ? dir_of(path) : NULL;
-  if (finish(&c, status, dir) < 0)
-    goto fail;
-  lua_settop(L, top);
-  return c.cfg;
-fail:
-  mq_config_free(c.cfg);
-  lua_settop(L, top);
-  return NULL;
+  return conclude(&c, status, path, top);
 }
 
 /* As mq_config_load() for a table already on the stack; base_dir is the
@@ -221,15 +228,7 @@ struct mq_config *mq_config_from_table(lua_State *L, int idx,
     lua_pushvalue(L, idx);
     status = lua_pcall(L, 2, 0, 0);
   }
-  char *dir = status == LUA_OK && c.eb.count == 0 ? dir_of(NULL) : NULL;
-  if (finish(&c, status, dir) < 0)
-    goto fail;
-  lua_settop(L, top);
-  return c.cfg;
-fail:
-  mq_config_free(c.cfg);
-  lua_settop(L, top);
-  return NULL;
+  return conclude(&c, status, NULL, top);
 }
 
 /* Every default; path "(defaults)", base_dir the current directory.

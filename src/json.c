@@ -647,19 +647,31 @@ static int dec_separator(struct dec *d, char close) {
                 close == ']' ? "expected ',' or ']'" : "expected ',' or '}'");
 }
 
-static int dec_array(struct dec *d) {
-  lua_State *L = d->L;
+/* Enters an array or object: pushes its table and returns 1 when it is
+ * empty (closed already), 0 when elements follow, -1 on error. */
+static int dec_open(struct dec *d, char close) {
   if (enter(d) != 0)
     return -1;
   d->p++;
-  lua_newtable(L);
+  lua_newtable(d->L);
   skip_ws(d);
-  if (d->p < d->end && *d->p == ']') {
+  if (d->p < d->end && *d->p == close) {
     d->p++;
-    mq_json_push_array_mt(L);
-    lua_setmetatable(L, -2);
     d->depth--;
-    return 0;
+    return 1;
+  }
+  return 0;
+}
+
+static int dec_array(struct dec *d) {
+  lua_State *L = d->L;
+  int empty = dec_open(d, ']');
+  if (empty != 0) {
+    if (empty > 0) { /* [] keeps its kind through a round trip */
+      mq_json_push_array_mt(L);
+      lua_setmetatable(L, -2);
+    }
+    return empty < 0 ? -1 : 0;
   }
   for (lua_Integer i = 1;; i++) {
     if (dec_value(d) != 0)
@@ -679,16 +691,9 @@ static int dec_string(struct dec *d);
 
 static int dec_object(struct dec *d) {
   lua_State *L = d->L;
-  if (enter(d) != 0)
-    return -1;
-  d->p++;
-  lua_newtable(L);
-  skip_ws(d);
-  if (d->p < d->end && *d->p == '}') {
-    d->p++;
-    d->depth--;
-    return 0;
-  }
+  int empty = dec_open(d, '}');
+  if (empty != 0)
+    return empty < 0 ? -1 : 0;
   for (;;) {
     if (d->p == d->end || *d->p != '"')
       return syntax(d, d->p, "expected a string key");
