@@ -295,7 +295,7 @@ static struct cpu cpu_now(void) {
 static PGconn *admin;
 static FILE *notice_sink;
 
-static struct mq_runtime *rt;
+static mq_runtime *rt;
 static struct ev_loop *loop;
 static mq_queue *queue;
 
@@ -354,7 +354,7 @@ static void poke_pool(void) {
   nanosleep(&ts, NULL);
   pokes_left = opt.pool;
   for (int i = 0; i < opt.pool; i++)
-    if (mq_pg_query(rt->pg, "SELECT 1", 0, NULL, 0, poke_done, NULL) != 0)
+    if (mq_pg_query(mq_runtime_pg(rt), "SELECT 1", 0, NULL, 0, poke_done, NULL) != 0)
       pokes_left--;
   while (pokes_left > 0)
     ev_run(loop, EVRUN_ONCE);
@@ -436,8 +436,8 @@ static void open_runtime(const char *url) {
     apply_patch(opt.patch[i]);
   if (mq_runtime_open(rt, err, sizeof err) != 0)
     die("open: %s", err);
-  loop = rt->loop;
-  queue = rt->queue;
+  loop = mq_runtime_loop(rt);
+  queue = mq_runtime_queue(rt);
 }
 
 /* ---- a. send, one at a time ----------------------------------------------- */
@@ -980,7 +980,7 @@ int main(int argc, char **argv) {
   if (phase("explain"))
     bench_explain();
 
-  mq_runtime_free(rt);
+  mq_runtime_close(rt);
   reset_tables();
   PQfinish(admin);
   return 0;

@@ -1,14 +1,14 @@
-/* lua_host.c -- the process's Lua state; see lua_host.h. */
+/* lua_host.c -- calling into Lua, and waits; see lua_host.h. */
 #include "lua_host.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
-#include <lualib.h>
 
-#include "lua_bindings/bindings.h"
-#include "runtime.h"
+#include "json.h"
+#include "queue.h"
 
 static const char runtime_key = 'r';
 static struct mq_lua_task *current_task;
@@ -17,6 +17,8 @@ static struct mq_lua_task *current_task;
 const char mq_lua_host_yield = 'y';
 
 void mq_lua_set_current(struct mq_lua_task *task) { current_task = task; }
+
+struct mq_lua_task *mq_lua_current(void) { return current_task; }
 
 void mq_lua_set_runtime(lua_State *L, struct mq_runtime *rt) {
   lua_pushlightuserdata(L, (void *)&runtime_key);
@@ -35,6 +37,7 @@ struct mq_runtime *mq_lua_runtime(lua_State *L) {
   return rt;
 }
 
+/* The message handler: the error with a traceback of where it was raised. */
 static int traceback(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (!msg) {
@@ -53,41 +56,49 @@ int mq_lua_pcall(lua_State *L, int nargs, int nresults) {
   lua_insert(L, base);
   int status = lua_pcall(L, nargs, nresults, base);
   lua_remove(L, base);
-  if (status == LUA_ERRMEM) {
-    lua_pop(L, 1);
-    lua_pushliteral(L, "not enough memory");
-  }
+  /* For LUA_ERRMEM Lua skips the handler; the value on top is its
+   * preallocated "not enough memory" string. */
   return status;
 }
 
-/* Prepends dir/?.lua;dir/?/init.lua to package.path. */
-static void add_path(lua_State *L, const char *dir) {
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "path");
-  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir,
-                  lua_tostring(L, -1));
-  lua_setfield(L, -3, "path");
-  lua_pop(L, 2);
+int mq_lua_protect(lua_State *L, lua_CFunction fn, void *arg, int nresults) {
+  if (!lua_checkstack(L, 3)) /* never raises, unlike a push beyond the stack */
+    return LUA_ERRMEM;
+  lua_pushcfunction(L, fn);
+  lua_pushlightuserdata(L, arg);
+  return mq_lua_pcall(L, 1, nresults);
 }
 
-lua_State *mq_lua_new(struct mq_runtime *rt, const char *base_dir) {
-  lua_State *L = luaL_newstate();
-  if (!L)
-    return NULL;
-  luaL_openlibs(L);
-  add_path(L, MOONQ_SOURCE_DIR "/lua");
-  if (base_dir && strcmp(base_dir, MOONQ_SOURCE_DIR) != 0) {
-    lua_pushfstring(L, "%s/lua", base_dir);
-    add_path(L, lua_tostring(L, -1));
-    lua_pop(L, 1);
+void mq_lua_push_job(lua_State *L, const struct mq_job *j) {
+  lua_createtable(L, 0, 9);
+  lua_pushinteger(L, j->id);
+  lua_setfield(L, -2, "id");
+  lua_pushstring(L, j->name);
+  lua_setfield(L, -2, "name");
+  lua_pushstring(L, j->queue);
+  lua_setfield(L, -2, "queue");
+  char err[256];
+  if (mq_json_decode(L, j->data, strlen(j->data), err, sizeof err) != 0)
+    lua_pushstring(L, j->data);
+  lua_setfield(L, -2, "data");
+  lua_pushinteger(L, j->attempt);
+  lua_setfield(L, -2, "attempt");
+  lua_pushinteger(L, j->priority);
+  lua_setfield(L, -2, "priority");
+  lua_pushinteger(L, j->retry_limit);
+  lua_setfield(L, -2, "retry_limit");
+  lua_pushnumber(L, j->expire_in);
+  lua_setfield(L, -2, "expire_in");
+  if (j->run_id) {
+    lua_pushstring(L, j->run_id);
+    lua_setfield(L, -2, "run_id");
   }
-  mq_bindings_preload(L);
-  mq_lua_set_runtime(L, rt);
-  return L;
 }
+
+/* ---- waits ---------------------------------------------------------------- */
 
 struct mq_lua_wait {
-  struct mq_runtime *rt;
+  struct ev_loop *loop;
   lua_State *L;             /* the calling thread */
   lua_State *main;          /* the state's main thread */
   struct mq_lua_task *task; /* set when the caller yielded */
@@ -106,11 +117,29 @@ struct mq_lua_task *mq_lua_get_task(lua_State *co) {
   return *(struct mq_lua_task **)lua_getextraspace(co);
 }
 
-struct mq_lua_wait *mq_lua_wait_new(lua_State *L, struct mq_runtime *rt) {
+/* True when L runs inside a task: the task's own coroutine, or a coroutine
+ * the handler made while the task runs. */
+static bool in_task(lua_State *L) {
+  return mq_lua_get_task(L) != NULL || current_task != NULL;
+}
+
+void mq_lua_check_blocking(lua_State *L, const char *what) {
+  if (in_task(L))
+    luaL_error(L, "%s cannot be called from a handler (the loop is already "
+               "running)", what);
+}
+
+struct mq_lua_wait *mq_lua_wait_new(lua_State *L, struct ev_loop *loop) {
+  /* Running the loop from here would resume other tasks, and fire this
+   * task's own timeout, while its coroutine is still on the C stack. */
+  if (in_task(L) && !lua_isyieldable(L))
+    luaL_error(L, "cannot wait here: called from a C function or metamethod "
+               "(such as a table.sort comparator, a string.gsub callback or "
+               "__index); call it directly from the handler");
   struct mq_lua_wait *w = calloc(1, sizeof *w);
   if (!w)
     luaL_error(L, "not enough memory");
-  w->rt = rt;
+  w->loop = loop;
   w->L = L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   w->main = lua_tothread(L, -1);
@@ -118,15 +147,18 @@ struct mq_lua_wait *mq_lua_wait_new(lua_State *L, struct mq_runtime *rt) {
   return w;
 }
 
+void mq_lua_wait_free(struct mq_lua_wait *w) { free(w); }
+
 int mq_lua_wait_k(lua_State *L, struct mq_lua_wait *w, lua_KFunction k) {
   int top = lua_gettop(L);
   struct mq_lua_task *task = mq_lua_get_task(L);
   bool nested = false;
-  if (!task && current_task && lua_isyieldable(L)) {
+  if (!task && current_task) {
     task = current_task; /* a handler's own coroutine inside a job */
     nested = true;
   }
-  if (task && lua_isyieldable(L) && !w->done) {
+  if (task && !w->done) {
+    assert(lua_isyieldable(L)); /* checked by mq_lua_wait_new */
     w->task = task;
     task->wait = w;
     /* Resumed with the results as arguments (passed down by the handler
@@ -136,7 +168,7 @@ int mq_lua_wait_k(lua_State *L, struct mq_lua_wait *w, lua_KFunction k) {
     return lua_yieldk(L, nested ? 1 : 0, (lua_KContext)top, k);
   }
   while (!w->done)
-    ev_run(w->rt->loop, EVRUN_ONCE);
+    ev_run(w->loop, EVRUN_ONCE);
   int n = w->nresults;
   free(w);
   return k ? k(L, LUA_OK, (lua_KContext)top) : n;
@@ -146,26 +178,33 @@ int mq_lua_wait(lua_State *L, struct mq_lua_wait *w) {
   return mq_lua_wait_k(L, w, NULL);
 }
 
-lua_State *mq_lua_wait_state(struct mq_lua_wait *w) {
-  if (w->cancelled)
-    return NULL;
-  return w->task ? w->main : w->L;
-}
-
-void mq_lua_wait_done(struct mq_lua_wait *w, int nresults) {
+void mq_lua_wait_finish(struct mq_lua_wait *w, lua_CFunction push, void *arg) {
   if (w->cancelled) {
     free(w);
     return;
   }
-  w->nresults = nresults;
+  lua_State *L = w->task ? w->main : w->L;
+  int top = lua_gettop(L);
+  if (push && mq_lua_protect(L, push, arg, LUA_MULTRET) != LUA_OK) {
+    if (lua_gettop(L) == top) /* the stack could not grow */
+      lua_pushliteral(L, "not enough memory");
+    lua_pushnil(L);
+    lua_insert(L, -2); /* [nil message] */
+  }
+  int n = lua_gettop(L) - top;
+  w->nresults = n;
   w->done = true;
   struct mq_lua_task *task = w->task;
   if (!task)
-    return; /* the blocking caller picks the results up and frees w */
-  lua_xmove(w->main, task->co, nresults);
+    return; /* the blocked caller picks the results up and frees w */
+  if (!lua_checkstack(task->co, n)) {
+    lua_settop(L, top);
+    n = 0;
+  }
+  lua_xmove(L, task->co, n);
   task->wait = NULL;
   free(w);
-  task->ready(task, nresults);
+  task->ready(task, n);
 }
 
 void mq_lua_wait_on_cancel(struct mq_lua_wait *w, void (*fn)(void *arg),
@@ -182,6 +221,6 @@ void mq_lua_wait_cancel(struct mq_lua_wait *w) {
   if (w->on_cancel) {
     void (*fn)(void *) = w->on_cancel;
     w->on_cancel = NULL;
-    fn(w->cancel_arg); /* may complete the wait, which then frees it */
+    fn(w->cancel_arg); /* may finish the wait, which then frees it */
   }
 }

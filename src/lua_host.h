@@ -1,41 +1,56 @@
-/* lua_host.h -- the process's Lua state and the rules for calling into it.
+/* lua_host.h -- the rules for calling into Lua from C, and for Lua calls
+ * that wait.
  *
- * Provides the Lua state of the executable (standard libraries, lua/ on
- * package.path, the moonq modules preloaded), the protected-call helper that
- * every entry into Lua goes through (traceback attached, memory errors told
- * apart), the runtime a Lua state serves, and the wait used by moonq's
- * asynchronous calls.
+ * Provides the one protected-call path (mq_lua_pcall and mq_lua_protect:
+ * every entry into Lua from a libev or libpq callback goes through them, so
+ * no Lua error, out of memory included, unwinds through C frames), the
+ * runtime a Lua state serves, the job table handlers see, and the wait used
+ * by moonq's asynchronous calls.
  *
- * Waiting: a binding starts an operation whose completion callback pushes
- * its results on the waiting thread and marks it done. Outside a
- * runtime-managed coroutine (a script, a busted spec) mq_lua_wait() drives
- * the loop until then; the calls simply return their results.
+ * Waiting: a binding makes a wait, starts an operation whose completion
+ * calls mq_lua_wait_finish(), and returns mq_lua_wait(). Inside a task (a
+ * job's coroutine, see task.h) the call yields and the task is resumed with
+ * the results; anywhere else (a script, a busted spec) it drives the loop
+ * until the results are there. A call made inside a task where the
+ * coroutine cannot yield (a table.sort comparator, a string.gsub callback,
+ * a metamethod) raises "cannot wait here" instead of running the loop
+ * nested.
  *
- * Uses: runtime, log, bindings.
+ * Uses: queue (the job shape), json.
  */
 #ifndef MQ_LUA_HOST_H
 #define MQ_LUA_HOST_H
 
 #include <stdbool.h>
 
+#include <ev.h>
 #include <lua.h>
 
 struct mq_runtime;
+struct mq_job;
 
-/* A Lua state for the executable: libraries opened, package.path starting
- * with <base_dir>/lua and the source tree's lua/, moonq modules preloaded,
- * bound to rt. Returns NULL when out of memory. */
-lua_State *mq_lua_new(struct mq_runtime *rt, const char *base_dir);
-
-/* Binds L to rt (rt NULL unbinds); the moonq modules find it there. */
+/* Binds L (any thread of the state) to rt; rt NULL unbinds. The moonq
+ * modules find their runtime there. */
 void mq_lua_set_runtime(lua_State *L, struct mq_runtime *rt);
 struct mq_runtime *mq_lua_runtime(lua_State *L);
 
-/* lua_pcall with a traceback handler. On error the message (with
- * traceback) is on top of the stack; returns the Lua status. */
+/* lua_pcall with a traceback handler. On error the message (traceback
+ * included; "not enough memory" for LUA_ERRMEM) is on top of the stack;
+ * returns the Lua status. */
 int mq_lua_pcall(lua_State *L, int nargs, int nresults);
 
-/* A coroutine the runtime schedules (a job). The worker owns it; lua_host
+/* Calls fn protected with `arg` as its only argument (a light userdata),
+ * keeping nresults results (LUA_MULTRET: all). Returns the Lua status; on
+ * error the message is on top, as with mq_lua_pcall(). The way C code that
+ * creates Lua values from a callback reaches Lua. */
+int mq_lua_protect(lua_State *L, lua_CFunction fn, void *arg, int nresults);
+
+/* Pushes a fetched job as handlers see it: id, name, queue, data
+ * (decoded), attempt, priority, retry_limit, expire_in, run_id. Raises on
+ * out of memory: call it from a protected function. */
+void mq_lua_push_job(lua_State *L, const struct mq_job *job);
+
+/* A coroutine the runtime schedules (a task). task.c owns it; lua_host
  * only needs to know how to hand it results. */
 struct mq_lua_task {
   lua_State *co;             /* the coroutine */
@@ -46,32 +61,35 @@ struct mq_lua_task {
 };
 
 /* The task whose coroutine runs now (set by the scheduler around each
- * resume). A moonq call from a coroutine the handler made itself yields a
- * marker (moonq._host_yield) that the handler environment's
+ * resume), or NULL. A moonq call from a coroutine the handler made itself
+ * yields a marker (moonq._host_yield) that the handler environment's
  * coroutine.resume passes up to the task, so it reaches the scheduler. */
 void mq_lua_set_current(struct mq_lua_task *task);
+struct mq_lua_task *mq_lua_current(void);
 extern const char mq_lua_host_yield;
 
 /* Marks co as a runtime-managed task (NULL: a plain thread). */
 void mq_lua_set_task(lua_State *co, struct mq_lua_task *task);
 struct mq_lua_task *mq_lua_get_task(lua_State *co);
 
-/* An asynchronous operation a Lua caller waits for.
- *
- * A binding makes one with mq_lua_wait_new(), starts the operation with the
- * wait as its callback data, and returns mq_lua_wait(L, w). The completion
- * asks mq_lua_wait_state(w) where to push its results (NULL: the waiter is
- * gone, push nothing), pushes them and calls mq_lua_wait_done(w, n).
- *
- * In a task (a job's coroutine) the call yields and the task is resumed
- * with the results; anywhere else (a script, a busted spec) it drives the
- * loop until the results are there. */
+/* Raises unless L may run the event loop itself: inside a task the loop
+ * is already running (a handler calling moonq.run_until, moonq.stop...).
+ * `what` names the call in the message. */
+void mq_lua_check_blocking(lua_State *L, const char *what);
+
+/* An asynchronous operation a Lua caller waits for. */
 struct mq_lua_wait;
 
-/* Allocates a wait for the calling thread L; raises on out of memory. */
-struct mq_lua_wait *mq_lua_wait_new(lua_State *L, struct mq_runtime *rt);
+/* Allocates a wait for the calling thread L on `loop`. Raises (before
+ * anything is started, so nothing leaks) when L is inside a task but
+ * cannot yield, and on out of memory. Call it before allocating anything
+ * the operation needs. */
+struct mq_lua_wait *mq_lua_wait_new(lua_State *L, struct ev_loop *loop);
 
-/* Yields or blocks until done; returns the number of results for the
+/* Frees a wait whose operation could not be started. */
+void mq_lua_wait_free(struct mq_lua_wait *w);
+
+/* Yields or blocks until finished; returns the number of results for the
  * calling lua_CFunction to return. */
 int mq_lua_wait(lua_State *L, struct mq_lua_wait *w);
 
@@ -81,8 +99,12 @@ int mq_lua_wait(lua_State *L, struct mq_lua_wait *w);
  * after a yield and after blocking alike. */
 int mq_lua_wait_k(lua_State *L, struct mq_lua_wait *w, lua_KFunction k);
 
-lua_State *mq_lua_wait_state(struct mq_lua_wait *w);
-void mq_lua_wait_done(struct mq_lua_wait *w, int nresults);
+/* Completes the wait from the operation's callback: push(L) runs protected
+ * with `arg` as a light userdata and returns how many results it pushed
+ * (push NULL: no results). If it raises, the caller gets nil and the
+ * message. When the waiter is gone (its task was cancelled) push is not
+ * called. Frees w (or hands it to the blocked caller, who frees it). */
+void mq_lua_wait_finish(struct mq_lua_wait *w, lua_CFunction push, void *arg);
 
 /* Called (once) if the waiting task is cancelled, e.g. by its timeout,
  * before the operation completes: stop a timer, forget a request. */

@@ -21,8 +21,6 @@
 #include "lua_host.h"
 #include "migrate.h"
 #include "runtime.h"
-#include "supervisor.h"
-#include "worker.h"
 
 enum { EXIT_USAGE = 2 };
 
@@ -119,76 +117,31 @@ static struct mq_config *load_config(lua_State *L, const char *path) {
   return cfg;
 }
 
-static int cmd_migrate(struct mq_runtime *rt) {
+static int cmd_migrate(mq_runtime *rt) {
   char err[4096];
   if (mq_runtime_prepare_db(rt, false, err, sizeof err) != 0) {
     fprintf(stderr, "moonq: %s\n", err);
     return 1;
   }
-  printf("schema %s is at version %d\n", rt->cfg->schema,
+  printf("schema %s is at version %d\n", mq_runtime_config(rt)->schema,
          mq_migrate_latest());
   return 0;
 }
 
-/* Runs handlers in this process until stopped (also each prefork child). */
-static int serve(struct mq_runtime *rt, int index) {
-  char err[4096];
-  if (!rt->L && !(rt->L = mq_lua_new(rt, rt->cfg->base_dir))) {
-    fprintf(stderr, "moonq: out of memory\n");
-    return 1;
-  }
-  if (mq_runtime_open(rt, err, sizeof err) != 0) {
-    fprintf(stderr, "moonq: %s\n", err);
-    return 1;
-  }
-  rt->worker = mq_worker_new(rt, err, sizeof err);
-  if (!rt->worker) {
-    fprintf(stderr, "moonq: %s\n", err);
-    return 1;
-  }
-  mq_worker_start(rt->worker);
-  mq_queue_start_maintenance(rt->queue);
-  mq_log_info("moonq", "running version=%s schema=%s handlers=%s pid=%d",
-              MOONQ_VERSION, rt->cfg->schema, rt->cfg->handlers,
-              (int)getpid());
-  int code = mq_runtime_run(rt);
-  mq_log_info("moonq", "stopped");
-  return code;
-}
-
-/* In a prefork child the runtime (copied from the supervisor) gets its own
- * loop, Lua state and connections; it exits when serve() returns. */
-static int child_main(struct mq_runtime *rt, int index) {
-  rt->L = NULL;
-  int code = serve(rt, index);
-  lua_State *L = rt->L;
-  mq_runtime_free(rt);
-  if (L)
-    lua_close(L);
-  return code;
-}
-
-static int cmd_run(struct mq_runtime *rt) {
-  char err[4096];
-  if (mq_runtime_prepare_db(rt, true, err, sizeof err) != 0) {
-    fprintf(stderr, "moonq: %s\n", err);
-    return 1;
-  }
-  if (rt->cfg->workers > 1)
-    return mq_supervisor_run(rt, child_main);
-  return serve(rt, 0);
-}
-
 /* The queue commands live in lua/moonq/cli.lua: they run in the
  * runtime's Lua state, whose moonq calls drive the loop until done. */
-static int cmd_lua(struct mq_runtime *rt, const struct cli *cli) {
+static int cmd_lua(mq_runtime *rt, const struct cli *cli) {
   char err[4096];
   if (mq_runtime_prepare_db(rt, false, err, sizeof err) != 0 ||
       mq_runtime_open(rt, err, sizeof err) != 0) {
     fprintf(stderr, "moonq: %s\n", err);
     return 1;
   }
-  lua_State *L = rt->L;
+  lua_State *L = mq_runtime_lua(rt);
+  if (!L) {
+    fprintf(stderr, "moonq: out of memory\n");
+    return 1;
+  }
   lua_getglobal(L, "require");
   lua_pushliteral(L, "moonq.cli");
   if (mq_lua_pcall(L, 1, 1) != LUA_OK) {
@@ -235,31 +188,22 @@ static int with_runtime(const struct cli *cli) {
     lua_close(L);
     return 1;
   }
-  struct mq_runtime *rt = mq_runtime_new(ev_default_loop(0), cfg, NULL);
+  /* The runtime makes its own Lua state to serve handlers and the CLI;
+   * the one that read the config is done. */
+  lua_close(L);
+  mq_runtime *rt = mq_runtime_new(ev_default_loop(0), cfg, NULL);
   if (!rt) {
-    lua_close(L);
     fprintf(stderr, "moonq: out of memory\n");
     return 1;
   }
   int code;
-  if (run || lua_cmd) {
-    /* The runtime's own Lua state serves handlers; the one that read the
-     * config is done. */
-    lua_close(L);
-    L = NULL;
-    if (run) {
-      code = cmd_run(rt);
-      L = rt->L;
-    } else {
-      L = rt->L = mq_lua_new(rt, cfg->base_dir);
-      code = L ? cmd_lua(rt, cli) : 1;
-    }
-  } else {
+  if (run)
+    code = mq_runtime_serve(rt);
+  else if (lua_cmd)
+    code = cmd_lua(rt, cli);
+  else
     code = cmd_migrate(rt);
-  }
-  mq_runtime_free(rt);
-  if (L)
-    lua_close(L);
+  mq_runtime_close(rt);
   return code;
 }
 

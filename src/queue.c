@@ -108,6 +108,7 @@ struct mq_queue {
   struct batch *complete; /* gathering, or NULL */
   struct batch *fail;
   char *wake;             /* "q1,q2" sent to this turn, or NULL */
+  bool stopped;           /* mq_queue_stop ran */
   size_t wake_len, wake_cap;
 };
 
@@ -300,11 +301,11 @@ bool mq_queue_flushed(const mq_queue *q) {
 
 static void batch_send(struct batch *b);
 
-void mq_queue_close(mq_queue *q) {
-  if (!q)
+void mq_queue_stop(mq_queue *q) {
+  if (q->stopped)
     return;
+  q->stopped = true;
   flush_cb(q->loop, &q->flush, 0);
-  free(q->wake);
   ev_ref(q->loop);
   ev_timer_stop(q->loop, &q->heartbeat);
   if (ev_is_active(&q->maintenance)) {
@@ -314,6 +315,14 @@ void mq_queue_close(mq_queue *q) {
   /* Maintenance removes the row anyway if this does not get through. */
   const char *params[] = {q->process_id};
   exec_json(q, ST_UNREGISTER, 1, params, log_debug, (void *)"unregister");
+}
+
+void mq_queue_close(mq_queue *q) {
+  if (!q)
+    return;
+  mq_queue_stop(q);
+  ev_prepare_stop(q->loop, &q->flush);
+  free(q->wake);
   free(q);
 }
 
@@ -748,4 +757,20 @@ int mq_queue_configure(mq_queue *q, mq_queue_json_cb cb, void *data) {
       configured(MQ_QUEUE_EDB, "the connection pool is closed", NULL, w);
   }
   return 0;
+}
+
+int mq_queue_store_settings(mq_queue *q, const char *queue,
+                            const struct mq_queue_settings *s,
+                            mq_queue_json_cb cb, void *data) {
+  struct mq_queue_options o = *mq_config_queue(q->cfg, queue);
+  if (s->has_retry_limit)
+    o.retry_limit = s->retry_limit;
+  if (s->has_retry_delay)
+    o.retry_delay = s->retry_delay;
+  if (s->has_retry_backoff)
+    o.retry_backoff = s->retry_backoff;
+  char json[512];
+  options_json(&o, json, sizeof json);
+  const char *params[] = {queue, json};
+  return exec_json(q, ST_CONFIGURE, 2, params, cb, data);
 }

@@ -39,6 +39,21 @@ enum mq_queue_status {
   MQ_QUEUE_EDB = -2        /* the database failed; the message says why */
 };
 
+/* Stored settings of a queue: the defaults its jobs get, sent from Lua or
+ * from SQL alike. A field counts only when its has_ flag is set; a field
+ * not set keeps its stored value. Durations are in seconds. */
+struct mq_queue_settings {
+  bool has_retry_limit, has_retry_delay, has_retry_backoff,
+      has_retry_delay_max, has_expire_in, has_retention, has_dead_letter;
+  int retry_limit;        /* retries after the first attempt */
+  double retry_delay;     /* before a retry */
+  bool retry_backoff;     /* exponential backoff with jitter */
+  double retry_delay_max; /* cap of the backoff */
+  double expire_in;       /* an active job older than this is retried */
+  double retention;       /* finished jobs are deleted after this */
+  const char *dead_letter; /* NULL with has_dead_letter: none */
+};
+
 /* A fetched job. Strings are valid until the fetch callback returns. */
 struct mq_job {
   long long id;
@@ -72,9 +87,13 @@ mq_queue *mq_queue_new(struct ev_loop *loop, mq_pg *pg,
  * MQ_QUEUE_MAINTAIN when they want one). */
 void mq_queue_start_maintenance(mq_queue *q);
 
-/* Stops the timers, unregisters the process (its active jobs are then
- * recovered by maintenance) and frees the handle. Pending batched
- * completions are flushed first. */
+/* Flushes pending batched completions and failures, stops the timers and
+ * unregisters the process (its active jobs are then recovered by
+ * maintenance). The handle stays usable until closed; idempotent. */
+void mq_queue_stop(mq_queue *q);
+
+/* Stops (if not yet) and frees the handle. Every request it made must have
+ * completed: close the pool first (which completes them). NULL-safe. */
 void mq_queue_close(mq_queue *q);
 
 /* True when no completion or failure is waiting to be flushed. */
@@ -139,6 +158,12 @@ enum mq_queue_op {
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],
                   mq_queue_json_cb cb, void *data);
+
+/* Stores settings for `queue`; fields not set keep their stored values.
+ * cb may be NULL. Returns 0, or a negative status (cb never called). */
+int mq_queue_store_settings(mq_queue *q, const char *queue,
+                            const struct mq_queue_settings *s,
+                            mq_queue_json_cb cb, void *data);
 
 /* Writes config.lua's queue defaults into the queue table (once at start;
  * the paused flags are kept). cb may be NULL. */

@@ -1,25 +1,67 @@
-/* runtime.c -- one moonq process's loop, config, database and Lua state;
- * see runtime.h. */
+/* runtime.c -- one moonq process and the subsystems it owns; see
+ * runtime.h.
+ *
+ * Adding a subsystem: a handle field below, its init in mq_runtime_open()
+ * (or its own start function like the worker's), its stop in the stop
+ * sequence (stop_worker_done / drain_cb) and its close in
+ * mq_runtime_close(), after the pool is closed.
+ */
 #include "runtime.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <lauxlib.h>
+#include <lualib.h>
+
 #include "log.h"
+#include "lua_bindings/bindings.h"
+#include "lua_host.h"
 #include "migrate.h"
+#include "supervisor.h"
 #include "worker.h"
 
-static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents);
+#define DRAIN_MAX 10.0 /* seconds in-flight requests get when stopping */
 
-struct mq_runtime *mq_runtime_new(struct ev_loop *loop, struct mq_config *cfg,
-                                  lua_State *L) {
-  struct mq_runtime *rt = calloc(1, sizeof *rt);
+enum phase {
+  PHASE_NEW,      /* not open */
+  PHASE_OPEN,     /* handles open */
+  PHASE_STOPPING, /* the worker is stopping */
+  PHASE_DRAINING, /* waiting for in-flight requests */
+  PHASE_STOPPED   /* the stop sequence is done */
+};
+
+struct mq_runtime {
+  struct ev_loop *loop;
+  bool own_loop;
+  struct mq_config *cfg; /* owned */
+  char *conninfo;        /* the database actually used */
+  lua_State *L;          /* the Lua state served (main thread) */
+  bool own_lua;
+  /* Handles, in order of opening; closed in reverse. */
+  mq_pg *pg;
+  mq_queue *queue;
+  mq_scheduler *scheduler;
+  mq_worker *worker; /* when this process runs handlers */
+  enum phase phase;
+  bool serving;      /* mq_runtime_serve's loop runs */
+  int exit_code;
+  ev_signal sigint, sigterm, sighup;
+  ev_timer drain;          /* polls for idle while draining */
+  ev_tstamp drain_deadline;
+  char channel[80];        /* "<schema>_wake" */
+};
+
+mq_runtime *mq_runtime_new(struct ev_loop *loop, struct mq_config *cfg,
+                           lua_State *L) {
+  mq_runtime *rt = calloc(1, sizeof *rt);
   if (!rt) {
     mq_config_free(cfg);
     return NULL;
@@ -32,10 +74,68 @@ struct mq_runtime *mq_runtime_new(struct ev_loop *loop, struct mq_config *cfg,
     return NULL;
   }
   rt->cfg = cfg;
-  rt->L = L;
-  snprintf(rt->notify_channel, sizeof rt->notify_channel, "%s_wake",
-           cfg->schema);
+  if (L) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    rt->L = lua_tothread(L, -1);
+    lua_pop(L, 1);
+  }
+  snprintf(rt->channel, sizeof rt->channel, "%s_wake", cfg->schema);
+  ev_init(&rt->drain, NULL);
   return rt;
+}
+
+struct ev_loop *mq_runtime_loop(const mq_runtime *rt) { return rt->loop; }
+const struct mq_config *mq_runtime_config(const mq_runtime *rt) {
+  return rt->cfg;
+}
+mq_pg *mq_runtime_pg(const mq_runtime *rt) { return rt->pg; }
+mq_queue *mq_runtime_queue(const mq_runtime *rt) { return rt->queue; }
+mq_scheduler *mq_runtime_scheduler(const mq_runtime *rt) {
+  return rt->scheduler;
+}
+bool mq_runtime_has_worker(const mq_runtime *rt) { return rt->worker != NULL; }
+const char *mq_runtime_channel(const mq_runtime *rt) { return rt->channel; }
+
+/* Prepends dir/?.lua;dir/?/init.lua to package.path. */
+static void add_path(lua_State *L, const char *dir) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir,
+                  lua_tostring(L, -1));
+  lua_setfield(L, -3, "path");
+  lua_pop(L, 2);
+}
+
+/* [] -> []: the executable's Lua state: libraries, lua/ of the source tree
+ * and of the app on package.path, the moonq modules preloaded. */
+static int init_lua(lua_State *L) {
+  mq_runtime *rt = lua_touserdata(L, 1);
+  luaL_openlibs(L);
+  add_path(L, MOONQ_SOURCE_DIR "/lua");
+  if (strcmp(rt->cfg->base_dir, MOONQ_SOURCE_DIR) != 0) {
+    lua_pushfstring(L, "%s/lua", rt->cfg->base_dir);
+    add_path(L, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  mq_bindings_preload(L);
+  mq_lua_set_runtime(L, rt);
+  return 0;
+}
+
+lua_State *mq_runtime_lua(mq_runtime *rt) {
+  if (rt->L)
+    return rt->L;
+  lua_State *L = luaL_newstate();
+  if (!L)
+    return NULL;
+  if (mq_lua_protect(L, init_lua, rt, 0) != LUA_OK) {
+    mq_log_error("runtime", "cannot set up Lua: %s", lua_tostring(L, -1));
+    lua_close(L);
+    return NULL;
+  }
+  rt->L = L;
+  rt->own_lua = true;
+  return L;
 }
 
 /* Runs argv, returning its stdout (malloc'd, trailing newline removed) when
@@ -112,7 +212,7 @@ char *mq_runtime_local_db(const char *dir, char *err, size_t errlen) {
   return url;
 }
 
-static int resolve_db(struct mq_runtime *rt, char *err, size_t errlen) {
+static int resolve_db(mq_runtime *rt, char *err, size_t errlen) {
   if (rt->conninfo)
     return 0;
   if (rt->cfg->database) {
@@ -125,7 +225,7 @@ static int resolve_db(struct mq_runtime *rt, char *err, size_t errlen) {
   return rt->conninfo ? 0 : -1;
 }
 
-int mq_runtime_prepare_db(struct mq_runtime *rt, bool wait_for_db, char *err,
+int mq_runtime_prepare_db(mq_runtime *rt, bool wait_for_db, char *err,
                           size_t errlen) {
   if (resolve_db(rt, err, errlen) != 0)
     return -1;
@@ -136,8 +236,8 @@ int mq_runtime_prepare_db(struct mq_runtime *rt, bool wait_for_db, char *err,
       return 0;
     if (!wait_for_db || strncmp(err, "cannot connect", 14) != 0)
       return -1;
-    mq_log_warn("runtime", "database not reachable attempt=%d retry_in_s=%.1f error=\"%s\"",
-                attempt, delay, err);
+    mq_log_warn("runtime", "database not reachable attempt=%d retry_in_s=%.1f "
+                "error=\"%s\"", attempt, delay, err);
     struct timespec ts = {(time_t)delay,
                           (long)((delay - (double)(time_t)delay) * 1e9)};
     nanosleep(&ts, NULL);
@@ -161,8 +261,8 @@ static void configured_cb(int status, const char *error, const char *json,
     snprintf(c->err, c->errlen, "cannot store queue settings: %s", error);
 }
 
-int mq_runtime_open(struct mq_runtime *rt, char *err, size_t errlen) {
-  if (rt->pg)
+int mq_runtime_open(mq_runtime *rt, char *err, size_t errlen) {
+  if (rt->phase != PHASE_NEW)
     return 0;
   if (resolve_db(rt, err, errlen) != 0)
     return -1;
@@ -173,20 +273,17 @@ int mq_runtime_open(struct mq_runtime *rt, char *err, size_t errlen) {
       /* moonq batches its wake-ups (queue.c) instead of one NOTIFY per send */
       .init_sql = "SET moonq.no_wake = on",
   };
-  rt->pg = mq_pg_new(rt->loop, &opts);
-  if (!rt->pg) {
-    snprintf(err, errlen, "out of memory");
-    return -1;
-  }
   char masked[512];
   mq_log_debug("runtime", "database target=\"%s\" schema=%s pool=%d",
                mq_log_mask_conninfo(rt->conninfo, masked, sizeof masked),
                rt->cfg->schema, rt->cfg->pool_size);
-  rt->queue = mq_queue_new(rt->loop, rt->pg, rt->cfg);
-  if (!rt->queue) {
+  if (!(rt->pg = mq_pg_new(rt->loop, &opts)) ||
+      !(rt->queue = mq_queue_new(rt->loop, rt->pg, rt->cfg)) ||
+      !(rt->scheduler = mq_scheduler_new(rt->loop, rt->queue))) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
+  rt->phase = PHASE_OPEN;
   struct configured done = {.err = err, .errlen = errlen};
   if (mq_queue_configure(rt->queue, configured_cb, &done) != 0) {
     snprintf(err, errlen, "the connection pool is closed");
@@ -197,93 +294,180 @@ int mq_runtime_open(struct mq_runtime *rt, char *err, size_t errlen) {
   return done.status == 0 ? 0 : -1;
 }
 
+int mq_runtime_start_worker(mq_runtime *rt, char *err, size_t errlen) {
+  if (rt->phase != PHASE_OPEN) {
+    snprintf(err, errlen, "the runtime is not open");
+    return -1;
+  }
+  if (rt->worker) {
+    snprintf(err, errlen, "workers already started");
+    return -1;
+  }
+  if (!mq_runtime_lua(rt)) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  if (!(rt->worker = mq_worker_new(rt, err, errlen)))
+    return -1;
+  return mq_worker_start(rt->worker);
+}
+
+static void set_flag(void *arg) { *(bool *)arg = true; }
+
+void mq_runtime_stop_worker(mq_runtime *rt) {
+  if (!rt->worker || rt->phase != PHASE_OPEN)
+    return;
+  bool done = false;
+  mq_worker_stop(rt->worker, set_flag, &done);
+  while (!done)
+    ev_run(rt->loop, EVRUN_ONCE);
+  mq_worker_close(rt->worker);
+  rt->worker = NULL;
+  /* The last results are stored before this returns. */
+  while (!mq_queue_flushed(rt->queue) || mq_pg_pending(rt->pg) > 0)
+    ev_run(rt->loop, EVRUN_ONCE);
+}
+
+/* ---- the stop sequence ---------------------------------------------------- */
+
+/* Step 3: in-flight requests complete, for at most DRAIN_MAX seconds. */
+static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  mq_runtime *rt = w->data;
+  bool idle = mq_pg_pending(rt->pg) == 0 && mq_queue_flushed(rt->queue);
+  if (!idle && ev_now(loop) < rt->drain_deadline)
+    return;
+  if (!idle)
+    mq_log_warn("runtime", "stopping with requests in flight pending=%zu",
+                mq_pg_pending(rt->pg));
+  ev_timer_stop(loop, w);
+  rt->phase = PHASE_STOPPED;
+  if (rt->serving)
+    ev_break(loop, EVBREAK_ALL);
+}
+
+/* Step 2, once the worker has stopped. */
+static void worker_stopped(void *arg) {
+  mq_runtime *rt = arg;
+  rt->phase = PHASE_DRAINING;
+  mq_scheduler_stop(rt->scheduler);
+  mq_queue_stop(rt->queue);
+  rt->drain_deadline = ev_now(rt->loop) + DRAIN_MAX;
+  ev_timer_init(&rt->drain, drain_cb, 0., 0.02);
+  rt->drain.data = rt;
+  ev_timer_start(rt->loop, &rt->drain);
+}
+
+void mq_runtime_stop(mq_runtime *rt, int exit_code) {
+  if (rt->phase == PHASE_STOPPING) {
+    if (rt->worker)
+      mq_worker_hurry(rt->worker);
+    return;
+  }
+  if (rt->phase != PHASE_OPEN)
+    return;
+  rt->phase = PHASE_STOPPING;
+  rt->exit_code = exit_code;
+  if (rt->worker)
+    mq_worker_stop(rt->worker, worker_stopped, rt);
+  else
+    worker_stopped(rt);
+}
+
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
-  struct mq_runtime *rt = w->data;
+  mq_runtime *rt = w->data;
   if (w->signum == SIGHUP) {
     mq_log_info("runtime", "SIGHUP: reloading handlers");
     if (rt->worker)
       mq_worker_reload(rt->worker);
     return;
   }
-  if (rt->stopping) {
-    mq_log_warn("runtime", "second signal: stopping now");
-    ev_break(loop, EVBREAK_ALL);
-    return;
-  }
-  mq_log_info("runtime", "stopping signal=%s",
-              w->signum == SIGINT ? "SIGINT" : "SIGTERM");
+  const char *name = w->signum == SIGINT ? "SIGINT" : "SIGTERM";
+  if (rt->phase == PHASE_OPEN)
+    mq_log_info("runtime", "stopping signal=%s", name);
+  else
+    mq_log_warn("runtime", "second signal=%s: running jobs go back to the "
+                "queue now", name);
   mq_runtime_stop(rt, 0);
 }
 
-/* Waits for in-flight database work before leaving the loop, for at most
- * shutdown_grace seconds. */
-static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents) {
-  struct mq_runtime *rt = w->data;
-  bool idle = !rt->pg || mq_pg_pending(rt->pg) == 0;
-  if (idle || ev_now(loop) >= rt->stop_deadline) {
-    if (!idle)
-      mq_log_warn("runtime", "stopping with requests in flight pending=%zu",
-                  mq_pg_pending(rt->pg));
-    ev_timer_stop(loop, w);
-    ev_break(loop, EVBREAK_ALL);
-  }
-}
-
-static void start_drain(void *arg) {
-  struct mq_runtime *rt = arg;
-  rt->stop_deadline = ev_now(rt->loop) + 10;
-  ev_timer_init(&rt->drain, drain_cb, 0., 0.02);
-  rt->drain.data = rt;
-  ev_timer_start(rt->loop, &rt->drain);
-}
-
-void mq_runtime_stop(struct mq_runtime *rt, int exit_code) {
-  if (rt->stopping)
-    return;
-  rt->stopping = true;
-  rt->exit_code = exit_code;
-  if (rt->worker)
-    mq_worker_stop(rt->worker, start_drain, rt);
-  else
-    start_drain(rt);
-}
-
-int mq_runtime_run(struct mq_runtime *rt) {
-  ev_signal_init(&rt->sigint, signal_cb, SIGINT);
-  ev_signal_init(&rt->sigterm, signal_cb, SIGTERM);
-  ev_signal_init(&rt->sighup, signal_cb, SIGHUP);
-  ev_signal *sigs[] = {&rt->sigint, &rt->sigterm, &rt->sighup};
-  for (int i = 0; i < 3; i++) {
-    sigs[i]->data = rt;
-    ev_signal_start(rt->loop, sigs[i]);
-  }
-  ev_run(rt->loop, 0);
-  for (int i = 0; i < 3; i++)
-    ev_signal_stop(rt->loop, sigs[i]);
-  return rt->exit_code;
-}
-
-void mq_runtime_free(struct mq_runtime *rt) {
+void mq_runtime_close(mq_runtime *rt) {
   if (!rt)
     return;
-  ev_timer_stop(rt->loop, &rt->drain);
-  mq_worker_free(rt->worker);
-  rt->worker = NULL;
-  if (rt->queue) {
-    mq_queue_close(rt->queue);
-    rt->queue = NULL;
-    /* Let the final statements (flushed results, unregistering) finish. */
-    ev_tstamp until = ev_time() + 5;
-    while (rt->pg && mq_pg_pending(rt->pg) > 0 && mq_pg_is_up(rt->pg) &&
-           ev_time() < until)
-      ev_run(rt->loop, EVRUN_ONCE);
+  if (rt->phase == PHASE_OPEN || rt->phase == PHASE_STOPPING) {
+    /* Closed without a stop (a script that ended without moonq.close()):
+     * running jobs go back to the queue instead of finishing. */
+    mq_runtime_stop(rt, 0);
+    mq_runtime_stop(rt, 0);
   }
+  while (rt->phase == PHASE_STOPPING || rt->phase == PHASE_DRAINING)
+    ev_run(rt->loop, EVRUN_ONCE);
+  ev_timer_stop(rt->loop, &rt->drain);
+  /* Step 4: what is still in flight fails now, its callbacks finding every
+   * handle alive; step 5: free in reverse order of opening. */
   if (rt->pg)
     mq_pg_close(rt->pg);
-  rt->pg = NULL;
+  mq_worker_close(rt->worker);
+  mq_scheduler_close(rt->scheduler);
+  mq_queue_close(rt->queue);
   if (rt->own_loop)
     ev_loop_destroy(rt->loop);
+  if (rt->own_lua)
+    lua_close(rt->L);
   mq_config_free(rt->cfg);
   free(rt->conninfo);
   free(rt);
+}
+
+/* ---- serving ----------------------------------------------------------- */
+
+/* Runs handlers in this process until stopped; the same in `moonq run`
+ * and in each prefork child. Returns the exit code. */
+static int serve_here(mq_runtime *rt) {
+  char err[4096];
+  if (mq_runtime_open(rt, err, sizeof err) != 0 ||
+      mq_runtime_start_worker(rt, err, sizeof err) != 0) {
+    fprintf(stderr, "moonq: %s\n", err);
+    return 1;
+  }
+  mq_queue_start_maintenance(rt->queue);
+  mq_log_info("moonq", "running version=%s schema=%s handlers=%s pid=%d",
+              MOONQ_VERSION, rt->cfg->schema, rt->cfg->handlers,
+              (int)getpid());
+  ev_signal *sigs[] = {&rt->sigint, &rt->sigterm, &rt->sighup};
+  int nums[] = {SIGINT, SIGTERM, SIGHUP};
+  for (int i = 0; i < 3; i++) {
+    ev_signal_init(sigs[i], signal_cb, nums[i]);
+    sigs[i]->data = rt;
+    ev_signal_start(rt->loop, sigs[i]);
+  }
+  rt->serving = true;
+  ev_run(rt->loop, 0);
+  rt->serving = false;
+  for (int i = 0; i < 3; i++)
+    ev_signal_stop(rt->loop, sigs[i]);
+  mq_log_info("moonq", "stopped");
+  return rt->exit_code;
+}
+
+/* A prefork child: the runtime (a copy of the supervisor's, never opened)
+ * gets the child's own loop; it opens its own Lua state and connections. */
+static int serve_child(void *arg, int index, struct ev_loop *loop) {
+  mq_runtime *rt = arg;
+  rt->loop = loop;
+  rt->own_loop = false;
+  int code = serve_here(rt);
+  mq_runtime_close(rt);
+  return code;
+}
+
+int mq_runtime_serve(mq_runtime *rt) {
+  char err[4096];
+  if (mq_runtime_prepare_db(rt, true, err, sizeof err) != 0) {
+    fprintf(stderr, "moonq: %s\n", err);
+    return 1;
+  }
+  if (rt->cfg->workers > 1)
+    return mq_supervisor_run(rt->loop, rt->cfg->workers,
+                             rt->cfg->shutdown_grace, serve_child, rt);
+  return serve_here(rt);
 }

@@ -1,15 +1,32 @@
-/* runtime.h -- one moonq process: its loop, config, database and Lua state.
+/* runtime.h -- one moonq process: its loop, config, Lua state and the
+ * subsystems it owns.
  *
- * The runtime wires the subsystems together. The `moonq` executable makes
- * one with the default libev loop and a Lua state of its own; the `moonq`
- * Lua module (scripts, busted specs) makes one inside the caller's Lua state
- * with a private loop that its calls drive until their result is ready.
+ * The runtime owns its subsystems as handles and is the only place that
+ * wires them together. `moonq run`, each prefork child, the CLI's queue
+ * commands and the `moonq` Lua module (scripts, busted specs) all go
+ * through the same calls:
  *
- * Start-up resolves the database (config `database`, DATABASE_URL, or the
- * private cluster under <config dir>/.moonq started on demand), applies
- * migrations, then opens the connection pool.
+ *   mq_runtime_new        config (and the Lua state it serves)
+ *   mq_runtime_prepare_db resolve the database, apply migrations
+ *   mq_runtime_open       pool, queue, scheduler
+ *   mq_runtime_start_worker   handlers and the worker (jobs run)
+ *   mq_runtime_serve      open + worker + maintenance + the loop until a
+ *                         signal; with `workers > 1` a supervisor forks
+ *                         children that each serve
+ *   mq_runtime_close      the stop sequence, then free
  *
- * Uses: config, log, pg, migrate, queue, worker.
+ * The stop sequence, the same from a signal, moonq.close() or a script
+ * that forgot to close: (1) the worker stops fetching and running jobs get
+ * shutdown_grace seconds (a second signal or a close without stop ends the
+ * grace at once: running jobs go back to the queue); (2) the queue flushes
+ * its batched completions and unregisters the process, the scheduler's
+ * timers stop; (3) in-flight requests get up to 10 s to complete; (4) the
+ * pool closes, failing what is left, every callback still finding its
+ * handle alive; (5) the handles are freed, in reverse order of opening.
+ * No step is skipped.
+ *
+ * Uses: config, log, pg, migrate, queue, scheduler, worker, supervisor,
+ * lua_host, bindings (to preload the Lua modules in its own Lua state).
  */
 #ifndef MQ_RUNTIME_H
 #define MQ_RUNTIME_H
@@ -23,52 +40,64 @@
 #include "config.h"
 #include "pg.h"
 #include "queue.h"
+#include "scheduler.h"
 
-struct mq_runtime {
-  struct ev_loop *loop;
-  bool own_loop;
-  struct mq_config *cfg; /* owned */
-  char *conninfo;        /* the database actually used */
-  mq_pg *pg;
-  mq_queue *queue;
-  struct mq_worker *worker; /* when this process runs handlers */
-  lua_State *L;          /* the Lua state the runtime serves (not owned) */
-  bool stopping;
-  int exit_code;
-  ev_signal sigint, sigterm, sighup;
-  ev_timer drain;          /* polls for idle while stopping */
-  ev_tstamp stop_deadline; /* when stopping gives up waiting */
-  char notify_channel[80]; /* "<schema>_wake": the jobs' NOTIFY channel */
-};
+typedef struct mq_runtime mq_runtime;
 
 /* Makes a runtime that takes ownership of cfg. loop NULL: a private loop
- * (freed with the runtime). Returns NULL when out of memory (cfg freed). */
-struct mq_runtime *mq_runtime_new(struct ev_loop *loop, struct mq_config *cfg,
-                                  lua_State *L);
+ * (freed with the runtime). L: the Lua state it serves (its main thread is
+ * used; not owned), or NULL to make one of its own when needed (with the
+ * moonq modules preloaded; owned). Returns NULL when out of memory (cfg
+ * freed). */
+mq_runtime *mq_runtime_new(struct ev_loop *loop, struct mq_config *cfg,
+                           lua_State *L);
 
-/* Resolves the database and applies migrations (blocking: before the loop
- * runs). `wait_for_db`: keep retrying with backoff while the database is
- * unreachable (moonq run) instead of failing at once. Returns 0, or -1 with
- * a message in err. */
-int mq_runtime_prepare_db(struct mq_runtime *rt, bool wait_for_db, char *err,
+/* Resolves the database (config `database`, DATABASE_URL, or the private
+ * cluster) and applies migrations, blocking (before the loop runs).
+ * `wait_for_db`: keep retrying with backoff while the database is
+ * unreachable (moonq run) instead of failing at once. Returns 0, or -1
+ * with a message in err. */
+int mq_runtime_prepare_db(mq_runtime *rt, bool wait_for_db, char *err,
                           size_t errlen);
 
-/* Opens the connection pool and the queue, registers this process and
- * stores config.lua's queue settings (it runs the loop until they are
- * stored). Returns 0 or -1 with err. */
-int mq_runtime_open(struct mq_runtime *rt, char *err, size_t errlen);
+/* Opens the pool, the queue (registering this process and storing
+ * config.lua's queue settings: it runs the loop until they are stored) and
+ * the scheduler. Idempotent. Returns 0 or -1 with err. */
+int mq_runtime_open(mq_runtime *rt, char *err, size_t errlen);
 
-/* Runs the loop until mq_runtime_stop() or SIGINT/SIGTERM. Returns the
- * process exit code. */
-int mq_runtime_run(struct mq_runtime *rt);
+/* Loads the handlers and starts the worker (rt open). Returns 0, or -1
+ * with err (the handlers directory is unreadable, already started). */
+int mq_runtime_start_worker(mq_runtime *rt, char *err, size_t errlen);
 
-/* Asks the loop to finish: stops the worker (running jobs get
- * shutdown_grace seconds), waits for in-flight database work, then returns
- * from mq_runtime_run(). */
-void mq_runtime_stop(struct mq_runtime *rt, int exit_code);
+/* Stops the worker, running the loop until its jobs finished (within
+ * shutdown_grace) and their results are stored, then frees it. No-op
+ * without a worker. */
+void mq_runtime_stop_worker(mq_runtime *rt);
 
-/* Closes the pool and frees everything the runtime owns. NULL-safe. */
-void mq_runtime_free(struct mq_runtime *rt);
+/* `moonq run`: prepares the database (waiting for it), then with
+ * `workers > 1` runs a supervisor whose children each open, start the
+ * worker and maintenance and run the loop; otherwise does that itself.
+ * Returns the exit code. Errors are printed to stderr. */
+int mq_runtime_serve(mq_runtime *rt);
+
+/* Asks a runtime running its loop (serve) to stop: starts the stop
+ * sequence; the loop returns when it is done. */
+void mq_runtime_stop(mq_runtime *rt, int exit_code);
+
+/* Runs the stop sequence (if it has not run) and frees the runtime and
+ * everything it owns. NULL-safe. */
+void mq_runtime_close(mq_runtime *rt);
+
+/* Accessors. Each handle is valid from open until close; NULL before. */
+struct ev_loop *mq_runtime_loop(const mq_runtime *rt);
+const struct mq_config *mq_runtime_config(const mq_runtime *rt);
+lua_State *mq_runtime_lua(mq_runtime *rt); /* made on first use if owned */
+mq_pg *mq_runtime_pg(const mq_runtime *rt);
+mq_queue *mq_runtime_queue(const mq_runtime *rt);
+mq_scheduler *mq_runtime_scheduler(const mq_runtime *rt);
+bool mq_runtime_has_worker(const mq_runtime *rt);
+/* The NOTIFY channel jobs wake workers on: "<schema>_wake". */
+const char *mq_runtime_channel(const mq_runtime *rt);
 
 /* Starts the private PostgreSQL under `dir` (scripts/pg.sh) and returns its
  * connection string, malloc'd; NULL with err on failure. */

@@ -26,8 +26,10 @@ struct child {
 };
 
 struct sup {
-  struct mq_runtime *rt;
-  int (*child_main)(struct mq_runtime *rt, int index);
+  struct ev_loop *loop;
+  double shutdown_grace;
+  int (*child_main)(void *arg, int index, struct ev_loop *loop);
+  void *arg;
   struct child *children;
   int n;
   bool stopping;
@@ -72,7 +74,7 @@ static void child_cb(struct ev_loop *loop, ev_child *w, int revents) {
 
 static void spawn(struct child *c) {
   struct sup *s = c->sup;
-  struct ev_loop *loop = s->rt->loop;
+  struct ev_loop *loop = s->loop;
   fflush(NULL);
   pid_t pid = fork();
   if (pid < 0) {
@@ -92,11 +94,10 @@ static void spawn(struct child *c) {
       ev_timer_stop(loop, &s->children[i].restart);
     }
     ev_loop_destroy(EV_DEFAULT);
-    s->rt->loop = ev_default_loop(0);
     char tag[16];
     snprintf(tag, sizeof tag, "w%d", c->index + 1);
     mq_log_set_tag(tag);
-    exit(s->child_main(s->rt, c->index));
+    exit(s->child_main(s->arg, c->index, ev_default_loop(0)));
   }
   c->pid = pid;
   c->started = ev_now(loop);
@@ -132,7 +133,7 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
     mq_log_info("supervisor", "stopping workers=%d", s->alive);
     for (int i = 0; i < s->n; i++)
       ev_timer_stop(loop, &s->children[i].restart);
-    ev_timer_init(&s->kill_timer, kill_cb, s->rt->cfg->shutdown_grace + 10, 0.);
+    ev_timer_init(&s->kill_timer, kill_cb, s->shutdown_grace + 10, 0.);
     s->kill_timer.data = s;
     ev_timer_start(loop, &s->kill_timer);
   }
@@ -141,10 +142,12 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
     ev_break(loop, EVBREAK_ALL);
 }
 
-int mq_supervisor_run(struct mq_runtime *rt,
-                      int (*child_main)(struct mq_runtime *rt, int index)) {
-  struct sup s = {.rt = rt, .child_main = child_main, .n = rt->cfg->workers};
-  struct ev_loop *loop = rt->loop;
+int mq_supervisor_run(struct ev_loop *loop, int workers, double shutdown_grace,
+                      int (*child_main)(void *arg, int index,
+                                        struct ev_loop *loop),
+                      void *arg) {
+  struct sup s = {.loop = loop, .shutdown_grace = shutdown_grace,
+                  .child_main = child_main, .arg = arg, .n = workers};
   s.children = calloc((size_t)s.n, sizeof *s.children);
   if (!s.children)
     return 1;

@@ -7,18 +7,21 @@
  * 0 once every child has; children still alive shutdown_grace + 10 s later
  * are killed. SIGHUP is forwarded (children reload their handlers).
  *
- * Uses: runtime, log.
+ * Uses: log.
  */
 #ifndef MQ_SUPERVISOR_H
 #define MQ_SUPERVISOR_H
 
-struct mq_runtime;
+#include <ev.h>
 
-/* Runs the supervisor on rt (its database prepared, its pool not opened)
- * until every child has stopped; returns the exit code. child_main(rt,
- * index) runs in each child with a fresh default loop and returns that
- * child's exit code. */
-int mq_supervisor_run(struct mq_runtime *rt,
-                      int (*child_main)(struct mq_runtime *rt, int index));
+/* Runs the supervisor on loop (the default loop) until every child has
+ * stopped; returns the exit code. child_main(arg, index, loop) runs in
+ * each child with a fresh default loop (the supervisor's watchers gone)
+ * and returns that child's exit code. Children still running
+ * shutdown_grace + 10 s after a stop signal are killed. */
+int mq_supervisor_run(struct ev_loop *loop, int workers, double shutdown_grace,
+                      int (*child_main)(void *arg, int index,
+                                        struct ev_loop *loop),
+                      void *arg);
 
 #endif

@@ -17,12 +17,6 @@ int luaopen_moonq_log(lua_State *L);
 int luaopen_moonq_db(lua_State *L);
 int luaopen_moonq_queue(lua_State *L);
 
-struct mq_job;
-/* Pushes a fetched job as the table handlers and fetch() see: id, name,
- * queue, data (decoded), attempt, priority, retry_limit, expire_in, run_id.
- * May raise a memory error: call it protected. */
-void mq_lua_push_job(lua_State *L, const struct mq_job *job);
-
 /* Registers every luaopen_moonq_* above in package.preload. */
 void mq_bindings_preload(lua_State *L);
 

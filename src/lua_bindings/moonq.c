@@ -17,25 +17,23 @@
 #include "lua_bindings/bindings.h"
 #include "lua_host.h"
 #include "runtime.h"
-#include "worker.h"
 
 static const char *const RUNTIME_MT = "moonq.runtime";
 
-static int l_stop(lua_State *L);
-
 /* The runtime a script opened is owned by a userdata in the registry, so it
- * is closed with the Lua state even if the script never calls close. */
+ * is closed with the Lua state even if the script never calls close (the
+ * stop sequence then gives running jobs back to the queue). */
 struct rt_box {
-  struct mq_runtime *rt;
+  mq_runtime *rt;
 };
 
 static int box_close(lua_State *L) {
   struct rt_box *box = luaL_checkudata(L, 1, RUNTIME_MT);
   if (box->rt) {
-    if (mq_lua_runtime(L) == box->rt)
-      mq_lua_set_runtime(L, NULL);
-    mq_runtime_free(box->rt);
+    mq_runtime *rt = box->rt;
     box->rt = NULL;
+    mq_runtime_close(rt);
+    mq_lua_set_runtime(L, NULL);
   }
   return 0;
 }
@@ -57,6 +55,7 @@ static struct mq_config *config_arg(lua_State *L, char *err, size_t errlen) {
 
 /* moonq.open([config]) -> true | nil, err */
 static int l_open(lua_State *L) {
+  mq_lua_check_blocking(L, "moonq.open");
   if (mq_lua_runtime(L))
     return luaL_error(L, "moonq is already open (call moonq.close() first)");
   char err[4096];
@@ -69,42 +68,51 @@ static int l_open(lua_State *L) {
   struct rt_box *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->rt = NULL;
   luaL_setmetatable(L, RUNTIME_MT);
-  box->rt = mq_runtime_new(NULL, cfg, L);
-  if (!box->rt)
+  /* Handlers run as coroutines of the main thread, which outlives any
+   * coroutine (a busted test, say) that happened to call open. */
+  mq_runtime *rt = mq_runtime_new(NULL, cfg, L);
+  if (!rt)
     return luaL_error(L, "not enough memory");
-  if (mq_runtime_prepare_db(box->rt, false, err, sizeof err) != 0 ||
-      mq_runtime_open(box->rt, err, sizeof err) != 0) {
-    mq_runtime_free(box->rt);
-    box->rt = NULL;
+  mq_lua_set_runtime(L, rt);
+  if (mq_runtime_prepare_db(rt, false, err, sizeof err) != 0 ||
+      mq_runtime_open(rt, err, sizeof err) != 0) {
+    mq_runtime_close(rt);
+    mq_lua_set_runtime(L, NULL);
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;
   }
-  /* Handlers run as coroutines of the main thread, which outlives any
-   * coroutine (a busted test, say) that happened to call open. */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  box->rt->L = lua_tothread(L, -1);
-  lua_pop(L, 1);
-  mq_lua_set_runtime(L, box->rt);
+  box->rt = rt;
   lua_setfield(L, LUA_REGISTRYINDEX, "moonq.runtime_box");
   lua_pushboolean(L, 1);
   return 1;
 }
 
-/* moonq.close(): waits for in-flight statements, then closes. */
+static mq_runtime *open_runtime(lua_State *L) {
+  mq_runtime *rt = mq_lua_runtime(L);
+  if (!rt)
+    luaL_error(L, "moonq is not open (call moonq.open() first)");
+  return rt;
+}
+
+/* moonq.stop(): stops fetching and waits for running jobs (up to
+ * shutdown_grace seconds; the rest go back to the queue). */
+static int l_stop(lua_State *L) {
+  mq_lua_check_blocking(L, "moonq.stop");
+  mq_runtime_stop_worker(open_runtime(L));
+  return 0;
+}
+
+/* moonq.close(): stops the workers like moonq.stop(), then runs the stop
+ * sequence (in-flight statements complete) and closes. */
 static int l_close(lua_State *L) {
+  mq_lua_check_blocking(L, "moonq.close");
   lua_getfield(L, LUA_REGISTRYINDEX, "moonq.runtime_box");
   if (lua_isnil(L, -1))
     return 0;
   struct rt_box *box = lua_touserdata(L, -1);
-  if (box->rt && box->rt->worker) {
-    lua_pushcfunction(L, l_stop);
-    lua_call(L, 0, 0);
-  }
-  if (box->rt) {
-    while (box->rt->pg && mq_pg_pending(box->rt->pg) > 0)
-      ev_run(box->rt->loop, EVRUN_ONCE);
-  }
+  if (box->rt)
+    mq_runtime_stop_worker(box->rt);
   lua_pushcfunction(L, box_close);
   lua_insert(L, -2);
   lua_call(L, 1, 0);
@@ -113,49 +121,21 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
-static struct mq_runtime *open_runtime(lua_State *L) {
-  struct mq_runtime *rt = mq_lua_runtime(L);
-  if (!rt)
-    luaL_error(L, "moonq is not open (call moonq.open() first)");
-  return rt;
-}
-
 /* moonq.start() -> true | nil, err: runs the config's handlers in this
  * process whenever the loop runs (moonq.run_until, or any blocking call). */
 static int l_start(lua_State *L) {
-  struct mq_runtime *rt = open_runtime(L);
-  if (rt->worker)
+  mq_lua_check_blocking(L, "moonq.start");
+  mq_runtime *rt = open_runtime(L);
+  if (mq_runtime_has_worker(rt))
     return luaL_error(L, "moonq.start: workers already started");
   char err[1024];
-  rt->worker = mq_worker_new(rt, err, sizeof err);
-  if (!rt->worker) {
+  if (mq_runtime_start_worker(rt, err, sizeof err) != 0) {
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;
   }
-  mq_worker_start(rt->worker);
   lua_pushboolean(L, 1);
   return 1;
-}
-
-static void worker_stopped(void *arg) { *(bool *)arg = true; }
-
-/* moonq.stop(): stops fetching and waits for running jobs (up to
- * shutdown_grace seconds; the rest go back to the queue). */
-static int l_stop(lua_State *L) {
-  struct mq_runtime *rt = open_runtime(L);
-  if (!rt->worker)
-    return 0;
-  bool done = false;
-  mq_worker_stop(rt->worker, worker_stopped, &done);
-  while (!done)
-    ev_run(rt->loop, EVRUN_ONCE);
-  mq_worker_free(rt->worker);
-  rt->worker = NULL;
-  /* The last results are stored before stop returns. */
-  while (!mq_queue_flushed(rt->queue) || mq_pg_pending(rt->pg) > 0)
-    ev_run(rt->loop, EVRUN_ONCE);
-  return 0;
 }
 
 static void tick(struct ev_loop *loop, ev_timer *t, int revents) {}
@@ -163,30 +143,32 @@ static void tick(struct ev_loop *loop, ev_timer *t, int revents) {}
 /* moonq.run_until(fn, timeout) -> true | false, "timeout": runs the loop
  * (handlers, timers, queries) until fn() returns a true value. */
 static int l_run_until(lua_State *L) {
-  struct mq_runtime *rt = open_runtime(L);
+  mq_lua_check_blocking(L, "moonq.run_until");
+  mq_runtime *rt = open_runtime(L);
+  struct ev_loop *loop = mq_runtime_loop(rt);
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_Number timeout = luaL_optnumber(L, 2, 10);
   ev_tstamp deadline = ev_time() + timeout;
   ev_timer t; /* wakes the loop so fn is asked again */
   ev_timer_init(&t, tick, 0.01, 0.01);
-  ev_timer_start(rt->loop, &t);
+  ev_timer_start(loop, &t);
   for (;;) {
     lua_pushvalue(L, 1);
     if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-      ev_timer_stop(rt->loop, &t);
+      ev_timer_stop(loop, &t);
       return lua_error(L);
     }
     int ok = lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (ok || ev_time() >= deadline) {
-      ev_timer_stop(rt->loop, &t);
+      ev_timer_stop(loop, &t);
       lua_pushboolean(L, ok);
       if (ok)
         return 1;
       lua_pushliteral(L, "timeout");
       return 2;
     }
-    ev_run(rt->loop, EVRUN_ONCE);
+    ev_run(loop, EVRUN_ONCE);
   }
 }
 
@@ -198,17 +180,15 @@ static int l_is_open(lua_State *L) {
 
 /* moonq.config() -> table of the effective settings that scripts need. */
 static int l_config(lua_State *L) {
-  struct mq_runtime *rt = mq_lua_runtime(L);
-  if (!rt)
-    return luaL_error(L, "moonq is not open (call moonq.open() first)");
+  const struct mq_config *cfg = mq_runtime_config(open_runtime(L));
   lua_createtable(L, 0, 4);
-  lua_pushstring(L, rt->cfg->schema);
+  lua_pushstring(L, cfg->schema);
   lua_setfield(L, -2, "schema");
-  lua_pushstring(L, rt->cfg->handlers);
+  lua_pushstring(L, cfg->handlers);
   lua_setfield(L, -2, "handlers");
-  lua_pushstring(L, rt->cfg->base_dir);
+  lua_pushstring(L, cfg->base_dir);
   lua_setfield(L, -2, "base_dir");
-  lua_pushinteger(L, rt->cfg->workers);
+  lua_pushinteger(L, cfg->workers);
   lua_setfield(L, -2, "workers");
   return 1;
 }
@@ -216,7 +196,7 @@ static int l_config(lua_State *L) {
 /* A sleep in progress; freed when it fires or is cancelled. */
 struct sleeper {
   ev_timer timer;
-  struct mq_runtime *rt;
+  struct ev_loop *loop;
   struct mq_lua_wait *wait;
 };
 
@@ -224,35 +204,36 @@ static void sleep_fired(struct ev_loop *loop, ev_timer *t, int revents) {
   struct sleeper *s = t->data;
   struct mq_lua_wait *w = s->wait;
   free(s);
-  mq_lua_wait_done(w, 0);
+  mq_lua_wait_finish(w, NULL, NULL);
 }
 
 static void sleep_cancelled(void *arg) {
   struct sleeper *s = arg;
   struct mq_lua_wait *w = s->wait;
-  ev_timer_stop(s->rt->loop, &s->timer);
+  ev_timer_stop(s->loop, &s->timer);
   free(s);
-  mq_lua_wait_done(w, 0);
+  mq_lua_wait_finish(w, NULL, NULL);
 }
 
 /* moonq.sleep(seconds): in a job it yields (other jobs run meanwhile); in a
  * script it runs the loop for that long. */
 static int l_sleep(lua_State *L) {
-  struct mq_runtime *rt = mq_lua_runtime(L);
   lua_Number seconds = luaL_checknumber(L, 1);
   luaL_argcheck(L, seconds >= 0 && seconds < 1e9, 1, "expected seconds >= 0");
-  if (!rt)
-    return luaL_error(L, "moonq is not open (call moonq.open() first)");
+  struct ev_loop *loop = mq_runtime_loop(open_runtime(L));
+  struct mq_lua_wait *w = mq_lua_wait_new(L, loop);
   struct sleeper *s = malloc(sizeof *s);
-  if (!s)
+  if (!s) {
+    mq_lua_wait_free(w);
     return luaL_error(L, "not enough memory");
-  s->rt = rt;
-  s->wait = mq_lua_wait_new(L, rt);
+  }
+  s->loop = loop;
+  s->wait = w;
   ev_timer_init(&s->timer, sleep_fired, (ev_tstamp)seconds, 0.);
   s->timer.data = s;
-  ev_timer_start(rt->loop, &s->timer);
-  mq_lua_wait_on_cancel(s->wait, sleep_cancelled, s);
-  return mq_lua_wait(L, s->wait);
+  ev_timer_start(loop, &s->timer);
+  mq_lua_wait_on_cancel(w, sleep_cancelled, s);
+  return mq_lua_wait(L, w);
 }
 
 static const luaL_Reg moonq_funcs[] = {

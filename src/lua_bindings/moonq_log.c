@@ -1,4 +1,4 @@
-/* log.c -- moonq.log: debug/info/warn/error(msg, fields) from Lua.
+/* moonq_log.c -- moonq.log: debug/info/warn/error(msg, fields) from Lua.
  *
  * Fields are written as key=value in key order; tables are written as JSON.
  */

@@ -1,4 +1,4 @@
-/* json.c -- the moonq.json Lua module over src/json.c.
+/* moonq_json.c -- the moonq.json Lua module over src/json.c.
  *
  *   json.encode(value) -> string        raises on a value JSON cannot hold
  *   json.decode(text)  -> value | nil, message

@@ -1,4 +1,4 @@
-/* queue.c -- moonq.queue: the job queue from Lua.
+/* moonq_queue.c -- moonq.queue: the job queue from Lua.
  *
  *   id = moonq.queue.send(name, data, opts)        -- or nil, err
  *   ids = moonq.queue.send_many(name, list, opts)  -- or nil, err
@@ -24,11 +24,17 @@
 #include "queue.h"
 #include "runtime.h"
 
-static struct mq_runtime *runtime(lua_State *L) {
-  struct mq_runtime *rt = mq_lua_runtime(L);
-  if (!rt || !rt->queue)
+static mq_runtime *runtime(lua_State *L) {
+  mq_runtime *rt = mq_lua_runtime(L);
+  if (!rt || !mq_runtime_queue(rt))
     luaL_error(L, "moonq is not open (call moonq.open() first)");
   return rt;
+}
+
+/* A wait on rt's loop for the calling thread (raises where it cannot
+ * wait). */
+static struct mq_lua_wait *new_wait(lua_State *L, mq_runtime *rt) {
+  return mq_lua_wait_new(L, mq_runtime_loop(rt));
 }
 
 static int fail_with(lua_State *L, const char *msg) {
@@ -55,33 +61,43 @@ static const char *json_arg(lua_State *L, int idx, const char *root,
   return s;
 }
 
-/* Completion that pushes a decoded JSON result, or nil, err. */
-static void json_done(int status, const char *error, const char *json,
-                      void *data) {
-  struct mq_lua_wait *w = data;
-  lua_State *L = mq_lua_wait_state(w);
-  if (!L) {
-    mq_lua_wait_done(w, 0);
-    return;
-  }
+/* What a queue callback delivered, for the push functions below. */
+struct reply {
+  int status;
+  const char *error;
+  const char *json;
+  long long id;
+  const struct mq_job *jobs;
+  int njobs;
+};
+
+/* [reply] -> [decoded JSON result] or [nil err] */
+static int push_json(lua_State *L) {
+  const struct reply *r = lua_touserdata(L, 1);
   char err[256];
-  if (status < 0 || status == MQ_QUEUE_ENOTACTIVE) {
+  if (r->status < 0 || r->status == MQ_QUEUE_ENOTACTIVE) {
     lua_pushnil(L);
-    lua_pushstring(L, error ? error : "failed");
-  } else if (mq_json_decode(L, json, strlen(json), err, sizeof err) != 0) {
+    lua_pushstring(L, r->error ? r->error : "failed");
+    return 2;
+  }
+  if (mq_json_decode(L, r->json, strlen(r->json), err, sizeof err) != 0) {
     lua_pushnil(L);
     lua_pushstring(L, err);
-  } else {
-    mq_lua_wait_done(w, 1);
-    return;
+    return 2;
   }
-  mq_lua_wait_done(w, 2);
+  return 1;
+}
+
+static void json_done(int status, const char *error, const char *json,
+                      void *data) {
+  struct reply r = {.status = status, .error = error, .json = json};
+  mq_lua_wait_finish(data, push_json, &r);
 }
 
 /* Waits for w when the operation was started (rc == 0). */
 static int wait_json(lua_State *L, int rc, struct mq_lua_wait *w) {
   if (rc != 0) {
-    free(w);
+    mq_lua_wait_free(w);
     return fail_with(L, "the connection pool is closed");
   }
   return mq_lua_wait(L, w);
@@ -89,24 +105,26 @@ static int wait_json(lua_State *L, int rc, struct mq_lua_wait *w) {
 
 /* ---- send ------------------------------------------------------------- */
 
-static void id_done(int status, const char *error, long long id, void *data) {
-  struct mq_lua_wait *w = data;
-  lua_State *L = mq_lua_wait_state(w);
-  if (!L) {
-    mq_lua_wait_done(w, 0);
-  } else if (status == MQ_QUEUE_OK) {
-    lua_pushinteger(L, id);
-    mq_lua_wait_done(w, 1);
-  } else {
-    lua_pushnil(L);
-    lua_pushstring(L, error);
-    mq_lua_wait_done(w, 2);
+/* [reply] -> [id] or [nil err] */
+static int push_id(lua_State *L) {
+  const struct reply *r = lua_touserdata(L, 1);
+  if (r->status == MQ_QUEUE_OK) {
+    lua_pushinteger(L, r->id);
+    return 1;
   }
+  lua_pushnil(L);
+  lua_pushstring(L, r->error);
+  return 2;
+}
+
+static void id_done(int status, const char *error, long long id, void *data) {
+  struct reply r = {.status = status, .error = error, .id = id};
+  mq_lua_wait_finish(data, push_id, &r);
 }
 
 /* send(name, data, opts) -> id | nil, err */
 static int l_send(lua_State *L) {
-  struct mq_runtime *rt = runtime(L);
+  mq_runtime *rt = runtime(L);
   const char *name = luaL_checkstring(L, 1);
   luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_istable(L, 3), 3,
                 "options must be a table");
@@ -117,11 +135,11 @@ static int l_send(lua_State *L) {
   const char *opts = json_arg(L, 3, "options", "{}"); /* [.. data opts] */
   if (!opts)
     return fail_with(L, lua_tostring(L, -1));
-  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
+  struct mq_lua_wait *w = new_wait(L, rt);
   char err[512];
-  if (mq_queue_send(rt->queue, name, data, opts, id_done, w, err,
+  if (mq_queue_send(mq_runtime_queue(rt), name, data, opts, id_done, w, err,
                     sizeof err) != 0) {
-    free(w);
+    mq_lua_wait_free(w);
     return fail_with(L, err);
   }
   return mq_lua_wait(L, w);
@@ -129,7 +147,7 @@ static int l_send(lua_State *L) {
 
 /* send_many(name, list, opts) -> {ids} | nil, err */
 static int l_send_many(lua_State *L) {
-  struct mq_runtime *rt = runtime(L);
+  mq_runtime *rt = runtime(L);
   const char *name = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_istable(L, 3), 3,
@@ -149,10 +167,10 @@ static int l_send_many(lua_State *L) {
     size_t len;
     char *json = mq_json_encode(L, -1, root, &len, err, sizeof err);
     lua_pop(L, 1);
-    if (json && len > (size_t)rt->cfg->max_payload)
+    if (json && len > (size_t)mq_runtime_config(rt)->max_payload)
       snprintf(err, sizeof err, "%s is %zu bytes, more than max_payload (%d)",
-               root, len, rt->cfg->max_payload);
-    if (!json || len > (size_t)rt->cfg->max_payload) {
+               root, len, mq_runtime_config(rt)->max_payload);
+    if (!json || len > (size_t)mq_runtime_config(rt)->max_payload) {
       free(json);
       return fail_with(L, err);
     }
@@ -163,11 +181,11 @@ static int l_send_many(lua_State *L) {
   }
   luaL_addchar(&b, ']');
   luaL_pushresult(&b); /* [.. opts list] */
-  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
+  struct mq_lua_wait *w = new_wait(L, rt);
   char err[512];
-  if (mq_queue_send_many(rt->queue, name, lua_tostring(L, -1), opts, json_done,
+  if (mq_queue_send_many(mq_runtime_queue(rt), name, lua_tostring(L, -1), opts, json_done,
                          w, err, sizeof err) != 0) {
-    free(w);
+    mq_lua_wait_free(w);
     return fail_with(L, err);
   }
   return mq_lua_wait(L, w);
@@ -175,41 +193,19 @@ static int l_send_many(lua_State *L) {
 
 /* ---- fetch, complete, fail ------------------------------------------- */
 
-void mq_lua_push_job(lua_State *L, const struct mq_job *j) {
-  lua_createtable(L, 0, 9);
-  lua_pushinteger(L, j->id);
-  lua_setfield(L, -2, "id");
-  lua_pushstring(L, j->name);
-  lua_setfield(L, -2, "name");
-  lua_pushstring(L, j->queue);
-  lua_setfield(L, -2, "queue");
-  char err[256];
-  if (mq_json_decode(L, j->data, strlen(j->data), err, sizeof err) != 0)
-    lua_pushstring(L, j->data);
-  lua_setfield(L, -2, "data");
-  lua_pushinteger(L, j->attempt);
-  lua_setfield(L, -2, "attempt");
-  lua_pushinteger(L, j->priority);
-  lua_setfield(L, -2, "priority");
-  lua_pushinteger(L, j->retry_limit);
-  lua_setfield(L, -2, "retry_limit");
-  lua_pushnumber(L, j->expire_in);
-  lua_setfield(L, -2, "expire_in");
-  if (j->run_id) {
-    lua_pushstring(L, j->run_id);
-    lua_setfield(L, -2, "run_id");
-  }
-}
-
-/* [jobs-lightuserdata n] -> [array]; protected from memory errors. */
+/* [reply] -> [array of jobs] or [nil err] */
 static int push_jobs(lua_State *L) {
-  const struct mq_job *jobs = lua_touserdata(L, 1);
-  int n = (int)lua_tointeger(L, 2);
-  lua_createtable(L, n, 0);
+  const struct reply *r = lua_touserdata(L, 1);
+  if (r->status != MQ_QUEUE_OK) {
+    lua_pushnil(L);
+    lua_pushstring(L, r->error);
+    return 2;
+  }
+  lua_createtable(L, r->njobs, 0);
   mq_json_push_array_mt(L);
   lua_setmetatable(L, -2);
-  for (int i = 0; i < n; i++) {
-    mq_lua_push_job(L, &jobs[i]);
+  for (int i = 0; i < r->njobs; i++) {
+    mq_lua_push_job(L, &r->jobs[i]);
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
@@ -217,38 +213,18 @@ static int push_jobs(lua_State *L) {
 
 static void fetch_done(int status, const char *error, const struct mq_job *jobs,
                        int n, void *data) {
-  struct mq_lua_wait *w = data;
-  lua_State *L = mq_lua_wait_state(w);
-  if (!L) {
-    mq_lua_wait_done(w, 0);
-    return;
-  }
-  if (status != MQ_QUEUE_OK) {
-    lua_pushnil(L);
-    lua_pushstring(L, error);
-    mq_lua_wait_done(w, 2);
-    return;
-  }
-  lua_pushcfunction(L, push_jobs);
-  lua_pushlightuserdata(L, (void *)jobs);
-  lua_pushinteger(L, n);
-  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
-    lua_pushnil(L);
-    lua_insert(L, -2);
-    mq_lua_wait_done(w, 2);
-    return;
-  }
-  mq_lua_wait_done(w, 1);
+  struct reply r = {.status = status, .error = error, .jobs = jobs, .njobs = n};
+  mq_lua_wait_finish(data, push_jobs, &r);
 }
 
 /* fetch(queue, n) -> {jobs} | nil, err */
 static int l_fetch(lua_State *L) {
-  struct mq_runtime *rt = runtime(L);
+  mq_runtime *rt = runtime(L);
   const char *queue = luaL_checkstring(L, 1);
   lua_Integer n = luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 1 && n <= 100000, 2, "expected 1 to 100000 jobs");
-  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
-  return wait_json(L, mq_queue_fetch(rt->queue, queue, (int)n, fetch_done, w),
+  struct mq_lua_wait *w = new_wait(L, rt);
+  return wait_json(L, mq_queue_fetch(mq_runtime_queue(rt), queue, (int)n, fetch_done, w),
                    w);
 }
 
@@ -263,14 +239,14 @@ static int complete_k(lua_State *L, int status, lua_KContext top) {
 
 /* complete(id, output) -> true | nil, err */
 static int l_complete(lua_State *L) {
-  struct mq_runtime *rt = runtime(L);
+  mq_runtime *rt = runtime(L);
   lua_Integer id = luaL_checkinteger(L, 1);
   lua_settop(L, 2);
   const char *out = json_arg(L, 2, "output", "null");
   if (!out)
     return fail_with(L, lua_tostring(L, -1));
-  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
-  if (mq_queue_complete(rt->queue, id, out, json_done, w) != 0)
+  struct mq_lua_wait *w = new_wait(L, rt);
+  if (mq_queue_complete(mq_runtime_queue(rt), id, out, json_done, w) != 0)
     return wait_json(L, -1, w);
   return mq_lua_wait_k(L, w, complete_k);
 }
@@ -278,7 +254,7 @@ static int l_complete(lua_State *L) {
 /* fail(id, err) -> {state=, start_after=} | nil, err. err is a message
  * or a table (stored as given; a string becomes {message = err}). */
 static int l_fail(lua_State *L) {
-  struct mq_runtime *rt = runtime(L);
+  mq_runtime *rt = runtime(L);
   lua_Integer id = luaL_checkinteger(L, 1);
   lua_settop(L, 2);
   if (lua_type(L, 2) == LUA_TSTRING || lua_isnil(L, 2)) {
@@ -290,16 +266,16 @@ static int l_fail(lua_State *L) {
   const char *error = json_arg(L, 2, "error", "null");
   if (!error)
     return fail_with(L, lua_tostring(L, -1));
-  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
-  return wait_json(L, mq_queue_fail(rt->queue, id, error, json_done, w), w);
+  struct mq_lua_wait *w = new_wait(L, rt);
+  return wait_json(L, mq_queue_fail(mq_runtime_queue(rt), id, error, json_done, w), w);
 }
 
 /* ---- inspection and control ------------------------------------------ */
 
 static int call_op(lua_State *L, enum mq_queue_op op, const char *const a[5]) {
-  struct mq_runtime *rt = runtime(L);
-  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
-  return wait_json(L, mq_queue_call(rt->queue, op, a, json_done, w), w);
+  mq_runtime *rt = runtime(L);
+  struct mq_lua_wait *w = new_wait(L, rt);
+  return wait_json(L, mq_queue_call(mq_runtime_queue(rt), op, a, json_done, w), w);
 }
 
 static const char *id_arg(lua_State *L, int idx) {
@@ -325,9 +301,9 @@ static int l_get(lua_State *L) {
   lua_settop(L, 1);
   lua_pushfstring(L, "job %I not found", id); /* [id msg] */
   const char *a[5] = {lua_pushfstring(L, "%I", id)};
-  struct mq_runtime *rt = runtime(L);
-  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
-  if (mq_queue_call(rt->queue, MQ_QUEUE_GET, a, json_done, w) != 0)
+  mq_runtime *rt = runtime(L);
+  struct mq_lua_wait *w = new_wait(L, rt);
+  if (mq_queue_call(mq_runtime_queue(rt), MQ_QUEUE_GET, a, json_done, w) != 0)
     return wait_json(L, -1, w);
   return mq_lua_wait_k(L, w, null_k);
 }
@@ -385,16 +361,16 @@ static int l_maintain(lua_State *L) {
   lua_settop(L, 0);
   lua_pushnil(L);
   lua_pushliteral(L, "another process is running maintenance"); /* [nil msg] */
-  struct mq_runtime *rt = runtime(L);
-  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
-  if (mq_queue_call(rt->queue, MQ_QUEUE_MAINTAIN, NULL, json_done, w) != 0)
+  mq_runtime *rt = runtime(L);
+  struct mq_lua_wait *w = new_wait(L, rt);
+  if (mq_queue_call(mq_runtime_queue(rt), MQ_QUEUE_MAINTAIN, NULL, json_done, w) != 0)
     return wait_json(L, -1, w);
   return mq_lua_wait_k(L, w, null_k);
 }
 
 /* process_id() -> the id this process registered with */
 static int l_process_id(lua_State *L) {
-  lua_pushstring(L, mq_queue_process_id(runtime(L)->queue));
+  lua_pushstring(L, mq_queue_process_id(mq_runtime_queue(runtime(L))));
   return 1;
 }
 

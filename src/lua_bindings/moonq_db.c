@@ -1,4 +1,4 @@
-/* db.c -- moonq.db: parameterised SQL from Lua on the runtime's pool.
+/* moonq_db.c -- moonq.db: parameterised SQL from Lua on the runtime's pool.
  *
  *   rows, count = moonq.db.query(sql, p1, p2, ...)   -- or nil, err
  *
@@ -68,10 +68,18 @@ static void push_value(lua_State *L, const PGresult *res, int row, int col) {
   }
 }
 
-/* [res] -> [rows]: runs protected, so a memory error cannot unwind through
- * the loop that delivered the result. */
-static int push_rows(lua_State *L) {
-  const PGresult *res = lua_touserdata(L, 1);
+/* [reply] -> [rows count] or [nil err]; runs protected (lua_host). */
+static int push_reply(lua_State *L) {
+  const struct mq_pg_reply *reply = lua_touserdata(L, 1);
+  if (reply->status != MQ_PG_OK) {
+    lua_pushnil(L);
+    if (reply->sqlstate[0])
+      lua_pushfstring(L, "%s (SQLSTATE %s)", reply->error, reply->sqlstate);
+    else
+      lua_pushstring(L, reply->error);
+    return 2;
+  }
+  const PGresult *res = reply->result;
   int nrows = PQntuples(res), ncols = PQnfields(res);
   lua_createtable(L, nrows, 0);
   mq_json_push_array_mt(L);
@@ -84,37 +92,13 @@ static int push_rows(lua_State *L) {
     }
     lua_rawseti(L, -2, r + 1);
   }
-  return 1;
+  const char *tuples = PQcmdTuples(reply->result);
+  lua_pushinteger(L, *tuples ? strtoll(tuples, NULL, 10) : (long long)nrows);
+  return 2;
 }
 
 static void query_done(const struct mq_pg_reply *reply, void *data) {
-  struct mq_lua_wait *w = data;
-  lua_State *L = mq_lua_wait_state(w);
-  if (!L) {
-    mq_lua_wait_done(w, 0);
-    return;
-  }
-  if (reply->status != MQ_PG_OK) {
-    lua_pushnil(L);
-    if (reply->sqlstate[0])
-      lua_pushfstring(L, "%s (SQLSTATE %s)", reply->error, reply->sqlstate);
-    else
-      lua_pushstring(L, reply->error);
-    mq_lua_wait_done(w, 2);
-    return;
-  }
-  lua_pushcfunction(L, push_rows);
-  lua_pushlightuserdata(L, reply->result);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    lua_pushnil(L);
-    lua_insert(L, -2);
-    mq_lua_wait_done(w, 2);
-    return;
-  }
-  const char *tuples = PQcmdTuples(reply->result);
-  lua_pushinteger(L, *tuples ? strtoll(tuples, NULL, 10)
-                             : (long long)PQntuples(reply->result));
-  mq_lua_wait_done(w, 2);
+  mq_lua_wait_finish(data, push_reply, (void *)reply);
 }
 
 /* Converts argument i to a text parameter: *out points at a string on the
@@ -164,8 +148,8 @@ static void param_text(lua_State *L, int i, const char **out) {
 
 /* moonq.db.query(sql, ...) -> rows, count | nil, err */
 static int l_query(lua_State *L) {
-  struct mq_runtime *rt = mq_lua_runtime(L);
-  if (!rt || !rt->pg)
+  mq_runtime *rt = mq_lua_runtime(L);
+  if (!rt || !mq_runtime_pg(rt))
     return luaL_error(L, "moonq is not open (call moonq.open() first)");
   const char *sql = luaL_checkstring(L, 1);
   int nparams = lua_gettop(L) - 1;
@@ -173,10 +157,10 @@ static int l_query(lua_State *L) {
   const char **params = lua_newuserdatauv(L, sizeof(char *) * (size_t)(nparams + 1), 0);
   for (int i = 0; i < nparams; i++)
     param_text(L, i + 2, &params[i]);
-  struct mq_lua_wait *w = mq_lua_wait_new(L, rt);
-  int rc = mq_pg_query(rt->pg, sql, nparams, params, 0, query_done, w);
+  struct mq_lua_wait *w = mq_lua_wait_new(L, mq_runtime_loop(rt));
+  int rc = mq_pg_query(mq_runtime_pg(rt), sql, nparams, params, 0, query_done, w);
   if (rc != 0) {
-    free(w);
+    mq_lua_wait_free(w);
     lua_pushnil(L);
     lua_pushstring(L, rc == MQ_PG_ECLOSED ? "connection pool closed" : "cannot queue query");
     return 2;

@@ -1,0 +1,333 @@
+/* handlers.c -- handler files loaded into structs; see handlers.h.
+ *
+ * One entry per file seen: its stat (mtime, size) for change detection and
+ * the handler it last loaded, if any. Handler functions are anchored by
+ * registry references; a running job holds its function in its coroutine,
+ * so replacing or removing the reference never affects it.
+ */
+#include "handlers.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <ev.h>
+#include <lauxlib.h>
+
+#include "log.h"
+#include "lua_host.h"
+
+struct entry {
+  char *path;
+  time_t mtime;
+  long mtime_ns;
+  off_t size;
+  bool seen;
+  bool loaded;            /* h holds a handler */
+  struct mq_handler h;    /* name, file and queue point into owned strings */
+  char *name, *queue;
+};
+
+struct mq_handlers {
+  lua_State *L;
+  char *dir;
+  struct entry *entries;
+  size_t n, cap;
+};
+
+/* "billing/charge.lua" -> "billing.charge" (caller frees). */
+static char *job_name(const char *rel) {
+  size_t n = strlen(rel) - 4;
+  char *name = malloc(n + 1);
+  if (!name)
+    return NULL;
+  for (size_t i = 0; i < n; i++)
+    name[i] = rel[i] == '/' ? '.' : rel[i];
+  name[n] = '\0';
+  return name;
+}
+
+static void unload(mq_handlers *h, struct entry *e) {
+  if (!e->loaded)
+    return;
+  luaL_unref(h->L, LUA_REGISTRYINDEX, e->h.fn_ref);
+  free(e->queue);
+  e->queue = NULL;
+  e->loaded = false;
+}
+
+struct load {
+  const char *path, *name;
+  int fn_ref;
+};
+
+/* [] -> [spec]: loads the file in its environment and normalises what it
+ * returned (lua/moonq/handler.lua); anchors the handler function. */
+static int load_cb(lua_State *L) {
+  struct load *ld = lua_touserdata(L, 1);
+  if (luaL_loadfilex(L, ld->path, "t") != LUA_OK) /* [ld chunk] */
+    return lua_error(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moonq.handler");
+  lua_call(L, 1, 1); /* [ld chunk mod] */
+  lua_getfield(L, -1, "env");
+  lua_pushstring(L, ld->path);
+  lua_call(L, 1, 1); /* [ld chunk mod env] */
+  if (!lua_setupvalue(L, 2, 1)) /* the chunk's _ENV */
+    lua_pop(L, 1);
+  lua_pushvalue(L, 2);
+  lua_call(L, 0, 1); /* [ld chunk mod value] */
+  lua_getfield(L, 3, "normalise");
+  lua_pushstring(L, ld->name);
+  lua_pushvalue(L, 4);
+  lua_pushstring(L, ld->path);
+  lua_call(L, 3, 1); /* [ld chunk mod value spec] */
+  lua_getfield(L, -1, "handler");
+  ld->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 1;
+}
+
+/* Reads the retry table at the top of L into s (only the keys given). */
+static void read_retry(lua_State *L, struct mq_queue_settings *s) {
+  memset(s, 0, sizeof *s);
+  if (lua_getfield(L, -1, "limit") == LUA_TNUMBER) {
+    s->has_retry_limit = true;
+    s->retry_limit = (int)lua_tointeger(L, -1);
+  }
+  if (lua_getfield(L, -2, "delay") == LUA_TNUMBER) {
+    s->has_retry_delay = true;
+    s->retry_delay = lua_tonumber(L, -1);
+  }
+  if (lua_getfield(L, -3, "backoff") == LUA_TBOOLEAN) {
+    s->has_retry_backoff = true;
+    s->retry_backoff = lua_toboolean(L, -1);
+  }
+  if (lua_getfield(L, -4, "delay_max") == LUA_TNUMBER) {
+    s->has_retry_delay_max = true;
+    s->retry_delay_max = lua_tonumber(L, -1);
+  }
+  lua_pop(L, 4);
+}
+
+/* Loads e's file; on success e holds the new handler, otherwise the error
+ * is logged and e keeps what it had. */
+static bool load(mq_handlers *h, struct entry *e) {
+  lua_State *L = h->L;
+  struct load ld = {.path = e->path, .name = e->name, .fn_ref = LUA_NOREF};
+  if (mq_lua_protect(L, load_cb, &ld, 1) != LUA_OK) {
+    mq_log_error("handlers", "cannot load handler file=%s error=\"%s\"",
+                 e->path, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return false;
+  }
+  /* [spec]: a plain table made by normalise; reading it cannot raise. */
+  struct mq_handler n = {.name = e->name, .file = e->path, .fn_ref = ld.fn_ref};
+  lua_getfield(L, -1, "queue");
+  char *queue = strdup(lua_tostring(L, -1));
+  lua_getfield(L, -2, "concurrency");
+  n.concurrency = (int)lua_tointeger(L, -1);
+  lua_getfield(L, -3, "timeout");
+  n.timeout = lua_tonumber(L, -1);
+  if (lua_getfield(L, -4, "retry") == LUA_TTABLE) {
+    n.has_retry = true;
+    read_retry(L, &n.retry);
+  }
+  lua_pop(L, 5);
+  if (!queue) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ld.fn_ref);
+    mq_log_error("handlers", "out of memory loading file=%s", e->path);
+    return false;
+  }
+  unload(h, e);
+  e->queue = queue;
+  n.queue = queue;
+  e->h = n;
+  e->loaded = true;
+  return true;
+}
+
+static struct entry *find_entry(mq_handlers *h, const char *path) {
+  for (size_t i = 0; i < h->n; i++)
+    if (strcmp(h->entries[i].path, path) == 0)
+      return &h->entries[i];
+  return NULL;
+}
+
+static struct entry *add_entry(mq_handlers *h, const char *path,
+                               const char *rel) {
+  if (h->n == h->cap) {
+    size_t cap = h->cap ? h->cap * 2 : 16;
+    struct entry *e = realloc(h->entries, sizeof *e * cap);
+    if (!e)
+      return NULL;
+    h->entries = e;
+    h->cap = cap;
+  }
+  struct entry *e = &h->entries[h->n];
+  memset(e, 0, sizeof *e);
+  e->path = strdup(path);
+  e->name = job_name(rel);
+  if (!e->path || !e->name) {
+    free(e->path);
+    free(e->name);
+    return NULL;
+  }
+  h->n++;
+  return e;
+}
+
+/* True when the file at `st` is new or changed and quiet for 100 ms. */
+static bool changed(const struct entry *e, const struct stat *st,
+                    ev_tstamp now) {
+  if (e->mtime == st->st_mtim.tv_sec && e->mtime_ns == st->st_mtim.tv_nsec &&
+      e->size == st->st_size)
+    return false;
+  double age = now - ((double)st->st_mtim.tv_sec + st->st_mtim.tv_nsec / 1e9);
+  return age >= 0.1;
+}
+
+/* Walks dir (rel: its path below the handlers directory), loading new and
+ * changed files. Returns the number of handlers loaded. */
+static int scan_dir(mq_handlers *h, const char *dir, const char *rel,
+                    ev_tstamp now) {
+  DIR *d = opendir(dir);
+  if (!d)
+    return 0;
+  int n = 0;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    if (de->d_name[0] == '.')
+      continue;
+    char path[4096], sub[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+    snprintf(sub, sizeof sub, "%s%s%s", rel, *rel ? "/" : "", de->d_name);
+    struct stat st;
+    if (stat(path, &st) != 0)
+      continue;
+    if (S_ISDIR(st.st_mode)) {
+      n += scan_dir(h, path, sub, now);
+      continue;
+    }
+    size_t len = strlen(de->d_name);
+    if (!S_ISREG(st.st_mode) || len < 5 || strcmp(de->d_name + len - 4, ".lua"))
+      continue;
+    struct entry *e = find_entry(h, path);
+    if (e) {
+      e->seen = true;
+      if (!changed(e, &st, now))
+        continue;
+    } else if (!(e = add_entry(h, path, sub))) {
+      continue;
+    }
+    e->seen = true;
+    e->mtime = st.st_mtim.tv_sec;
+    e->mtime_ns = st.st_mtim.tv_nsec;
+    e->size = st.st_size;
+    if (load(h, e)) {
+      mq_log_info("handlers", "loaded handler job=%s file=%s", e->name, path);
+      n++;
+    }
+  }
+  closedir(d);
+  return n;
+}
+
+int mq_handlers_scan(mq_handlers *h, bool force) {
+  for (size_t i = 0; i < h->n; i++) {
+    h->entries[i].seen = false;
+    if (force)
+      h->entries[i].size = -1;
+  }
+  int n = scan_dir(h, h->dir, "", ev_time());
+  for (size_t i = 0; i < h->n;) {
+    struct entry *e = &h->entries[i];
+    if (e->seen) {
+      i++;
+      continue;
+    }
+    mq_log_info("handlers", "handler removed job=%s file=%s", e->name,
+                e->path);
+    if (e->loaded)
+      n++;
+    unload(h, e);
+    free(e->path);
+    free(e->name);
+    *e = h->entries[--h->n];
+  }
+  return n;
+}
+
+mq_handlers *mq_handlers_new(lua_State *L, const char *dir, char *err,
+                             size_t errlen) {
+  struct stat st;
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    snprintf(err, errlen, "handlers directory %s: %s", dir,
+             errno ? strerror(errno) : "not a directory");
+    return NULL;
+  }
+  mq_handlers *h = calloc(1, sizeof *h);
+  if (!h || !(h->dir = strdup(dir))) {
+    free(h);
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  h->L = L;
+  mq_handlers_scan(h, false);
+  return h;
+}
+
+const struct mq_handler *mq_handlers_find(const mq_handlers *h,
+                                          const char *name) {
+  for (size_t i = 0; i < h->n; i++)
+    if (h->entries[i].loaded && strcmp(h->entries[i].name, name) == 0)
+      return &h->entries[i].h;
+  return NULL;
+}
+
+size_t mq_handlers_count(const mq_handlers *h) {
+  size_t n = 0;
+  for (size_t i = 0; i < h->n; i++)
+    n += h->entries[i].loaded;
+  return n;
+}
+
+const struct mq_handler *mq_handlers_at(const mq_handlers *h, size_t i) {
+  for (size_t k = 0; k < h->n; k++)
+    if (h->entries[k].loaded && i-- == 0)
+      return &h->entries[k].h;
+  return NULL;
+}
+
+void mq_handlers_missing(const mq_handlers *h, const char *name, char *out,
+                         size_t len) {
+  int w = snprintf(out, len, "no handler for job \"%s\" (known: ", name);
+  size_t used = w < 0 ? 0 : (size_t)w, n = 0;
+  for (size_t i = 0; i < h->n && used < len; i++) {
+    if (!h->entries[i].loaded)
+      continue;
+    w = snprintf(out + used, len - used, "%s%s", n++ ? ", " : "",
+                 h->entries[i].name);
+    used += w < 0 ? 0 : (size_t)w;
+  }
+  if (used < len)
+    snprintf(out + used, len - used, "%s", n ? ")" : "none)");
+}
+
+const char *mq_handlers_dir(const mq_handlers *h) { return h->dir; }
+
+void mq_handlers_free(mq_handlers *h) {
+  if (!h)
+    return;
+  for (size_t i = 0; i < h->n; i++) {
+    unload(h, &h->entries[i]);
+    free(h->entries[i].path);
+    free(h->entries[i].name);
+  }
+  free(h->entries);
+  free(h->dir);
+  free(h);
+}
