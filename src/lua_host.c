@@ -109,19 +109,10 @@ struct mq_lua_wait {
   bool cancelled;
 };
 
-void mq_lua_set_task(lua_State *co, struct mq_lua_task *task) {
-  *(struct mq_lua_task **)lua_getextraspace(co) = task;
-}
-
-struct mq_lua_task *mq_lua_get_task(lua_State *co) {
-  return *(struct mq_lua_task **)lua_getextraspace(co);
-}
-
 /* True when L runs inside a task: the task's own coroutine, or a coroutine
- * the handler made while the task runs. */
-static bool in_task(lua_State *L) {
-  return mq_lua_get_task(L) != NULL || current_task != NULL;
-}
+ * the handler made while the task runs. Code runs in a task only while the
+ * scheduler resumes it, so the current task tells. */
+static bool in_task(lua_State *L) { return current_task != NULL; }
 
 void mq_lua_check_blocking(lua_State *L, const char *what) {
   if (in_task(L))
@@ -151,12 +142,9 @@ void mq_lua_wait_free(struct mq_lua_wait *w) { free(w); }
 
 int mq_lua_wait_k(lua_State *L, struct mq_lua_wait *w, lua_KFunction k) {
   int top = lua_gettop(L);
-  struct mq_lua_task *task = mq_lua_get_task(L);
-  bool nested = false;
-  if (!task && current_task) {
-    task = current_task; /* a handler's own coroutine inside a job */
-    nested = true;
-  }
+  struct mq_lua_task *task = current_task;
+  /* nested: a coroutine the handler made, inside the task */
+  bool nested = task && task->co != L;
   if (task && !w->done) {
     assert(lua_isyieldable(L)); /* checked by mq_lua_wait_new */
     w->task = task;

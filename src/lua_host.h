@@ -68,10 +68,6 @@ void mq_lua_set_current(struct mq_lua_task *task);
 struct mq_lua_task *mq_lua_current(void);
 extern const char mq_lua_host_yield;
 
-/* Marks co as a runtime-managed task (NULL: a plain thread). */
-void mq_lua_set_task(lua_State *co, struct mq_lua_task *task);
-struct mq_lua_task *mq_lua_get_task(lua_State *co);
-
 /* Raises unless L may run the event loop itself: inside a task the loop
  * is already running (a handler calling moonq.run_until, moonq.stop...).
  * `what` names the call in the message. */

@@ -189,7 +189,6 @@ mq_task *mq_task_start(mq_tasks *ts, lua_CFunction push, void *arg,
   t->deadline = ev_now(ts->loop) + timeout;
   t->cb = cb;
   t->data = data;
-  mq_lua_set_task(s.co, &t->lt);
   lua_sethook(s.co, deadline_hook, LUA_MASKCOUNT, HOOK_COUNT);
   ev_timer_init(&t->timer, timeout_cb, timeout, 0.);
   t->timer.data = t;
