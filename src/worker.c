@@ -360,7 +360,10 @@ static void sync_consumers(mq_worker *w) {
 }
 
 /* Stores handlers' retry options as their queue's defaults, so jobs sent
- * from anywhere (SQL included) get them. */
+ * from anywhere (SQL included) get them. Only the retry settings: the
+ * queue's expire_in, retention and dead_letter stay config.lua's. An option
+ * the handler leaves out is config.lua's again (no delay_max: unset), so a
+ * reloaded handler that drops one does not keep its old value. */
 static void sync_retry(mq_worker *w) {
   lua_State *L = w->L;
   lua_getfield(L, LUA_REGISTRYINDEX, HANDLERS_KEY);
@@ -374,19 +377,20 @@ static void sync_retry(mq_worker *w) {
       lua_getfield(L, -3, "delay");
       lua_getfield(L, -4, "backoff");
       lua_getfield(L, -5, "delay_max"); /* [.. retry queue lim del bo max] */
-      char json[512], max[64] = "null";
-      if (!lua_isnil(L, -1))
-        snprintf(max, sizeof max, "%.17g", (double)lua_tonumber(L, -1));
-      snprintf(json, sizeof json,
-               "{\"retry_limit\":%d,\"retry_delay\":%.17g,\"retry_backoff\":%s,"
-               "\"retry_delay_max\":%s,\"expire_in\":%.17g,\"retention\":%.17g}",
-               lua_isnil(L, -4) ? o->retry_limit : (int)lua_tointeger(L, -4),
-               lua_isnil(L, -3) ? o->retry_delay : (double)lua_tonumber(L, -3),
-               (lua_isnil(L, -2) ? o->retry_backoff : lua_toboolean(L, -2))
-                   ? "true" : "false",
-               max, o->expire_in, o->retention);
-      const char *a[5] = {queue, json};
-      mq_queue_call(w->rt->queue, MQ_QUEUE_CONFIGURE, a, NULL, NULL);
+      struct mq_queue_settings s = {
+          .has_retry_limit = true,
+          .retry_limit =
+              lua_isnil(L, -4) ? o->retry_limit : (int)lua_tointeger(L, -4),
+          .has_retry_delay = true,
+          .retry_delay =
+              lua_isnil(L, -3) ? o->retry_delay : (double)lua_tonumber(L, -3),
+          .has_retry_backoff = true,
+          .retry_backoff =
+              lua_isnil(L, -2) ? o->retry_backoff : lua_toboolean(L, -2),
+          .has_retry_delay_max = true,
+          .retry_delay_max = lua_isnil(L, -1) ? -1 : (double)lua_tonumber(L, -1)};
+      /* A failure is logged by the queue. */
+      mq_queue_store_settings(w->rt->queue, queue, &s, NULL, NULL, NULL, 0);
       lua_pop(L, 5);
     }
     lua_pop(L, 2);
