@@ -577,14 +577,17 @@ static void batch_done(const struct mq_pg_reply *r, void *data) {
     } else if (b->stmt == ST_COMPLETE) {
       w->cb(MQ_QUEUE_OK, NULL, "{\"state\":\"completed\"}", w->data);
     } else {
-      char json[160];
-      const char *state = PQgetvalue(r->result, row, 1);
-      if (PQgetisnull(r->result, row, 2))
-        snprintf(json, sizeof json, "{\"state\":\"%s\"}", state);
+      mq_json_object *o = mq_json_object_new();
+      mq_json_object_string(o, "state", PQgetvalue(r->result, row, 1));
+      if (!PQgetisnull(r->result, row, 2))
+        mq_json_object_string(o, "start_after", PQgetvalue(r->result, row, 2));
+      char err[128];
+      char *json = mq_json_object_finish(o, err, sizeof err);
+      if (json)
+        w->cb(MQ_QUEUE_OK, NULL, json, w->data);
       else
-        snprintf(json, sizeof json, "{\"state\":\"%s\",\"start_after\":\"%s\"}",
-                 state, PQgetvalue(r->result, row, 2));
-      w->cb(MQ_QUEUE_OK, NULL, json, w->data);
+        w->cb(MQ_QUEUE_EDB, err, NULL, w->data);
+      free(json);
     }
   }
   batch_free(b);
