@@ -822,20 +822,20 @@ static void bench_explain(void) {
   sql_exec("SET auto_explain.log_buffers = on");
   sql_exec("SET auto_explain.log_nested_statements = on");
   sql_exec("SET client_min_messages = log");
-  const char *owner = "00000000-0000-4000-8000-000000000001";
+  const char *process = "00000000-0000-4000-8000-000000000001";
   /* Twice: the first call of a plpgsql function plans its statements. */
   for (int round = 0; round < 2; round++) {
     fprintf(notice_sink, "\n######## round %d: fetch_jobs(1000)\n", round + 1);
     sql_exec("BEGIN");
     sqlf("SELECT count(*) FROM \"%s\".fetch_jobs('bench_drain', 1000, '%s')",
-         opt.schema, owner);
+         opt.schema, process);
     fprintf(notice_sink, "\n######## round %d: complete_jobs(1000 ids)\n",
             round + 1);
     sqlf("SELECT count(*) FROM \"%s\".complete_jobs("
-         "ARRAY(SELECT id FROM \"%s\".job WHERE owner = '%s' ORDER BY id),"
-         " (SELECT jsonb_agg(NULL::jsonb) FROM \"%s\".job WHERE owner = '%s'),"
+         "ARRAY(SELECT id FROM \"%s\".job WHERE process_id = '%s' ORDER BY id),"
+         " (SELECT jsonb_agg(NULL::jsonb) FROM \"%s\".job WHERE process_id = '%s'),"
          " '%s')",
-         opt.schema, opt.schema, owner, opt.schema, owner, owner);
+         opt.schema, opt.schema, process, opt.schema, process, process);
     sql_exec(round == 0 ? "ROLLBACK" : "COMMIT");
   }
   sql_exec("SET client_min_messages = notice");

@@ -60,10 +60,10 @@ describe("queue across processes", function()
       assert.is_false(paused)
       assert.equal(3, n)
       assert.same(ids, got)
-      local rows = H.sql("SELECT owner::text AS owner FROM @.job WHERE id = ANY($1::bigint[]) AND state = 'active'",
+      local rows = H.sql("SELECT process_id::text AS process_id FROM @.job WHERE id = ANY($1::bigint[]) AND state = 'active'",
         "{" .. table.concat(ids, ",") .. "}")
       assert.equal(3, #rows)
-      for _, r in ipairs(rows) do assert.equal(process, r.owner) end
+      for _, r in ipairs(rows) do assert.equal(process, r.process_id) end
       assert.are_not.equal(Q.process_id(), process)
       -- the child has gone: leave nothing active for the recovery tests
       for _, id in ipairs(ids) do assert.is_true(Q.cancel(id)) end
@@ -127,7 +127,7 @@ describe("queue across processes", function()
       local pid, own_pid, process, ids = start_child("crash", 5, 0)
       assert.equal(pid, own_pid)
       assert.same(set_of(sent), set_of(ids))
-      assert.equal(5, H.row("SELECT count(*) AS n FROM @.job WHERE owner = $1::uuid AND state = 'active'", process).n)
+      assert.equal(5, H.row("SELECT count(*) AS n FROM @.job WHERE process_id = $1::uuid AND state = 'active'", process).n)
 
       assert.is_true(H.alive(pid))
       H.kill_group(pid)
@@ -154,10 +154,10 @@ describe("queue across processes", function()
         assert.equal(2, j.attempt)
         assert.equal("crash", j.name)
       end
-      local rows = H.sql("SELECT owner::text AS owner, retry_count, error FROM @.job WHERE queue = 'crash'")
+      local rows = H.sql("SELECT process_id::text AS process_id, attempt, error FROM @.job WHERE queue = 'crash'")
       for _, r in ipairs(rows) do
-        assert.equal(Q.process_id(), r.owner)
-        assert.equal(1, r.retry_count)
+        assert.equal(Q.process_id(), r.process_id)
+        assert.equal(2, r.attempt)
         assert.matches("stopped responding", r.error.message)
       end
     end)
@@ -175,7 +175,7 @@ describe("queue across processes", function()
         if r then assert.equal(0, r.recovered) end
         assert.same({}, assert(Q.fetch("alive", 10)))
       end
-      assert.equal(2, H.row("SELECT count(*) AS n FROM @.job WHERE owner = $1::uuid AND state = 'active'", process).n)
+      assert.equal(2, H.row("SELECT count(*) AS n FROM @.job WHERE process_id = $1::uuid AND state = 'active'", process).n)
       local done = H.wait_for(function() return H.read(out .. ".done") end, 15)
       if not done then H.kill_group(pid) end
       assert.is_string(done, "the live child did not complete its jobs")

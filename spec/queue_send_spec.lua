@@ -30,7 +30,7 @@ describe("queue send", function()
     assert.same({ a = 1, s = "x" }, r.data)
     assert.equal("created", r.state)
     assert.equal(0, r.priority)
-    assert.equal(0, r.retry_count)
+    assert.equal(0, r.attempt)
     -- config `queue` defaults
     assert.equal(4, r.retry_limit)
     assert.equal(30, r.retry_delay)

@@ -108,7 +108,7 @@ return {
     for _, r in ipairs(workers) do pids[r.pid] = r.n end
     assert.is_truthy(pids[victim], "the killed worker ran no job")
     assert.is_truthy(pids[kids[2]], "the second worker ran no job")
-    assert.is_true(W.row("SELECT count(DISTINCT owner) AS n FROM @.job_archive").n >= 2)
+    assert.is_true(W.row("SELECT count(DISTINCT process_id) AS n FROM @.job_archive").n >= 2)
 
     -- duplicates: only jobs that were in flight in the killed worker
     local dupes = W.sql([[
@@ -123,11 +123,11 @@ return {
     -- every job ran; the retried ones are exactly the killed worker's
     -- recovered jobs (fetched by it: some may not have reached the handler)
     assert.equal(N, W.row("SELECT count(DISTINCT job_id) AS n FROM @.runs").n)
-    local retried = W.sql("SELECT id, retry_count, error FROM @.job_archive WHERE retry_count > 0")
+    local retried = W.sql("SELECT id, attempt, error FROM @.job_archive WHERE attempt > 1")
     assert.is_true(#retried >= #dupes)
     assert.is_true(#retried <= 2 * CONCURRENCY, ("%d jobs were retried"):format(#retried))
     for _, r in ipairs(retried) do
-      assert.equal(1, r.retry_count)
+      assert.equal(2, r.attempt)
       assert.matches("stopped responding", r.error.message, 1, true)
     end
 

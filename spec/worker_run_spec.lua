@@ -41,16 +41,16 @@ describe("moonq run", function()
     for i = 1, 50 do list[i] = { i = i } end
     local ids = assert(Q.send_many("echo", list))
     assert.is_true(W.wait_all(ids, 10), "jobs not processed:\n" .. log_text())
-    local rows = W.sql("SELECT id, state::text AS state, output, owner::text AS owner FROM @.job_archive "
+    local rows = W.sql("SELECT id, state::text AS state, output, process_id::text AS process_id FROM @.job_archive "
       .. "WHERE id = ANY($1::bigint[]) ORDER BY id", "{" .. table.concat(ids, ",") .. "}")
     assert.equal(50, #rows)
     for i, r in ipairs(rows) do
       assert.equal("completed", r.state)
       assert.same({ echo = { i = i } }, r.output)
-      assert.are_not.equal(Q.process_id(), r.owner)
+      assert.are_not.equal(Q.process_id(), r.process_id)
     end
     -- the worker registered its own process row
-    assert.equal(1, W.row("SELECT count(DISTINCT owner) AS n FROM @.job_archive WHERE id = ANY($1::bigint[])",
+    assert.equal(1, W.row("SELECT count(DISTINCT process_id) AS n FROM @.job_archive WHERE id = ANY($1::bigint[])",
       "{" .. table.concat(ids, ",") .. "}").n)
   end)
 
@@ -92,13 +92,13 @@ describe("moonq run", function()
     -- nothing was completed, nothing is left active: all 8 wait again
     assert.same({ waiting = 8, paused = 0, delayed = 0, active = 0, completed = 0, failed = 0, cancelled = 0 },
       Q.counts("slow"))
-    local rows = W.sql("SELECT state::text AS state, owner, retry_count FROM @.job WHERE id = ANY($1::bigint[])",
+    local rows = W.sql("SELECT state::text AS state, process_id, attempt FROM @.job WHERE id = ANY($1::bigint[])",
       "{" .. table.concat(ids, ",") .. "}")
     assert.equal(8, #rows)
     for _, r in ipairs(rows) do
       assert.equal("created", r.state)
-      assert.equal(moonq.null, r.owner)
-      assert.equal(0, r.retry_count)
+      assert.equal(moonq.null, r.process_id)
+      assert.equal(0, r.attempt)
     end
     -- fetchable at once, and the interrupted attempt did not count
     local got = assert(Q.fetch("slow", 10))

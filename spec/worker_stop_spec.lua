@@ -56,7 +56,7 @@ return { concurrency = 1, handler = function(job, ctx) ctx.sleep(job.data.s) ret
     end, 2)
     assert.equal("waiting", job.state)
     assert.equal("created", job.stored_state)
-    assert.equal(0, job.retry_count)
+    assert.equal(0, job.attempt)
     assert.equal("waiting", Q.get(queued).state)
     -- stopped: running the loop starts nothing
     W.run_for(0.5)

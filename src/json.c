@@ -1,4 +1,5 @@
-/* json.c -- lossless JSON <-> Lua values; see json.h.
+/* json.c -- lossless JSON <-> Lua values, and JSON objects written from C;
+ * see json.h.
  *
  * Both directions run inside a lua_pcall of a private C function, so a Lua
  * memory error cannot longjmp past our malloc'd buffers: the public function
@@ -10,6 +11,10 @@
  * shared, stack-like array, so no allocation happens per value. The decoder
  * builds values directly on the Lua stack and needs memory only for strings
  * with escapes and for long float literals (one scratch buffer).
+ *
+ * An mq_json_object is that encoder without a Lua state: C code adds the
+ * members one by one through the same functions that write Lua's numbers
+ * and strings.
  */
 #include "json.h"
 
@@ -76,9 +81,26 @@ struct dec {
   size_t errlen;
 };
 
+/* A JSON object written from C. The encoder's root is the key of the member
+ * being written, so an error names it. */
+struct mq_json_object {
+  struct enc e;
+  int count;   /* members written */
+  bool failed; /* a write failed; the message is in err */
+  char err[200];
+};
+
 static int enc_value(struct enc *e, int idx, int depth);
 static int dec_value(struct dec *d);
 static size_t utf8_len(const unsigned char *s, size_t n);
+static int put(struct enc *e, const char *s, size_t n);
+static int putc1(struct enc *e, char c);
+static int enc_integer(struct enc *e, lua_Integer v);
+static int enc_float(struct enc *e, double v, int depth);
+static int enc_string(struct enc *e, const char *s, size_t n, int depth,
+                      bool key);
+static int member(mq_json_object *o, const char *key);
+static int written(mq_json_object *o, int rc);
 
 void mq_json_push_array_mt(lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &mq_json_array_mt_key) != LUA_TNIL)
@@ -191,6 +213,91 @@ int mq_json_decode(lua_State *L, const char *text, size_t len, char *err,
   }
   lua_settop(L, top);
   return -1;
+}
+
+mq_json_object *mq_json_object_new(void) {
+  mq_json_object *o = calloc(1, sizeof *o);
+  if (!o)
+    return NULL;
+  o->e.root = "object";
+  o->e.err = o->err;
+  o->e.errlen = sizeof o->err;
+  if (putc1(&o->e, '{') != 0) {
+    free(o);
+    return NULL;
+  }
+  return o;
+}
+
+int mq_json_object_int(mq_json_object *o, const char *key, long long v) {
+  if (member(o, key) != 0)
+    return -1;
+  return written(o, enc_integer(&o->e, (lua_Integer)v));
+}
+
+int mq_json_object_number(mq_json_object *o, const char *key, double v) {
+  if (member(o, key) != 0)
+    return -1;
+  return written(o, enc_float(&o->e, v, 0));
+}
+
+int mq_json_object_bool(mq_json_object *o, const char *key, bool v) {
+  if (member(o, key) != 0)
+    return -1;
+  return written(o, v ? put(&o->e, "true", 4) : put(&o->e, "false", 5));
+}
+
+int mq_json_object_string(mq_json_object *o, const char *key, const char *s) {
+  if (member(o, key) != 0)
+    return -1;
+  if (!s)
+    return written(o, put(&o->e, "null", 4));
+  return written(o, enc_string(&o->e, s, strlen(s), 0, false));
+}
+
+int mq_json_object_null(mq_json_object *o, const char *key) {
+  return mq_json_object_string(o, key, NULL);
+}
+
+char *mq_json_object_finish(mq_json_object *o, char *err, size_t errlen) {
+  char *text = NULL;
+  if (o && !o->failed) {
+    o->e.root = "object"; /* the last member's key may be gone by now */
+    if (putc1(&o->e, '}') == 0) {
+      text = o->e.out;
+      o->e.out = NULL;
+    }
+  }
+  if (!text && errlen)
+    snprintf(err, errlen, "%s", o ? o->err : "object: out of memory");
+  if (o) {
+    free(o->e.out);
+    free(o);
+  }
+  return text;
+}
+
+/* ---- objects written from C -------------------------------------------- */
+
+/* Writes the separator and the key of the next member. Returns -1 when the
+ * object has failed already or fails now. */
+static int member(mq_json_object *o, const char *key) {
+  if (!o || o->failed)
+    return -1;
+  o->e.root = key;
+  if ((o->count > 0 && putc1(&o->e, ',') != 0) ||
+      enc_string(&o->e, key, strlen(key), 0, true) != 0 ||
+      putc1(&o->e, ':') != 0)
+    return written(o, -1);
+  o->count++;
+  return 0;
+}
+
+/* Passes rc on, remembering a failure so later writes do nothing. */
+static int written(mq_json_object *o, int rc) {
+  if (rc != 0)
+    o->failed = true;
+  return rc;
 }
 
 /* ---- encoding ---------------------------------------------------------- */

@@ -1,4 +1,4 @@
-/* json.h -- lossless JSON <-> Lua values.
+/* json.h -- lossless JSON <-> Lua values, and JSON objects written from C.
  *
  * Job data, outputs and event payloads cross SQL (jsonb), C and Lua through
  * this unit, never through lua-cjson (Debian's 2.1.0 turns every number into
@@ -20,11 +20,16 @@
  *  - Other Lua types (functions, userdata, mixed or sparse tables, cycles,
  *    nesting deeper than 128) are errors naming the path ("data.items[3]").
  *
+ * C code that sends JSON of its own (settings, small results) writes it with
+ * an mq_json_object, under the same rules for numbers and strings, instead
+ * of formatting a document by hand.
+ *
  * Uses nothing else from moonq.
  */
 #ifndef MQ_JSON_H
 #define MQ_JSON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <lua.h>
@@ -45,5 +50,30 @@ char *mq_json_encode(lua_State *L, int idx, const char *root, size_t *len,
  * pushed and a message with the byte offset in err. */
 int mq_json_decode(lua_State *L, const char *text, size_t len, char *err,
                    size_t errlen);
+
+/* A JSON object being written from C, member by member, in the order of the
+ * calls. Keys are the caller's; each value is encoded as mq_json_encode
+ * would encode it in Lua. Errors (out of memory, a string that is not UTF-8,
+ * a number that is not finite) are sticky: later calls do nothing and
+ * mq_json_object_finish reports the first. Every function also accepts the
+ * NULL that mq_json_object_new returns when out of memory, so a caller
+ * checks once, at finish. */
+typedef struct mq_json_object mq_json_object;
+
+/* Starts an empty object; NULL when out of memory. The caller ends it with
+ * mq_json_object_finish, which frees it. */
+mq_json_object *mq_json_object_new(void);
+
+/* Each adds member `key` and returns 0, or -1 once a write has failed. */
+int mq_json_object_int(mq_json_object *o, const char *key, long long v);
+int mq_json_object_number(mq_json_object *o, const char *key, double v);
+int mq_json_object_bool(mq_json_object *o, const char *key, bool v);
+/* s NULL adds a null member. */
+int mq_json_object_string(mq_json_object *o, const char *key, const char *s);
+int mq_json_object_null(mq_json_object *o, const char *key);
+
+/* Closes the object and frees o. Returns the JSON text (the caller frees),
+ * or NULL with a message in err naming the member that failed. */
+char *mq_json_object_finish(mq_json_object *o, char *err, size_t errlen);
 
 #endif

@@ -54,6 +54,11 @@ static void one_line(char *s);
 
 int mq_migrate(const char *conninfo, const char *schema, char *err,
                size_t errlen) {
+  return mq_migrate_to(conninfo, schema, mq_migrate_latest(), err, errlen);
+}
+
+int mq_migrate_to(const char *conninfo, const char *schema, int version,
+                  char *err, size_t errlen) {
   struct run r = {.schema = schema, .err = err, .errlen = errlen};
   const struct mq_migration **order = NULL;
   PGresult *applied = NULL;
@@ -93,7 +98,7 @@ int mq_migrate(const char *conninfo, const char *schema, char *err,
   mq_log_field(fields, sizeof fields, "schema", schema);
   for (int i = 0; i < mq_migrations_count; i++) {
     const struct mq_migration *m = order[i];
-    if (is_applied(applied, m->version))
+    if (is_applied(applied, m->version) || m->version > version)
       continue;
     if (apply_one(&r, m) < 0)
       goto done;
@@ -104,7 +109,7 @@ int mq_migrate(const char *conninfo, const char *schema, char *err,
   }
   mq_log(count ? MQ_LOG_INFO : MQ_LOG_DEBUG, MODULE, "%s version=%d applied=%d%s",
               count ? "schema migrated" : "schema up to date",
-              latest, count, fields);
+              version < latest ? version : latest, count, fields);
   rc = count;
 
 done:

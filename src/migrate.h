@@ -31,6 +31,11 @@ extern const int mq_migrations_count;
 int mq_migrate(const char *conninfo, const char *schema, char *err,
                size_t errlen);
 
+/* mq_migrate, but applies only the migrations up to `version`: a database
+ * as an older moonq left it, for testing an upgrade. */
+int mq_migrate_to(const char *conninfo, const char *schema, int version,
+                  char *err, size_t errlen);
+
 /* The highest version compiled in. */
 int mq_migrate_latest(void);
 

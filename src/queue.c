@@ -1,7 +1,7 @@
 /* queue.c -- the job queue on PostgreSQL; see queue.h.
  *
- * Every operation is one prepared statement calling a function of
- * sql/002_queue.sql. Completions and failures are gathered per loop turn
+ * Every operation is one prepared statement calling a function of the sql/
+ * migrations. Completions and failures are gathered per loop turn
  * (struct batch) and flushed from an ev_prepare watcher as one statement
  * each, with the ids as a bigint[] and the outputs or errors as one JSON
  * array parallel to them.
@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "json.h"
 #include "log.h"
 
 enum stmt {
@@ -34,7 +35,7 @@ enum stmt {
   ST_MAINTAIN,
   ST_HEARTBEAT,
   ST_UNREGISTER,
-  ST_CONFIGURE,
+  ST_STORE_SETTINGS,
   ST_NEXT_DUE,
   ST_RELEASE,
   ST_WAKE,
@@ -70,7 +71,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_MAINTAIN] = "SELECT %s.maintain($1::float8)::text",
     [ST_HEARTBEAT] = "SELECT %s.heartbeat($1::uuid, $2, $3::int, $4)",
     [ST_UNREGISTER] = "DELETE FROM %s.process WHERE id = $1::uuid",
-    [ST_CONFIGURE] = "SELECT %s.configure_queue($1, $2::jsonb), 'true'",
+    [ST_STORE_SETTINGS] = "SELECT %s.store_queue_settings($1, $2::jsonb),"
+                          " 'true'",
     [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
     [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs($1::bigint[], $2::uuid))::text",
     [ST_WAKE] = "SELECT %s.wake($1)",
@@ -584,14 +586,17 @@ static void batch_done(const struct mq_pg_reply *r, void *data) {
     } else if (b->stmt == ST_COMPLETE) {
       w->cb(MQ_QUEUE_OK, NULL, "{\"state\":\"completed\"}", w->data);
     } else {
-      char json[160];
-      const char *state = PQgetvalue(r->result, row, 1);
-      if (PQgetisnull(r->result, row, 2))
-        snprintf(json, sizeof json, "{\"state\":\"%s\"}", state);
+      mq_json_object *o = mq_json_object_new();
+      mq_json_object_string(o, "state", PQgetvalue(r->result, row, 1));
+      if (!PQgetisnull(r->result, row, 2))
+        mq_json_object_string(o, "start_after", PQgetvalue(r->result, row, 2));
+      char err[128];
+      char *json = mq_json_object_finish(o, err, sizeof err);
+      if (json)
+        w->cb(MQ_QUEUE_OK, NULL, json, w->data);
       else
-        snprintf(json, sizeof json, "{\"state\":\"%s\",\"start_after\":\"%s\"}",
-                 state, PQgetvalue(r->result, row, 2));
-      w->cb(MQ_QUEUE_OK, NULL, json, w->data);
+        w->cb(MQ_QUEUE_EDB, err, NULL, w->data);
+      free(json);
     }
   }
   batch_free(b);
@@ -667,12 +672,11 @@ static const struct {
     [MQ_QUEUE_CANCEL] = {ST_CANCEL, 1},   [MQ_QUEUE_RETRY] = {ST_RETRY, 1},
     [MQ_QUEUE_PURGE] = {ST_PURGE, 2},     [MQ_QUEUE_MAINTAIN] = {ST_MAINTAIN, 1},
     [MQ_QUEUE_NEXT_DUE] = {ST_NEXT_DUE, 1}, [MQ_QUEUE_RELEASE] = {ST_RELEASE, 2},
-    [MQ_QUEUE_CONFIGURE] = {ST_CONFIGURE, 2},
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],
                   mq_queue_json_cb cb, void *data) {
-  if ((int)op < 0 || op > MQ_QUEUE_CONFIGURE)
+  if ((int)op < 0 || (size_t)op >= sizeof ops / sizeof ops[0])
     return MQ_QUEUE_EINVAL;
   const char *params[5] = {NULL};
   char stale[32];
@@ -689,34 +693,102 @@ int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],
   return exec_json(q, ops[op].stmt, ops[op].nparams, params, cb, data);
 }
 
-/* ---- config sync ---------------------------------------------------------- */
+/* ---- queue settings ------------------------------------------------------ */
 
-static int options_json(const struct mq_queue_options *o, char *out,
-                        size_t len) {
-  char dl[300] = "null";
-  if (o->dead_letter) {
-    /* Queue names from config.lua are plain text; escape what JSON needs. */
-    size_t n = 0;
-    dl[n++] = '"';
-    for (const char *p = o->dead_letter; *p && n + 3 < sizeof dl; p++) {
-      if (*p == '"' || *p == '\\')
-        dl[n++] = '\\';
-      dl[n++] = *p;
-    }
-    dl[n++] = '"';
-    dl[n] = '\0';
-  }
-  return snprintf(out, len,
-                  "{\"retry_limit\":%d,\"retry_delay\":%.17g,"
-                  "\"retry_backoff\":%s,\"expire_in\":%.17g,"
-                  "\"retention\":%.17g,\"dead_letter\":%s}",
-                  o->retry_limit, o->retry_delay,
-                  o->retry_backoff ? "true" : "false", o->expire_in,
-                  o->retention, dl);
+/* The settings JSON store_queue_settings reads: a key for each field set,
+ * null where s asks to unset one. Returns NULL with a message in err. */
+static char *settings_json(const struct mq_queue_settings *s, char *err,
+                           size_t errlen) {
+  mq_json_object *o = mq_json_object_new();
+  if (s->has_retry_limit)
+    mq_json_object_int(o, "retry_limit", s->retry_limit);
+  if (s->has_retry_delay)
+    mq_json_object_number(o, "retry_delay", s->retry_delay);
+  if (s->has_retry_backoff)
+    mq_json_object_bool(o, "retry_backoff", s->retry_backoff);
+  if (s->has_retry_delay_max && s->retry_delay_max < 0)
+    mq_json_object_null(o, "retry_delay_max");
+  else if (s->has_retry_delay_max)
+    mq_json_object_number(o, "retry_delay_max", s->retry_delay_max);
+  if (s->has_expire_in)
+    mq_json_object_number(o, "expire_in", s->expire_in);
+  if (s->has_retention)
+    mq_json_object_number(o, "retention", s->retention);
+  if (s->has_dead_letter)
+    mq_json_object_string(o, "dead_letter", s->dead_letter);
+  return mq_json_object_finish(o, err, errlen);
 }
 
-/* Waits for every configure statement (they may run on different
- * connections) before telling the caller. */
+struct store_call {
+  mq_queue_json_cb cb;
+  void *data;
+  char queue[]; /* for the log */
+};
+
+static void log_store_failure(const char *queue, const char *error) {
+  char fields[512] = "";
+  mq_log_field(fields, sizeof fields, "queue", queue);
+  mq_log_field(fields, sizeof fields, "error", error);
+  mq_log_warn("queue", "storing queue settings failed%s", fields);
+}
+
+static void stored(int status, const char *error, const char *json,
+                   void *data) {
+  struct store_call *c = data;
+  if (status < 0)
+    log_store_failure(c->queue, error);
+  if (c->cb)
+    c->cb(status, error, json, c->data);
+  free(c);
+}
+
+int mq_queue_store_settings(mq_queue *q, const char *queue,
+                            const struct mq_queue_settings *s,
+                            mq_queue_json_cb cb, void *data, char *err,
+                            size_t errlen) {
+  char msg[256] = "out of memory";
+  int rc = MQ_QUEUE_EDB;
+  size_t len = strlen(queue) + 1;
+  char *json = settings_json(s, msg, sizeof msg);
+  struct store_call *c = json ? malloc(sizeof *c + len) : NULL;
+  if (!json) {
+    rc = MQ_QUEUE_EINVAL;
+  } else if (c) {
+    c->cb = cb;
+    c->data = data;
+    memcpy(c->queue, queue, len);
+    const char *params[] = {queue, json};
+    rc = exec_json(q, ST_STORE_SETTINGS, 2, params, stored, c);
+    if (rc != 0) {
+      snprintf(msg, sizeof msg, "the connection pool is closed");
+      free(c);
+    }
+  }
+  free(json);
+  if (rc != 0) {
+    log_store_failure(queue, msg);
+    if (errlen)
+      snprintf(err, errlen, "%s", msg);
+  }
+  return rc;
+}
+
+/* config.lua's options of one queue as settings, every field set. */
+static struct mq_queue_settings config_settings(
+    const struct mq_queue_options *o) {
+  return (struct mq_queue_settings){
+      .has_retry_limit = true, .retry_limit = o->retry_limit,
+      .has_retry_delay = true, .retry_delay = o->retry_delay,
+      .has_retry_backoff = true, .retry_backoff = o->retry_backoff,
+      /* config.lua has no retry_delay_max: only a handler's retry sets it */
+      .has_retry_delay_max = true, .retry_delay_max = -1,
+      .has_expire_in = true, .expire_in = o->expire_in,
+      .has_retention = true, .retention = o->retention,
+      .has_dead_letter = true, .dead_letter = o->dead_letter};
+}
+
+/* Waits for every row (they may be stored on different connections)
+ * before telling the caller. */
 struct configure_wait {
   int left;
   int status;
@@ -731,7 +803,6 @@ static void configured(int status, const char *error, const char *json,
   if (status < 0 && w->status == 0) {
     w->status = status;
     snprintf(w->error, sizeof w->error, "%s", error);
-    mq_log_warn("queue", "storing queue settings failed error=\"%s\"", error);
   }
   if (--w->left > 0)
     return;
@@ -747,30 +818,15 @@ int mq_queue_configure(mq_queue *q, mq_queue_json_cb cb, void *data) {
   w->cb = cb;
   w->data = data;
   w->left = 1 + (int)q->cfg->nqueues;
-  char json[512];
   for (size_t i = 0; i <= q->cfg->nqueues; i++) {
-    const struct mq_queue_options *o =
-        i == 0 ? &q->cfg->queue : &q->cfg->queues[i - 1].options;
-    options_json(o, json, sizeof json);
-    const char *params[] = {i == 0 ? "" : q->cfg->queues[i - 1].name, json};
-    if (exec_json(q, ST_CONFIGURE, 2, params, configured, w) != 0)
-      configured(MQ_QUEUE_EDB, "the connection pool is closed", NULL, w);
+    const char *name = i == 0 ? "" : q->cfg->queues[i - 1].name;
+    struct mq_queue_settings s = config_settings(
+        i == 0 ? &q->cfg->queue : &q->cfg->queues[i - 1].options);
+    char err[256];
+    int rc = mq_queue_store_settings(q, name, &s, configured, w, err,
+                                     sizeof err);
+    if (rc != 0)
+      configured(rc, err, NULL, w);
   }
   return 0;
-}
-
-int mq_queue_store_settings(mq_queue *q, const char *queue,
-                            const struct mq_queue_settings *s,
-                            mq_queue_json_cb cb, void *data) {
-  struct mq_queue_options o = *mq_config_queue(q->cfg, queue);
-  if (s->has_retry_limit)
-    o.retry_limit = s->retry_limit;
-  if (s->has_retry_delay)
-    o.retry_delay = s->retry_delay;
-  if (s->has_retry_backoff)
-    o.retry_backoff = s->retry_backoff;
-  char json[512];
-  options_json(&o, json, sizeof json);
-  const char *params[] = {queue, json};
-  return exec_json(q, ST_CONFIGURE, 2, params, cb, data);
 }

@@ -2,11 +2,12 @@
  *
  * Provides send, fetch, complete and fail for the workers, and inspection and
  * control for users (get, list, counts, pause, resume, cancel, retry,
- * purge), all asynchronous on an mq_pg pool. The SQL lives in
- * sql/002_queue.sql as functions of the configured schema, so a job sent
- * with `SELECT moonq.send(...)` from an application behaves exactly like one
- * sent from Lua. Data, options and results cross this API as JSON text;
- * see docs/queue.md for every option and state.
+ * purge) and queue settings, all asynchronous on an mq_pg pool. The SQL
+ * lives in sql/002_queue.sql and the migrations after it, as functions of
+ * the configured schema, so a job sent with `SELECT moonq.send(...)` from
+ * an application behaves exactly like one sent from Lua. Data, options and
+ * results cross this API as JSON text; see docs/queue.md for every option
+ * and state.
  *
  * Completions and failures made during one loop turn are flushed together
  * from an ev_prepare watcher: one statement per batch.
@@ -16,7 +17,7 @@
  * maintenance pass every few seconds (expiry, crash recovery, retention);
  * PostgreSQL advisory locks make one process in the cluster do each pass.
  *
- * Uses: pg, config, log.
+ * Uses: pg, config, json, log.
  */
 #ifndef MQ_QUEUE_H
 #define MQ_QUEUE_H
@@ -37,21 +38,6 @@ enum mq_queue_status {
   MQ_QUEUE_ENOTACTIVE = 2, /* complete/fail: the job is no longer active */
   MQ_QUEUE_EINVAL = -1,    /* bad input; the message names it */
   MQ_QUEUE_EDB = -2        /* the database failed; the message says why */
-};
-
-/* Stored settings of a queue: the defaults its jobs get, sent from Lua or
- * from SQL alike. A field counts only when its has_ flag is set; a field
- * not set keeps its stored value. Durations are in seconds. */
-struct mq_queue_settings {
-  bool has_retry_limit, has_retry_delay, has_retry_backoff,
-      has_retry_delay_max, has_expire_in, has_retention, has_dead_letter;
-  int retry_limit;        /* retries after the first attempt */
-  double retry_delay;     /* before a retry */
-  bool retry_backoff;     /* exponential backoff with jitter */
-  double retry_delay_max; /* cap of the backoff */
-  double expire_in;       /* an active job older than this is retried */
-  double retention;       /* finished jobs are deleted after this */
-  const char *dead_letter; /* NULL with has_dead_letter: none */
 };
 
 /* A fetched job. Strings are valid until the fetch callback returns. */
@@ -149,24 +135,50 @@ enum mq_queue_op {
   MQ_QUEUE_MAINTAIN,  /* -> {recovered, expired, deleted, ...} or null */
   MQ_QUEUE_NEXT_DUE,  /* a1 = queue -> seconds until its next delayed job
                          is due, or null */
-  MQ_QUEUE_RELEASE,   /* a1 = "{id,id,...}" -> count: this process's active
+  MQ_QUEUE_RELEASE    /* a1 = "{id,id,...}" -> count: this process's active
                          jobs go back to waiting, attempt not counted */
-  MQ_QUEUE_CONFIGURE  /* a1 = queue, a2 = settings JSON (retry_limit,
-                         retry_delay, retry_backoff, retry_delay_max,
-                         expire_in, retention, dead_letter) -> true */
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],
                   mq_queue_json_cb cb, void *data);
 
-/* Stores settings for `queue`; fields not set keep their stored values.
- * cb may be NULL. Returns 0, or a negative status (cb never called). */
+/* Settings of one queue, as its row of the queue table holds them (the row
+ * named "" holds the defaults of every queue). A field counts only when its
+ * has_ flag is set; the stored value of every other field is kept, and a
+ * new row leaves it unset, so the "" row's value or the built-in default
+ * applies (see queue_defaults in sql/002_queue.sql). Times are seconds. */
+struct mq_queue_settings {
+  bool has_retry_limit, has_retry_delay, has_retry_backoff,
+      has_retry_delay_max, has_expire_in, has_retention, has_dead_letter;
+  int retry_limit;        /* retries after the first attempt, >= 0 */
+  double retry_delay;     /* before a retry (the first, with backoff), >= 0 */
+  bool retry_backoff;     /* the delay doubles per retry, with jitter */
+  double retry_delay_max; /* cap of the backoff, >= 0; a negative value
+                             stores null: unset (one day when no row sets
+                             it) */
+  double expire_in;       /* an active job older than this is retried, > 0 */
+  double retention;       /* finished jobs are kept this long, >= 0 */
+  const char *dead_letter; /* queue that receives finally failed jobs; NULL
+                              stores null: unset (none when no row sets it).
+                              Borrowed: read before the call returns. */
+};
+
+/* Stores the settings of queue `queue` ("" for the defaults of every queue),
+ * merging: the fields not set in s and the paused flag keep their stored
+ * values. cb (may be NULL) gets "true" or the error. A failure is also
+ * logged. Returns MQ_QUEUE_EINVAL when s cannot be encoded (a number that
+ * is not finite, a dead_letter that is not UTF-8), MQ_QUEUE_EDB when out of
+ * memory or the pool is closed, with a message in err (unless errlen is 0);
+ * cb is then not called. */
 int mq_queue_store_settings(mq_queue *q, const char *queue,
                             const struct mq_queue_settings *s,
-                            mq_queue_json_cb cb, void *data);
+                            mq_queue_json_cb cb, void *data, char *err,
+                            size_t errlen);
 
-/* Writes config.lua's queue defaults into the queue table (once at start;
- * the paused flags are kept). cb may be NULL. */
+/* Stores config.lua's settings (`queue` as the "" row, each `queues.<name>`
+ * merged with it as that queue's row) once at start, every field set, so
+ * config.lua is what holds until handlers store their retry options. cb
+ * (may be NULL) gets "true" or the first error once every row is stored. */
 int mq_queue_configure(mq_queue *q, mq_queue_json_cb cb, void *data);
 
 #endif

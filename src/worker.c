@@ -166,13 +166,29 @@ static void sync_consumers(mq_worker *w) {
 }
 
 /* Stores handlers' retry options as their queue's settings, so jobs sent
- * from anywhere (SQL included) get them; keys a file leaves out keep the
- * stored values. */
+ * from anywhere (SQL included) get them. Only the retry settings: the
+ * queue's expire_in, retention and dead_letter stay config.lua's. An option
+ * the handler leaves out is config.lua's again (no delay_max: unset), so a
+ * reloaded handler that drops one does not keep its old value. */
 static void sync_retry(mq_worker *w) {
   for (size_t i = 0; i < mq_handlers_count(w->handlers); i++) {
     const struct mq_handler *h = mq_handlers_at(w->handlers, i);
-    if (h->has_retry)
-      mq_queue_store_settings(w->q, h->queue, &h->retry, NULL, NULL);
+    if (!h->has_retry)
+      continue;
+    const struct mq_queue_options *o = mq_config_queue(w->cfg, h->queue);
+    const struct mq_queue_settings *r = &h->retry;
+    struct mq_queue_settings s = {
+        .has_retry_limit = true,
+        .retry_limit = r->has_retry_limit ? r->retry_limit : o->retry_limit,
+        .has_retry_delay = true,
+        .retry_delay = r->has_retry_delay ? r->retry_delay : o->retry_delay,
+        .has_retry_backoff = true,
+        .retry_backoff =
+            r->has_retry_backoff ? r->retry_backoff : o->retry_backoff,
+        .has_retry_delay_max = true,
+        .retry_delay_max = r->has_retry_delay_max ? r->retry_delay_max : -1};
+    /* A failure is logged by the queue. */
+    mq_queue_store_settings(w->q, h->queue, &s, NULL, NULL, NULL, 0);
   }
 }
 

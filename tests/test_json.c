@@ -459,6 +459,42 @@ static void test_out_of_memory(void) {
   lua_close(M);
 }
 
+/* Objects written from C: members in call order, values encoded as from
+ * Lua, explicit nulls, and a first error that sticks and names its key. */
+static void test_object_writer(void) {
+  mq_json_object *o = mq_json_object_new();
+  mq_json_object_int(o, "n", 3);
+  mq_json_object_number(o, "x", 7);
+  mq_json_object_number(o, "y", 0.1);
+  mq_json_object_bool(o, "b", true);
+  mq_json_object_string(o, "s", "a\"b\n\xc3\xa9");
+  mq_json_object_string(o, "w", NULL);
+  CHECK_INT(mq_json_object_null(o, "z"), 0);
+  char *text = mq_json_object_finish(o, err, sizeof err);
+  CHECK_STR(text, "{\"n\":3,\"x\":7.0,\"y\":0.1,\"b\":true,"
+                  "\"s\":\"a\\\"b\\n\xc3\xa9\",\"w\":null,\"z\":null}");
+  free(text);
+
+  text = mq_json_object_finish(mq_json_object_new(), err, sizeof err);
+  CHECK_STR(text, "{}");
+  free(text);
+
+  o = mq_json_object_new();
+  CHECK_INT(mq_json_object_number(o, "retry_delay", NAN), -1);
+  CHECK_INT(mq_json_object_int(o, "retry_limit", 1), -1);
+  CHECK(mq_json_object_finish(o, err, sizeof err) == NULL);
+  CHECK_STR(err, "retry_delay: cannot encode NaN");
+
+  o = mq_json_object_new();
+  mq_json_object_string(o, "dead_letter", "\xff");
+  CHECK(mq_json_object_finish(o, err, sizeof err) == NULL);
+  CHECK_STR(err, "dead_letter: string is not valid UTF-8 (byte 0)");
+
+  CHECK_INT(mq_json_object_bool(NULL, "b", true), -1);
+  CHECK(mq_json_object_finish(NULL, err, sizeof err) == NULL);
+  CHECK_STR(err, "object: out of memory");
+}
+
 /* The Lua face: moonq.json as the binding registers it. */
 static void test_binding(void) {
   luaL_requiref(L, "moonq.json", luaopen_moonq_json, 0);
@@ -509,6 +545,7 @@ int main(void) {
   RUN(test_invalid_json);
   RUN(test_large);
   RUN(test_out_of_memory);
+  RUN(test_object_writer);
   RUN(test_binding);
   CHECK_INT(lua_gettop(L), 0);
   lua_close(L);

@@ -1,6 +1,7 @@
 /* test_migrate.c -- migrations: first run, rerun, concurrent runs, a bad
  * connection, a database newer than the binary, a schema name that needs
- * quoting. Each case uses its own schema and drops it at the end. */
+ * quoting, an upgrade of a database holding jobs. Each case uses its own
+ * schema and drops it at the end. */
 #include "test.h"
 
 #include <stdarg.h>
@@ -10,6 +11,9 @@
 #include "migrate.h"
 
 static char err[512];
+
+/* The process that runs the jobs of upgrade_keeps_jobs. */
+#define PROCESS "'00000000-0000-4000-8000-000000000001'::uuid"
 
 /* mq_test_sql() of a formatted statement. */
 static char *sqlf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -223,6 +227,75 @@ static void schema_name_is_quoted(void) {
             quoted));
 }
 
+/* Jobs in every state, made with the functions of version 3 (their
+ * process parameter was owner_id then; it is passed by position). */
+static const char *const jobs_at_version_3 =
+    "SET moonq.no_wake = on;"
+    "INSERT INTO process (id, host, pid, version) VALUES (" PROCESS ", 'h', 1, 'x');"
+    "SELECT send('waiting', '{}');"                          /* id 1 */
+    "SELECT send('retry', '{}', '{\"retry_delay\": 3600}');" /* id 2 */
+    "SELECT send('active', '{}', '{\"retry_delay\": 0}');"   /* id 3 */
+    "SELECT send('completed', '{}');"                        /* id 4 */
+    "SELECT send('failed', '{}', '{\"retry_limit\": 1, \"retry_delay\": 0}');"
+    "SELECT send('cancelled', '{}');"                        /* id 6 */
+    "SELECT send('cancelled_running', '{}');"                /* id 7 */
+    "SELECT send('released', '{}');"                         /* id 8 */
+    "SELECT fetch_jobs('retry', 1, " PROCESS ");"
+    "SELECT fail_jobs('{2}', ARRAY['{}'::jsonb], " PROCESS ");"
+    "SELECT fetch_jobs('active', 1, " PROCESS ");"
+    "SELECT fail_jobs('{3}', ARRAY['{}'::jsonb], " PROCESS ");"
+    "SELECT fetch_jobs('active', 1, " PROCESS ");"
+    "SELECT fetch_jobs('completed', 1, " PROCESS ");"
+    "SELECT complete_jobs('{4}', '[null]', " PROCESS ");"
+    "SELECT fetch_jobs('failed', 1, " PROCESS ");"
+    "SELECT fail_jobs('{5}', ARRAY['{}'::jsonb], " PROCESS ");"
+    "SELECT fetch_jobs('failed', 1, " PROCESS ");"
+    "SELECT fail_jobs('{5}', ARRAY['{}'::jsonb], " PROCESS ");"
+    "SELECT cancel(6);"
+    "SELECT fetch_jobs('cancelled_running', 1, " PROCESS ");"
+    "SELECT cancel(7);"
+    "SELECT fetch_jobs('released', 1, " PROCESS ");"
+    "SELECT release_jobs('{8}', " PROCESS ");";
+
+/* A database at version 3 holding jobs is upgraded by migration 4: owner
+ * becomes process_id and retry_count (failures so far) becomes attempt
+ * (the attempt that runs or last ran), and the queue works on. */
+static void upgrade_keeps_jobs(void) {
+  const char *schema = mq_test_schema("migrate_upgrade");
+  drop_schema(schema);
+  REQUIRE(mq_migrate_to(mq_test_db_url(), schema, 3, err, sizeof err) == 3);
+  char sql[4096];
+  snprintf(sql, sizeof sql, "SET search_path = %s; %s", schema,
+           jobs_at_version_3);
+  free(mq_test_sql(sql));
+
+  CHECK_INT(mq_migrate(mq_test_db_url(), schema, err, sizeof err),
+            mq_migrations_count - 3);
+  char *s = sqlf("SELECT string_agg(name || ' ' || attempt || ' '"
+                 " || (process_id IS NOT NULL), ', ' ORDER BY id)"
+                 " FROM %s.all_jobs", schema);
+  CHECK_STR(s, "waiting 0 false, retry 1 false, active 2 true, "
+               "completed 1 true, failed 2 true, cancelled 0 false, "
+               "cancelled_running 1 true, released 0 false");
+  free(s);
+  s = sqlf("SELECT %s.get_job(3) - 'created_at' - 'started_at' - 'start_after'",
+           schema);
+  CHECK_STR(s, "{\"id\": 3, \"data\": {}, \"name\": \"active\", "
+               "\"error\": {}, \"queue\": \"active\", \"state\": "
+               "\"active\", \"attempt\": 2, \"priority\": 0, "
+               "\"expire_in\": 900, \"retention\": 604800, \"process_id\": "
+               "\"00000000-0000-4000-8000-000000000001\", \"retry_delay\": 0, "
+               "\"retry_limit\": 3, \"stored_state\": \"active\", "
+               "\"retry_backoff\": true}");
+  free(s);
+  s = sqlf("SELECT %s.complete_jobs('{3}', '[null]', " PROCESS ");"
+           " SELECT attempt FROM %s.job_archive WHERE id = 3",
+           schema, schema);
+  CHECK_STR(s, "2");
+  free(s);
+  drop_schema(schema);
+}
+
 int main(void) {
   mq_test_db_url();
   RUN(first_run_applies_everything);
@@ -231,5 +304,6 @@ int main(void) {
   RUN(bad_conninfo_fails_without_leaking_it);
   RUN(newer_database_is_refused);
   RUN(schema_name_is_quoted);
+  RUN(upgrade_keeps_jobs);
   return mq_test_done();
 }

@@ -22,7 +22,8 @@ SELECT jj.id FROM explain.job jj
 \echo '== the whole claim, as fetch_jobs runs it (rolled back)'
 BEGIN;
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
-UPDATE explain.job j SET state = 'active', started_at = now(), owner = gen_random_uuid()
+UPDATE explain.job j SET state = 'active', started_at = now(), process_id = gen_random_uuid(),
+       attempt = j.attempt + 1
  WHERE j.id = ANY(ARRAY(
    SELECT jj.id FROM explain.job jj
     WHERE jj.queue = 'mail' AND jj.state < 'active' AND jj.start_after <= now()

@@ -95,6 +95,9 @@ function M.normalise(name, value, file)
     local r = value.retry
     if r.limit and r.limit < 0 then error(("%s: retry.limit must be >= 0"):format(file), 0) end
     if r.delay and r.delay < 0 then error(("%s: retry.delay must be >= 0"):format(file), 0) end
+    if r.delay_max and r.delay_max < 0 then
+      error(("%s: retry.delay_max must be >= 0"):format(file), 0)
+    end
     spec.retry = { limit = r.limit and math.tointeger(r.limit), delay = r.delay,
                    backoff = r.backoff, delay_max = r.delay_max }
   end
