@@ -103,11 +103,11 @@ io.stdout:flush()
     assert.is_true(#ids >= 20, "only " .. #ids .. " ids reported")
 
     -- nothing is left active (neither by that process nor at all)
-    local active = W.sql("SELECT id, name, owner::text AS owner FROM @.job WHERE state = 'active' ORDER BY id")
+    local active = W.sql("SELECT id, name, process_id::text AS process_id FROM @.job WHERE state = 'active' ORDER BY id")
     local list = {}
     for _, r in ipairs(active) do list[#list + 1] = ("%d %s"):format(r.id, r.name) end
     assert.equal(0, #active, ("%d job(s) left active: %s"):format(#active, table.concat(list, ", ")) .. ctx_text)
-    assert.equal(0, W.row("SELECT count(*) AS n FROM @.job WHERE owner = $1::uuid", process).n)
+    assert.equal(0, W.row("SELECT count(*) AS n FROM @.job WHERE process_id = $1::uuid", process).n)
     -- every job is completed or waits again
     local states = W.sql([[
       SELECT state::text AS state, count(*) AS n FROM (
@@ -168,15 +168,15 @@ describe("moonq run stopped by two SIGINTs in quick succession", function()
 
     -- no job of the run is left active: each completed or waits again
     local rows = W.sql([[
-      SELECT id, state::text AS state, owner::text AS owner FROM @.job WHERE id = ANY($1::bigint[])
+      SELECT id, state::text AS state, process_id::text AS process_id FROM @.job WHERE id = ANY($1::bigint[])
       UNION ALL
-      SELECT id, state::text, owner::text FROM @.job_archive WHERE id = ANY($1::bigint[])
+      SELECT id, state::text, process_id::text FROM @.job_archive WHERE id = ANY($1::bigint[])
       ORDER BY id]], id_list(ids))
     assert.equal(15, #rows)
     local bad = {}
     for _, r in ipairs(rows) do
       if r.state == "created" or r.state == "retry" then
-        if r.owner ~= moonq.null then bad[#bad + 1] = ("%d %s owned by %s"):format(r.id, r.state, r.owner) end
+        if r.process_id ~= moonq.null then bad[#bad + 1] = ("%d %s owned by %s"):format(r.id, r.state, r.process_id) end
       elseif r.state ~= "completed" then
         bad[#bad + 1] = ("%d %s"):format(r.id, r.state)
       end
