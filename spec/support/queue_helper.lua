@@ -19,11 +19,15 @@ end
 
 H.url = os.getenv("DATABASE_URL")
 
--- Opens moonq on a fresh random schema; returns the schema name.
+-- Opens moonq on a fresh random schema; returns the schema name. The pid
+-- keeps apart the specs that ctest runs at once: math.random is seeded from
+-- the time and the state's address, and in a sanitizer build heap addresses
+-- are the same in every process.
 function H.open(config)
   config = config or {}
   config.database = H.url
-  config.schema = config.schema or ("t_q_%d"):format(math.random(1, 1e9))
+  local pid = H.read("/proc/self/stat"):match("^%d+")
+  config.schema = config.schema or ("t_q_%s_%d"):format(pid, math.random(1, 1e9))
   assert(moonq.open(config))
   H.schema = config.schema
   return config.schema

@@ -13,6 +13,7 @@ local W = setmetatable({}, { __index = H })
 
 local dirs = {}   -- temp directories removed at W.close()
 local pids = {}   -- process groups killed at W.close() if still alive
+local logs = {}   -- `moonq run` logs checked at W.close()
 
 -- A new empty temporary directory (absolute path), removed at W.close().
 function W.tmpdir()
@@ -46,15 +47,26 @@ function W.open(config)
 end
 
 -- Stops the workers, closes moonq, drops the schema, removes temp dirs and
--- kills child process groups that still run.
+-- kills child process groups that still run. Raises if a `moonq run` log
+-- holds a sanitizer report (a sanitizer build's child may report, and a
+-- prefork worker be restarted, without the spec seeing a wrong result).
 function W.close()
   for _, pid in ipairs(pids) do
     if H.alive(pid) then H.kill_group(pid) end
   end
   pids = {}
+  local reports = {}
+  for _, log in ipairs(logs) do
+    local text = H.read(log) or ""
+    if text:find("ERROR: %a+Sanitizer") or text:find(": runtime error: ") then
+      reports[#reports + 1] = log .. ":\n" .. text
+    end
+  end
+  logs = {}
   H.close()
   for _, d in ipairs(dirs) do os.execute("rm -rf " .. H.shq(d)) end
   dirs = {}
+  assert(#reports == 0, "sanitizer report in moonq run's log\n" .. table.concat(reports, "\n"))
 end
 
 -- Runs the loop until job `id` is in one of `states` (a string or a list;
@@ -122,6 +134,7 @@ function W.moonq_run(config)
   local cmd = ("DATABASE_URL=%s %s run --config %s & echo $! > %s; wait $!; echo $? > %s")
     :format(H.shq(H.url), H.shq(W.bin), H.shq(config), H.shq(pidfile), H.shq(rcfile))
   pids[#pids + 1] = H.bg(cmd, log)
+  logs[#logs + 1] = log
   local pid = H.wait_for(function()
     local s = H.read(pidfile)
     return s and tonumber(s:match("%d+"))
