@@ -110,6 +110,8 @@ static const struct field events_fields[] = {
     {.name = "job_events", .kind = F_BOOL, .off = COFF(events.job_events)},
     {.name = "pool_size", .kind = F_INT, .off = COFF(events.pool_size),
      .min = 1, .max = 64},
+    {.name = "max_size", .kind = F_INT, .off = COFF(events.max_size),
+     .min = 1, .max = 268435455},
 };
 
 static const struct field log_fields[] = {
@@ -434,6 +436,7 @@ static bool set_defaults(struct mq_config *cfg) {
   cfg->events.enabled = true;
   cfg->events.job_events = true;
   cfg->events.pool_size = 4;
+  cfg->events.max_size = 1048576;
   cfg->log.level = MQ_LOG_INFO;
   cfg->schema = strdup("moonq");
   cfg->handlers = strdup("handlers");

@@ -69,6 +69,7 @@ struct mq_config {
     bool enabled;    /* default true */
     bool job_events; /* job lifecycle events; default true */
     int pool_size;   /* default 4 */
+    int max_size;    /* largest event data in bytes; default 1 MiB */
   } events;
 
   struct mq_schedule_config *schedules;

@@ -259,6 +259,14 @@ int mq_json_object_null(mq_json_object *o, const char *key) {
   return mq_json_object_string(o, key, NULL);
 }
 
+int mq_json_object_raw(mq_json_object *o, const char *key, const char *json) {
+  if (member(o, key) != 0)
+    return -1;
+  if (!json)
+    return written(o, put(&o->e, "null", 4));
+  return written(o, put(&o->e, json, strlen(json)));
+}
+
 char *mq_json_object_finish(mq_json_object *o, char *err, size_t errlen) {
   char *text = NULL;
   if (o && !o->failed) {

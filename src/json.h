@@ -71,6 +71,9 @@ int mq_json_object_bool(mq_json_object *o, const char *key, bool v);
 /* s NULL adds a null member. */
 int mq_json_object_string(mq_json_object *o, const char *key, const char *s);
 int mq_json_object_null(mq_json_object *o, const char *key);
+/* Adds JSON text as it is (NULL: null): for documents this unit encoded,
+ * such as a job's or an event's data. */
+int mq_json_object_raw(mq_json_object *o, const char *key, const char *json);
 
 /* Closes the object and frees o. Returns the JSON text (the caller frees),
  * or NULL with a message in err naming the member that failed. */

@@ -26,6 +26,7 @@
 #include "lua_host.h"
 #include "migrate.h"
 #include "supervisor.h"
+#include "task.h"
 #include "worker.h"
 
 #define DRAIN_MAX 10.0 /* seconds in-flight requests get when stopping */
@@ -49,7 +50,10 @@ struct mq_runtime {
   mq_pg *pg;
   mq_queue *queue;
   mq_scheduler *scheduler;
-  mq_worker *worker; /* when this process runs handlers */
+  mq_events *events;  /* NULL with events.enabled = false */
+  mq_tasks *tasks;    /* coroutines of handlers and subscribers; made on
+                         first use */
+  mq_worker *worker;  /* when this process runs handlers */
   enum phase phase;
   bool serving;      /* mq_runtime_serve's loop runs */
   int exit_code;
@@ -93,7 +97,14 @@ mq_queue *mq_runtime_queue(const mq_runtime *rt) { return rt->queue; }
 mq_scheduler *mq_runtime_scheduler(const mq_runtime *rt) {
   return rt->scheduler;
 }
+mq_events *mq_runtime_events(const mq_runtime *rt) { return rt->events; }
 bool mq_runtime_has_worker(const mq_runtime *rt) { return rt->worker != NULL; }
+
+mq_tasks *mq_runtime_tasks(mq_runtime *rt) {
+  if (!rt->tasks && mq_runtime_lua(rt))
+    rt->tasks = mq_tasks_new(rt->loop, rt->L);
+  return rt->tasks;
+}
 const char *mq_runtime_channel(const mq_runtime *rt) { return rt->channel; }
 
 /* Prepends dir/?.lua;dir/?/init.lua to package.path. */
@@ -279,7 +290,9 @@ int mq_runtime_open(mq_runtime *rt, char *err, size_t errlen) {
                rt->cfg->schema, rt->cfg->pool_size);
   if (!(rt->pg = mq_pg_new(rt->loop, &opts)) ||
       !(rt->queue = mq_queue_new(rt->loop, rt->pg, rt->cfg)) ||
-      !(rt->scheduler = mq_scheduler_new(rt->loop, rt->queue))) {
+      !(rt->scheduler = mq_scheduler_new(rt->loop, rt->queue)) ||
+      (rt->cfg->events.enabled &&
+       !(rt->events = mq_events_new(rt->loop, rt->pg, rt->cfg)))) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
@@ -350,6 +363,8 @@ static void worker_stopped(void *arg) {
   mq_runtime *rt = arg;
   rt->phase = PHASE_DRAINING;
   mq_scheduler_stop(rt->scheduler);
+  if (rt->events)
+    mq_events_stop(rt->events);
   mq_queue_stop(rt->queue);
   rt->drain_deadline = ev_now(rt->loop) + DRAIN_MAX;
   ev_timer_init(&rt->drain, drain_cb, 0., 0.02);
@@ -407,8 +422,10 @@ void mq_runtime_close(mq_runtime *rt) {
   if (rt->pg)
     mq_pg_close(rt->pg);
   mq_worker_close(rt->worker);
+  mq_events_close(rt->events);
   mq_scheduler_close(rt->scheduler);
   mq_queue_close(rt->queue);
+  mq_tasks_close(rt->tasks);
   if (rt->own_loop)
     ev_loop_destroy(rt->loop);
   if (rt->own_lua)

@@ -8,7 +8,7 @@
  *
  *   mq_runtime_new        config (and the Lua state it serves)
  *   mq_runtime_prepare_db resolve the database, apply migrations
- *   mq_runtime_open       pool, queue, scheduler
+ *   mq_runtime_open       pool, queue, scheduler, events
  *   mq_runtime_start_worker   handlers and the worker (jobs run)
  *   mq_runtime_serve      open + worker + maintenance + the loop until a
  *                         signal; with `workers > 1` a supervisor forks
@@ -20,12 +20,13 @@
  * shutdown_grace seconds (a second signal or a close without stop ends the
  * grace at once: running jobs go back to the queue); (2) the queue flushes
  * its batched completions and unregisters the process, the scheduler's
- * timers stop; (3) in-flight requests get up to 10 s to complete; (4) the
+ * timers and the event store's reads stop (batched appends are sent); (3) in-flight requests get up to 10 s to complete; (4) the
  * pool closes, failing what is left, every callback still finding its
  * handle alive; (5) the handles are freed, in reverse order of opening.
  * No step is skipped.
  *
- * Uses: config, log, pg, migrate, queue, scheduler, worker, supervisor,
+ * Uses: config, log, pg, migrate, queue, scheduler, events, task, worker,
+ * supervisor,
  * lua_host, bindings (to preload the Lua modules in its own Lua state).
  */
 #ifndef MQ_RUNTIME_H
@@ -38,9 +39,11 @@
 #include <lua.h>
 
 #include "config.h"
+#include "events.h"
 #include "pg.h"
 #include "queue.h"
 #include "scheduler.h"
+#include "task.h"
 
 typedef struct mq_runtime mq_runtime;
 
@@ -95,6 +98,10 @@ lua_State *mq_runtime_lua(mq_runtime *rt); /* made on first use if owned */
 mq_pg *mq_runtime_pg(const mq_runtime *rt);
 mq_queue *mq_runtime_queue(const mq_runtime *rt);
 mq_scheduler *mq_runtime_scheduler(const mq_runtime *rt);
+mq_events *mq_runtime_events(const mq_runtime *rt); /* NULL: disabled */
+/* The task scheduler for Lua coroutines (handlers, subscribers), made with
+ * the Lua state on first use; NULL when out of memory. */
+mq_tasks *mq_runtime_tasks(mq_runtime *rt);
 bool mq_runtime_has_worker(const mq_runtime *rt);
 /* The NOTIFY channel jobs wake workers on: "<schema>_wake". */
 const char *mq_runtime_channel(const mq_runtime *rt);

@@ -647,12 +647,11 @@ mq_worker *mq_worker_new(struct mq_runtime *rt, char *err, size_t errlen) {
     free(w);
     return NULL;
   }
-  if (!(w->tasks = mq_tasks_new(w->loop, w->L)))
+  if (!(w->tasks = mq_runtime_tasks(rt)))
     snprintf(err, errlen, "out of memory");
   else
     w->handlers = mq_handlers_new(w->L, w->dir, err, errlen);
   if (!w->handlers) {
-    mq_tasks_close(w->tasks);
     luaL_unref(w->L, LUA_REGISTRYINDEX, w->ctx_ref);
     free(w);
     return NULL;
@@ -780,7 +779,6 @@ void mq_worker_close(mq_worker *w) {
     free(c);
   }
   free(w->consumers);
-  mq_tasks_close(w->tasks);
   mq_handlers_free(w->handlers);
   luaL_unref(w->L, LUA_REGISTRYINDEX, w->ctx_ref);
   free(w);

@@ -16,6 +16,7 @@ int luaopen_moonq_json(lua_State *L);
 int luaopen_moonq_log(lua_State *L);
 int luaopen_moonq_db(lua_State *L);
 int luaopen_moonq_queue(lua_State *L);
+int luaopen_moonq_events(lua_State *L);
 
 /* Registers every luaopen_moonq_* above in package.preload. */
 void mq_bindings_preload(lua_State *L);

@@ -251,13 +251,14 @@ static const struct {
   const char *field;
   const char *module;
 } submodules[] = {{"json", "moonq.json"}, {"log", "moonq.log"}, {"db", "moonq.db"},
-                  {"queue", "moonq.queue"}};
+                  {"queue", "moonq.queue"}, {"events", "moonq.events"}};
 
 void mq_bindings_preload(lua_State *L) {
   static const luaL_Reg preload[] = {{"moonq.json", luaopen_moonq_json},
                                      {"moonq.log", luaopen_moonq_log},
                                      {"moonq.db", luaopen_moonq_db},
                                      {"moonq.queue", luaopen_moonq_queue},
+                                     {"moonq.events", luaopen_moonq_events},
                                      {NULL, NULL}};
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (const luaL_Reg *r = preload; r->name; r++) {

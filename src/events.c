@@ -1,0 +1,595 @@
+/* events.c -- the event store: batched appends, queries, subscriptions;
+ * see events.h and sql/005_events.sql.
+ *
+ * Shapes:
+ *  - batch: the appends of one loop turn, as one JSON array for
+ *    append_events(), and who waits for which of its rows.
+ *  - subscription: a reader's position is a snapshot (`base`); a step
+ *    in progress has a `target` snapshot and the last id delivered within
+ *    it. One read in flight at a time, and none while the subscriber still
+ *    holds a batch.
+ */
+#include "events.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "json.h"
+#include "log.h"
+
+#define BATCH 500          /* events per read */
+#define POLL_INTERVAL 5.0  /* seconds: the fallback for a lost wake-up */
+#define MAX_STREAM 500     /* bytes, as the table's check says */
+#define MAX_TYPE 200
+#define EMPTY_SNAPSHOT "1:1:" /* nothing visible: read from the start */
+
+enum stmt { ST_APPEND, ST_QUERY, ST_READ, ST_SNAPSHOT, ST_COUNT };
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_APPEND] = "SELECT id, ts FROM %s.append_events($1::jsonb)",
+    [ST_QUERY] = "SELECT id, stream, ts, type, run_id, flow_name, step_name, "
+                 "step_id, attempt, data FROM %s.query_events($1, $2::text[], "
+                 "$3::bigint, $4::bigint, $5, $6::timestamptz, "
+                 "$7::timestamptz, $8::integer)",
+    [ST_READ] = "SELECT id, stream, ts, type, run_id, flow_name, step_name, "
+                "step_id, attempt, data, snapshot FROM %s.read_events($1, "
+                "$2::pg_snapshot, $3::pg_snapshot, $4::bigint, $5::bigint, "
+                "$6::integer)",
+    [ST_SNAPSHOT] = "SELECT pg_current_snapshot()::text -- %s",
+};
+
+struct waiter {
+  mq_events_append_cb cb;
+  void *data;
+  int n; /* events of this call */
+};
+
+struct batch {
+  char *json; /* "[{...},{...}" while gathering */
+  size_t len, cap;
+  struct waiter *waiters;
+  int nwaiters, cap_waiters;
+  int nevents;
+};
+
+struct mq_subscription {
+  mq_events *ev;
+  char *pattern; /* NULL: every stream */
+  mq_events_cb cb;
+  void *data;
+  char *base;   /* position; NULL until the first snapshot (from end) */
+  char *target; /* the step in progress, or NULL */
+  long long after_id;
+  long long min_id;
+  bool reading;    /* a request in flight */
+  bool delivering; /* the subscriber holds a batch */
+  bool in_cb;
+  bool more;       /* something may be there to read */
+  bool closed;
+  LIST_ENTRY(mq_subscription) link;
+};
+
+struct mq_events {
+  struct ev_loop *loop;
+  mq_pg *pg;
+  const struct mq_config *cfg;
+  int stmts[ST_COUNT];
+  char channel[80];
+  struct batch *batch;
+  ev_prepare flush;
+  ev_timer poll;
+  bool stopped;
+  bool listening;
+  LIST_HEAD(, mq_subscription) subs;
+};
+
+static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
+static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void wake_cb(const char *channel, const char *payload, void *data);
+static void consider_read(mq_subscription *s);
+
+/* Appends n bytes to a growable buffer; -1 when out of memory. */
+static int buf_add(char **buf, size_t *len, size_t *cap, const char *s,
+                   size_t n) {
+  if (*len + n + 1 > *cap) {
+    size_t c = *cap ? *cap : 1024;
+    while (c < *len + n + 1)
+      c *= 2;
+    char *b = realloc(*buf, c);
+    if (!b)
+      return -1;
+    *buf = b;
+    *cap = c;
+  }
+  memcpy(*buf + *len, s, n);
+  *len += n;
+  (*buf)[*len] = '\0';
+  return 0;
+}
+
+mq_events *mq_events_new(struct ev_loop *loop, mq_pg *pg,
+                         const struct mq_config *cfg) {
+  mq_events *ev = calloc(1, sizeof *ev);
+  if (!ev)
+    return NULL;
+  ev->loop = loop;
+  ev->pg = pg;
+  ev->cfg = cfg;
+  LIST_INIT(&ev->subs);
+  char schema[160], sql[1024];
+  snprintf(schema, sizeof schema, "\"%s\"", cfg->schema); /* [a-z0-9_] */
+  for (int i = 0; i < ST_COUNT; i++) {
+    const char *mark = strstr(stmt_sql[i], "%s");
+    snprintf(sql, sizeof sql, "%.*s%s%s", (int)(mark - stmt_sql[i]),
+             stmt_sql[i], schema, mark + 2);
+    if ((ev->stmts[i] = mq_pg_prepare(pg, sql)) < 0) {
+      free(ev);
+      return NULL;
+    }
+  }
+  snprintf(ev->channel, sizeof ev->channel, "%s_events", cfg->schema);
+  ev_prepare_init(&ev->flush, flush_cb);
+  ev->flush.data = ev;
+  ev_timer_init(&ev->poll, poll_cb, POLL_INTERVAL, POLL_INTERVAL);
+  ev->poll.data = ev;
+  return ev;
+}
+
+/* ---- append ------------------------------------------------------------- */
+
+static int check_event(const mq_events *ev, const struct mq_event_input *e,
+                       int i, char *err, size_t errlen) {
+  size_t slen = e->stream ? strlen(e->stream) : 0;
+  size_t tlen = e->type ? strlen(e->type) : 0;
+  if (slen == 0)
+    snprintf(err, errlen, "event %d: stream must be a non-empty string", i + 1);
+  else if (slen > MAX_STREAM)
+    snprintf(err, errlen, "event %d: stream is %zu bytes, the limit is %d",
+             i + 1, slen, MAX_STREAM);
+  else if (strchr(e->stream, '*'))
+    snprintf(err, errlen, "event %d: stream \"%s\" contains \"*\" (the "
+             "pattern wildcard)", i + 1, e->stream);
+  else if (tlen == 0)
+    snprintf(err, errlen, "event %d: type must be a non-empty string", i + 1);
+  else if (tlen > MAX_TYPE)
+    snprintf(err, errlen, "event %d: type is %zu bytes, the limit is %d",
+             i + 1, tlen, MAX_TYPE);
+  else if (e->data && strlen(e->data) > (size_t)ev->cfg->events.max_size)
+    snprintf(err, errlen, "event %d: data is %zu bytes, the limit is %d "
+             "(events.max_size)", i + 1, strlen(e->data),
+             ev->cfg->events.max_size);
+  else
+    return 0;
+  return MQ_EVENTS_EINVAL;
+}
+
+static void batch_free(struct batch *b) {
+  free(b->json);
+  free(b->waiters);
+  free(b);
+}
+
+int mq_events_append(mq_events *ev, const struct mq_event_input *events,
+                     int n, mq_events_append_cb cb, void *data, char *err,
+                     size_t errlen) {
+  for (int i = 0; i < n; i++)
+    if (check_event(ev, &events[i], i, err, errlen) != 0)
+      return MQ_EVENTS_EINVAL;
+  if (n < 1) {
+    snprintf(err, errlen, "no events to append");
+    return MQ_EVENTS_EINVAL;
+  }
+  struct batch *b = ev->batch;
+  if (!b && !(b = ev->batch = calloc(1, sizeof *b)))
+    goto oom;
+  if (b->nwaiters == b->cap_waiters) {
+    int cap = b->cap_waiters ? b->cap_waiters * 2 : 16;
+    struct waiter *w = realloc(b->waiters, sizeof *w * (size_t)cap);
+    if (!w)
+      goto oom;
+    b->waiters = w;
+    b->cap_waiters = cap;
+  }
+  size_t mark = b->len; /* undo point if an event cannot be encoded */
+  for (int i = 0; i < n; i++) {
+    mq_json_object *o = mq_json_object_new();
+    mq_json_object_string(o, "stream", events[i].stream);
+    mq_json_object_string(o, "type", events[i].type);
+    mq_json_object_raw(o, "data", events[i].data ? events[i].data : "{}");
+    if (events[i].run_id)
+      mq_json_object_string(o, "run_id", events[i].run_id);
+    char *json = mq_json_object_finish(o, err, errlen);
+    if (!json || buf_add(&b->json, &b->len, &b->cap, b->len ? "," : "[", 1) ||
+        buf_add(&b->json, &b->len, &b->cap, json, strlen(json))) {
+      free(json);
+      b->len = mark;
+      if (b->json)
+        b->json[mark] = '\0';
+      if (!json)
+        return MQ_EVENTS_EINVAL;
+      goto oom;
+    }
+    free(json);
+  }
+  b->waiters[b->nwaiters++] = (struct waiter){cb, data, n};
+  b->nevents += n;
+  ev_prepare_start(ev->loop, &ev->flush);
+  return 0;
+oom:
+  snprintf(err, errlen, "out of memory");
+  return MQ_EVENTS_EDB;
+}
+
+static void appended(const struct mq_pg_reply *r, void *data) {
+  struct batch *b = data;
+  bool ok = r->status == MQ_PG_OK && PQntuples(r->result) == b->nevents;
+  const char *error = r->status != MQ_PG_OK ? r->error
+                      : ok ? NULL : "append returned a wrong row count";
+  long long ids[64];
+  const char *ts[64];
+  int row = 0;
+  for (int i = 0; i < b->nwaiters; i++) {
+    struct waiter *w = &b->waiters[i];
+    if (!ok) {
+      if (w->cb)
+        w->cb(r->status == MQ_PG_ESQL && strncmp(r->sqlstate, "22", 2) == 0
+                  ? MQ_EVENTS_EINVAL : MQ_EVENTS_EDB,
+              error, NULL, NULL, 0, w->data);
+      continue;
+    }
+    long long *pids = w->n <= 64 ? ids : malloc(sizeof *pids * (size_t)w->n);
+    const char **pts = w->n <= 64 ? ts : malloc(sizeof *pts * (size_t)w->n);
+    for (int k = 0; pids && pts && k < w->n; k++, row++) {
+      pids[k] = mq_pg_getll(r->result, row, 0);
+      pts[k] = PQgetvalue(r->result, row, 1);
+    }
+    if (w->cb) {
+      if (pids && pts)
+        w->cb(MQ_EVENTS_OK, NULL, pids, pts, w->n, w->data);
+      else
+        w->cb(MQ_EVENTS_EDB, "out of memory (the events were stored)", NULL,
+              NULL, 0, w->data);
+    }
+    if (pids != ids)
+      free(pids);
+    if (pts != ts)
+      free((void *)pts);
+  }
+  batch_free(b);
+}
+
+static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
+  mq_events *ev = w->data;
+  ev_prepare_stop(loop, w);
+  struct batch *b = ev->batch;
+  ev->batch = NULL;
+  if (!b)
+    return;
+  struct mq_pg_reply fail = {.status = MQ_PG_ENOMEM, .error = "out of memory",
+                             .sqlstate = ""};
+  if (buf_add(&b->json, &b->len, &b->cap, "]", 1) != 0) {
+    appended(&fail, b);
+    return;
+  }
+  const char *params[] = {b->json};
+  if (mq_pg_exec(ev->pg, ev->stmts[ST_APPEND], 1, params, 0, appended, b) != 0) {
+    fail.status = MQ_PG_ECLOSED;
+    fail.error = "the connection pool is closed";
+    appended(&fail, b);
+  }
+}
+
+/* ---- rows to events ------------------------------------------------------ */
+
+static const char *col(const PGresult *res, int row, int c) {
+  return PQgetisnull(res, row, c) ? NULL : PQgetvalue(res, row, c);
+}
+
+/* Fills events from rows [0, n) of res (columns as in ST_QUERY). */
+static void fill(const PGresult *res, int n, struct mq_event *events) {
+  for (int i = 0; i < n; i++) {
+    struct mq_event *e = &events[i];
+    e->id = mq_pg_getll(res, i, 0);
+    e->stream = col(res, i, 1);
+    e->ts = col(res, i, 2);
+    e->type = col(res, i, 3);
+    e->run_id = col(res, i, 4);
+    e->flow_name = col(res, i, 5);
+    e->step_name = col(res, i, 6);
+    e->step_id = col(res, i, 7);
+    e->attempt = PQgetisnull(res, i, 8) ? 0 : atoi(PQgetvalue(res, i, 8));
+    e->data = col(res, i, 9);
+  }
+}
+
+/* ---- query --------------------------------------------------------------- */
+
+struct query_call {
+  mq_events_cb cb;
+  void *data;
+};
+
+static void queried(const struct mq_pg_reply *r, void *data) {
+  struct query_call *c = data;
+  if (r->status != MQ_PG_OK) {
+    c->cb(r->status == MQ_PG_ESQL && strncmp(r->sqlstate, "22", 2) == 0
+              ? MQ_EVENTS_EINVAL : MQ_EVENTS_EDB,
+          r->error, NULL, 0, c->data);
+    free(c);
+    return;
+  }
+  int n = PQntuples(r->result);
+  struct mq_event *events = calloc((size_t)n + 1, sizeof *events);
+  if (!events) {
+    c->cb(MQ_EVENTS_EDB, "out of memory", NULL, 0, c->data);
+  } else {
+    fill(r->result, n, events);
+    c->cb(MQ_EVENTS_OK, NULL, events, n, c->data);
+  }
+  free(events);
+  free(c);
+}
+
+/* A text[] literal of the NULL-terminated list (caller frees); "" when out
+ * of memory. */
+static char *array_literal(const char *const *list) {
+  char *out = NULL;
+  size_t len = 0, cap = 0;
+  if (buf_add(&out, &len, &cap, "{", 1) != 0)
+    return NULL;
+  for (int i = 0; list[i]; i++) {
+    if (i && buf_add(&out, &len, &cap, ",", 1) != 0)
+      goto oom;
+    if (buf_add(&out, &len, &cap, "\"", 1) != 0)
+      goto oom;
+    for (const char *p = list[i]; *p; p++) {
+      if ((*p == '"' || *p == '\\') && buf_add(&out, &len, &cap, "\\", 1) != 0)
+        goto oom;
+      if (buf_add(&out, &len, &cap, p, 1) != 0)
+        goto oom;
+    }
+    if (buf_add(&out, &len, &cap, "\"", 1) != 0)
+      goto oom;
+  }
+  if (buf_add(&out, &len, &cap, "}", 1) == 0)
+    return out;
+oom:
+  free(out);
+  return NULL;
+}
+
+int mq_events_query(mq_events *ev, const char *pattern,
+                    const struct mq_events_query *q, mq_events_cb cb,
+                    void *data) {
+  char after[24], before[24], limit[16];
+  snprintf(after, sizeof after, "%lld", q->after);
+  snprintf(before, sizeof before, "%lld", q->before);
+  snprintf(limit, sizeof limit, "%d", q->limit > 0 ? q->limit : 1000);
+  char *types = q->types ? array_literal(q->types) : NULL;
+  if (q->types && !types)
+    return MQ_EVENTS_EDB;
+  struct query_call *c = malloc(sizeof *c);
+  if (!c) {
+    free(types);
+    return MQ_EVENTS_EDB;
+  }
+  c->cb = cb;
+  c->data = data;
+  const char *params[] = {pattern, types, q->after ? after : NULL,
+                          q->before ? before : NULL, q->run_id, q->from_ts,
+                          q->to_ts, limit};
+  int rc = mq_pg_exec(ev->pg, ev->stmts[ST_QUERY], 8, params, 0, queried, c);
+  free(types);
+  if (rc != 0) {
+    free(c);
+    return MQ_EVENTS_EDB;
+  }
+  return 0;
+}
+
+/* ---- subscriptions ------------------------------------------------------- */
+
+static void sub_free(mq_subscription *s) {
+  LIST_REMOVE(s, link);
+  free(s->pattern);
+  free(s->base);
+  free(s->target);
+  free(s);
+}
+
+/* Hands a batch (or an error) to the subscriber; s may be closed (and is
+ * then freed) by the callback. */
+static void deliver(mq_subscription *s, int status, const char *error,
+                    const struct mq_event *events, int n) {
+  s->in_cb = true;
+  s->cb(status, error, events, n, s->data);
+  s->in_cb = false;
+  if (s->closed)
+    sub_free(s);
+}
+
+static void snapshot_done(const struct mq_pg_reply *r, void *data) {
+  mq_subscription *s = data;
+  s->reading = false;
+  if (s->closed) {
+    sub_free(s);
+    return;
+  }
+  if (r->status != MQ_PG_OK) {
+    s->more = true; /* the poll timer asks again */
+    deliver(s, MQ_EVENTS_EDB, r->error, NULL, 0);
+    return;
+  }
+  s->base = strdup(PQgetvalue(r->result, 0, 0));
+  s->more = true;
+  consider_read(s);
+}
+
+static void read_done(const struct mq_pg_reply *r, void *data) {
+  mq_subscription *s = data;
+  s->reading = false;
+  if (s->closed) {
+    sub_free(s);
+    return;
+  }
+  if (r->status != MQ_PG_OK) {
+    s->more = true; /* the poll timer reads again from the same place */
+    deliver(s, MQ_EVENTS_EDB, r->error, NULL, 0);
+    return;
+  }
+  const PGresult *res = r->result;
+  int rows = PQntuples(res);
+  int n = rows == 1 && PQgetisnull(res, 0, 0) ? 0 : rows;
+  char *snapshot = rows ? strdup(PQgetvalue(res, 0, 10)) : NULL;
+  struct mq_event *events = calloc((size_t)n + 1, sizeof *events);
+  if (!snapshot || !events) {
+    free(snapshot);
+    free(events);
+    s->more = true;
+    deliver(s, MQ_EVENTS_EDB, "out of memory", NULL, 0);
+    return;
+  }
+  fill(res, n, events);
+  free(s->target);
+  if (n < BATCH) { /* the step is complete: move to its snapshot */
+    free(s->base);
+    s->base = snapshot;
+    s->target = NULL;
+    s->after_id = 0;
+  } else {         /* more of this step to come */
+    s->target = snapshot;
+    s->after_id = events[n - 1].id;
+    s->more = true;
+  }
+  if (n > 0) {
+    s->delivering = true;
+    deliver(s, MQ_EVENTS_OK, NULL, events, n);
+  } else {
+    consider_read(s);
+  }
+  free(events);
+}
+
+/* Reads the next batch when there may be one and nothing is in the way. */
+static void consider_read(mq_subscription *s) {
+  mq_events *ev = s->ev;
+  if (s->closed || ev->stopped || s->reading || s->delivering || !s->more)
+    return;
+  s->more = false;
+  s->reading = true;
+  int rc;
+  if (!s->base) {
+    rc = mq_pg_exec(ev->pg, ev->stmts[ST_SNAPSHOT], 0, NULL, 0, snapshot_done,
+                    s);
+  } else {
+    char after[24], min[24], n[16];
+    snprintf(after, sizeof after, "%lld", s->after_id);
+    snprintf(min, sizeof min, "%lld", s->min_id);
+    snprintf(n, sizeof n, "%d", BATCH);
+    const char *params[] = {s->pattern, s->base, s->target, after, min, n};
+    rc = mq_pg_exec(ev->pg, ev->stmts[ST_READ], 6, params, 0, read_done, s);
+  }
+  if (rc != 0) {
+    s->reading = false;
+    s->more = true;
+  }
+}
+
+mq_subscription *mq_events_subscribe(mq_events *ev, const char *pattern,
+                                     enum mq_events_from from,
+                                     long long from_id, mq_events_cb cb,
+                                     void *data, char *err, size_t errlen) {
+  if (pattern && (!*pattern || strlen(pattern) > MAX_STREAM)) {
+    snprintf(err, errlen, "stream pattern must be 1 to %d bytes", MAX_STREAM);
+    return NULL;
+  }
+  mq_subscription *s = calloc(1, sizeof *s);
+  if (!s || (pattern && !(s->pattern = strdup(pattern))) ||
+      (from != MQ_EVENTS_FROM_END && !(s->base = strdup(EMPTY_SNAPSHOT)))) {
+    if (s)
+      free(s->pattern);
+    free(s);
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  s->ev = ev;
+  s->cb = cb;
+  s->data = data;
+  s->min_id = from == MQ_EVENTS_FROM_ID ? from_id : 0;
+  s->more = true;
+  LIST_INSERT_HEAD(&ev->subs, s, link);
+  if (!ev->listening && !ev->stopped) { /* the first: start listening */
+    ev->listening = true;
+    mq_pg_listen(ev->pg, ev->channel, wake_cb, ev);
+    ev_timer_again(ev->loop, &ev->poll);
+    ev_unref(ev->loop); /* the fallback poll alone keeps no loop running */
+  }
+  consider_read(s);
+  return s;
+}
+
+void mq_subscription_next(mq_subscription *s) {
+  if (!s->delivering)
+    return;
+  s->delivering = false;
+  consider_read(s);
+}
+
+void mq_subscription_close(mq_subscription *s) {
+  if (!s || s->closed)
+    return;
+  s->closed = true;
+  if (!s->reading && !s->in_cb)
+    sub_free(s);
+}
+
+/* A wake-up (payload NULL: after a reconnect, some may be lost): every
+ * subscription reads. */
+static void wake_cb(const char *channel, const char *payload, void *data) {
+  mq_events *ev = data;
+  mq_subscription *s, *next;
+  for (s = LIST_FIRST(&ev->subs); s; s = next) {
+    next = LIST_NEXT(s, link);
+    s->more = true;
+    consider_read(s);
+  }
+}
+
+static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  wake_cb(NULL, NULL, w->data);
+}
+
+void mq_events_stop(mq_events *ev) {
+  if (ev->stopped)
+    return;
+  flush_cb(ev->loop, &ev->flush, 0);
+  ev->stopped = true;
+  if (ev_is_active(&ev->poll)) {
+    ev_ref(ev->loop);
+    ev_timer_stop(ev->loop, &ev->poll);
+  }
+  if (ev->listening)
+    mq_pg_unlisten(ev->pg, ev->channel, wake_cb, ev);
+  ev->listening = false;
+}
+
+void mq_events_close(mq_events *ev) {
+  if (!ev)
+    return;
+  mq_events_stop(ev);
+  ev_prepare_stop(ev->loop, &ev->flush);
+  while (!LIST_EMPTY(&ev->subs)) {
+    mq_subscription *s = LIST_FIRST(&ev->subs);
+    if (!s->closed) { /* tell the owner its subscription is gone */
+      s->closed = true;
+      s->cb(MQ_EVENTS_ECLOSED, "the event store is closed", NULL, 0, s->data);
+    }
+    sub_free(s);
+  }
+  if (ev->batch)
+    batch_free(ev->batch);
+  free(ev);
+}

@@ -1,0 +1,136 @@
+/* events.h -- the event store on PostgreSQL: append, query, subscribe.
+ *
+ * Events live in <schema>.queue_events (sql/005_events.sql): id (stream
+ * order), stream, type, ts, data (JSON), run_id and the flow columns.
+ * Appends made during one loop turn go to PostgreSQL as one statement
+ * (append_events) with one wake-up NOTIFY on "<schema>_events"; SQL
+ * appends (`SELECT moonq.append(...)`) notify the same channel once per
+ * transaction.
+ *
+ * A subscription delivers the events of a stream or pattern (`*` is the
+ * only wildcard) from a position, history first and then live, with no gap
+ * and no duplicate: readers move from snapshot to snapshot, never over ids
+ * (see the comment at the top of sql/005_events.sql). Each wake-up reads
+ * new events in batches; after a reconnect every subscription catches up
+ * from where it was; a slow fallback poll covers a lost notification.
+ * Delivery is in batches to the subscriber's callback, which tells when it
+ * is done with a batch (mq_subscription_next), so a slow subscriber reads
+ * no further than it handles.
+ *
+ * Uses: pg, config, log.
+ */
+#ifndef MQ_EVENTS_H
+#define MQ_EVENTS_H
+
+#include <stddef.h>
+
+#include <ev.h>
+
+#include "config.h"
+#include "pg.h"
+
+typedef struct mq_events mq_events;
+typedef struct mq_subscription mq_subscription;
+
+enum mq_events_status {
+  MQ_EVENTS_OK = 0,
+  MQ_EVENTS_EINVAL = -1, /* bad input; the message names it */
+  MQ_EVENTS_EDB = -2,    /* the database failed; the message says why */
+  MQ_EVENTS_ECLOSED = -3 /* subscription: the event store closed (last call) */
+};
+
+/* A stored event. Strings are valid until the callback returns; NULL for
+ * columns that are NULL. */
+struct mq_event {
+  long long id;
+  const char *stream;
+  const char *type;
+  const char *ts;   /* timestamptz as PostgreSQL prints it */
+  const char *data; /* JSON text */
+  const char *run_id, *flow_name, *step_name, *step_id;
+  int attempt;      /* 0: none */
+};
+
+/* An event to append. data NULL means {}. */
+struct mq_event_input {
+  const char *stream;
+  const char *type;
+  const char *data; /* JSON text */
+  const char *run_id;
+};
+
+/* Result of an append: the new events' ids and timestamps in input order
+ * (valid until the callback returns), or an error. */
+typedef void (*mq_events_append_cb)(int status, const char *error,
+                                    const long long *ids,
+                                    const char *const *ts, int n, void *data);
+
+/* Events of a query or a subscription batch, in stream order. */
+typedef void (*mq_events_cb)(int status, const char *error,
+                             const struct mq_event *events, int n, void *data);
+
+/* Makes the event store for cfg's schema on pg and starts listening for
+ * wake-ups. cfg and pg must outlive it. NULL when out of memory. */
+mq_events *mq_events_new(struct ev_loop *loop, mq_pg *pg,
+                         const struct mq_config *cfg);
+
+/* Checks and appends n events (batched with the other appends of this
+ * loop turn: one statement). An event with an empty stream or type, a
+ * stream containing '*', or data larger than events.max_size is
+ * MQ_EVENTS_EINVAL with a message in err naming it, nothing of this call
+ * is appended and cb is not called. One bad event found by the database
+ * fails the whole batch it went in (nothing of it is stored). */
+int mq_events_append(mq_events *ev, const struct mq_event_input *events,
+                     int n, mq_events_append_cb cb, void *data, char *err,
+                     size_t errlen);
+
+/* Query options; NULL / 0 fields do not filter. */
+struct mq_events_query {
+  const char *const *types; /* NULL-terminated list, or NULL */
+  long long after;          /* id */
+  long long before;         /* id */
+  const char *run_id;
+  const char *from_ts, *to_ts; /* timestamptz text */
+  int limit;                /* default 1000 */
+};
+
+/* Events of `pattern` (a stream or `prefix*`) matching q, in stream
+ * order. Returns 0 or a negative status (cb never called). */
+int mq_events_query(mq_events *ev, const char *pattern,
+                    const struct mq_events_query *q, mq_events_cb cb,
+                    void *data);
+
+/* Where a subscription starts. */
+enum mq_events_from {
+  MQ_EVENTS_FROM_START, /* every stored event */
+  MQ_EVENTS_FROM_END,   /* events appended after the subscription began */
+  MQ_EVENTS_FROM_ID     /* events with an id above from_id */
+};
+
+/* Subscribes cb to `pattern` (NULL: every stream). cb gets each batch;
+ * after handling it the subscriber calls mq_subscription_next() (at once
+ * or later), and only then is the next batch read. cb gets a status < 0
+ * when a read failed (the read is tried again later; nothing is skipped).
+ * Returns the subscription or NULL (out of memory, or a pattern over 500
+ * bytes: message in err). */
+mq_subscription *mq_events_subscribe(mq_events *ev, const char *pattern,
+                                     enum mq_events_from from,
+                                     long long from_id, mq_events_cb cb,
+                                     void *data, char *err, size_t errlen);
+
+/* The subscriber is done with the batch it was given. */
+void mq_subscription_next(mq_subscription *s);
+
+/* Stops delivery: cb is not called again. Frees s now or, with a read in
+ * flight, when it completes. */
+void mq_subscription_close(mq_subscription *s);
+
+/* Stops listening and every subscription's reads; appends still batched
+ * are sent. Idempotent. */
+void mq_events_stop(mq_events *ev);
+
+/* Frees the event store and its subscriptions. Every request it made must
+ * have completed (close the pool first). NULL-safe. */
+void mq_events_close(mq_events *ev);
+
+#endif
