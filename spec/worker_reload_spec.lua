@@ -28,6 +28,11 @@ return { concurrency = 0, handler = function(job, ctx) return "v4" end }
 local BROKEN_RUNTIME = [[
 error("this file cannot load")
 ]]
+-- Never finishes loading: stopped after 5 s (handlers.c LOAD_TIMEOUT).
+local BROKEN_LOOP = [[
+while true do end
+return function() return "never" end
+]]
 
 describe("worker hot reload", function()
   local dir
@@ -70,6 +75,13 @@ describe("worker hot reload", function()
       assert.equal("completed", job.state)
       assert.equal("v2", job.output)
     end
+    -- a file whose top level never finishes is stopped, not hung on
+    W.write(dir .. "/hot.lua", BROKEN_LOOP)
+    W.run_for(SETTLE + 5.5)
+    local id = assert(Q.send("hot", {}))
+    local job = W.wait_job(id, nil, 10)
+    assert.equal("completed", job.state)
+    assert.equal("v2", job.output)
     -- fixing the file again takes effect
     W.write(dir .. "/hot.lua", [[return function() return "v5, fixed" end]])
     W.run_for(SETTLE)

@@ -21,6 +21,8 @@
 #include "log.h"
 #include "lua_host.h"
 
+#define LOAD_TIMEOUT 5.0 /* seconds a handler file's top level may run */
+
 struct entry {
   char *path;
   time_t mtime;
@@ -113,12 +115,26 @@ static void read_retry(lua_State *L, struct mq_queue_settings *s) {
   lua_pop(L, 4);
 }
 
+static ev_tstamp load_deadline;
+
+/* A file whose top level runs too long (a loop meant for the handler) is
+ * stopped, so loading never hangs the process. */
+static void load_hook(lua_State *L, lua_Debug *ar) {
+  if (ev_time() > load_deadline)
+    luaL_error(L, "loading took longer than %f s (code at the top level of "
+               "the file that does not finish?)", LOAD_TIMEOUT);
+}
+
 /* Loads e's file; on success e holds the new handler, otherwise the error
  * is logged and e keeps what it had. */
 static bool load(mq_handlers *h, struct entry *e) {
   lua_State *L = h->L;
   struct load ld = {.path = e->path, .name = e->name, .fn_ref = LUA_NOREF};
-  if (mq_lua_protect(L, load_cb, &ld, 1) != LUA_OK) {
+  load_deadline = ev_time() + LOAD_TIMEOUT;
+  lua_sethook(L, load_hook, LUA_MASKCOUNT, 10000);
+  int status = mq_lua_protect(L, load_cb, &ld, 1);
+  lua_sethook(L, NULL, 0, 0);
+  if (status != LUA_OK) {
     mq_log_error("handlers", "cannot load handler file=%s error=\"%s\"",
                  e->path, lua_tostring(L, -1));
     lua_pop(L, 1);
