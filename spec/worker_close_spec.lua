@@ -187,3 +187,46 @@ describe("moonq run stopped by two SIGINTs in quick succession", function()
     assert.equal(15, c.waiting + c.completed)
   end)
 end)
+
+describe("moonq run with workers = 2 and a terminal's Ctrl-C", function()
+  local pid, log, rc
+
+  setup(function()
+    assert.is_string(W.bin, "MOONQ_BIN is not set")
+    W.open({ hot_reload = false }) -- sends and inspects only
+    local dir = W.handlers_dir({
+      ["doze.lua"] = [[return { concurrency = 4, handler = function(job, ctx) ctx.sleep(1.5) return "slept" end }]],
+    })
+    local config = W.config_file({
+      schema = W.schema, handlers = dir, hot_reload = false, workers = 2,
+      shutdown_grace = 20, queue = { retry_limit = 0, poll_interval = 0.5 },
+      log = { level = "info" },
+    })
+    pid, log, rc = W.moonq_run(config)
+  end)
+  teardown(W.close)
+
+  -- Ctrl-C reaches the supervisor and both workers at once; the supervisor
+  -- then forwards SIGTERM. That is one stop, not two: running jobs get the
+  -- grace period and finish.
+  it("gives running jobs the grace period", function()
+    local function log_text() return "\nmoonq run log:\n" .. (W.read(log) or "") end
+    local list = {}
+    for i = 1, 6 do list[i] = { i = i } end
+    assert(Q.send_many("doze", list))
+    assert.is_true(moonq.run_until(function() return Q.counts("doze").active >= 2 end, 30),
+      "no job started" .. log_text())
+    local group = { pid }
+    for _, c in ipairs(W.children(pid)) do group[#group + 1] = c end
+    assert.is_true(#group >= 3, "expected a supervisor and two workers" .. log_text())
+    for _, p in ipairs(group) do W.signal(p, "INT") end
+    assert.is_truthy(W.poll(function() return not W.alive(pid) end, 40, 0.05),
+      "moonq run still runs" .. log_text())
+    assert.equal(0, W.poll(rc, 5), "exit status" .. log_text())
+    local c = Q.counts("doze")
+    assert.equal(0, c.active)
+    -- the jobs that were running finished instead of going back
+    assert.is_true(c.completed >= 2, ("completed %d"):format(c.completed) .. log_text())
+    assert.is_nil((W.read(log) or ""):find("not waiting for running jobs", 1, true), log_text())
+  end)
+end)

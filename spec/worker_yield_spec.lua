@@ -98,6 +98,32 @@ end
   ["quick.lua"] = [[return function(job, ctx) ctx.sleep(0.05) return { n = job.data.n } end]],
 }
 
+-- Waits from coroutines moonq cannot pass through: a library's own
+-- coroutine.wrap (the standard one, as a required module sees it), and a
+-- to-be-closed variable whose __close never finishes after a timeout.
+HANDLERS["library_wrap.lua"] = [[
+local raw = require("coroutine") -- what a library module sees
+return function(job, ctx)
+  local out = {}
+  for v in raw.wrap(function() for i = 1, 3 do ctx.sleep(0.01) raw.yield(i) end end) do
+    out[#out + 1] = v
+  end
+  return out
+end
+]]
+HANDLERS["close_loops.lua"] = [[
+return { timeout = 0.2, handler = function(job, ctx)
+  local guard <close> = setmetatable({}, { __close = function() while true do end end })
+  while true do end
+end }
+]]
+HANDLERS["close_waits.lua"] = [[
+return { timeout = 0.2, handler = function(job, ctx)
+  local guard <close> = setmetatable({}, { __close = function() ctx.sleep(5) end })
+  ctx.sleep(5)
+end }
+]]
+
 -- The `moonq run` child's handlers: a wait in a comparator whose job times
 -- out (0.2 s) long before the wait (1 s) would end.
 local CHILD_HANDLERS = {
@@ -179,6 +205,24 @@ describe("waits where the coroutine cannot yield (in-process workers)", function
 
   it("moonq.queue.get in a string.gsub callback raises", function()
     assert_cannot_wait(run_with_siblings("gsub_get"), "gsub_get")
+  end)
+
+  it("ctx.sleep in a coroutine a library resumes itself raises; the process lives", function()
+    assert_cannot_wait(run_with_siblings("library_wrap"), "library_wrap")
+  end)
+
+  it("a __close that loops after a timeout is stopped too; others run", function()
+    local id = run_with_siblings("close_loops")
+    local job = Q.get(id)
+    assert.equal("failed", job.state)
+    assert.is_truthy(job.error.message:find("timeout", 1, true), job.error.message)
+  end)
+
+  it("a __close that waits after a timeout raises instead of running the loop", function()
+    local id = run_with_siblings("close_waits")
+    local job = Q.get(id)
+    assert.equal("failed", job.state)
+    assert.is_truthy(job.error.message:find("timeout", 1, true), job.error.message)
   end)
 
   it("still waits inside the handler's own coroutine, pcall, and a metamethod Lua calls", function()

@@ -120,6 +120,19 @@ void mq_lua_check_blocking(lua_State *L, const char *what) {
                "running)", what);
 }
 
+/* True when coroutine L is being resumed by the handler environment's
+ * coroutine.resume (lua/moonq/handler.lua), which passes a wait's yield up
+ * to the task; a plain coroutine.resume would take it for the
+ * coroutine's own yield. */
+static bool resumed_by_handler(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, MQ_LUA_RESUMING_KEY);
+  lua_pushthread(L);
+  lua_rawget(L, -2);
+  bool yes = lua_tointeger(L, -1) > 0;
+  lua_pop(L, 2);
+  return yes;
+}
+
 struct mq_lua_wait *mq_lua_wait_new(lua_State *L, struct ev_loop *loop) {
   /* Running the loop from here would resume other tasks, and fire this
    * task's own timeout, while its coroutine is still on the C stack. */
@@ -127,6 +140,10 @@ struct mq_lua_wait *mq_lua_wait_new(lua_State *L, struct ev_loop *loop) {
     luaL_error(L, "cannot wait here: called from a C function or metamethod "
                "(such as a table.sort comparator, a string.gsub callback or "
                "__index); call it directly from the handler");
+  if (in_task(L) && current_task->co != L && !resumed_by_handler(L))
+    luaL_error(L, "cannot wait here: inside a coroutine resumed by code that "
+               "does not pass moonq's waits on (a library's own coroutine."
+               "wrap?); call it from the handler or its own coroutines");
   struct mq_lua_wait *w = calloc(1, sizeof *w);
   if (!w)
     luaL_error(L, "not enough memory");

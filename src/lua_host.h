@@ -68,6 +68,12 @@ void mq_lua_set_current(struct mq_lua_task *task);
 struct mq_lua_task *mq_lua_current(void);
 extern const char mq_lua_host_yield;
 
+/* Registry field: a weak-keyed table, coroutine -> how many of the handler
+ * environment's coroutine.resume calls are resuming it now. A wait from a
+ * coroutine not in it would yield to code that does not pass it on, so it
+ * raises instead. */
+#define MQ_LUA_RESUMING_KEY "moonq.resuming"
+
 /* Raises unless L may run the event loop itself: inside a task the loop
  * is already running (a handler calling moonq.run_until, moonq.stop...).
  * `what` names the call in the message. */

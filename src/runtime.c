@@ -56,6 +56,8 @@ struct mq_runtime {
   mq_worker *worker;  /* when this process runs handlers */
   enum phase phase;
   bool serving;      /* mq_runtime_serve's loop runs */
+  bool supervised;   /* a prefork child: the supervisor forwards signals */
+  bool stop_asked;   /* a signal came before the loop ran */
   int exit_code;
   ev_signal sigint, sigterm, sighup;
   ev_timer drain;          /* polls for idle while draining */
@@ -397,6 +399,10 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
     return;
   }
   const char *name = w->signum == SIGINT ? "SIGINT" : "SIGTERM";
+  if (!rt->serving) { /* still starting: stop once running */
+    rt->stop_asked = true;
+    return;
+  }
   if (rt->phase == PHASE_OPEN)
     mq_log_info("runtime", "stopping signal=%s", name);
   else
@@ -440,30 +446,45 @@ void mq_runtime_close(mq_runtime *rt) {
 /* Runs handlers in this process until stopped; the same in `moonq run`
  * and in each prefork child. Returns the exit code. */
 static int serve_here(mq_runtime *rt) {
-  char err[4096];
-  if (mq_runtime_open(rt, err, sizeof err) != 0 ||
-      mq_runtime_start_worker(rt, err, sizeof err) != 0) {
-    fprintf(stderr, "moonq: %s\n", err);
-    return 1;
-  }
-  mq_queue_start_maintenance(rt->queue);
-  mq_log_info("moonq", "running version=%s schema=%s handlers=%s pid=%d",
-              MOONQ_VERSION, rt->cfg->schema, rt->cfg->handlers,
-              (int)getpid());
+  /* Signals are watched from the start, so one that comes while opening
+   * stops the process once it is open. A prefork child leaves SIGINT to its
+   * supervisor: a terminal's Ctrl-C reaches the whole process group, and the
+   * supervisor forwards it as SIGTERM, which must not count as a second
+   * signal. */
   ev_signal *sigs[] = {&rt->sigint, &rt->sigterm, &rt->sighup};
   int nums[] = {SIGINT, SIGTERM, SIGHUP};
   for (int i = 0; i < 3; i++) {
     ev_signal_init(sigs[i], signal_cb, nums[i]);
     sigs[i]->data = rt;
-    ev_signal_start(rt->loop, sigs[i]);
+    if (nums[i] == SIGINT && rt->supervised)
+      signal(SIGINT, SIG_IGN);
+    else
+      ev_signal_start(rt->loop, sigs[i]);
   }
+  char err[4096];
+  int code = 0;
+  if (mq_runtime_open(rt, err, sizeof err) != 0 ||
+      mq_runtime_start_worker(rt, err, sizeof err) != 0) {
+    fprintf(stderr, "moonq: %s\n", err);
+    code = 1;
+    goto done;
+  }
+  mq_queue_start_maintenance(rt->queue);
+  mq_log_info("moonq", "running version=%s schema=%s handlers=%s pid=%d",
+              MOONQ_VERSION, rt->cfg->schema, rt->cfg->handlers,
+              (int)getpid());
   rt->serving = true;
-  ev_run(rt->loop, 0);
+  if (rt->stop_asked)
+    mq_runtime_stop(rt, 0);
+  if (rt->phase != PHASE_STOPPED)
+    ev_run(rt->loop, 0);
   rt->serving = false;
+  code = rt->exit_code;
+  mq_log_info("moonq", "stopped");
+done:
   for (int i = 0; i < 3; i++)
     ev_signal_stop(rt->loop, sigs[i]);
-  mq_log_info("moonq", "stopped");
-  return rt->exit_code;
+  return code;
 }
 
 /* A prefork child: the runtime (a copy of the supervisor's, never opened)
@@ -472,6 +493,7 @@ static int serve_child(void *arg, int index, struct ev_loop *loop) {
   mq_runtime *rt = arg;
   rt->loop = loop;
   rt->own_loop = false;
+  rt->supervised = true;
   int code = serve_here(rt);
   mq_runtime_close(rt);
   return code;

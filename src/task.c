@@ -124,7 +124,19 @@ static void task_free(mq_task *t) {
   ready_remove(t);
   LIST_REMOVE(t, all);
   ts->count--;
-  lua_resetthread(t->lt.co); /* closes to-be-closed variables, protected */
+  /* A wait can still be pending when its yield never reached the
+   * scheduler (swallowed by a coroutine.resume moonq does not see). */
+  if (t->lt.wait)
+    mq_lua_wait_cancel(t->lt.wait);
+  /* Closing to-be-closed variables runs the handler's __close code: it
+   * runs as the task, so its deadline still holds and a wait there raises
+   * "cannot wait here" (the coroutine cannot yield while closing). */
+  mq_task *was = current;
+  current = t;
+  mq_lua_set_current(&t->lt);
+  lua_resetthread(t->lt.co); /* protected */
+  mq_lua_set_current(was ? &was->lt : NULL);
+  current = was;
   luaL_unref(ts->L, LUA_REGISTRYINDEX, t->ref);
   free(t);
 }
@@ -205,8 +217,15 @@ void mq_task_abandon(mq_task *t) {
   task_free(t);
 }
 
-/* The count hook: raises once the deadline has passed, and then on every
- * instruction, so a pcall in the handler cannot swallow it. */
+/* The count hook. Once the deadline has passed it yields the task's
+ * coroutine out of whatever Lua code runs (a pcall cannot catch a yield),
+ * and step() ends the task as timed out. Where the coroutine cannot yield
+ * (a nested coroutine, a C call such as table.sort, __close handlers while
+ * the task is being freed) it raises instead, on every instruction from
+ * then on, so a pcall in the handler cannot swallow it. Yielding rather
+ * than raising out of the coroutine also keeps Lua's hooks enabled on it:
+ * an error thrown from a hook through lua_resume leaves them off, and the
+ * __close handlers run when the task is freed would run unbounded. */
 static void deadline_hook(lua_State *L, lua_Debug *ar) {
   mq_task *t = current;
   if (!t)
@@ -216,6 +235,10 @@ static void deadline_hook(lua_State *L, lua_Debug *ar) {
       return;
     t->timed_out = true;
     lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
+  }
+  if (L == t->lt.co && lua_isyieldable(L)) {
+    lua_yield(L, 0);
+    return;
   }
   luaL_error(L, "timeout after %f s", t->timeout);
 }
@@ -240,6 +263,10 @@ static void step(mq_task *t) {
   int status = lua_resume(co, t->ts->L, nargs, &nres);
   mq_lua_set_current(NULL);
   current = NULL;
+  if (status == LUA_YIELD && t->timed_out) { /* the deadline hook */
+    end(t, MQ_TASK_TIMED_OUT, 0);
+    return;
+  }
   if (status == LUA_YIELD) {
     lua_pop(co, nres); /* values a bare coroutine.yield() passed out */
     if (!t->lt.wait)

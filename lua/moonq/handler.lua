@@ -107,14 +107,22 @@ end
 -- coroutine.resume/wrap for handlers: a moonq call inside a coroutine the
 -- handler made yields moonq._host_yield; pass it up to the job's coroutine
 -- (and so to the scheduler), then hand the results back down.
+-- `resuming` counts the resumes in progress per coroutine: a moonq call in
+-- a coroutine that something else resumes (a library's own
+-- coroutine.wrap) raises "cannot wait here" instead of yielding the marker
+-- into code that would take it for a value.
 local host_yield = require("moonq")._host_yield
+local resuming = require("moonq")._resuming
 local co_resume, co_yield, co_status = coroutine.resume, coroutine.yield, coroutine.status
 
 local function resume(co, ...)
+  resuming[co] = (resuming[co] or 0) + 1
   local r = table.pack(co_resume(co, ...))
   while r[1] and r[2] == host_yield and co_status(co) == "suspended" do
     r = table.pack(co_resume(co, co_yield(host_yield)))
   end
+  local n = resuming[co] - 1
+  resuming[co] = n > 0 and n or nil
   return table.unpack(r, 1, r.n)
 end
 

@@ -286,6 +286,17 @@ int mq_luaopen_moonq(lua_State *L) {
   lua_setfield(L, -2, "null");
   lua_pushlightuserdata(L, (void *)&mq_lua_host_yield);
   lua_setfield(L, -2, "_host_yield");
+  if (lua_getfield(L, LUA_REGISTRYINDEX, MQ_LUA_RESUMING_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L); /* [moonq resuming] */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, MQ_LUA_RESUMING_KEY);
+  }
+  lua_setfield(L, -2, "_resuming");
   mq_json_push_array_mt(L);
   lua_setfield(L, -2, "array_mt");
   for (size_t i = 0; i < sizeof submodules / sizeof submodules[0]; i++) {
