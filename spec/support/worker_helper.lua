@@ -3,8 +3,9 @@
 -- W has every function of queue_helper.lua (W.sql, W.row, W.now, W.spawn,
 -- ...) plus: temporary handler directories (W.handlers_dir, W.write),
 -- W.open/W.close for an in-process runtime whose handlers live in such a
--- directory, W.wait_job/W.wait_all/W.run_for, and `moonq run` child
--- processes (W.config_file, W.moonq_run, W.signal, W.children).
+-- directory, W.wait_job/W.wait_all/W.run_for, background process groups
+-- that W.close() kills (W.own), and `moonq run` child processes
+-- (W.config_file, W.moonq_run, W.signal, W.children).
 local moonq = require "moonq"
 local here = debug.getinfo(1, "S").source:match("^@(.*/)")
 local H = dofile(here .. "queue_helper.lua")
@@ -98,6 +99,12 @@ function W.run_for(s)
   moonq.run_until(function() return false end, s)
 end
 
+-- Makes pid's process group one that W.close() kills if it still runs.
+function W.own(pid)
+  pids[#pids + 1] = pid
+  return pid
+end
+
 -- ---- `moonq run` children ------------------------------------------------
 
 W.bin = os.getenv("MOONQ_BIN")
@@ -133,7 +140,7 @@ function W.moonq_run(config)
   local log, rcfile, pidfile = dir .. "/moonq.log", dir .. "/rc", dir .. "/pid"
   local cmd = ("DATABASE_URL=%s %s run --config %s & echo $! > %s; wait $!; echo $? > %s")
     :format(H.shq(H.url), H.shq(W.bin), H.shq(config), H.shq(pidfile), H.shq(rcfile))
-  pids[#pids + 1] = H.bg(cmd, log)
+  W.own(H.bg(cmd, log))
   logs[#logs + 1] = log
   local pid = H.wait_for(function()
     local s = H.read(pidfile)
