@@ -157,6 +157,9 @@ static int check_event(const mq_events *ev, const struct mq_event_input *e,
   else if (tlen > MAX_TYPE)
     snprintf(err, errlen, "event %d: type is %zu bytes, the limit is %d",
              i + 1, tlen, MAX_TYPE);
+  else if (e->data && mq_json_has_nul(e->data))
+    snprintf(err, errlen, "event %d: data holds a NUL character (\\u0000), "
+             "which PostgreSQL's jsonb cannot store", i + 1);
   else if (e->data && strlen(e->data) > (size_t)ev->cfg->events.max_size)
     snprintf(err, errlen, "event %d: data is %zu bytes, the limit is %d "
              "(events.max_size)", i + 1, strlen(e->data),

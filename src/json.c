@@ -259,6 +259,17 @@ int mq_json_object_null(mq_json_object *o, const char *key) {
   return mq_json_object_string(o, key, NULL);
 }
 
+bool mq_json_has_nul(const char *json) {
+  /* Backslashes occur only inside strings, each starting an escape. */
+  for (const char *p = json; (p = strchr(p, '\\')); p += 2) {
+    if (p[1] == 'u' && strncmp(p + 2, "0000", 4) == 0)
+      return true;
+    if (!p[1])
+      break;
+  }
+  return false;
+}
+
 int mq_json_object_raw(mq_json_object *o, const char *key, const char *json) {
   if (member(o, key) != 0)
     return -1;

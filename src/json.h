@@ -51,6 +51,10 @@ char *mq_json_encode(lua_State *L, int idx, const char *root, size_t *len,
 int mq_json_decode(lua_State *L, const char *text, size_t len, char *err,
                    size_t errlen);
 
+/* True when JSON text (as this unit encodes it) holds a NUL character
+ * (\u0000) in a string, which PostgreSQL's jsonb refuses. */
+bool mq_json_has_nul(const char *json);
+
 /* A JSON object being written from C, member by member, in the order of the
  * calls. Keys are the caller's; each value is encoded as mq_json_encode
  * would encode it in Lua. Errors (out of memory, a string that is not UTF-8,

@@ -526,6 +526,17 @@ static void test_binding(void) {
   lua_setglobal(L, "json");
 }
 
+/* NUL characters in encoded strings are found; an escaped backslash
+ * followed by "u0000" is text, not a NUL. */
+static void test_has_nul(void) {
+  CHECK(mq_json_has_nul("{\"s\":\"a\\u0000b\"}"));
+  CHECK(mq_json_has_nul("[\"\\u0000\"]"));
+  CHECK(!mq_json_has_nul("{\"s\":\"a\\\\u0000b\"}"));
+  CHECK(mq_json_has_nul("{\"s\":\"\\u00001\"}"));
+  CHECK(!mq_json_has_nul("{\"s\":\"\\u0001\"}"));
+  CHECK(!mq_json_has_nul("{}"));
+}
+
 int main(void) {
   L = luaL_newstate();
   REQUIRE(L != NULL);
@@ -546,6 +557,7 @@ int main(void) {
   RUN(test_large);
   RUN(test_out_of_memory);
   RUN(test_object_writer);
+  RUN(test_has_nul);
   RUN(test_binding);
   CHECK_INT(lua_gettop(L), 0);
   lua_close(L);

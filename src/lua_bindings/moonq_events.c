@@ -6,7 +6,7 @@
  *            before =, limit =, run_id =, from_ts =, to_ts =})
  *   sub = moonq.events.subscribe(stream_or_pattern, fn,
  *            {from = "start" | "end" | id, timeout = seconds})
- *   sub:close()
+ *   sub:close()   sub:is_open()
  *
  * An event is a table {id, stream, type, ts, data, run_id, flow_name,
  * step_name, step_id, attempt}. Calls return their result or nil and a
@@ -135,6 +135,16 @@ static void queried(int status, const char *error,
 
 /* ---- append ------------------------------------------------------------- */
 
+/* The string at idx; raises when it holds a NUL byte (PostgreSQL's text
+ * cannot, and C would cut it there). */
+static const char *text_arg(lua_State *L, int idx, const char *what, int nth) {
+  size_t len;
+  const char *s = lua_tolstring(L, idx, &len);
+  if (strlen(s) != len)
+    luaL_error(L, "event %d: %s holds a NUL byte", nth, what);
+  return s;
+}
+
 /* Reads the event table at idx into in (strings kept alive on the stack:
  * its JSON data is pushed). Raises for wrong types. */
 static void event_arg(lua_State *L, int idx, const char *stream, int nth,
@@ -143,13 +153,13 @@ static void event_arg(lua_State *L, int idx, const char *stream, int nth,
     luaL_error(L, "event %d must be a table {type =, data =, run_id =}", nth);
   in->stream = stream;
   lua_getfield(L, idx, "type");
-  in->type = lua_tostring(L, -1);
   if (lua_type(L, -1) != LUA_TSTRING)
     luaL_error(L, "event %d: type must be a string", nth);
+  in->type = text_arg(L, -1, "type", nth);
   lua_getfield(L, idx, "run_id");
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
     luaL_error(L, "event %d: run_id must be a string", nth);
-  in->run_id = lua_tostring(L, -1);
+  in->run_id = lua_isnil(L, -1) ? NULL : text_arg(L, -1, "run_id", nth);
   lua_getfield(L, idx, "data");
   in->data = "{}";
   if (!lua_isnil(L, -1)) {
@@ -206,7 +216,8 @@ static int append_k(lua_State *L, int status, lua_KContext ctx) {
 static int append_events(lua_State *L, bool single) {
   mq_runtime *rt;
   mq_events *ev = events_of(L, &rt);
-  const char *stream = luaL_checkstring(L, 1);
+  luaL_checkstring(L, 1);
+  const char *stream = text_arg(L, 1, "stream", 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   lua_pushboolean(L, single); /* [stream events single] */
@@ -314,7 +325,7 @@ struct batch_arg {
   int n;
 };
 
-/* [] -> [runner fn events pattern] */
+/* [] -> [runner fn events pattern subscription] */
 static int push_batch(lua_State *L) {
   const struct batch_arg *b = lua_touserdata(L, 1);
   lua_getglobal(L, "require");
@@ -326,7 +337,8 @@ static int push_batch(lua_State *L) {
   lua_pushlightuserdata(L, &r);
   lua_call(L, 1, 1);
   lua_pushstring(L, b->s->pattern);
-  return 4;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->s->self_ref);
+  return 5;
 }
 
 static void batch_done(mq_task *task, enum mq_task_end how, int nresults,
@@ -376,8 +388,14 @@ static struct lsub *check_sub(lua_State *L) {
   return luaL_checkudata(L, 1, SUB_MT);
 }
 
-/* sub:close(): no event is delivered after it returns (a batch being
- * handled finishes its current event). */
+/* sub:is_open() -> boolean */
+static int l_sub_is_open(lua_State *L) {
+  lua_pushboolean(L, check_sub(L)->sub != NULL);
+  return 1;
+}
+
+/* sub:close(): no event is delivered after it returns (an event being
+ * handled finishes; the rest of its batch is dropped). */
 static int l_sub_close(lua_State *L) {
   struct lsub *s = check_sub(L);
   if (s->sub) {
@@ -447,7 +465,8 @@ int luaopen_moonq_events(lua_State *L) {
                                    {"query", l_query},
                                    {"subscribe", l_subscribe},
                                    {NULL, NULL}};
-  static const luaL_Reg sub_methods[] = {{"close", l_sub_close}, {NULL, NULL}};
+  static const luaL_Reg sub_methods[] = {
+      {"close", l_sub_close}, {"is_open", l_sub_is_open}, {NULL, NULL}};
   if (luaL_newmetatable(L, SUB_MT)) {
     luaL_newlib(L, sub_methods);
     lua_setfield(L, -2, "__index");
