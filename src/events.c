@@ -140,8 +140,9 @@ mq_events *mq_events_new(struct ev_loop *loop, mq_pg *pg,
 
 /* ---- append ------------------------------------------------------------- */
 
-static int check_event(const mq_events *ev, const struct mq_event_input *e,
-                       int i, char *err, size_t errlen) {
+int mq_events_check(const mq_events *ev, const struct mq_event_input *e,
+                    int nth, char *err, size_t errlen) {
+  int i = nth - 1;
   size_t slen = e->stream ? strlen(e->stream) : 0;
   size_t tlen = e->type ? strlen(e->type) : 0;
   if (slen == 0)
@@ -179,7 +180,7 @@ int mq_events_append(mq_events *ev, const struct mq_event_input *events,
                      int n, mq_events_append_cb cb, void *data, char *err,
                      size_t errlen) {
   for (int i = 0; i < n; i++)
-    if (check_event(ev, &events[i], i, err, errlen) != 0)
+    if (mq_events_check(ev, &events[i], i + 1, err, errlen) != 0)
       return MQ_EVENTS_EINVAL;
   if (n < 1) {
     snprintf(err, errlen, "no events to append");

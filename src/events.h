@@ -74,6 +74,11 @@ typedef void (*mq_events_cb)(int status, const char *error,
 mq_events *mq_events_new(struct ev_loop *loop, mq_pg *pg,
                          const struct mq_config *cfg);
 
+/* Checks one event by the rules of mq_events_append (nth names it in the
+ * message). Returns 0 or MQ_EVENTS_EINVAL with a message in err. */
+int mq_events_check(const mq_events *ev, const struct mq_event_input *e,
+                    int nth, char *err, size_t errlen);
+
 /* Checks and appends n events (batched with the other appends of this
  * loop turn: one statement). An event with an empty stream or type, a
  * stream containing '*', or data larger than events.max_size is

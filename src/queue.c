@@ -51,7 +51,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_FETCH] = "SELECT id, name, data::text, attempt, priority, retry_limit,"
                  " expire_in, run_id FROM %s.fetch_jobs($1, $2::int, $3::uuid)",
     [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs($1::bigint[], $2::jsonb,"
-                    " $3::uuid) AS c",
+                    " $3::uuid, $4::jsonb) AS c",
     [ST_FAIL] = "SELECT f.id, f.state::text, to_jsonb(f.start_after) #>> '{}'"
                 " FROM %s.fail_jobs("
                 "$1::bigint[], ARRAY(SELECT e.value FROM jsonb_array_elements("
@@ -93,6 +93,9 @@ struct batch {
   size_t ids_len, ids_cap;
   char *json;  /* "[a,b,c" while gathering */
   size_t json_len, json_cap;
+  char *events; /* complete: "[null,[...]" emitted events per job */
+  size_t events_len, events_cap;
+  bool has_events; /* some job of the batch emitted events */
   struct waiter *waiters;
   int n, cap;
 };
@@ -533,12 +536,13 @@ static struct batch *batch_new(mq_queue *q, enum stmt st) {
 static void batch_free(struct batch *b) {
   free(b->ids);
   free(b->json);
+  free(b->events);
   free(b->waiters);
   free(b);
 }
 
 static int batch_add(struct batch *b, long long id, const char *json,
-                     mq_queue_json_cb cb, void *data) {
+                     const char *events, mq_queue_json_cb cb, void *data) {
   if (b->n == b->cap) {
     int cap = b->cap ? b->cap * 2 : 16;
     struct waiter *w = realloc(b->waiters, sizeof *w * (size_t)cap);
@@ -553,6 +557,14 @@ static int batch_add(struct batch *b, long long id, const char *json,
       (b->n && buf_add(&b->json, &b->json_len, &b->json_cap, ",", 1) != 0) ||
       buf_add(&b->json, &b->json_len, &b->json_cap, json, strlen(json)) != 0)
     return -1;
+  if (b->stmt == ST_COMPLETE) {
+    const char *e = events ? events : "null";
+    if (buf_add(&b->events, &b->events_len, &b->events_cap, b->n ? "," : "[",
+                1) != 0 ||
+        buf_add(&b->events, &b->events_len, &b->events_cap, e, strlen(e)) != 0)
+      return -1;
+    b->has_events = b->has_events || events;
+  }
   b->waiters[b->n++] = (struct waiter){id, cb, data};
   return 0;
 }
@@ -610,9 +622,18 @@ static void batch_send(struct batch *b) {
     batch_done(&oom, b);
     return;
   }
-  const char *params[] = {b->ids, b->json, b->q->process_id};
-  if (mq_pg_exec(b->q->pg, b->q->stmts[b->stmt], 3, params, 0, batch_done, b) !=
-      0) {
+  if (b->has_events &&
+      buf_add(&b->events, &b->events_len, &b->events_cap, "]", 1) != 0) {
+    struct mq_pg_reply oom = {.status = MQ_PG_ENOMEM, .error = "out of memory",
+                              .sqlstate = ""};
+    batch_done(&oom, b);
+    return;
+  }
+  const char *params[] = {b->ids, b->json, b->q->process_id,
+                          b->has_events ? b->events : NULL};
+  int nparams = b->stmt == ST_COMPLETE ? 4 : 3;
+  if (mq_pg_exec(b->q->pg, b->q->stmts[b->stmt], nparams, params, 0,
+                 batch_done, b) != 0) {
     struct mq_pg_reply closed = {.status = MQ_PG_ECLOSED,
                                  .error = "the connection pool is closed",
                                  .sqlstate = ""};
@@ -638,11 +659,11 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
 }
 
 static int enqueue_batch(mq_queue *q, struct batch **slot, enum stmt st,
-                         long long id, const char *json, mq_queue_json_cb cb,
-                         void *data) {
+                         long long id, const char *json, const char *events,
+                         mq_queue_json_cb cb, void *data) {
   if (!*slot && !(*slot = batch_new(q, st)))
     return MQ_QUEUE_EDB;
-  if (batch_add(*slot, id, json, cb, data) != 0)
+  if (batch_add(*slot, id, json, events, cb, data) != 0)
     return MQ_QUEUE_EDB;
   ev_prepare_start(q->loop, &q->flush);
   return 0;
@@ -650,14 +671,21 @@ static int enqueue_batch(mq_queue *q, struct batch **slot, enum stmt st,
 
 int mq_queue_complete(mq_queue *q, long long id, const char *output_json,
                       mq_queue_json_cb cb, void *data) {
+  return mq_queue_complete_with(q, id, output_json, NULL, cb, data);
+}
+
+int mq_queue_complete_with(mq_queue *q, long long id, const char *output_json,
+                           const char *events_json, mq_queue_json_cb cb,
+                           void *data) {
   return enqueue_batch(q, &q->complete, ST_COMPLETE, id,
-                       output_json ? output_json : "null", cb, data);
+                       output_json ? output_json : "null", events_json, cb,
+                       data);
 }
 
 int mq_queue_fail(mq_queue *q, long long id, const char *error_json,
                   mq_queue_json_cb cb, void *data) {
   return enqueue_batch(q, &q->fail, ST_FAIL, id,
-                       error_json ? error_json : "null", cb, data);
+                       error_json ? error_json : "null", NULL, cb, data);
 }
 
 /* ---- inspection and control --------------------------------------------- */

@@ -113,6 +113,14 @@ int mq_queue_fetch(mq_queue *q, const char *queue, int n, mq_queue_fetch_cb cb,
 int mq_queue_complete(mq_queue *q, long long id, const char *output_json,
                       mq_queue_json_cb cb, void *data);
 
+/* Like mq_queue_complete, storing the events the handler emitted in the
+ * same transaction: events_json is a JSON array of {stream, type, data}
+ * (stream NULL: "job:<name>:<id>"), checked by the caller (events.h rules),
+ * or NULL. A job that is no longer active stores none of them. */
+int mq_queue_complete_with(mq_queue *q, long long id, const char *output_json,
+                           const char *events_json, mq_queue_json_cb cb,
+                           void *data);
+
 /* Fails an active job with error_json ({"message":..., ...}); its retry
  * policy decides what follows. Batched like completions. cb gets JSON
  * {"state":"retry"|"failed","start_after":...}, or ENOTACTIVE. */

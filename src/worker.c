@@ -57,6 +57,8 @@ struct active {
   long long id;
   char *name;
   mq_task *task;
+  int ctx_ref; /* the handler's ctx: its `emitted` events are stored with
+                  the completion */
   LIST_ENTRY(active) link;
 };
 
@@ -297,17 +299,30 @@ static void fail_active(struct active *a, lua_State *co, const char *text) {
   free(f.json);
 }
 
-/* The handler's first result as JSON (NULL: none), or an error. */
+/* The handler's first result as JSON (NULL: none) and the events it
+ * emitted (NULL: none), or an error. */
 struct output {
   lua_State *co;
   int nresults;
+  int ctx_ref;
   char *json;
+  char *events;
   char err[512];
   bool bad;
 };
 
 static int build_output(lua_State *L) {
   struct output *o = lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, o->ctx_ref); /* [o ctx] */
+  lua_pushliteral(L, "emitted");
+  if (lua_istable(L, 2) && lua_rawget(L, 2) == LUA_TTABLE &&
+      lua_rawlen(L, -1) > 0) { /* checked by ctx.emit */
+    o->events = mq_json_encode(L, -1, "emitted", NULL, o->err, sizeof o->err);
+    if (!o->events) {
+      o->bad = true;
+      return 0;
+    }
+  }
   if (o->nresults == 0)
     return 0;
   lua_pop(o->co, o->nresults - 1);
@@ -321,7 +336,7 @@ static int build_output(lua_State *L) {
 
 static void complete_active(struct active *a, int nresults) {
   lua_State *co = mq_task_thread(a->task);
-  struct output o = {.co = co, .nresults = nresults};
+  struct output o = {.co = co, .nresults = nresults, .ctx_ref = a->ctx_ref};
   if (mq_lua_protect(a->w->L, build_output, &o, 0) != LUA_OK) {
     snprintf(o.err, sizeof o.err, "%s", lua_tostring(a->w->L, -1));
     lua_pop(a->w->L, 1);
@@ -332,11 +347,14 @@ static void complete_active(struct active *a, int nresults) {
     snprintf(message, sizeof message,
              "the handler's result cannot be stored: %s", o.err);
     fail_active(a, NULL, message);
+    free(o.json);
+    free(o.events);
     return;
   }
   mq_log_debug("worker", "job completed id=%lld job=%s", a->id, a->name);
-  mq_queue_complete(a->w->q, a->id, o.json, log_result, NULL);
+  mq_queue_complete_with(a->w->q, a->id, o.json, o.events, log_result, NULL);
   free(o.json);
+  free(o.events);
 }
 
 /* ---- running jobs ----------------------------------------------------- */
@@ -347,6 +365,7 @@ static void release_active(struct active *a) {
   LIST_REMOVE(a, link);
   w->nactive--;
   c->running--;
+  luaL_unref(w->L, LUA_REGISTRYINDEX, a->ctx_ref);
   free(a->name);
   free(a);
   if (w->stopping) {
@@ -382,6 +401,7 @@ struct start {
   mq_worker *w;
   const struct mq_job *job;
   int fn_ref;
+  int ctx_ref; /* out: a reference to the ctx made */
 };
 
 /* [] -> [fn job ctx] */
@@ -392,6 +412,8 @@ static int push_start(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->w->ctx_ref);
   lua_pushvalue(L, -2);
   lua_call(L, 1, 1);
+  lua_pushvalue(L, -1);
+  s->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 3;
 }
 
@@ -428,10 +450,13 @@ static void run_job(struct consumer *c, const struct mq_job *job) {
   a->id = job->id;
   double timeout = h->timeout > 0 ? h->timeout
                                   : mq_config_queue(w->cfg, job->queue)->timeout;
-  struct start s = {.w = w, .job = job, .fn_ref = h->fn_ref};
+  struct start s = {.w = w, .job = job, .fn_ref = h->fn_ref,
+                    .ctx_ref = LUA_NOREF};
   a->task = mq_task_start(w->tasks, push_start, &s, timeout, task_ended, a,
                           err, sizeof err);
+  a->ctx_ref = s.ctx_ref;
   if (!a->task) {
+    luaL_unref(w->L, LUA_REGISTRYINDEX, a->ctx_ref);
     free(a->name);
     free(a);
     refuse(c, job, err);
@@ -698,6 +723,7 @@ static void grace_cb(struct ev_loop *loop, ev_timer *t, int revents) {
     LIST_REMOVE(a, link);
     w->nactive--;
     a->c->running--;
+    luaL_unref(w->L, LUA_REGISTRYINDEX, a->ctx_ref);
     free(a->name);
     free(a);
   }

@@ -4,7 +4,7 @@
 --   ctx.log.info(msg, f)    logging tagged with the job (debug/info/warn/error)
 --   ctx.sleep(seconds)      yields to the loop; other jobs keep running
 --   ctx.enqueue(name, data, opts)   sends a job (same run_id by default)
---   ctx.emit(type, data)    records an event for the job
+--   ctx.emit(type, data, opts)  an event, stored with the job's completion
 --
 -- Every call that waits yields the job's coroutine; none blocks the loop.
 local moonq = require "moonq"
@@ -48,13 +48,25 @@ function M.new(job)
     end
     return moonq.queue.send(name, data, opts)
   end
-  ctx.emit = function(type_, data)
-    if type(type_) ~= "string" or type_ == "" then
-      error("ctx.emit: event type must be a non-empty string", 2)
+  -- Events go to the job's stream (opts.stream to choose another) and are
+  -- stored with the job's completion, in its transaction: a failed attempt
+  -- leaves none, a retried job emits once. opts.now = true appends at once
+  -- instead (progress a dashboard should see while the job runs).
+  local own_stream = "job:" .. job.name .. ":" .. tostring(job.id)
+  ctx.emit = function(type_, data, opts)
+    if opts ~= nil and type(opts) ~= "table" then
+      error("ctx.emit: options must be a table", 2)
+    end
+    local stream = opts and opts.stream or own_stream
+    local ok, err = pcall(moonq.events._check, stream, type_, data)
+    if not ok then error("ctx.emit: " .. tostring(err), 2) end
+    if opts and opts.now then
+      local stored, why = moonq.events.append(stream, { type = type_, data = data, run_id = job.run_id })
+      if not stored then error("ctx.emit: " .. tostring(why), 2) end
+      return stored
     end
     local list = ctx.emitted
-    list[#list + 1] = { type = type_, data = data }
-    moonq.log.info("emit", { job_id = job.id, job = job.name, event = type_ })
+    list[#list + 1] = { stream = opts and opts.stream or nil, type = type_, data = data }
     return true
   end
   return ctx

@@ -248,6 +248,32 @@ static int append_events(lua_State *L, bool single) {
   return mq_lua_wait_k(L, w, append_k) + 0 * top;
 }
 
+/* _check(stream, type, data): raises with the reason when the event would
+ * be refused (ctx.emit checks at once what it stores later). */
+static int l_check(lua_State *L) {
+  mq_runtime *rt;
+  mq_events *ev = events_of(L, &rt);
+  luaL_checkstring(L, 1);
+  if (lua_type(L, 2) != LUA_TSTRING)
+    return luaL_error(L, "event type must be a non-empty string");
+  struct mq_event_input in = {.stream = text_arg(L, 1, "stream", 1),
+                              .type = text_arg(L, 2, "type", 1)};
+  if (!lua_isnoneornil(L, 3)) {
+    char err[512];
+    size_t len;
+    char *json = mq_json_encode(L, 3, "data", &len, err, sizeof err);
+    if (!json)
+      return luaL_error(L, "%s", err);
+    in.data = lua_pushlstring(L, json, len);
+    free(json);
+  }
+  char err[1024];
+  if (mq_events_check(ev, &in, 1, err, sizeof err) != 0)
+    return luaL_error(L, "%s", err + (strncmp(err, "event 1: ", 9) ? 0 : 9));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int l_append(lua_State *L) { return append_events(L, true); }
 static int l_append_many(lua_State *L) { return append_events(L, false); }
 
@@ -464,6 +490,7 @@ int luaopen_moonq_events(lua_State *L) {
                                    {"append_many", l_append_many},
                                    {"query", l_query},
                                    {"subscribe", l_subscribe},
+                                   {"_check", l_check},
                                    {NULL, NULL}};
   static const luaL_Reg sub_methods[] = {
       {"close", l_sub_close}, {"is_open", l_sub_is_open}, {NULL, NULL}};
