@@ -81,13 +81,16 @@ SQL
   q "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT * FROM $s.queue_events WHERE run_id = 'run-42' ORDER BY id"
   echo "-- by type and time"
   q "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT count(*) FROM $s.queue_events WHERE type = 'order.t3' AND ts > now() - interval '1 minute'"
-  echo "-- a reader's live step (base = a snapshot taken just now)"
-  q "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT e.id FROM $s.queue_events e, (SELECT pg_current_snapshot() AS b) s
-     WHERE (e.tx >= pg_snapshot_xmax(s.b) OR e.tx = ANY(ARRAY(SELECT pg_snapshot_xip(s.b))))
-       AND pg_visible_in_snapshot(e.tx, pg_current_snapshot()) ORDER BY e.id LIMIT 500"
-  echo "-- read_events, live step, timed"
-  q "\\timing on" >/dev/null
-  psql "$url" -qAtX -c "\\timing on" -c "SELECT count(*) FROM $s.read_events(NULL, pg_current_snapshot(), NULL, 0, 0, 500)"
+  snap=$(q "SELECT pg_current_snapshot()")
+  echo "-- read_events: a live step (base = a snapshot taken just now), then a history page"
+  q "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) WITH fresh AS MATERIALIZED (
+       SELECT e.* FROM $s.queue_events e WHERE e.tx >= pg_snapshot_xmax('$snap') AND e.tx < pg_snapshot_xmax(pg_current_snapshot()) AND e.id > 0
+       UNION ALL SELECT e.* FROM $s.queue_events e WHERE e.tx = ANY(ARRAY(SELECT pg_snapshot_xip('$snap'))) AND e.tx < pg_snapshot_xmax('$snap') AND e.id > 0)
+     SELECT id FROM fresh WHERE pg_visible_in_snapshot(tx, pg_current_snapshot()) ORDER BY id LIMIT 500"
+  psql "$url" -qAtX -c "\\timing on" \
+    -c "SELECT count(*) FROM $s.read_events(NULL, '$snap', NULL, 0, 0, 500)" \
+    -c "SELECT count(*) FROM $s.read_events(NULL, '$snap', NULL, 0, 0, 500)" \
+    -c "SELECT count(*) FROM $s.read_events('orders:4*', '1:1:', NULL, 500000, 0, 500)"
 } >"$out/explain.txt" 2>&1
 echo "EXPLAIN on $rows events: $out/explain.txt" | tee -a "$out/summary.txt"
 echo "raw outputs: $out"

@@ -174,6 +174,13 @@ END $$;
 -- every row the step's target snapshot; no events: one row whose id is
 -- NULL. Fewer than n events means the step is complete (the reader moves
 -- to the target).
+--
+-- Two plans, chosen here rather than left to the planner (which cannot
+-- estimate `tx >= x` and may walk the whole primary key for ORDER BY id
+-- LIMIT n): a reader at the start of the log (base xmax 1: everything is
+-- new) pages through ids; a reader near the head collects the few rows
+-- written by transactions at or above base's xmax, or in its in-progress
+-- list, through the index on tx, then orders them.
 CREATE FUNCTION @schema@.read_events(pattern text, base pg_snapshot,
                                      target pg_snapshot, after_id bigint,
                                      min_id bigint, n integer)
@@ -186,20 +193,39 @@ DECLARE
   -- the one pg_current_snapshot() returns.
   t pg_snapshot := coalesce(target, pg_current_snapshot());
   like_pattern text := @schema@.stream_like(pattern);
+  lo xid8 := pg_snapshot_xmax(base);
+  hi xid8 := pg_snapshot_xmax(t);
   xip xid8[] := ARRAY(SELECT pg_snapshot_xip(base));
+  floor_id bigint := greatest(after_id, min_id);
 BEGIN
-  RETURN QUERY
-  SELECT t, e.id, e.stream, e.ts, e.type, e.run_id, e.flow_name, e.step_name,
-         e.step_id, e.attempt, e.data
-    FROM @schema@.queue_events e
-   WHERE (e.tx >= pg_snapshot_xmax(base) OR e.tx = ANY(xip))
-     AND e.tx < pg_snapshot_xmax(t)
-     AND pg_visible_in_snapshot(e.tx, t)
-     AND e.id > after_id
-     AND e.id > min_id
-     AND (pattern IS NULL OR e.stream LIKE like_pattern)
-   ORDER BY e.id
-   LIMIT n;
+  IF lo <= '1'::xid8 THEN
+    RETURN QUERY
+    SELECT t, e.id, e.stream, e.ts, e.type, e.run_id, e.flow_name, e.step_name,
+           e.step_id, e.attempt, e.data
+      FROM @schema@.queue_events e
+     WHERE e.id > floor_id
+       AND e.tx < hi
+       AND pg_visible_in_snapshot(e.tx, t)
+       AND (pattern IS NULL OR e.stream LIKE like_pattern)
+     ORDER BY e.id
+     LIMIT n;
+  ELSE
+    RETURN QUERY
+    WITH fresh AS MATERIALIZED (
+      SELECT e.* FROM @schema@.queue_events e
+       WHERE e.tx >= lo AND e.tx < hi AND e.id > floor_id
+      UNION ALL
+      SELECT e.* FROM @schema@.queue_events e
+       WHERE e.tx = ANY(xip) AND e.tx < lo AND e.id > floor_id
+    )
+    SELECT t, f.id, f.stream, f.ts, f.type, f.run_id, f.flow_name, f.step_name,
+           f.step_id, f.attempt, f.data
+      FROM fresh f
+     WHERE pg_visible_in_snapshot(f.tx, t)
+       AND (pattern IS NULL OR f.stream LIKE like_pattern)
+     ORDER BY f.id
+     LIMIT n;
+  END IF;
   IF NOT FOUND THEN
     RETURN QUERY SELECT t, NULL::bigint, NULL::text, NULL::timestamptz, NULL::text,
                         NULL::text, NULL::text, NULL::text, NULL::text,

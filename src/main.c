@@ -48,6 +48,10 @@ static const char usage_text[] =
     "  job ID     print one job as JSON\n"
     "  counts QUEUE       jobs of a queue in each state\n"
     "  pause QUEUE | resume QUEUE   stop or restart fetching, everywhere\n"
+    "  events query STREAM [--type T]... [--run R] [--after ID] [--limit N]\n"
+    "             print events as JSON lines, oldest first\n"
+    "  events tail STREAM|PATTERN [--from start|end|ID]\n"
+    "             follow events as JSON lines until SIGINT\n"
     "  version    print the version\n"
     "  help       print this help\n"
     "\n"
@@ -163,8 +167,8 @@ static int cmd_lua(mq_runtime *rt, const struct cli *cli) {
 }
 
 static bool is_lua_command(const char *c) {
-  static const char *const names[] = {"enqueue", "jobs",  "job",
-                                      "counts",  "pause", "resume"};
+  static const char *const names[] = {"enqueue", "jobs",   "job",   "counts",
+                                      "pause",   "resume", "events"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (strcmp(c, names[i]) == 0)
       return true;

@@ -5,6 +5,8 @@
 --   moonq job ID
 --   moonq counts QUEUE
 --   moonq pause QUEUE | moonq resume QUEUE
+--   moonq events query STREAM [--type T]... [--run R] [--after ID] [--limit N]
+--   moonq events tail STREAM|PATTERN [--from start|end|ID]
 --
 -- main() returns the process exit code: 0 success, 1 runtime error, 2 usage.
 local moonq = require "moonq"
@@ -66,7 +68,12 @@ local function parse(args, known, switches)
           v = args[i]
           if v == nil then error({ usage = ("--%s needs a value"):format(flag) }) end
         end
-        opts[flag] = v
+        if known[flag] == "many" then -- repeatable: a list of values
+          opts[flag] = opts[flag] or {}
+          table.insert(opts[flag], v)
+        else
+          opts[flag] = v
+        end
       else
         error({ usage = ("unknown option --%s"):format(flag) })
       end
@@ -151,6 +158,42 @@ function commands.resume(args)
   need(pos, 1, "QUEUE")
   check(moonq.queue.resume(pos[1]))
   print(("queue %s resumed"):format(pos[1]))
+end
+
+-- moonq events query|tail ...: events as JSON lines, oldest first.
+local events = {}
+
+function events.query(args)
+  local pos, flags = parse(args, { type = "many", run = true, after = true, limit = true })
+  need(pos, 1, "STREAM")
+  local list = check(moonq.events.query(pos[1], {
+    types = flags.type,
+    run_id = flags.run,
+    after = flags.after and integer("after", flags.after) or nil,
+    limit = flags.limit and integer("limit", flags.limit) or 100,
+  }))
+  for _, e in ipairs(list) do print(moonq.json.encode(e)) end
+end
+
+-- Follows a stream or pattern like `tail -f` until SIGINT or SIGTERM.
+function events.tail(args)
+  local pos, flags = parse(args, { from = true })
+  need(pos, 1, "STREAM or PATTERN")
+  local from = flags.from or "end"
+  if from ~= "start" and from ~= "end" then from = integer("from", from) end
+  local sub = check(moonq.events.subscribe(pos[1], function(e)
+    io.stdout:write(moonq.json.encode(e), "\n")
+    io.stdout:flush()
+  end, { from = from }))
+  moonq.run_until_signal()
+  sub:close()
+end
+
+function commands.events(args)
+  local sub = table.remove(args, 1)
+  local fn = events[sub or ""]
+  if not fn then error({ usage = "expected `events query ...` or `events tail ...`" }) end
+  return fn(args)
 end
 
 -- Runs `command` with its argument list; returns the exit code.

@@ -5,6 +5,7 @@
  * submodules. A script or busted spec calls moonq.open(config) first, which
  * makes a runtime with a private loop inside the caller's Lua state.
  */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -172,6 +173,30 @@ static int l_run_until(lua_State *L) {
   }
 }
 
+static void signalled(struct ev_loop *loop, ev_signal *w, int revents) {
+  *(int *)w->data = w->signum;
+}
+
+/* moonq.run_until_signal() -> "SIGINT" | "SIGTERM": runs the loop
+ * (subscriptions, handlers, timers) until one of them arrives. */
+static int l_run_until_signal(lua_State *L) {
+  mq_lua_check_blocking(L, "moonq.run_until_signal");
+  struct ev_loop *loop = mq_runtime_loop(open_runtime(L));
+  int got = 0;
+  ev_signal sigint, sigterm;
+  ev_signal_init(&sigint, signalled, SIGINT);
+  ev_signal_init(&sigterm, signalled, SIGTERM);
+  sigint.data = sigterm.data = &got;
+  ev_signal_start(loop, &sigint);
+  ev_signal_start(loop, &sigterm);
+  while (!got)
+    ev_run(loop, EVRUN_ONCE);
+  ev_signal_stop(loop, &sigint);
+  ev_signal_stop(loop, &sigterm);
+  lua_pushstring(L, got == SIGINT ? "SIGINT" : "SIGTERM");
+  return 1;
+}
+
 /* moonq.is_open() -> boolean */
 static int l_is_open(lua_State *L) {
   lua_pushboolean(L, mq_lua_runtime(L) != NULL);
@@ -241,6 +266,7 @@ static const luaL_Reg moonq_funcs[] = {
     {"start", l_start},
     {"stop", l_stop},
     {"run_until", l_run_until},
+    {"run_until_signal", l_run_until_signal},
     {"open", l_open},
     {"close", l_close},
     {"is_open", l_is_open},

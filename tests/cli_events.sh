@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# cli_events.sh -- `moonq events query` prints a stream's events as JSON
+# lines (types filtered, --after), `moonq events tail` follows a pattern from
+# an id, prints events appended from SQL while it runs and exits 0 on
+# SIGINT; a wrong subcommand is a usage error (exit 2). Run by ctest as
+# sh_cli_events with MOONQ_BIN and DATABASE_URL set.
+set -u
+
+bin=${MOONQ_BIN:?MOONQ_BIN is not set (run through ctest)}
+url=${DATABASE_URL:?DATABASE_URL is not set (run through ctest)}
+dir=$(mktemp -d)
+schema=t_cli_events_$$
+trap 'psql "$url" -qAtX -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1; rm -rf "$dir"' EXIT
+failed=0
+fail() { echo "FAIL: $*" >&2; failed=1; }
+sql() { psql "$url" -qAtX -v ON_ERROR_STOP=1 -c "$1"; }
+
+printf 'return { schema = "%s", log = { level = "warn" } }\n' "$schema" >"$dir/config.lua"
+"$bin" --config "$dir/config.lua" migrate >/dev/null 2>&1 || { echo "migrate failed" >&2; exit 1; }
+sql "SELECT $schema.append('orders:1', 'created', '{\"n\": 1}'),
+            $schema.append('orders:1', 'paid', '{\"n\": 2}'),
+            $schema.append('orders_1', 'created', '{}')" >/dev/null
+
+out=$("$bin" --config "$dir/config.lua" events query orders:1 --type paid --type created)
+[ "$(printf '%s\n' "$out" | wc -l)" -eq 2 ] || fail "query: expected 2 lines, got: $out"
+[[ "$out" == *'"type":"created"'*'"type":"paid"'* ]] || fail "query: order or types: $out"
+out=$("$bin" --config "$dir/config.lua" events query orders:1 --after 1)
+[[ "$out" == *'"id":2'* && "$out" != *'"id":1,'* ]] || fail "query --after 1: $out"
+
+"$bin" --config "$dir/config.lua" events tail 'orders:*' --from 1 >"$dir/tail.out" 2>"$dir/tail.err" &
+pid=$!
+for _ in $(seq 1 100); do grep -q '"id":2' "$dir/tail.out" 2>/dev/null && break; sleep 0.1; done
+sql "SELECT $schema.append('orders:9', 'live', '{}')" >/dev/null
+for _ in $(seq 1 100); do grep -q '"type":"live"' "$dir/tail.out" 2>/dev/null && break; sleep 0.1; done
+kill -INT "$pid"
+wait "$pid"
+code=$?
+[ "$code" -eq 0 ] || fail "tail: exit code $code after SIGINT: $(cat "$dir/tail.err")"
+lines=$(cat "$dir/tail.out")
+[[ "$lines" == *'"id":2'*'"type":"live"'* ]] || fail "tail: history then live expected: $lines"
+[[ "$lines" != *'"id":1,'* && "$lines" != *'orders_1'* ]] || fail "tail: --from 1 or the pattern leaked: $lines"
+
+"$bin" --config "$dir/config.lua" events nope >/dev/null 2>&1
+[ $? -eq 2 ] || fail "events nope: expected exit code 2"
+
+[ "$failed" -eq 0 ] && echo "cli_events: ok"
+exit "$failed"
