@@ -85,7 +85,7 @@ SQL
   echo "-- read_events: a live step (base = a snapshot taken just now), then a history page"
   q "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) WITH fresh AS MATERIALIZED (
        SELECT e.* FROM $s.queue_events e WHERE e.tx >= pg_snapshot_xmax('$snap') AND e.tx < pg_snapshot_xmax(pg_current_snapshot()) AND e.id > 0
-       UNION ALL SELECT e.* FROM $s.queue_events e WHERE e.tx = ANY(ARRAY(SELECT pg_snapshot_xip('$snap'))) AND e.tx < pg_snapshot_xmax('$snap') AND e.id > 0)
+       UNION ALL SELECT e.* FROM $s.queue_events e WHERE cardinality(ARRAY(SELECT pg_snapshot_xip('$snap'))) > 0 AND e.tx = ANY(ARRAY(SELECT pg_snapshot_xip('$snap'))) AND e.tx < pg_snapshot_xmax('$snap') AND e.id > 0)
      SELECT id FROM fresh WHERE pg_visible_in_snapshot(tx, pg_current_snapshot()) ORDER BY id LIMIT 500"
   psql "$url" -qAtX -c "\\timing on" \
     -c "SELECT count(*) FROM $s.read_events(NULL, '$snap', NULL, 0, 0, 500)" \

@@ -216,7 +216,8 @@ BEGIN
        WHERE e.tx >= lo AND e.tx < hi AND e.id > floor_id
       UNION ALL
       SELECT e.* FROM @schema@.queue_events e
-       WHERE e.tx = ANY(xip) AND e.tx < lo AND e.id > floor_id
+       WHERE cardinality(xip) > 0 -- a one-time filter: no scan without
+         AND e.tx = ANY(xip) AND e.tx < lo AND e.id > floor_id
     )
     SELECT t, f.id, f.stream, f.ts, f.type, f.run_id, f.flow_name, f.step_name,
            f.step_id, f.attempt, f.data
