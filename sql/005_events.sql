@@ -233,3 +233,23 @@ BEGIN
                         NULL::integer, NULL::jsonb;
   END IF;
 END $$;
+
+-- Retention: deletes up to n events older than `keep` seconds, oldest ids
+-- first (ids follow time closely enough: a late commit's event goes in a
+-- later pass), and returns how many. One process of the cluster does each
+-- pass; the others return NULL at once. Appends never wait for it: it
+-- deletes in small batches, old rows only.
+CREATE FUNCTION @schema@.delete_old_events(keep double precision, n integer)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+  deleted bigint;
+BEGIN
+  IF NOT pg_try_advisory_xact_lock(hashtextextended('moonq.event_retention:@schema@', 0)) THEN
+    RETURN NULL;
+  END IF;
+  DELETE FROM @schema@.queue_events e
+   WHERE e.id IN (SELECT o.id FROM @schema@.queue_events o ORDER BY o.id LIMIT n)
+     AND e.ts < now() - make_interval(secs => keep);
+  GET DIAGNOSTICS deleted = ROW_COUNT;
+  RETURN deleted;
+END $$;

@@ -112,6 +112,7 @@ static const struct field events_fields[] = {
      .min = 1, .max = 64},
     {.name = "max_size", .kind = F_INT, .off = COFF(events.max_size),
      .min = 1, .max = 268435455},
+    {.name = "retention", .kind = F_POS, .off = COFF(events.retention)},
 };
 
 static const struct field log_fields[] = {

@@ -70,6 +70,7 @@ struct mq_config {
     bool job_events; /* job lifecycle events; default true */
     int pool_size;   /* default 4 */
     int max_size;    /* largest event data in bytes; default 1 MiB */
+    double retention; /* seconds events are kept; 0 (default): forever */
   } events;
 
   struct mq_schedule_config *schedules;

@@ -25,8 +25,10 @@
 #define MAX_STREAM 500     /* bytes, as the table's check says */
 #define MAX_TYPE 200
 #define EMPTY_SNAPSHOT "1:1:" /* nothing visible: read from the start */
+#define RETENTION_EVERY 5.0 /* seconds between retention passes */
+#define RETENTION_BATCH "10000" /* events deleted per pass at most */
 
-enum stmt { ST_APPEND, ST_QUERY, ST_READ, ST_SNAPSHOT, ST_COUNT };
+enum stmt { ST_APPEND, ST_QUERY, ST_READ, ST_SNAPSHOT, ST_RETENTION, ST_COUNT };
 
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_APPEND] = "SELECT id, ts FROM %s.append_events($1::jsonb)",
@@ -39,6 +41,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                 "$2::pg_snapshot, $3::pg_snapshot, $4::bigint, $5::bigint, "
                 "$6::integer)",
     [ST_SNAPSHOT] = "SELECT pg_current_snapshot()::text -- %s",
+    [ST_RETENTION] = "SELECT %s.delete_old_events($1::float8, $2::integer)",
 };
 
 struct waiter {
@@ -81,6 +84,8 @@ struct mq_events {
   struct batch *batch;
   ev_prepare flush;
   ev_timer poll;
+  ev_timer retention;
+  bool retention_busy; /* a pass in flight */
   bool stopped;
   bool listening;
   LIST_HEAD(, mq_subscription) subs;
@@ -89,6 +94,7 @@ struct mq_events {
 static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
 static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void wake_cb(const char *channel, const char *payload, void *data);
+static void retention_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void consider_read(mq_subscription *s);
 
 /* Appends n bytes to a growable buffer; -1 when out of memory. */
@@ -135,7 +141,38 @@ mq_events *mq_events_new(struct ev_loop *loop, mq_pg *pg,
   ev->flush.data = ev;
   ev_timer_init(&ev->poll, poll_cb, POLL_INTERVAL, POLL_INTERVAL);
   ev->poll.data = ev;
+  ev_timer_init(&ev->retention, retention_cb, RETENTION_EVERY, RETENTION_EVERY);
+  ev->retention.data = ev;
   return ev;
+}
+
+void mq_events_start_retention(mq_events *ev) {
+  if (ev->cfg->events.retention <= 0 || ev_is_active(&ev->retention) ||
+      ev->stopped)
+    return;
+  ev_timer_again(ev->loop, &ev->retention);
+  ev_unref(ev->loop); /* retention alone keeps no loop running */
+}
+
+static void retained(const struct mq_pg_reply *r, void *data) {
+  mq_events *ev = data;
+  ev->retention_busy = false;
+  if (r->status != MQ_PG_OK)
+    mq_log_warn("events", "retention failed error=\"%s\"", r->error);
+  else if (!PQgetisnull(r->result, 0, 0) && mq_pg_getll(r->result, 0, 0) > 0)
+    mq_log_info("events", "retention deleted=%s", PQgetvalue(r->result, 0, 0));
+}
+
+static void retention_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  mq_events *ev = w->data;
+  if (ev->retention_busy)
+    return;
+  char keep[32];
+  snprintf(keep, sizeof keep, "%.17g", ev->cfg->events.retention);
+  const char *params[] = {keep, RETENTION_BATCH};
+  if (mq_pg_exec(ev->pg, ev->stmts[ST_RETENTION], 2, params, 0, retained, ev) ==
+      0)
+    ev->retention_busy = true;
 }
 
 /* ---- append ------------------------------------------------------------- */
@@ -574,6 +611,10 @@ void mq_events_stop(mq_events *ev) {
   if (ev_is_active(&ev->poll)) {
     ev_ref(ev->loop);
     ev_timer_stop(ev->loop, &ev->poll);
+  }
+  if (ev_is_active(&ev->retention)) {
+    ev_ref(ev->loop);
+    ev_timer_stop(ev->loop, &ev->retention);
   }
   if (ev->listening)
     mq_pg_unlisten(ev->pg, ev->channel, wake_cb, ev);

@@ -130,6 +130,11 @@ void mq_subscription_next(mq_subscription *s);
  * flight, when it completes. */
 void mq_subscription_close(mq_subscription *s);
 
+/* With events.retention set, deletes events older than that every few
+ * seconds, in batches (one process of the cluster per pass). moonq run
+ * starts it; scripts need not. */
+void mq_events_start_retention(mq_events *ev);
+
 /* Stops listening and every subscription's reads; appends still batched
  * are sent. Idempotent. */
 void mq_events_stop(mq_events *ev);

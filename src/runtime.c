@@ -470,6 +470,8 @@ static int serve_here(mq_runtime *rt) {
     goto done;
   }
   mq_queue_start_maintenance(rt->queue);
+  if (rt->events)
+    mq_events_start_retention(rt->events);
   mq_log_info("moonq", "running version=%s schema=%s handlers=%s pid=%d",
               MOONQ_VERSION, rt->cfg->schema, rt->cfg->handlers,
               (int)getpid());
