@@ -6,6 +6,7 @@
  * sequence (stop_worker_done / drain_cb) and its close in
  * mq_runtime_close(), after the pool is closed.
  */
+#define _GNU_SOURCE /* pipe2 */
 #include "runtime.h"
 
 #include <errno.h>
@@ -155,7 +156,10 @@ lua_State *mq_runtime_lua(mq_runtime *rt) {
  * it exits 0; otherwise NULL with its stderr's last line in err. */
 static char *run_capture(char *const argv[], char *err, size_t errlen) {
   int out[2], errp[2];
-  if (pipe(out) != 0 || pipe(errp) != 0) {
+  /* Close-on-exec: only the copies on 1 and 2 reach the script, so a
+   * server it starts in the background cannot hold the pipes open (the
+   * reads below would never see their end). */
+  if (pipe2(out, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0) {
     snprintf(err, errlen, "pipe: %s", strerror(errno));
     return NULL;
   }
