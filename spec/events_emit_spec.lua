@@ -47,6 +47,27 @@ return function(job, ctx)
   return results
 end
 ]],
+  -- the handler changes what it emitted, or the list itself
+  ["mutate_after.lua"] = [[
+return function(job, ctx)
+  local d = { v = 1 }
+  ctx.emit("snap", d)
+  d.v = string.rep("x", 100)
+  return true
+end
+]],
+  ["tamper.lua"] = [[
+return function(job, ctx)
+  ctx.emitted[#ctx.emitted + 1] = { type = "" }
+  return true
+end
+]],
+  ["bad_stream_option.lua"] = [[
+return function(job, ctx)
+  local ok, err = pcall(ctx.emit, "t", {}, { stream = 42 })
+  return not ok and tostring(err) or "accepted"
+end
+]],
 }
 
 local function job_stream(name, id) return ("job:%s:%d"):format(name, id) end
@@ -104,6 +125,27 @@ describe("ctx.emit", function()
     assert.equal(1, #own)
     assert.equal("noted", own[1].type)
     assert.equal("run-9", own[1].run_id)
+  end)
+
+  it("stores the data as it was when emitted", function()
+    local id = assert(Q.send("mutate_after", {}))
+    W.wait_job(id, "completed", 20)
+    local list = assert(E.query(job_stream("mutate_after", id)))
+    assert.same({ v = 1 }, list[1].data)
+  end)
+
+  it("fails the job, not its completion, when ctx.emitted was tampered with", function()
+    local id = assert(Q.send("tamper", {}))
+    local job = W.wait_job(id, { "failed", "completed" }, 20)
+    assert.equal("failed", job and job.state)
+    assert.matches("ctx.emitted[1]", job.error.message, 1, true)
+    assert.same({}, assert(E.query(job_stream("tamper", id))))
+  end)
+
+  it("refuses a stream option that is not a string", function()
+    local id = assert(Q.send("bad_stream_option", {}))
+    local job = W.wait_job(id, "completed", 20)
+    assert.matches("stream must be a string", job.output, 1, true)
   end)
 
   it("refuses a bad event where it is emitted, naming the problem", function()

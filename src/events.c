@@ -25,6 +25,8 @@
 #define MAX_STREAM 500     /* bytes, as the table's check says */
 #define MAX_TYPE 200
 #define EMPTY_SNAPSHOT "1:1:" /* nothing visible: read from the start */
+#define MAX_BATCH (64u << 20) /* bytes of JSON per append statement: far
+                                 below jsonb's 256 MiB for an array */
 #define RETENTION_EVERY 5.0 /* seconds between retention passes */
 #define RETENTION_BATCH "10000" /* events deleted per pass at most */
 
@@ -223,6 +225,19 @@ int mq_events_append(mq_events *ev, const struct mq_event_input *events,
     snprintf(err, errlen, "no events to append");
     return MQ_EVENTS_EINVAL;
   }
+  size_t bytes = 0;
+  for (int i = 0; i < n; i++)
+    bytes += strlen(events[i].stream) + strlen(events[i].type) +
+             (events[i].data ? strlen(events[i].data) : 2) + 64;
+  if (bytes > MAX_BATCH) {
+    snprintf(err, errlen, "these %d events are about %zu bytes together, the "
+             "limit of one append is %u bytes: append them in parts", n, bytes,
+             MAX_BATCH);
+    return MQ_EVENTS_EINVAL;
+  }
+  /* A batch that this call would take over the limit goes now, alone. */
+  if (ev->batch && ev->batch->len + bytes > MAX_BATCH)
+    flush_cb(ev->loop, &ev->flush, 0);
   struct batch *b = ev->batch;
   if (!b && !(b = ev->batch = calloc(1, sizeof *b)))
     goto oom;

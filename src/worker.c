@@ -305,18 +305,55 @@ struct output {
   lua_State *co;
   int nresults;
   int ctx_ref;
+  const mq_events *events_store;
   char *json;
   char *events;
   char err[512];
   bool bad;
 };
 
+/* [emitted] -> [emitted]: checks each entry again by the event store's
+ * rules (ctx.emitted is the handler's to touch); raises naming the bad one
+ * so the job fails instead of its completion. */
+static void check_emitted(lua_State *L, struct output *o) {
+  if (!o->events_store)
+    luaL_error(L, "ctx.emitted: the event store is disabled "
+               "(config events.enabled)");
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, -1, i) != LUA_TTABLE)
+      luaL_error(L, "ctx.emitted[%I] is not a table", i);
+    lua_getfield(L, -1, "stream");
+    lua_getfield(L, -2, "type");
+    lua_getfield(L, -3, "data"); /* [.. entry stream type data] */
+    if ((!lua_isnil(L, -3) && lua_type(L, -3) != LUA_TSTRING) ||
+        lua_type(L, -2) != LUA_TSTRING)
+      luaL_error(L, "ctx.emitted[%I]: stream and type must be strings", i);
+    char err[512];
+    char *data = lua_isnil(L, -1)
+                     ? NULL
+                     : mq_json_encode(L, -1, "data", NULL, err, sizeof err);
+    if (!lua_isnil(L, -1) && !data)
+      luaL_error(L, "ctx.emitted[%I]: %s", i, err);
+    struct mq_event_input in = {
+        .stream = lua_isnil(L, -3) ? "job" : lua_tostring(L, -3),
+        .type = lua_tostring(L, -2),
+        .data = data};
+    int rc = mq_events_check(o->events_store, &in, (int)i, err, sizeof err);
+    free(data);
+    if (rc != 0)
+      luaL_error(L, "ctx.emitted[%I]: %s", i, err);
+    lua_pop(L, 4);
+  }
+}
+
 static int build_output(lua_State *L) {
   struct output *o = lua_touserdata(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, o->ctx_ref); /* [o ctx] */
   lua_pushliteral(L, "emitted");
   if (lua_istable(L, 2) && lua_rawget(L, 2) == LUA_TTABLE &&
-      lua_rawlen(L, -1) > 0) { /* checked by ctx.emit */
+      lua_rawlen(L, -1) > 0) {
+    check_emitted(L, o);
     o->events = mq_json_encode(L, -1, "emitted", NULL, o->err, sizeof o->err);
     if (!o->events) {
       o->bad = true;
@@ -336,7 +373,8 @@ static int build_output(lua_State *L) {
 
 static void complete_active(struct active *a, int nresults) {
   lua_State *co = mq_task_thread(a->task);
-  struct output o = {.co = co, .nresults = nresults, .ctx_ref = a->ctx_ref};
+  struct output o = {.co = co, .nresults = nresults, .ctx_ref = a->ctx_ref,
+                     .events_store = mq_runtime_events(a->w->rt)};
   if (mq_lua_protect(a->w->L, build_output, &o, 0) != LUA_OK) {
     snprintf(o.err, sizeof o.err, "%s", lua_tostring(a->w->L, -1));
     lua_pop(a->w->L, 1);

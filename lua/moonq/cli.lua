@@ -163,6 +163,14 @@ end
 -- moonq events query|tail ...: events as JSON lines, oldest first.
 local events = {}
 
+local function limit(s)
+  local n = integer("limit", s)
+  if n < 1 or n > 100000 then
+    error({ usage = ("--limit must be 1 to 100000, got %d"):format(n) })
+  end
+  return n
+end
+
 function events.query(args)
   local pos, flags = parse(args, { type = "many", run = true, after = true, limit = true })
   need(pos, 1, "STREAM")
@@ -170,7 +178,7 @@ function events.query(args)
     types = flags.type,
     run_id = flags.run,
     after = flags.after and integer("after", flags.after) or nil,
-    limit = flags.limit and integer("limit", flags.limit) or 100,
+    limit = flags.limit and limit(flags.limit) or 100,
   }))
   for _, e in ipairs(list) do print(moonq.json.encode(e)) end
 end

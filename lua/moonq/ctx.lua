@@ -57,9 +57,15 @@ function M.new(job)
     if opts ~= nil and type(opts) ~= "table" then
       error("ctx.emit: options must be a table", 2)
     end
+    if opts and opts.stream ~= nil and type(opts.stream) ~= "string" then
+      error(("ctx.emit: stream must be a string, got %s"):format(type(opts.stream)), 2)
+    end
     local stream = opts and opts.stream or own_stream
     local ok, err = pcall(moonq.events._check, stream, type_, data)
     if not ok then error("ctx.emit: " .. tostring(err), 2) end
+    -- What is stored is the data as it is now, not as the handler may
+    -- change the table later.
+    if type(data) == "table" then data = moonq.json.decode(moonq.json.encode(data)) end
     if opts and opts.now then
       local stored, why = moonq.events.append(stream, { type = type_, data = data, run_id = job.run_id })
       if not stored then error("ctx.emit: " .. tostring(why), 2) end

@@ -12,8 +12,9 @@
  * step_name, step_id, attempt}. Calls return their result or nil and a
  * message; arguments of the wrong type raise. A subscriber's fn runs for
  * each event in a coroutine of its own (it may wait: moonq.db.query,
- * moonq.sleep...), one batch after the other; an error in fn is logged
- * with its traceback and delivery goes on.
+ * moonq.sleep...), one event after the other; `timeout` bounds one event;
+ * an error or a timeout in fn is logged and delivery goes on with the
+ * next event.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -331,8 +332,10 @@ struct lsub {
   mq_runtime *rt;
   lua_State *L;         /* the main thread */
   int fn_ref, self_ref; /* the userdata stays alive while delivering */
+  int batch_ref;        /* the batch being handled (a Lua array) */
+  int next, count;      /* its next event and its size */
   double timeout;
-  bool running;         /* a task handles a batch */
+  bool running;         /* a task handles an event */
   char pattern[64];     /* for log lines */
 };
 
@@ -340,47 +343,77 @@ struct lsub {
 static void lsub_release(struct lsub *s) {
   if (s->sub || s->running || s->self_ref == LUA_NOREF)
     return;
+  luaL_unref(s->L, LUA_REGISTRYINDEX, s->batch_ref);
   luaL_unref(s->L, LUA_REGISTRYINDEX, s->fn_ref);
   luaL_unref(s->L, LUA_REGISTRYINDEX, s->self_ref);
-  s->fn_ref = s->self_ref = LUA_NOREF;
+  s->batch_ref = s->fn_ref = s->self_ref = LUA_NOREF;
 }
 
-struct batch_arg {
-  struct lsub *s;
-  const struct mq_event *events;
-  int n;
-};
-
-/* [] -> [runner fn events pattern subscription] */
-static int push_batch(lua_State *L) {
-  const struct batch_arg *b = lua_touserdata(L, 1);
+/* [] -> [runner fn event pattern] for the batch's next event. */
+static int push_one(lua_State *L) {
+  struct lsub *s = lua_touserdata(L, 1);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "moonq.subscriber");
   lua_call(L, 1, 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->s->fn_ref);
-  struct reply r = {.events = b->events, .n = b->n};
-  lua_pushcfunction(L, push_events);
-  lua_pushlightuserdata(L, &r);
-  lua_call(L, 1, 1);
-  lua_pushstring(L, b->s->pattern);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->s->self_ref);
-  return 5;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->fn_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->batch_ref);
+  lua_rawgeti(L, -1, s->next);
+  lua_remove(L, -2);
+  lua_pushstring(L, s->pattern);
+  return 4;
 }
 
-static void batch_done(mq_task *task, enum mq_task_end how, int nresults,
+static void run_next(struct lsub *s);
+
+static void event_done(mq_task *task, enum mq_task_end how, int nresults,
                        void *data) {
   struct lsub *s = data;
   s->running = false;
   if (how == MQ_TASK_TIMED_OUT)
     mq_log_error("events", "subscriber timed out stream=%s timeout_s=%g "
-                 "(the rest of its batch is skipped)", s->pattern, s->timeout);
+                 "(it goes on with the next event)", s->pattern, s->timeout);
   else if (how == MQ_TASK_RAISED)
     mq_log_error("events", "subscriber failed stream=%s error=\"%s\"",
                  s->pattern, lua_tostring(mq_task_thread(task), -1));
+  run_next(s);
+}
+
+/* Hands the batch's events to fn one at a time, each in a task of its own
+ * (its timeout bounds one event); then asks for the next batch. */
+static void run_next(struct lsub *s) {
+  mq_tasks *tasks = mq_runtime_tasks(s->rt);
+  while (s->sub && s->next <= s->count) {
+    char err[512];
+    if (tasks && mq_task_start(tasks, push_one, s, s->timeout, event_done, s,
+                               err, sizeof err)) {
+      s->next++;
+      s->running = true;
+      return;
+    }
+    mq_log_error("events", "cannot run a subscriber stream=%s error=\"%s\" "
+                 "(its event is skipped)", s->pattern,
+                 tasks ? err : "no memory");
+    s->next++;
+  }
+  luaL_unref(s->L, LUA_REGISTRYINDEX, s->batch_ref);
+  s->batch_ref = LUA_NOREF;
   if (s->sub)
     mq_subscription_next(s->sub);
   else
     lsub_release(s);
+}
+
+struct anchor {
+  struct reply r; /* first: push_events reads it */
+  struct lsub *s;
+};
+
+/* [anchor] -> []: anchors the batch as a Lua array. */
+static int anchor_batch(lua_State *L) {
+  struct anchor *a = lua_touserdata(L, 1);
+  push_events(L);
+  a->s->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
 }
 
 static void delivered(int status, const char *error,
@@ -397,17 +430,18 @@ static void delivered(int status, const char *error,
                 s->pattern, error);
     return;
   }
-  mq_tasks *tasks = mq_runtime_tasks(s->rt);
-  struct batch_arg b = {s, events, n};
-  char err[512];
-  if (tasks && mq_task_start(tasks, push_batch, &b, s->timeout, batch_done, s,
-                             err, sizeof err)) {
-    s->running = true;
+  struct anchor a = {.r = {.events = events, .n = n}, .s = s};
+  if (mq_lua_protect(s->L, anchor_batch, &a, 0) != LUA_OK) {
+    mq_log_error("events", "cannot hand a batch to a subscriber stream=%s "
+                 "error=\"%s\" (%d events skipped)", s->pattern,
+                 lua_tostring(s->L, -1), n);
+    lua_pop(s->L, 1);
+    mq_subscription_next(s->sub);
     return;
   }
-  mq_log_error("events", "cannot run a subscriber stream=%s error=\"%s\" "
-               "(its batch is skipped)", s->pattern, tasks ? err : "no memory");
-  mq_subscription_next(s->sub);
+  s->next = 1;
+  s->count = n;
+  run_next(s);
 }
 
 static struct lsub *check_sub(lua_State *L) {
@@ -461,7 +495,7 @@ static int l_subscribe(lua_State *L) {
     return luaL_error(L, "not enough memory");
   struct lsub *s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
-  s->fn_ref = s->self_ref = LUA_NOREF;
+  s->fn_ref = s->self_ref = s->batch_ref = LUA_NOREF;
   luaL_setmetatable(L, SUB_MT);
   s->rt = rt;
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
