@@ -129,3 +129,41 @@ describe("worker: queue settings from config.lua and handler files", function()
     end)
   end)
 end)
+
+-- A process that runs no handlers (the CLI, a script that only sends) must
+-- not undo the retry options a running worker's handler files stored.
+describe("queue settings and processes that run no handlers", function()
+  local pid, log, config
+
+  setup(function()
+    assert.is_string(W.bin, "MOONQ_BIN is not set")
+    W.open({ hot_reload = false }) -- inspects only
+    local dir = W.handlers_dir({
+      ["charge.lua"] = [[return { queue = "billing", retry = { limit = 2, delay = 0 },
+                                  handler = function() return true end }]],
+    })
+    config = W.config_file({
+      schema = W.schema, handlers = dir, hot_reload = false,
+      queue = { retry_limit = 0 }, queues = { billing = { dead_letter = "billing_dlq" } },
+    })
+    pid, log = W.moonq_run(config)
+  end)
+  teardown(W.close)
+
+  local function billing()
+    return W.row("SELECT retry_limit, dead_letter FROM @.queue WHERE name = 'billing'")
+  end
+
+  it("the CLI leaves a handler's retry settings as the worker stored them", function()
+    assert.is_truthy(W.poll(function()
+      local r = billing()
+      return r and r.retry_limit == 2
+    end, 20, 0.1), "the worker did not store the handler's retry\n" .. (W.read(log) or ""))
+    local ok = os.execute(("DATABASE_URL=%s %s --config %s counts billing >/dev/null 2>&1")
+      :format(W.shq(W.url), W.shq(W.bin), W.shq(config)))
+    assert.is_truthy(ok)
+    local r = billing()
+    assert.equal(2, r.retry_limit)
+    assert.equal("billing_dlq", r.dead_letter)
+  end)
+end)

@@ -36,6 +36,7 @@ enum stmt {
   ST_HEARTBEAT,
   ST_UNREGISTER,
   ST_STORE_SETTINGS,
+  ST_STORE_NEW_SETTINGS,
   ST_NEXT_DUE,
   ST_RELEASE,
   ST_WAKE,
@@ -73,6 +74,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_UNREGISTER] = "DELETE FROM %s.process WHERE id = $1::uuid",
     [ST_STORE_SETTINGS] = "SELECT %s.store_queue_settings($1, $2::jsonb),"
                           " 'true'",
+    [ST_STORE_NEW_SETTINGS] = "SELECT %s.store_new_queue_settings($1,"
+                              " $2::jsonb), 'true'",
     [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
     [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs($1::bigint[], $2::uuid))::text",
     [ST_WAKE] = "SELECT %s.wake($1)",
@@ -770,10 +773,21 @@ static void stored(int status, const char *error, const char *json,
   free(c);
 }
 
+static int store(mq_queue *q, enum stmt st, const char *queue,
+                 const struct mq_queue_settings *s, mq_queue_json_cb cb,
+                 void *data, char *err, size_t errlen);
+
 int mq_queue_store_settings(mq_queue *q, const char *queue,
                             const struct mq_queue_settings *s,
                             mq_queue_json_cb cb, void *data, char *err,
                             size_t errlen) {
+  return store(q, ST_STORE_SETTINGS, queue, s, cb, data, err, errlen);
+}
+
+/* Stores s for `queue` with statement st (merge, or only a new row). */
+static int store(mq_queue *q, enum stmt st, const char *queue,
+                 const struct mq_queue_settings *s, mq_queue_json_cb cb,
+                 void *data, char *err, size_t errlen) {
   char msg[256] = "out of memory";
   int rc = MQ_QUEUE_EDB;
   size_t len = strlen(queue) + 1;
@@ -786,7 +800,7 @@ int mq_queue_store_settings(mq_queue *q, const char *queue,
     c->data = data;
     memcpy(c->queue, queue, len);
     const char *params[] = {queue, json};
-    rc = exec_json(q, ST_STORE_SETTINGS, 2, params, stored, c);
+    rc = exec_json(q, st, 2, params, stored, c);
     if (rc != 0) {
       snprintf(msg, sizeof msg, "the connection pool is closed");
       free(c);
@@ -839,7 +853,8 @@ static void configured(int status, const char *error, const char *json,
   free(w);
 }
 
-int mq_queue_configure(mq_queue *q, mq_queue_json_cb cb, void *data) {
+int mq_queue_configure(mq_queue *q, bool only_new, mq_queue_json_cb cb,
+                       void *data) {
   struct configure_wait *w = calloc(1, sizeof *w);
   if (!w)
     return MQ_QUEUE_EDB;
@@ -851,8 +866,8 @@ int mq_queue_configure(mq_queue *q, mq_queue_json_cb cb, void *data) {
     struct mq_queue_settings s = config_settings(
         i == 0 ? &q->cfg->queue : &q->cfg->queues[i - 1].options);
     char err[256];
-    int rc = mq_queue_store_settings(q, name, &s, configured, w, err,
-                                     sizeof err);
+    int rc = store(q, only_new ? ST_STORE_NEW_SETTINGS : ST_STORE_SETTINGS,
+                   name, &s, configured, w, err, sizeof err);
     if (rc != 0)
       configured(rc, err, NULL, w);
   }

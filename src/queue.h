@@ -184,9 +184,12 @@ int mq_queue_store_settings(mq_queue *q, const char *queue,
                             size_t errlen);
 
 /* Stores config.lua's settings (`queue` as the "" row, each `queues.<name>`
- * merged with it as that queue's row) once at start, every field set, so
- * config.lua is what holds until handlers store their retry options. cb
- * (may be NULL) gets "true" or the first error once every row is stored. */
-int mq_queue_configure(mq_queue *q, mq_queue_json_cb cb, void *data);
+ * merged with it as that queue's row), every field set, so config.lua is
+ * what holds until handlers store their retry options. only_new: only for
+ * queues without a row yet (a process that runs no handlers must not undo
+ * what a running worker's handler files stored). cb (may be NULL) gets
+ * "true" or the first error once every row is stored. */
+int mq_queue_configure(mq_queue *q, bool only_new, mq_queue_json_cb cb,
+                       void *data);
 
 #endif

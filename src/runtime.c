@@ -278,6 +278,20 @@ static void configured_cb(int status, const char *error, const char *json,
     snprintf(c->err, c->errlen, "cannot store queue settings: %s", error);
 }
 
+/* Stores config.lua's queue settings (only_new: for queues without a row
+ * yet), running the loop until they are stored. */
+static int store_settings(mq_runtime *rt, bool only_new, char *err,
+                          size_t errlen) {
+  struct configured done = {.err = err, .errlen = errlen};
+  if (mq_queue_configure(rt->queue, only_new, configured_cb, &done) != 0) {
+    snprintf(err, errlen, "the connection pool is closed");
+    return -1;
+  }
+  while (!done.done)
+    ev_run(rt->loop, EVRUN_ONCE);
+  return done.status == 0 ? 0 : -1;
+}
+
 int mq_runtime_open(mq_runtime *rt, char *err, size_t errlen) {
   if (rt->phase != PHASE_NEW)
     return 0;
@@ -303,14 +317,7 @@ int mq_runtime_open(mq_runtime *rt, char *err, size_t errlen) {
     return -1;
   }
   rt->phase = PHASE_OPEN;
-  struct configured done = {.err = err, .errlen = errlen};
-  if (mq_queue_configure(rt->queue, configured_cb, &done) != 0) {
-    snprintf(err, errlen, "the connection pool is closed");
-    return -1;
-  }
-  while (!done.done)
-    ev_run(rt->loop, EVRUN_ONCE);
-  return done.status == 0 ? 0 : -1;
+  return store_settings(rt, true, err, errlen);
 }
 
 int mq_runtime_start_worker(mq_runtime *rt, char *err, size_t errlen) {
@@ -326,6 +333,10 @@ int mq_runtime_start_worker(mq_runtime *rt, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
+  /* A process that runs handlers applies config.lua's settings, before
+   * its handlers store their retry options over them. */
+  if (store_settings(rt, false, err, errlen) != 0)
+    return -1;
   if (!(rt->worker = mq_worker_new(rt, err, errlen)))
     return -1;
   return mq_worker_start(rt->worker);

@@ -64,12 +64,15 @@ int mq_runtime_prepare_db(mq_runtime *rt, bool wait_for_db, char *err,
                           size_t errlen);
 
 /* Opens the pool, the queue (registering this process and storing
- * config.lua's queue settings: it runs the loop until they are stored) and
- * the scheduler. Idempotent. Returns 0 or -1 with err. */
+ * config.lua's settings of queues that have no row yet: it runs the loop
+ * until they are stored), the scheduler and the event store. Idempotent.
+ * Returns 0 or -1 with err. */
 int mq_runtime_open(mq_runtime *rt, char *err, size_t errlen);
 
-/* Loads the handlers and starts the worker (rt open). Returns 0, or -1
- * with err (the handlers directory is unreadable, already started). */
+/* Stores config.lua's queue settings (all of them: this process runs
+ * handlers), loads the handlers and starts the worker, whose handler files
+ * then store their retry options (rt open). Returns 0, or -1 with err (the
+ * handlers directory is unreadable, already started). */
 int mq_runtime_start_worker(mq_runtime *rt, char *err, size_t errlen);
 
 /* Stops the worker, running the loop until its jobs finished (within
