@@ -51,5 +51,5 @@ echo "== results"
 for q in send-email flaky order.placed resize-image; do
   $moonq jobs "$q" --limit 5
 done
-psql "$db" -qX -c "SELECT id, name, state, retry_count AS retries, output
+psql "$db" -qX -c "SELECT id, name, state, attempt, output
           FROM moonq.job_archive WHERE id IN ($list) ORDER BY id"
