@@ -333,8 +333,6 @@ void mq_handlers_missing(const mq_handlers *h, const char *name, char *out,
     snprintf(out + used, len - used, "%s", n ? ")" : "none)");
 }
 
-const char *mq_handlers_dir(const mq_handlers *h) { return h->dir; }
-
 void mq_handlers_free(mq_handlers *h) {
   if (!h)
     return;

@@ -58,9 +58,6 @@ const struct mq_handler *mq_handlers_at(const mq_handlers *h, size_t i);
 void mq_handlers_missing(const mq_handlers *h, const char *name, char *out,
                          size_t len);
 
-/* The directory (absolute or relative to the working directory). */
-const char *mq_handlers_dir(const mq_handlers *h);
-
 /* Unloads every handler and frees h. NULL-safe. */
 void mq_handlers_free(mq_handlers *h);
 

@@ -18,8 +18,6 @@ const char mq_lua_host_yield = 'y';
 
 void mq_lua_set_current(struct mq_lua_task *task) { current_task = task; }
 
-struct mq_lua_task *mq_lua_current(void) { return current_task; }
-
 void mq_lua_set_runtime(lua_State *L, struct mq_runtime *rt) {
   lua_pushlightuserdata(L, (void *)&runtime_key);
   if (rt)

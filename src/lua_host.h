@@ -65,7 +65,6 @@ struct mq_lua_task {
  * yields a marker (moonq._host_yield) that the handler environment's
  * coroutine.resume passes up to the task, so it reaches the scheduler. */
 void mq_lua_set_current(struct mq_lua_task *task);
-struct mq_lua_task *mq_lua_current(void);
 extern const char mq_lua_host_yield;
 
 /* Registry field: a weak-keyed table, coroutine -> how many of the handler

@@ -433,7 +433,8 @@ void mq_runtime_close(mq_runtime *rt) {
     /* Closed without a stop (a script that ended without moonq.close()):
      * running jobs go back to the queue instead of finishing. */
     mq_runtime_stop(rt, 0);
-    mq_runtime_stop(rt, 0);
+    if (rt->worker)
+      mq_worker_hurry(rt->worker);
   }
   while (rt->phase == PHASE_STOPPING || rt->phase == PHASE_DRAINING)
     ev_run(rt->loop, EVRUN_ONCE);

@@ -2,8 +2,8 @@
  *
  * Each task's coroutine is anchored by a registry reference until the task
  * is freed. `current` is the task whose coroutine runs now: the count hook
- * reads its deadline, and lua_host reads it (mq_lua_current) to route waits
- * made from coroutines the handler created.
+ * reads its deadline; lua_host is told of it (mq_lua_set_current) to route
+ * waits made from coroutines the handler created.
  */
 #include "task.h"
 
@@ -40,7 +40,6 @@ struct mq_tasks {
   lua_State *L;
   TAILQ_HEAD(, mq_task) ready;
   LIST_HEAD(, mq_task) all;
-  int count;
   ev_check check;
   ev_idle idle;
 };
@@ -88,8 +87,6 @@ void mq_tasks_close(mq_tasks *ts) {
   free(ts);
 }
 
-int mq_tasks_count(const mq_tasks *ts) { return ts->count; }
-
 lua_State *mq_task_thread(const mq_task *t) { return t->lt.co; }
 
 double mq_task_timeout(const mq_task *t) { return t->timeout; }
@@ -123,7 +120,6 @@ static void task_free(mq_task *t) {
   ev_timer_stop(ts->loop, &t->timer);
   ready_remove(t);
   LIST_REMOVE(t, all);
-  ts->count--;
   /* A wait can still be pending when its yield never reached the
    * scheduler (swallowed by a coroutine.resume moonq does not see). */
   if (t->lt.wait)
@@ -206,7 +202,6 @@ mq_task *mq_task_start(mq_tasks *ts, lua_CFunction push, void *arg,
   t->timer.data = t;
   ev_timer_start(ts->loop, &t->timer);
   LIST_INSERT_HEAD(&ts->all, t, all);
-  ts->count++;
   ready_push(t);
   return t;
 }

@@ -64,7 +64,4 @@ double mq_task_timeout(const mq_task *task);
  * resuming it again. Its end callback is not called. */
 void mq_task_abandon(mq_task *task);
 
-/* Tasks started and not ended. */
-int mq_tasks_count(const mq_tasks *ts);
-
 #endif

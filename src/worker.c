@@ -739,8 +739,6 @@ int mq_worker_start(mq_worker *w) {
   return 0;
 }
 
-int mq_worker_running(const mq_worker *w) { return w->nactive; }
-
 /* Grace period over: the jobs still running go back to the queue. */
 static void grace_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   mq_worker *w = t->data;

@@ -45,9 +45,6 @@ void mq_worker_hurry(mq_worker *w);
 /* Re-reads every handler file now (SIGHUP). */
 void mq_worker_reload(mq_worker *w);
 
-/* Jobs running now. */
-int mq_worker_running(const mq_worker *w);
-
 /* Frees the worker. It must be stopped (done called) or the pool closed,
  * so that no callback can reach it. NULL-safe. */
 void mq_worker_close(mq_worker *w);

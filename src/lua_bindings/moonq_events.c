@@ -236,7 +236,6 @@ static int append_events(lua_State *L, bool single) {
       event_arg(L, lua_gettop(L), stream, i + 1, &in[i]);
     }
   }
-  int top = lua_gettop(L);
   struct mq_lua_wait *w = mq_lua_wait_new(L, mq_runtime_loop(rt));
   char err[1024];
   if (mq_events_append(ev, in, n, appended, w, err, sizeof err) != 0) {
@@ -245,8 +244,9 @@ static int append_events(lua_State *L, bool single) {
     lua_pushstring(L, err);
     return 2;
   }
-  /* The continuation finds the inputs at 1..3 and the results above top. */
-  return mq_lua_wait_k(L, w, append_k) + 0 * top;
+  /* The continuation finds the inputs at 1..3 and the results above the
+   * top the wait began at. */
+  return mq_lua_wait_k(L, w, append_k);
 }
 
 /* _check(stream, type, data): raises with the reason when the event would
