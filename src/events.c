@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/queue.h>
 
+#include "buf.h"
 #include "json.h"
 #include "log.h"
 
@@ -98,25 +99,6 @@ static void poll_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void wake_cb(const char *channel, const char *payload, void *data);
 static void retention_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void consider_read(mq_subscription *s);
-
-/* Appends n bytes to a growable buffer; -1 when out of memory. */
-static int buf_add(char **buf, size_t *len, size_t *cap, const char *s,
-                   size_t n) {
-  if (*len + n + 1 > *cap) {
-    size_t c = *cap ? *cap : 1024;
-    while (c < *len + n + 1)
-      c *= 2;
-    char *b = realloc(*buf, c);
-    if (!b)
-      return -1;
-    *buf = b;
-    *cap = c;
-  }
-  memcpy(*buf + *len, s, n);
-  *len += n;
-  (*buf)[*len] = '\0';
-  return 0;
-}
 
 mq_events *mq_events_new(struct ev_loop *loop, mq_pg *pg,
                          const struct mq_config *cfg) {
@@ -258,8 +240,8 @@ int mq_events_append(mq_events *ev, const struct mq_event_input *events,
     if (events[i].run_id)
       mq_json_object_string(o, "run_id", events[i].run_id);
     char *json = mq_json_object_finish(o, err, errlen);
-    if (!json || buf_add(&b->json, &b->len, &b->cap, b->len ? "," : "[", 1) ||
-        buf_add(&b->json, &b->len, &b->cap, json, strlen(json))) {
+    if (!json || mq_buf_add(&b->json, &b->len, &b->cap, b->len ? "," : "[", 1) ||
+        mq_buf_add(&b->json, &b->len, &b->cap, json, strlen(json))) {
       free(json);
       b->len = mark;
       if (b->json)
@@ -326,7 +308,7 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
     return;
   struct mq_pg_reply fail = {.status = MQ_PG_ENOMEM, .error = "out of memory",
                              .sqlstate = ""};
-  if (buf_add(&b->json, &b->len, &b->cap, "]", 1) != 0) {
+  if (mq_buf_add(&b->json, &b->len, &b->cap, "]", 1) != 0) {
     appended(&fail, b);
     return;
   }
@@ -394,23 +376,23 @@ static void queried(const struct mq_pg_reply *r, void *data) {
 static char *array_literal(const char *const *list) {
   char *out = NULL;
   size_t len = 0, cap = 0;
-  if (buf_add(&out, &len, &cap, "{", 1) != 0)
+  if (mq_buf_add(&out, &len, &cap, "{", 1) != 0)
     return NULL;
   for (int i = 0; list[i]; i++) {
-    if (i && buf_add(&out, &len, &cap, ",", 1) != 0)
+    if (i && mq_buf_add(&out, &len, &cap, ",", 1) != 0)
       goto oom;
-    if (buf_add(&out, &len, &cap, "\"", 1) != 0)
+    if (mq_buf_add(&out, &len, &cap, "\"", 1) != 0)
       goto oom;
     for (const char *p = list[i]; *p; p++) {
-      if ((*p == '"' || *p == '\\') && buf_add(&out, &len, &cap, "\\", 1) != 0)
+      if ((*p == '"' || *p == '\\') && mq_buf_add(&out, &len, &cap, "\\", 1) != 0)
         goto oom;
-      if (buf_add(&out, &len, &cap, p, 1) != 0)
+      if (mq_buf_add(&out, &len, &cap, p, 1) != 0)
         goto oom;
     }
-    if (buf_add(&out, &len, &cap, "\"", 1) != 0)
+    if (mq_buf_add(&out, &len, &cap, "\"", 1) != 0)
       goto oom;
   }
-  if (buf_add(&out, &len, &cap, "}", 1) == 0)
+  if (mq_buf_add(&out, &len, &cap, "}", 1) == 0)
     return out;
 oom:
   free(out);

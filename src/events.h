@@ -17,7 +17,7 @@
  * is done with a batch (mq_subscription_next), so a slow subscriber reads
  * no further than it handles.
  *
- * Uses: pg, config, log.
+ * Uses: pg, config, json, buf, log.
  */
 #ifndef MQ_EVENTS_H
 #define MQ_EVENTS_H

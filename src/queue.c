@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "json.h"
 #include "log.h"
 
@@ -116,32 +117,13 @@ struct mq_queue {
   struct batch *complete; /* gathering, or NULL */
   struct batch *fail;
   char *wake;             /* "q1,q2" sent to this turn, or NULL */
-  bool stopped;           /* mq_queue_stop ran */
   size_t wake_len, wake_cap;
+  bool stopped;           /* mq_queue_stop ran */
 };
 
 static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
 
 /* ---- helpers ----------------------------------------------------------- */
-
-/* Appends n bytes to a growable buffer; returns -1 when out of memory. */
-static int buf_add(char **buf, size_t *len, size_t *cap, const char *s,
-                   size_t n) {
-  if (*len + n + 1 > *cap) {
-    size_t c = *cap ? *cap : 256;
-    while (c < *len + n + 1)
-      c *= 2;
-    char *b = realloc(*buf, c);
-    if (!b)
-      return -1;
-    *buf = b;
-    *cap = c;
-  }
-  memcpy(*buf + *len, s, n);
-  *len += n;
-  (*buf)[*len] = '\0';
-  return 0;
-}
 
 /* Copies sql to out with its "%s" replaced by the quoted schema. */
 static void expand_schema(const char *sql, const char *schema, char *out,
@@ -349,8 +331,8 @@ static void note_wake(mq_queue *q, const char *queue) {
   for (const char *p = q->wake; p && (p = strstr(p, queue)); p += n)
     if ((p == q->wake || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
       return;
-  if ((q->wake_len && buf_add(&q->wake, &q->wake_len, &q->wake_cap, ",", 1)) ||
-      buf_add(&q->wake, &q->wake_len, &q->wake_cap, queue, n))
+  if ((q->wake_len && mq_buf_add(&q->wake, &q->wake_len, &q->wake_cap, ",", 1)) ||
+      mq_buf_add(&q->wake, &q->wake_len, &q->wake_cap, queue, n))
     return;
   ev_prepare_start(q->loop, &q->flush);
 }
@@ -526,8 +508,8 @@ static struct batch *batch_new(mq_queue *q, enum stmt st) {
     return NULL;
   b->q = q;
   b->stmt = st;
-  if (buf_add(&b->ids, &b->ids_len, &b->ids_cap, "{", 1) != 0 ||
-      buf_add(&b->json, &b->json_len, &b->json_cap, "[", 1) != 0) {
+  if (mq_buf_add(&b->ids, &b->ids_len, &b->ids_cap, "{", 1) != 0 ||
+      mq_buf_add(&b->json, &b->json_len, &b->json_cap, "[", 1) != 0) {
     free(b->ids);
     free(b->json);
     free(b);
@@ -556,15 +538,15 @@ static int batch_add(struct batch *b, long long id, const char *json,
   }
   char num[32];
   int len = snprintf(num, sizeof num, "%s%lld", b->n ? "," : "", id);
-  if (buf_add(&b->ids, &b->ids_len, &b->ids_cap, num, (size_t)len) != 0 ||
-      (b->n && buf_add(&b->json, &b->json_len, &b->json_cap, ",", 1) != 0) ||
-      buf_add(&b->json, &b->json_len, &b->json_cap, json, strlen(json)) != 0)
+  if (mq_buf_add(&b->ids, &b->ids_len, &b->ids_cap, num, (size_t)len) != 0 ||
+      (b->n && mq_buf_add(&b->json, &b->json_len, &b->json_cap, ",", 1) != 0) ||
+      mq_buf_add(&b->json, &b->json_len, &b->json_cap, json, strlen(json)) != 0)
     return -1;
   if (b->stmt == ST_COMPLETE) {
     const char *e = events ? events : "null";
-    if (buf_add(&b->events, &b->events_len, &b->events_cap, b->n ? "," : "[",
+    if (mq_buf_add(&b->events, &b->events_len, &b->events_cap, b->n ? "," : "[",
                 1) != 0 ||
-        buf_add(&b->events, &b->events_len, &b->events_cap, e, strlen(e)) != 0)
+        mq_buf_add(&b->events, &b->events_len, &b->events_cap, e, strlen(e)) != 0)
       return -1;
     b->has_events = b->has_events || events;
   }
@@ -618,15 +600,15 @@ static void batch_done(const struct mq_pg_reply *r, void *data) {
 }
 
 static void batch_send(struct batch *b) {
-  if (buf_add(&b->ids, &b->ids_len, &b->ids_cap, "}", 1) != 0 ||
-      buf_add(&b->json, &b->json_len, &b->json_cap, "]", 1) != 0) {
+  if (mq_buf_add(&b->ids, &b->ids_len, &b->ids_cap, "}", 1) != 0 ||
+      mq_buf_add(&b->json, &b->json_len, &b->json_cap, "]", 1) != 0) {
     struct mq_pg_reply oom = {.status = MQ_PG_ENOMEM, .error = "out of memory",
                               .sqlstate = ""};
     batch_done(&oom, b);
     return;
   }
   if (b->has_events &&
-      buf_add(&b->events, &b->events_len, &b->events_cap, "]", 1) != 0) {
+      mq_buf_add(&b->events, &b->events_len, &b->events_cap, "]", 1) != 0) {
     struct mq_pg_reply oom = {.status = MQ_PG_ENOMEM, .error = "out of memory",
                               .sqlstate = ""};
     batch_done(&oom, b);

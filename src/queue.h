@@ -17,7 +17,7 @@
  * maintenance pass every few seconds (expiry, crash recovery, retention);
  * PostgreSQL advisory locks make one process in the cluster do each pass.
  *
- * Uses: pg, config, json, log.
+ * Uses: pg, config, json, buf, log.
  */
 #ifndef MQ_QUEUE_H
 #define MQ_QUEUE_H
