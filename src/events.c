@@ -449,18 +449,27 @@ static void deliver(mq_subscription *s, int status, const char *error,
     sub_free(s);
 }
 
-static void snapshot_done(const struct mq_pg_reply *r, void *data) {
-  mq_subscription *s = data;
+/* The start of every read's completion: false when the subscription was
+ * closed meanwhile (it is freed now) or the read failed (the subscriber is
+ * told; the poll timer reads again from the same place). */
+static bool read_ok(mq_subscription *s, const struct mq_pg_reply *r) {
   s->reading = false;
   if (s->closed) {
     sub_free(s);
-    return;
+    return false;
   }
   if (r->status != MQ_PG_OK) {
-    s->more = true; /* the poll timer asks again */
+    s->more = true;
     deliver(s, MQ_EVENTS_EDB, r->error, NULL, 0);
-    return;
+    return false;
   }
+  return true;
+}
+
+static void snapshot_done(const struct mq_pg_reply *r, void *data) {
+  mq_subscription *s = data;
+  if (!read_ok(s, r))
+    return;
   s->base = strdup(PQgetvalue(r->result, 0, 0));
   s->more = true;
   consider_read(s);
@@ -468,16 +477,8 @@ static void snapshot_done(const struct mq_pg_reply *r, void *data) {
 
 static void read_done(const struct mq_pg_reply *r, void *data) {
   mq_subscription *s = data;
-  s->reading = false;
-  if (s->closed) {
-    sub_free(s);
+  if (!read_ok(s, r))
     return;
-  }
-  if (r->status != MQ_PG_OK) {
-    s->more = true; /* the poll timer reads again from the same place */
-    deliver(s, MQ_EVENTS_EDB, r->error, NULL, 0);
-    return;
-  }
   const PGresult *res = r->result;
   int rows = PQntuples(res);
   int n = rows == 1 && PQgetisnull(res, 0, 0) ? 0 : rows;
