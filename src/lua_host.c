@@ -107,13 +107,13 @@ struct mq_lua_wait {
   bool cancelled;
 };
 
-/* True when L runs inside a task: the task's own coroutine, or a coroutine
+/* True when Lua runs inside a task: the task's own coroutine, or a coroutine
  * the handler made while the task runs. Code runs in a task only while the
  * scheduler resumes it, so the current task tells. */
-static bool in_task(lua_State *L) { return current_task != NULL; }
+static bool in_task(void) { return current_task != NULL; }
 
 void mq_lua_check_blocking(lua_State *L, const char *what) {
-  if (in_task(L))
+  if (in_task())
     luaL_error(L, "%s cannot be called from a handler (the loop is already "
                "running)", what);
 }
@@ -134,11 +134,11 @@ static bool resumed_by_handler(lua_State *L) {
 struct mq_lua_wait *mq_lua_wait_new(lua_State *L, struct ev_loop *loop) {
   /* Running the loop from here would resume other tasks, and fire this
    * task's own timeout, while its coroutine is still on the C stack. */
-  if (in_task(L) && !lua_isyieldable(L))
+  if (in_task() && !lua_isyieldable(L))
     luaL_error(L, "cannot wait here: called from a C function or metamethod "
                "(such as a table.sort comparator, a string.gsub callback or "
                "__index); call it directly from the handler");
-  if (in_task(L) && current_task->co != L && !resumed_by_handler(L))
+  if (in_task() && current_task->co != L && !resumed_by_handler(L))
     luaL_error(L, "cannot wait here: inside a coroutine resumed by code that "
                "does not pass moonq's waits on (a library's own coroutine."
                "wrap?); call it from the handler or its own coroutines");
