@@ -42,7 +42,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_READ] = "SELECT id, stream, ts, type, run_id, flow_name, step_name, "
                 "step_id, attempt, data, snapshot FROM %s.read_events($1, "
                 "$2::pg_snapshot, $3::pg_snapshot, $4::bigint, $5::bigint, "
-                "$6::integer)",
+                "$6::integer, $7::integer, $8::integer)",
     [ST_SNAPSHOT] = "SELECT pg_current_snapshot()::text -- %s",
     [ST_RETENTION] = "SELECT %s.delete_old_events($1::float8, $2::integer)",
 };
@@ -70,6 +70,9 @@ struct mq_subscription {
   char *target; /* the step in progress, or NULL */
   long long after_id;
   long long min_id;
+  int part, parts; /* a consumer group's partition; parts 0: all */
+  int batch;       /* events per read */
+  char *read_base; /* the base the last read started from */
   bool reading;    /* a request in flight */
   bool delivering; /* the subscriber holds a batch */
   bool in_cb;
@@ -92,6 +95,12 @@ struct mq_events {
   bool stopped;
   bool listening;
   LIST_HEAD(, mq_subscription) subs;
+  struct mq_events_hook *hooks;
+  struct {
+    const char *tmpl;
+    int id;
+  } more_stmts[16]; /* prepared for modules built on the event store */
+  int n_more_stmts;
 };
 
 static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
@@ -109,13 +118,8 @@ mq_events *mq_events_new(struct ev_loop *loop, mq_pg *pg,
   ev->pg = pg;
   ev->cfg = cfg;
   LIST_INIT(&ev->subs);
-  char schema[160], sql[1024];
-  snprintf(schema, sizeof schema, "\"%s\"", cfg->schema); /* [a-z0-9_] */
   for (int i = 0; i < ST_COUNT; i++) {
-    const char *mark = strstr(stmt_sql[i], "%s");
-    snprintf(sql, sizeof sql, "%.*s%s%s", (int)(mark - stmt_sql[i]),
-             stmt_sql[i], schema, mark + 2);
-    if ((ev->stmts[i] = mq_pg_prepare(pg, sql)) < 0) {
+    if ((ev->stmts[i] = mq_pg_prepare_in(pg, stmt_sql[i], cfg->schema)) < 0) {
       free(ev);
       return NULL;
     }
@@ -128,6 +132,40 @@ mq_events *mq_events_new(struct ev_loop *loop, mq_pg *pg,
   ev_timer_init(&ev->retention, retention_cb, RETENTION_EVERY, RETENTION_EVERY);
   ev->retention.data = ev;
   return ev;
+}
+
+mq_pg *mq_events_pg(const mq_events *ev) { return ev->pg; }
+
+int mq_events_stmt(mq_events *ev, const char *tmpl) {
+  for (int i = 0; i < ev->n_more_stmts; i++)
+    if (ev->more_stmts[i].tmpl == tmpl)
+      return ev->more_stmts[i].id;
+  if (ev->n_more_stmts == (int)(sizeof ev->more_stmts / sizeof ev->more_stmts[0]))
+    return MQ_PG_ENOMEM;
+  int id = mq_pg_prepare_in(ev->pg, tmpl, ev->cfg->schema);
+  if (id >= 0) {
+    ev->more_stmts[ev->n_more_stmts].tmpl = tmpl;
+    ev->more_stmts[ev->n_more_stmts++].id = id;
+  }
+  return id;
+}
+const struct mq_config *mq_events_config(const mq_events *ev) {
+  return ev->cfg;
+}
+struct ev_loop *mq_events_loop(const mq_events *ev) { return ev->loop; }
+
+void mq_events_hook_add(mq_events *ev, struct mq_events_hook *h) {
+  h->next = ev->hooks;
+  ev->hooks = h;
+}
+
+void mq_events_hook_remove(mq_events *ev, struct mq_events_hook *h) {
+  for (struct mq_events_hook **p = &ev->hooks; *p; p = &(*p)->next) {
+    if (*p == h) {
+      *p = h->next;
+      return;
+    }
+  }
 }
 
 void mq_events_start_retention(mq_events *ev) {
@@ -326,21 +364,23 @@ static const char *col(const PGresult *res, int row, int c) {
   return PQgetisnull(res, row, c) ? NULL : PQgetvalue(res, row, c);
 }
 
+void mq_events_fill(const PGresult *res, int row, int c, struct mq_event *e) {
+  e->id = mq_pg_getll(res, row, c);
+  e->stream = col(res, row, c + 1);
+  e->ts = col(res, row, c + 2);
+  e->type = col(res, row, c + 3);
+  e->run_id = col(res, row, c + 4);
+  e->flow_name = col(res, row, c + 5);
+  e->step_name = col(res, row, c + 6);
+  e->step_id = col(res, row, c + 7);
+  e->attempt = PQgetisnull(res, row, c + 8) ? 0 : atoi(PQgetvalue(res, row, c + 8));
+  e->data = col(res, row, c + 9);
+}
+
 /* Fills events from rows [0, n) of res (columns as in ST_QUERY). */
 static void fill(const PGresult *res, int n, struct mq_event *events) {
-  for (int i = 0; i < n; i++) {
-    struct mq_event *e = &events[i];
-    e->id = mq_pg_getll(res, i, 0);
-    e->stream = col(res, i, 1);
-    e->ts = col(res, i, 2);
-    e->type = col(res, i, 3);
-    e->run_id = col(res, i, 4);
-    e->flow_name = col(res, i, 5);
-    e->step_name = col(res, i, 6);
-    e->step_id = col(res, i, 7);
-    e->attempt = PQgetisnull(res, i, 8) ? 0 : atoi(PQgetvalue(res, i, 8));
-    e->data = col(res, i, 9);
-  }
+  for (int i = 0; i < n; i++)
+    mq_events_fill(res, i, 0, &events[i]);
 }
 
 /* ---- query --------------------------------------------------------------- */
@@ -435,6 +475,7 @@ static void sub_free(mq_subscription *s) {
   free(s->pattern);
   free(s->base);
   free(s->target);
+  free(s->read_base);
   free(s);
 }
 
@@ -493,12 +534,18 @@ static void read_done(const struct mq_pg_reply *r, void *data) {
   }
   fill(res, n, events);
   free(s->target);
-  if (n < BATCH) { /* the step is complete: move to its snapshot */
-    free(s->base);
+  if (n < s->batch) { /* the step is complete: move to its snapshot */
+    free(s->read_base);
+    s->read_base = s->base;
     s->base = snapshot;
     s->target = NULL;
     s->after_id = 0;
-  } else {         /* more of this step to come */
+  } else {            /* more of this step to come */
+    char *keep = strdup(s->base);
+    if (keep) {
+      free(s->read_base);
+      s->read_base = keep;
+    }
     s->target = snapshot;
     s->after_id = events[n - 1].id;
     s->more = true;
@@ -527,9 +574,13 @@ static void consider_read(mq_subscription *s) {
     char after[24], min[24], n[16];
     snprintf(after, sizeof after, "%lld", s->after_id);
     snprintf(min, sizeof min, "%lld", s->min_id);
-    snprintf(n, sizeof n, "%d", BATCH);
-    const char *params[] = {s->pattern, s->base, s->target, after, min, n};
-    rc = mq_pg_exec(ev->pg, ev->stmts[ST_READ], 6, params, 0, read_done, s);
+    snprintf(n, sizeof n, "%d", s->batch);
+    char part[16], parts[16];
+    snprintf(part, sizeof part, "%d", s->part);
+    snprintf(parts, sizeof parts, "%d", s->parts);
+    const char *params[] = {s->pattern, s->base, s->target, after, min, n,
+                            s->parts ? part : NULL, s->parts ? parts : NULL};
+    rc = mq_pg_exec(ev->pg, ev->stmts[ST_READ], 8, params, 0, read_done, s);
   }
   if (rc != 0) {
     s->reading = false;
@@ -537,19 +588,24 @@ static void consider_read(mq_subscription *s) {
   }
 }
 
-mq_subscription *mq_events_subscribe(mq_events *ev, const char *pattern,
-                                     enum mq_events_from from,
-                                     long long from_id, mq_events_cb cb,
-                                     void *data, char *err, size_t errlen) {
+/* A subscription reading from base (NULL: from the end) after after_id
+ * within target's step; or NULL (message in err). */
+static mq_subscription *sub_new(mq_events *ev, const char *pattern,
+                                const char *base, const char *target,
+                                long long after_id, mq_events_cb cb,
+                                void *data, char *err, size_t errlen) {
   if (pattern && (!*pattern || strlen(pattern) > MAX_STREAM)) {
     snprintf(err, errlen, "stream pattern must be 1 to %d bytes", MAX_STREAM);
     return NULL;
   }
   mq_subscription *s = calloc(1, sizeof *s);
   if (!s || (pattern && !(s->pattern = strdup(pattern))) ||
-      (from != MQ_EVENTS_FROM_END && !(s->base = strdup(EMPTY_SNAPSHOT)))) {
-    if (s)
+      (base && !(s->base = strdup(base))) ||
+      (target && !(s->target = strdup(target)))) {
+    if (s) {
       free(s->pattern);
+      free(s->base);
+    }
     free(s);
     snprintf(err, errlen, "out of memory");
     return NULL;
@@ -557,7 +613,8 @@ mq_subscription *mq_events_subscribe(mq_events *ev, const char *pattern,
   s->ev = ev;
   s->cb = cb;
   s->data = data;
-  s->min_id = from == MQ_EVENTS_FROM_ID ? from_id : 0;
+  s->after_id = after_id;
+  s->batch = BATCH;
   s->more = true;
   LIST_INSERT_HEAD(&ev->subs, s, link);
   if (!ev->listening && !ev->stopped) { /* the first: start listening */
@@ -566,8 +623,47 @@ mq_subscription *mq_events_subscribe(mq_events *ev, const char *pattern,
     ev_timer_again(ev->loop, &ev->poll);
     ev_unref(ev->loop); /* the fallback poll alone keeps no loop running */
   }
-  consider_read(s);
   return s;
+}
+
+mq_subscription *mq_events_subscribe(mq_events *ev, const char *pattern,
+                                     enum mq_events_from from,
+                                     long long from_id, mq_events_cb cb,
+                                     void *data, char *err, size_t errlen) {
+  mq_subscription *s =
+      sub_new(ev, pattern, from == MQ_EVENTS_FROM_END ? NULL : EMPTY_SNAPSHOT,
+              NULL, 0, cb, data, err, errlen);
+  if (s) {
+    s->min_id = from == MQ_EVENTS_FROM_ID ? from_id : 0;
+    consider_read(s);
+  }
+  return s;
+}
+
+mq_subscription *mq_events_subscribe_partition(
+    mq_events *ev, const char *pattern, int part, int parts, int batch,
+    const struct mq_event_position *from, mq_events_cb cb, void *data,
+    char *err, size_t errlen) {
+  mq_subscription *s = sub_new(ev, pattern, from->base, from->target,
+                               from->target ? from->after_id : 0, cb, data,
+                               err, errlen);
+  if (s) {
+    s->part = part;
+    s->parts = parts;
+    s->batch = batch > 0 ? batch : BATCH;
+    consider_read(s);
+  }
+  return s;
+}
+
+bool mq_subscription_position(const mq_subscription *s, long long last_id,
+                              struct mq_event_position *pos) {
+  if (!s->read_base)
+    return false;
+  pos->base = s->read_base;
+  pos->target = s->target ? s->target : s->base;
+  pos->after_id = last_id;
+  return true;
 }
 
 void mq_subscription_next(mq_subscription *s) {
@@ -617,6 +713,10 @@ void mq_events_stop(mq_events *ev) {
   if (ev->listening)
     mq_pg_unlisten(ev->pg, ev->channel, wake_cb, ev);
   ev->listening = false;
+  for (struct mq_events_hook *h = ev->hooks, *next; h; h = next) {
+    next = h->next; /* stop may remove h */
+    h->stop(h->data);
+  }
 }
 
 void mq_events_close(mq_events *ev) {
@@ -624,6 +724,11 @@ void mq_events_close(mq_events *ev) {
     return;
   mq_events_stop(ev);
   ev_prepare_stop(ev->loop, &ev->flush);
+  while (ev->hooks) {
+    struct mq_events_hook *h = ev->hooks;
+    ev->hooks = h->next;
+    h->close(h->data);
+  }
   while (!LIST_EMPTY(&ev->subs)) {
     mq_subscription *s = LIST_FIRST(&ev->subs);
     if (!s->closed) { /* tell the owner its subscription is gone */

@@ -22,6 +22,7 @@
 #ifndef MQ_EVENTS_H
 #define MQ_EVENTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <ev.h>
@@ -122,6 +123,58 @@ mq_subscription *mq_events_subscribe(mq_events *ev, const char *pattern,
                                      enum mq_events_from from,
                                      long long from_id, mq_events_cb cb,
                                      void *data, char *err, size_t errlen);
+
+/* A reader position (sql/005_events.sql, "Gap safety"): every event
+ * visible in snapshot `base` was delivered, and of those visible in
+ * `target` (a step in progress; NULL: none) every one up to id after_id.
+ * Snapshots are pg_snapshot text. */
+struct mq_event_position {
+  const char *base;
+  const char *target;
+  long long after_id;
+};
+
+/* For consumer groups (event_groups.h): subscribes to partition `part` of
+ * `parts` of pattern from a stored position, reading `batch` events at a
+ * time (0: the default, 500). Otherwise as mq_events_subscribe. */
+mq_subscription *mq_events_subscribe_partition(
+    mq_events *ev, const char *pattern, int part, int parts, int batch,
+    const struct mq_event_position *from, mq_events_cb cb, void *data,
+    char *err, size_t errlen);
+
+/* While the subscriber holds a batch: the position just past its event
+ * `last_id` (an id of the batch), to store as a checkpoint. The strings
+ * are the subscription's, valid until mq_subscription_next. false when
+ * there is none (out of memory earlier: store nothing this time). */
+bool mq_subscription_position(const mq_subscription *s, long long last_id,
+                              struct mq_event_position *pos);
+
+/* A statement of the event store's pool for tmpl, a static string whose
+ * "%s" stand for the schema: prepared on the first call, the same id
+ * after. Returns the id or a negative mq_pg_status (at most 16 such). */
+int mq_events_stmt(mq_events *ev, const char *tmpl);
+
+/* The event store's pool and config, for the modules built on it. */
+mq_pg *mq_events_pg(const mq_events *ev);
+const struct mq_config *mq_events_config(const mq_events *ev);
+struct ev_loop *mq_events_loop(const mq_events *ev);
+
+/* Fills e from row `row` of res, whose columns from col0 on are id,
+ * stream, ts, type, run_id, flow_name, step_name, step_id, attempt, data.
+ * The strings point into res. */
+void mq_events_fill(const PGresult *res, int row, int col0, struct mq_event *e);
+
+/* Lets a module built on the event store (consumer groups) hear when it
+ * stops (stop reading, give back what it holds) and closes (free; nothing
+ * is in flight any more). h stays the caller's; remove it before freeing. */
+struct mq_events_hook {
+  void (*stop)(void *data);
+  void (*close)(void *data);
+  void *data;
+  struct mq_events_hook *next;
+};
+void mq_events_hook_add(mq_events *ev, struct mq_events_hook *h);
+void mq_events_hook_remove(mq_events *ev, struct mq_events_hook *h);
 
 /* The subscriber is done with the batch it was given. */
 void mq_subscription_next(mq_subscription *s);

@@ -299,6 +299,24 @@ int mq_pg_prepare(mq_pg *pg, const char *sql) {
   return pg->nstmts++;
 }
 
+int mq_pg_prepare_in(mq_pg *pg, const char *tmpl, const char *schema) {
+  char quoted[160], sql[4096];
+  snprintf(quoted, sizeof quoted, "\"%s\"", schema); /* [a-z0-9_] only */
+  size_t len = 0;
+  for (const char *p = tmpl; *p && len < sizeof sql - 1;) {
+    if (p[0] == '%' && p[1] == 's') {
+      len += (size_t)snprintf(sql + len, sizeof sql - len, "%s", quoted);
+      p += 2;
+    } else {
+      sql[len++] = *p++;
+    }
+  }
+  if (len >= sizeof sql - 1)
+    return MQ_PG_EINVAL;
+  sql[len] = '\0';
+  return mq_pg_prepare(pg, sql);
+}
+
 int mq_pg_exec(mq_pg *pg, int stmt, int nparams, const char *const *params,
                int flags, mq_pg_cb cb, void *data) {
   if (!pg || stmt < 0 || stmt >= pg->nstmts || nparams < 0 ||

@@ -91,6 +91,11 @@ int mq_pg_query(mq_pg *pg, const char *sql, int nparams,
  * >= 0 for mq_pg_exec(), or a negative mq_pg_status. The SQL is copied. */
 int mq_pg_prepare(mq_pg *pg, const char *sql);
 
+/* mq_pg_prepare() of tmpl with every "%s" in it replaced by `schema`
+ * quoted as an identifier (schema: [a-z0-9_], as config checks). SQL over
+ * 4 KiB is MQ_PG_EINVAL. */
+int mq_pg_prepare_in(mq_pg *pg, const char *tmpl, const char *schema);
+
 /* Like mq_pg_query() with a statement declared by mq_pg_prepare(). */
 int mq_pg_exec(mq_pg *pg, int stmt, int nparams, const char *const *params,
                int flags, mq_pg_cb cb, void *data);

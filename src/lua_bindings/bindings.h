@@ -18,6 +18,18 @@ int luaopen_moonq_db(lua_State *L);
 int luaopen_moonq_queue(lua_State *L);
 int luaopen_moonq_events(lua_State *L);
 
+/* Shared by moonq.events and its consumer groups (moonq_event_groups.c):
+ * the event store of L's runtime (raises when moonq is not open or events
+ * are disabled), an event as a Lua table {id, stream, type, ts, data,
+ * run_id, flow_name, step_name, step_id, attempt} (raises on out of
+ * memory), and the group functions added to the module table on top. */
+struct mq_events;
+struct mq_event;
+struct mq_runtime;
+struct mq_events *mq_lua_events(lua_State *L, struct mq_runtime **rt);
+void mq_lua_push_event(lua_State *L, const struct mq_event *e);
+void mq_lua_event_groups_register(lua_State *L);
+
 /* Registers every luaopen_moonq_* above in package.preload. */
 void mq_bindings_preload(lua_State *L);
 

@@ -33,7 +33,7 @@
 
 static const char *const SUB_MT = "moonq.subscription";
 
-static mq_events *events_of(lua_State *L, mq_runtime **rt) {
+mq_events *mq_lua_events(lua_State *L, mq_runtime **rt) {
   *rt = mq_lua_runtime(L);
   if (!*rt || !mq_runtime_queue(*rt))
     luaL_error(L, "moonq is not open (call moonq.open() first)");
@@ -43,8 +43,7 @@ static mq_events *events_of(lua_State *L, mq_runtime **rt) {
   return ev;
 }
 
-/* Pushes a stored event as a table. Raises on out of memory. */
-static void push_event(lua_State *L, const struct mq_event *e) {
+void mq_lua_push_event(lua_State *L, const struct mq_event *e) {
   lua_createtable(L, 0, 10);
   lua_pushinteger(L, e->id);
   lua_setfield(L, -2, "id");
@@ -121,7 +120,7 @@ static int push_events(lua_State *L) {
   mq_json_push_array_mt(L);
   lua_setmetatable(L, -2);
   for (int i = 0; i < r->n; i++) {
-    push_event(L, &r->events[i]);
+    mq_lua_push_event(L, &r->events[i]);
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
@@ -216,7 +215,7 @@ static int append_k(lua_State *L, int status, lua_KContext ctx) {
 /* Shared by append and append_many: args [stream event|list]. */
 static int append_events(lua_State *L, bool single) {
   mq_runtime *rt;
-  mq_events *ev = events_of(L, &rt);
+  mq_events *ev = mq_lua_events(L, &rt);
   luaL_checkstring(L, 1);
   const char *stream = text_arg(L, 1, "stream", 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -253,7 +252,7 @@ static int append_events(lua_State *L, bool single) {
  * be refused (ctx.emit checks at once what it stores later). */
 static int l_check(lua_State *L) {
   mq_runtime *rt;
-  mq_events *ev = events_of(L, &rt);
+  mq_events *ev = mq_lua_events(L, &rt);
   luaL_checkstring(L, 1);
   if (lua_type(L, 2) != LUA_TSTRING)
     return luaL_error(L, "event type must be a non-empty string");
@@ -282,7 +281,7 @@ static int l_append_many(lua_State *L) { return append_events(L, false); }
 
 static int l_query(lua_State *L) {
   mq_runtime *rt;
-  mq_events *ev = events_of(L, &rt);
+  mq_events *ev = mq_lua_events(L, &rt);
   const char *pattern = luaL_checkstring(L, 1);
   struct mq_events_query q = {0};
   const char *types[65] = {NULL};
@@ -468,7 +467,7 @@ static int l_sub_close(lua_State *L) {
 
 static int l_subscribe(lua_State *L) {
   mq_runtime *rt;
-  mq_events *ev = events_of(L, &rt);
+  mq_events *ev = mq_lua_events(L, &rt);
   const char *pattern = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   enum mq_events_from from = MQ_EVENTS_FROM_END;
@@ -536,5 +535,6 @@ int luaopen_moonq_events(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
+  mq_lua_event_groups_register(L);
   return 1;
 }
