@@ -436,8 +436,11 @@ static double opt_number(lua_State *L, int t, const char *key, double def,
     luaL_error(L, "%s must be a number", what);
   double v = lua_tonumber(L, -1);
   lua_pop(L, 1);
-  if (!(v >= min) || !isfinite(v))
-    luaL_error(L, "%s is %g, it must be >= %g", what, v, min);
+  if (!(v >= min) || !isfinite(v)) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s is %g, it must be >= %g", what, v, min);
+    luaL_error(L, "%s", msg);
+  }
   return v;
 }
 
