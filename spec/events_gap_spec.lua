@@ -5,7 +5,7 @@
 -- late ones, and one that waited for the oldest open transaction would
 -- stall behind it. Here concurrent transactions that stay open for a while
 -- after their appends, and one left open on purpose, must not make a live
--- subscriber miss, repeat or hold back an event.
+-- subscriber or a consumer group miss, repeat or hold back an event.
 local moonq = require "moonq"
 local V = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/events_helper.lua")
 local E = moonq.events
@@ -63,6 +63,15 @@ describe("event subscriptions with concurrent writers", function()
   it("deliver every event exactly once and each stream in order", function()
     local live = V.live("gap:*", "gap:ready")
     local early = V.record("gap:w*", { from = "start" })
+    -- a consumer group of two members (one process: the same reads and
+    -- checkpoints as across processes) reads from the group's start
+    local group = { events = {} }
+    local members = {}
+    for i, name in ipairs({ "a", "b" }) do
+      members[i] = assert(E.subscribe_group("gap:w*", "gap", name, function(e)
+        group.events[#group.events + 1] = e
+      end, { lease = 5 }))
+    end
     local exits, total = {}, 0
     for w = 1, WRITERS do
       local script, n = writer_script(w)
@@ -80,8 +89,12 @@ describe("event subscriptions with concurrent writers", function()
     -- (a timeout here shows below as missing events)
     moonq.run_until(function()
       return #live.events >= total and #early.events >= total and #late.events >= total
+        and #group.events >= total
     end, 60)
     V.run_for(0.5)
+    for _, m in ipairs(members) do m:close() end
+    local problem = V.delivery(group.events, "gap:w%")
+    assert.is_nil(problem, "group: " .. tostring(problem))
     for name, rec in pairs({ live = live, early = early, late = late }) do
       rec.sub:close()
       local problem = V.delivery(rec.events, "gap:w%")

@@ -1,5 +1,7 @@
--- A live subscription across a PostgreSQL restart: it reconnects, catches
--- up from where it was and misses nothing, delivering nothing twice. Runs
+-- A live subscription and a consumer group member across a PostgreSQL
+-- restart: they reconnect, catch up from where they were and miss nothing;
+-- the subscription delivers nothing twice, the group nothing beyond a batch
+-- whose checkpoint the restart cut off. Runs
 -- its own cluster (<build>/test-pg-events-restart), so stopping it disturbs
 -- no other test; the subscriber is a child process whose DATABASE_URL
 -- names that cluster.
@@ -27,9 +29,9 @@ describe("a subscription across a PostgreSQL restart", function()
     assert.is_truthy(ok, "append failed")
   end
 
-  local function delivered()
+  local function delivered(path)
     local ids, dup = {}, 0
-    for line in ((W.read(out) or "")):gmatch("[^\n]+") do
+    for line in ((W.read(path or out) or "")):gmatch("[^\n]+") do
       local id = tonumber(line)
       if id then
         if ids[id] then dup = dup + 1 end
@@ -51,6 +53,10 @@ describe("a subscription across a PostgreSQL restart", function()
       assert(moonq.open({ schema = schema, log = { level = "warn" } }))
       local f = assert(io.open(out, "w"))
       moonq.events.subscribe("r:*", function(ev) f:write(ev.id, "\n") f:flush() end, { from = "start" })
+      local g = assert(io.open(out .. ".group", "w"))
+      assert(moonq.events.subscribe_group("r:*", "restart", "m", function(ev)
+        g:write(ev.id, "\n") g:flush()
+      end, { lease = 2 }))
       moonq.run_until(function() return false end, 120)
     ]], { schema = schema, out = out })
     W.own(W.bg(("DATABASE_URL=%s lua5.4 %s"):format(W.shq(url), W.shq(script)), out .. ".log"))
@@ -68,7 +74,7 @@ describe("a subscription across a PostgreSQL restart", function()
       return ok
     end, 30, 0.2), "the subscriber did not start: " .. (W.read(out .. ".log") or ""))
     append(1, 300)
-    assert.is_truthy(W.poll(function() return delivered() >= 300 end, 30, 0.1),
+    assert.is_truthy(W.poll(function() return delivered() >= 300 and delivered(out .. ".group") >= 300 end, 30, 0.1),
       "before the restart: " .. delivered() .. "\n" .. (W.read(out .. ".log") or ""))
 
     local o, ok = sh(("%s stop %s"):format(W.shq(pg), W.shq(pgdir)))
@@ -82,5 +88,10 @@ describe("a subscription across a PostgreSQL restart", function()
     local n, dup = delivered()
     assert.equal(600, n)
     assert.equal(0, dup)
+    assert.is_truthy(W.poll(function() return delivered(out .. ".group") >= 600 end, 60, 0.1),
+      "the group after the restart: " .. delivered(out .. ".group") .. "\n" .. (W.read(out .. ".log") or ""))
+    n, dup = delivered(out .. ".group")
+    assert.equal(600, n)
+    assert.is_true(dup <= 100, dup .. " events handled twice by the group")
   end)
 end)
