@@ -137,3 +137,54 @@ describe("a consumer group of three processes", function()
     assert.is_true(V.count(after) > 0, "the restarted member handled nothing")
   end)
 end)
+
+describe("a consumer group member paused past its lease", function()
+  setup(function() V.open() end)
+  teardown(V.close)
+
+  -- T7 of the research: SIGSTOP a member while it handles an event, let
+  -- another member take its partitions over, SIGCONT it. Its checkpoint
+  -- write is refused (the epoch moved on), no checkpoint goes backwards, and
+  -- it handles nothing the other member handled, beyond the event it was in.
+  it("cannot move a checkpoint it lost, and handles nothing twice", function()
+    local dir = V.tmpdir()
+    local out = dir .. "/a"
+    local pid = V.own(V.spawn([[
+      assert(moonq.open({ database = url, schema = schema, log = { level = "warn" } }))
+      local f = assert(io.open(out, "w"))
+      assert(moonq.events.subscribe_group("st:*", "st", "a", function(e)
+        f:write("start ", e.id, "\n") f:flush()
+        moonq.sleep(0.5)
+        f:write("done ", e.id, "\n") f:flush()
+      end, { lease = 1, partitions = 1 }))
+      moonq.run_until(function() return false end, 300)
+    ]], { url = V.url, schema = V.schema, out = out }, out .. ".log"))
+    assert.is_truthy(V.poll(function()
+      return V.row("SELECT count(*) AS n FROM @.queue_event_checkpoints WHERE consumer = 'a'").n == 1
+    end, 30), "a did not join")
+    local first = assert(moonq.events.append("st:1", { type = "t" }))
+    assert.is_truthy(V.poll(function() return (V.read(out) or ""):find("start " .. first.id, 1, true) end, 10))
+    V.signal(pid, "STOP")
+    -- b takes the partition once a's lease ran out, and handles from a's
+    -- last checkpoint: the event a is stuck in, then the rest
+    local got = {}
+    local b = assert(moonq.events.subscribe_group("st:*", "st", "b", function(e)
+      got[#got + 1] = e.id
+    end, { lease = 1 }))
+    local more = {}
+    for i = 1, 5 do more[i] = assert(moonq.events.append("st:1", { type = "t" })).id end
+    assert.is_true(moonq.run_until(function() return #got >= 6 end, 20), "b did not take over")
+    local mark = V.row("SELECT last_id, epoch FROM @.queue_event_checkpoints WHERE group_name = 'st'")
+    assert.equal(more[5], mark.last_id)
+    V.signal(pid, "CONT")
+    -- a finishes its event; its checkpoint is refused; the two share again
+    V.run_for(3)
+    local row = V.row("SELECT last_id, epoch FROM @.queue_event_checkpoints WHERE group_name = 'st'")
+    assert.is_true(row.last_id >= mark.last_id, "the checkpoint went backwards")
+    local handled_by_a = {}
+    for id in (V.read(out) or ""):gmatch("done (%d+)") do handled_by_a[#handled_by_a + 1] = tonumber(id) end
+    assert.same({ first.id }, handled_by_a)
+    assert.same({ first.id, more[1], more[2], more[3], more[4], more[5] }, got)
+    b:close()
+  end)
+end)
