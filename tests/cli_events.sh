@@ -2,7 +2,9 @@
 # cli_events.sh -- `moonq events query` prints a stream's events as JSON
 # lines (types filtered, --after), `moonq events tail` follows a pattern from
 # an id, prints events appended from SQL while it runs and exits 0 on
-# SIGINT; a wrong subcommand is a usage error (exit 2). Run by ctest as
+# SIGINT; `events tail --group` follows as a group member, `events groups`,
+# `parked` and `replay` show and replay a group's state; a wrong subcommand
+# is a usage error (exit 2). Run by ctest as
 # sh_cli_events with MOONQ_BIN and DATABASE_URL set.
 set -u
 
@@ -39,6 +41,30 @@ code=$?
 lines=$(cat "$dir/tail.out")
 [[ "$lines" == *'"id":2'*'"type":"live"'* ]] || fail "tail: history then live expected: $lines"
 [[ "$lines" != *'"id":1,'* && "$lines" != *'orders_1'* ]] || fail "tail: --from 1 or the pattern leaked: $lines"
+
+# a consumer group: tail as member m1, then groups, parked and replay
+"$bin" --config "$dir/config.lua" events tail 'orders:*' --group g1 --consumer m1 >"$dir/group.out" 2>"$dir/group.err" &
+pid=$!
+for _ in $(seq 1 100); do grep -q '"type":"live"' "$dir/group.out" 2>/dev/null && break; sleep 0.1; done
+kill -INT "$pid"
+wait "$pid"
+code=$?
+[ "$code" -eq 0 ] || fail "tail --group: exit code $code: $(cat "$dir/group.err")"
+[ "$(grep -c '"id"' "$dir/group.out")" -eq 3 ] || fail "tail --group: expected the 3 orders:* events: $(cat "$dir/group.out")"
+out=$("$bin" --config "$dir/config.lua" events groups)
+[[ "$out" == *GROUP*PATTERN*LAG* && "$out" == *'g1 '*'orders:*'*' 16 '* ]] || fail "groups: $out"
+# a group member leaves on SIGINT: no members listed
+[[ "$out" == *' - '* ]] || fail "groups: m1 still a member after SIGINT: $out"
+sql "INSERT INTO $schema.queue_event_parked (group_name, event_id, partition, consumer, attempts, error)
+     VALUES ('g1', 2, 0, 'm1', 3, 'boom')" >/dev/null
+out=$("$bin" --config "$dir/config.lua" events parked g1)
+[[ "$out" == *'"error":"boom"'*'"event_id":2'* ]] || fail "parked: $out"
+out=$("$bin" --config "$dir/config.lua" events replay g1 2)
+[[ "$out" == "1 parked events of group g1 marked for a replay" ]] || fail "replay: $out"
+"$bin" --config "$dir/config.lua" events tail 'orders:*' --group g1 >/dev/null 2>&1
+[ $? -eq 2 ] || fail "tail --group without --consumer: expected exit code 2"
+"$bin" --config "$dir/config.lua" events tail 'orders:*' --group g1 --consumer m1 --from start >/dev/null 2>&1
+[ $? -eq 2 ] || fail "tail --group --from: expected exit code 2"
 
 "$bin" --config "$dir/config.lua" events nope >/dev/null 2>&1
 [ $? -eq 2 ] || fail "events nope: expected exit code 2"

@@ -7,6 +7,10 @@
 --   moonq pause QUEUE | moonq resume QUEUE
 --   moonq events query STREAM [--type T]... [--run R] [--after ID] [--limit N]
 --   moonq events tail STREAM|PATTERN [--from start|end|ID]
+--   moonq events tail PATTERN --group G --consumer C
+--   moonq events groups [GROUP]
+--   moonq events parked GROUP [--limit N]
+--   moonq events replay GROUP [ID]...
 --
 -- main() returns the process exit code: 0 success, 1 runtime error, 2 usage.
 local moonq = require "moonq"
@@ -183,24 +187,83 @@ function events.query(args)
   for _, e in ipairs(list) do print(moonq.json.encode(e)) end
 end
 
--- Follows a stream or pattern like `tail -f` until SIGINT or SIGTERM.
+-- Follows a stream or pattern like `tail -f` until SIGINT or SIGTERM; with
+-- --group, as member --consumer of that consumer group, from the group's
+-- checkpoints.
 function events.tail(args)
-  local pos, flags = parse(args, { from = true })
+  local pos, flags = parse(args, { from = true, group = true, consumer = true })
   need(pos, 1, "STREAM or PATTERN")
-  local from = flags.from or "end"
-  if from ~= "start" and from ~= "end" then from = integer("from", from) end
-  local sub = check(moonq.events.subscribe(pos[1], function(e)
+  local function print_event(e)
     io.stdout:write(moonq.json.encode(e), "\n")
     io.stdout:flush()
-  end, { from = from }))
+  end
+  local sub
+  if flags.group then
+    if flags.from then
+      error({ usage = "--from does not go with --group (a group reads from its checkpoints)" })
+    end
+    if not flags.consumer then
+      error({ usage = "--group needs --consumer NAME (this member's name in the group)" })
+    end
+    sub = check(moonq.events.subscribe_group(pos[1], flags.group, flags.consumer, print_event))
+  elseif flags.consumer then
+    error({ usage = "--consumer needs --group" })
+  else
+    local from = flags.from or "end"
+    if from ~= "start" and from ~= "end" then from = integer("from", from) end
+    sub = check(moonq.events.subscribe(pos[1], print_event, { from = from }))
+  end
   moonq.run_until_signal()
   sub:close()
+end
+
+-- Consumer groups: one line each with members, progress, lag and parked.
+function events.groups(args)
+  local pos = parse(args, {})
+  if #pos > 1 then error({ usage = "expected at most one GROUP" }) end
+  local list = check(moonq.events.groups(pos[1]))
+  print(("%-24s %-24s %5s %-30s %10s %8s %7s"):format(
+    "GROUP", "PATTERN", "PARTS", "MEMBERS (PARTITIONS)", "HANDLED", "LAG", "PARKED"))
+  for _, g in ipairs(list) do
+    local members = {}
+    for _, m in ipairs(g.members) do
+      members[#members + 1] = ("%s(%d)%s"):format(m.consumer, #m.partitions,
+        m.live and "" or " expired")
+    end
+    print(("%-24s %-24s %5d %-30s %10d %8d %7d"):format(g.group_name, g.pattern,
+      g.partitions, #members > 0 and table.concat(members, ",") or "-",
+      g.handled, g.lag, g.parked))
+  end
+end
+
+-- A group's parked events as JSON lines, oldest first.
+function events.parked(args)
+  local pos, flags = parse(args, { limit = true })
+  need(pos, 1, "GROUP")
+  local list = check(moonq.events.parked(pos[1],
+    { limit = flags.limit and limit(flags.limit) or 1000 }))
+  for _, p in ipairs(list) do print(moonq.json.encode(p)) end
+end
+
+-- Marks a group's parked events (all, or the ids given) for a replay.
+function events.replay(args)
+  local pos = parse(args, {})
+  if #pos < 1 then error({ usage = "expected GROUP [ID]..." }) end
+  local ids
+  for i = 2, #pos do
+    ids = ids or {}
+    ids[#ids + 1] = integer("id", pos[i])
+  end
+  local n = check(moonq.events.replay(pos[1], ids))
+  print(("%d parked events of group %s marked for a replay"):format(n, pos[1]))
 end
 
 function commands.events(args)
   local sub = table.remove(args, 1)
   local fn = events[sub or ""]
-  if not fn then error({ usage = "expected `events query ...` or `events tail ...`" }) end
+  if not fn then
+    error({ usage = "expected `events query|tail|groups|parked|replay ...`" })
+  end
   return fn(args)
 end
 
