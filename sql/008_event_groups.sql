@@ -68,16 +68,30 @@ CREATE TABLE @schema@.queue_event_parked (
 CREATE INDEX queue_event_parked_replay_idx ON @schema@.queue_event_parked (group_name, partition)
   WHERE replay;
 
--- The partition (0 .. n-1) of a stream: from md5, which is the same on
--- every PostgreSQL version and platform (hashtext is not promised to be),
--- so a partition never changes under a checkpoint.
+-- A stream's partition key: 31 bits of md5 of its name, the same on every
+-- PostgreSQL version and platform (hashtext is not promised to be), so a
+-- stream never moves to another partition under a checkpoint. Stored with
+-- each event (computed once, at insert) so that a group's readers test
+-- `partition_key % partitions` per row, which costs next to nothing.
+CREATE FUNCTION @schema@.stream_partition_key(stream text) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+  SELECT (('x' || left(md5(stream), 8))::bit(32)::integer) & 2147483647
+$$;
+
+ALTER TABLE @schema@.queue_events
+  ADD COLUMN partition_key integer NOT NULL
+  GENERATED ALWAYS AS (@schema@.stream_partition_key(stream)) STORED;
+
+-- The partition (0 .. n-1) of a stream in a group of n partitions.
 CREATE FUNCTION @schema@.stream_partition(stream text, n integer) RETURNS integer
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-  SELECT ((('x' || left(md5(stream), 8))::bit(32)::integer) & 2147483647) % n
+  SELECT @schema@.stream_partition_key(stream) % n
 $$;
 
 -- read_events (005) learns to read one partition of a pattern: `part` of
--- `parts` (NULL: every partition).
+-- `parts` (NULL: every partition); and a step that goes on after a full
+-- batch walks the ids from the last one delivered instead of collecting the
+-- whole step through the index on tx again.
 DROP FUNCTION @schema@.read_events(text, pg_snapshot, pg_snapshot, bigint, bigint, integer);
 CREATE FUNCTION @schema@.read_events(pattern text, base pg_snapshot,
                                      target pg_snapshot, after_id bigint,
@@ -98,7 +112,11 @@ DECLARE
   xip xid8[] := ARRAY(SELECT pg_snapshot_xip(base));
   floor_id bigint := greatest(after_id, min_id);
 BEGIN
-  IF lo <= '1'::xid8 THEN
+  IF lo <= '1'::xid8 OR after_id > 0 THEN
+    -- From the start of the log, or further into a step that filled a
+    -- batch already (a big step: collecting all of it again for every
+    -- batch would cost its size each time), walk the ids from where the
+    -- step is.
     RETURN QUERY
     SELECT t, e.id, e.stream, e.ts, e.type, e.run_id, e.flow_name, e.step_name,
            e.step_id, e.attempt, e.data
@@ -106,8 +124,9 @@ BEGIN
      WHERE e.id > floor_id
        AND e.tx < hi
        AND pg_visible_in_snapshot(e.tx, t)
+       AND (lo <= '1'::xid8 OR NOT pg_visible_in_snapshot(e.tx, base))
        AND (pattern IS NULL OR e.stream LIKE like_pattern)
-       AND (parts IS NULL OR @schema@.stream_partition(e.stream, parts) = part)
+       AND (parts IS NULL OR e.partition_key % parts = part)
      ORDER BY e.id
      LIMIT n;
   ELSE
@@ -125,7 +144,7 @@ BEGIN
       FROM fresh f
      WHERE pg_visible_in_snapshot(f.tx, t)
        AND (pattern IS NULL OR f.stream LIKE like_pattern)
-       AND (parts IS NULL OR @schema@.stream_partition(f.stream, parts) = part)
+       AND (parts IS NULL OR f.partition_key % parts = part)
      ORDER BY f.id
      LIMIT n;
   END IF;
@@ -399,7 +418,7 @@ LANGUAGE sql STABLE AS $$
          (SELECT count(*) FROM @schema@.queue_events e
             JOIN @schema@.queue_event_checkpoints c
               ON c.group_name = g.group_name
-             AND c.partition = @schema@.stream_partition(e.stream, g.partitions)
+             AND c.partition = e.partition_key % g.partitions
            WHERE e.tx >= (SELECT min(pg_snapshot_xmin(k.base))
                             FROM @schema@.queue_event_checkpoints k
                            WHERE k.group_name = g.group_name)

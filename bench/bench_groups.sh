@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# bench/bench_groups.sh -- consumer group throughput with 1, 2 and 4 member
+# processes.
+#
+#   bench/bench_groups.sh     build moonq.so, start the private PostgreSQL
+#                             (or use DATABASE_URL), run, print
+#   BENCH_EVENTS=N            events per run (default 100000, on 200 streams)
+#   BUILD_DIR=DIR             build directory (default build-bench)
+#
+# Each run: a fresh group of 16 partitions; K member processes
+# (bench/events/group_member.lua, a no-op function) join and share the
+# partitions; then one transaction appends N events and the clock runs
+# from its commit until the group's checkpoints count N events handled
+# (polled every 50 ms). Raw outputs go to $BUILD_DIR/bench-out/groups-<ts>/.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${BUILD_DIR:-$repo/build-bench}
+out=$build/bench-out/groups-$(date -u +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$out/cmake.log" 2>&1
+fi
+cmake --build "$build" --target moonq_exe moonq_module -j"$(nproc)" >"$out/build.log" 2>&1 || {
+  tail -30 "$out/build.log" >&2; exit 1; }
+if [ -z "${DATABASE_URL:-}" ]; then
+  DATABASE_URL=$("$repo/scripts/pg.sh" start "$build/pg")
+fi
+export DATABASE_URL
+s=ev_groups_bench
+n=${BENCH_EVENTS:-100000}
+q() { psql "$DATABASE_URL" -qAtX -v ON_ERROR_STOP=1 -c "$1"; }
+q "DROP SCHEMA IF EXISTS $s CASCADE" 2>/dev/null || true
+printf 'return { database = os.getenv("DATABASE_URL"), schema = "%s" }\n' "$s" >"$out/config.lua"
+"$build/moonq" -c "$out/config.lua" migrate >"$out/migrate.log" 2>&1
+
+pids=()
+stop_members() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+trap stop_members EXIT
+
+now() { date +%s.%N; }
+for k in 1 2 4 1 2 4; do
+  group=g$k-$RANDOM
+  q "TRUNCATE $s.queue_events" >/dev/null
+  for i in $(seq 1 "$k"); do
+    LUA_CPATH="$build/?.so;;" LUA_PATH="$repo/lua/?.lua;;" \
+      lua5.4 "$repo/bench/events/group_member.lua" "$s" "$group" "m$i" >>"$out/members.log" 2>&1 &
+    pids+=($!)
+  done
+  share=$(( (16 + k - 1) / k ))
+  for _ in $(seq 1 200); do
+    ok=$(q "SELECT count(*) = $k AND max(c) <= $share FROM (SELECT consumer, count(*) c
+              FROM $s.queue_event_checkpoints WHERE group_name = '$group' AND consumer IS NOT NULL
+             GROUP BY consumer) m" 2>/dev/null || echo f)
+    [ "$ok" = t ] && break
+    sleep 0.1
+  done
+  [ "$ok" = t ] || { echo "members did not share the partitions (k=$k)" >&2; exit 1; }
+  q "INSERT INTO $s.queue_events (stream, type, data)
+     SELECT 'bench:' || (g % 200), 'bench.group', jsonb_build_object('n', g)
+       FROM generate_series(1, $n) g; SELECT $s.events_wake()" >/dev/null
+  t0=$(now)
+  while :; do
+    done_n=$(q "SELECT coalesce(sum(handled), 0) FROM $s.queue_event_checkpoints WHERE group_name = '$group'")
+    [ "$done_n" -ge "$n" ] && break
+    sleep 0.05
+  done
+  t1=$(now)
+  awk -v k="$k" -v n="$n" -v t0="$t0" -v t1="$t1" 'BEGIN {
+    printf "members %d: %d events in %.2f s = %.0f events/s\n", k, n, t1 - t0, n / (t1 - t0) }' |
+    tee -a "$out/summary.txt"
+  stop_members
+done
+echo "raw outputs: $out"
