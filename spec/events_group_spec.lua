@@ -167,6 +167,34 @@ describe("event consumer groups", function()
     rec.g:close()
   end)
 
+  it("moonq.close() with a member still joined leaves the group, also in the middle of an event", function()
+    for _, mid in ipairs({ false, true }) do
+      local group = mid and "g-close-mid" or "g-close"
+      local out, ok = V.run([[
+        assert(moonq.open({ database = url, schema = schema, log = { level = "error" } }))
+        local started = false
+        assert(moonq.events.subscribe_group(group .. ":*", group, "a", function(e)
+          started = true
+          if mid then moonq.sleep(30) end
+        end, { lease = 30 }))
+        assert(moonq.events.append(group .. ":1", { type = "t" }))
+        assert(moonq.run_until(function() return started end, 10))
+        moonq.close()
+        print("closed")
+      ]], { url = V.url, schema = V.schema, group = group, mid = mid })
+      assert.is_truthy(ok, out)
+      assert.matches("closed", out)
+      assert.equal(0, V.row("SELECT count(*) AS n FROM @.queue_event_group_members WHERE group_name = $1", group).n)
+      assert.equal(0, V.row([[SELECT count(*) AS n FROM @.queue_event_checkpoints
+                               WHERE group_name = $1 AND consumer IS NOT NULL]], group).n)
+      -- the event cut off by the close goes to the next member
+      local rec = member(group .. ":*", group, "b", { lease = 30 })
+      V.run_for(1)
+      assert.equal(mid and 1 or 0, #rec.events)
+      rec.g:close()
+    end
+  end)
+
   it("refuses bad options with a message naming them", function()
     assert(E.subscribe_group("opt:*", "g-opt", "a", function() end, { partitions = 4 })):close()
     assert.matches('reads the pattern "opt:%*", not "other:%*"',

@@ -82,8 +82,9 @@ struct mq_group_member {
   bool renewing;   /* a join_group in flight */
   bool fetching;   /* a parked_replays in flight */
   bool leaving;    /* no new batches; leave once nothing is held */
+  bool caller_gone; /* the caller had its last callback: nothing is held */
   bool left;       /* leave_group sent (or not needed): wait for requests */
-  bool stopped;    /* the event store stopped: no more requests */
+  bool stopped;    /* the event store closed: no more requests */
   int requests;    /* requests in flight */
 };
 
@@ -113,22 +114,30 @@ static void member_free(mq_group_member *m) {
   free(m);
 }
 
-/* The member is gone: tells the caller (last call), then frees it once no
- * request of it is in flight. */
-static void member_end(mq_group_member *m, const char *why) {
-  if (!m->left) {
-    m->left = true;
-    m->leaving = true;
-    for (int i = 0; i < m->n_parts; i++) {
-      mq_subscription_close(m->parts[i].sub);
-      m->parts[i].sub = NULL;
-    }
-    if (ev_is_active(&m->renew)) {
-      ev_ref(m->loop);
-      ev_timer_stop(m->loop, &m->renew);
-    }
-    m->cb(MQ_EVENTS_ECLOSED, why, -1, MQ_GROUP_EVENTS, NULL, 0, m->data);
+/* Gives the caller its last callback: it answers no batch after it, so
+ * nothing counts as held any more. Reading and renewing stop. */
+static void caller_gone(mq_group_member *m, const char *why) {
+  if (m->caller_gone)
+    return;
+  m->caller_gone = true;
+  m->leaving = true;
+  for (int i = 0; i < m->n_parts; i++) {
+    struct part *p = &m->parts[i];
+    mq_subscription_close(p->sub);
+    p->sub = NULL;
+    p->holding = p->replaying = false;
   }
+  if (ev_is_active(&m->renew)) {
+    ev_ref(m->loop);
+    ev_timer_stop(m->loop, &m->renew);
+  }
+  m->cb(MQ_EVENTS_ECLOSED, why, -1, MQ_GROUP_EVENTS, NULL, 0, m->data);
+}
+
+/* The member is done: frees it once no request of it is in flight. */
+static void member_end(mq_group_member *m, const char *why) {
+  caller_gone(m, why);
+  m->left = true;
   if (m->requests == 0)
     member_free(m);
 }
@@ -322,7 +331,7 @@ static void joined_reply(const struct mq_pg_reply *r, void *data) {
       int status = r->status == MQ_PG_ESQL && strncmp(r->sqlstate, "22", 2) == 0
                        ? MQ_EVENTS_EINVAL : MQ_EVENTS_EDB;
       m->joined(status, r->error, m->data);
-      m->left = true; /* the caller forgets it */
+      m->caller_gone = m->left = true; /* the caller forgets it */
       if (m->requests == 0)
         member_free(m);
       return;
@@ -444,7 +453,7 @@ static void unparked(const struct mq_pg_reply *r, void *data) {
 void mq_group_done(mq_group_member *m, int partition, enum mq_group_batch kind,
                    long long last_id, int handled) {
   struct part *p = part_of(m, partition);
-  if (!p)
+  if (!p || m->caller_gone)
     return;
   if (kind == MQ_GROUP_REPLAY) {
     p->replaying = false;
@@ -677,7 +686,8 @@ static void left_reply(const struct mq_pg_reply *r, void *data) {
   request_done(m);
 }
 
-/* Once nothing is held or written: frees the partitions in the database,
+/* Once nothing is held or being written (a checkpoint must not arrive
+ * after the partition was freed): frees the partitions in the database,
  * and ends the member. */
 static void consider_leaving(mq_group_member *m) {
   if (m->left)
@@ -705,15 +715,12 @@ void mq_group_leave(mq_group_member *m) {
 }
 
 /* The event store stops: the member leaves now, whatever the caller still
- * holds (its events are handled again by the next owner). */
+ * holds (its events are handled again by the next owner), once the
+ * checkpoints being written are in. */
 static void hook_stop(void *data) {
   mq_group_member *m = data;
-  if (!m->left) {
-    const char *params[] = {m->group, m->consumer, m->token};
-    exec(m, ST_LEAVE, 3, params, left_reply, m);
-    member_end(m, "the event store stopped");
-  }
-  m->stopped = true;
+  caller_gone(m, "the event store stopped");
+  consider_leaving(m);
 }
 
 static void hook_close(void *data) {
