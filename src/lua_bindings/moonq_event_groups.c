@@ -283,6 +283,28 @@ static void run_next(struct lpart *p) {
   park(p, tasks ? err : "not enough memory");
 }
 
+/* Stops handling: no event starts after this, a backoff wait ends, and
+ * batches not being worked on end now (the member hears how far they got;
+ * a task still running ends its batch when it returns). With `leave` the
+ * member leaves the group first. */
+static void stop_handling(struct lgroup *g, bool leave) {
+  g->closing = true;
+  for (int i = 0; i < g->n_parts; i++) {
+    struct lpart *p = g->parts[i];
+    if (p && p->busy && ev_is_active(&p->backoff)) {
+      ev_timer_stop(mq_runtime_loop(g->rt), &p->backoff);
+      p->busy = false;
+    }
+  }
+  if (leave && g->member)
+    mq_group_leave(g->member);
+  for (int i = 0; i < g->n_parts; i++) {
+    struct lpart *p = g->parts[i];
+    if (p && !p->busy && p->kind >= 0)
+      batch_end(p);
+  }
+}
+
 /* ---- from the member ----------------------------------------------------- */
 
 struct anchor {
@@ -307,16 +329,7 @@ static void batch_cb(int status, const char *error, int partition,
   struct lgroup *g = data;
   if (status == MQ_EVENTS_ECLOSED) {
     g->member = NULL;
-    g->closing = true;
-    for (int i = 0; i < g->n_parts; i++) {
-      struct lpart *p = g->parts[i];
-      if (p && p->busy && ev_is_active(&p->backoff)) {
-        ev_timer_stop(mq_runtime_loop(g->rt), &p->backoff);
-        p->busy = false;
-      }
-      if (p && !p->busy && p->kind >= 0)
-        batch_end(p);
-    }
+    stop_handling(g, false);
     lgroup_release(g);
     return;
   }
@@ -397,22 +410,8 @@ static int l_group_is_open(lua_State *L) {
  * at once; nothing is delivered after it returns. */
 static int l_group_close(lua_State *L) {
   struct lgroup *g = check_group(L);
-  if (g->member && !g->closing) {
-    g->closing = true;
-    for (int i = 0; i < g->n_parts; i++) {
-      struct lpart *p = g->parts[i];
-      if (p && p->busy && ev_is_active(&p->backoff)) {
-        ev_timer_stop(mq_runtime_loop(g->rt), &p->backoff);
-        p->busy = false;
-      }
-    }
-    mq_group_leave(g->member);
-    for (int i = 0; i < g->n_parts; i++) {
-      struct lpart *p = g->parts[i];
-      if (p && !p->busy && p->kind >= 0)
-        batch_end(p);
-    }
-  }
+  if (g->member && !g->closing)
+    stop_handling(g, true);
   return 0;
 }
 
