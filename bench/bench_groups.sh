@@ -9,9 +9,12 @@
 #
 # Each run: a fresh group of 16 partitions; K member processes
 # (bench/events/group_member.lua, a no-op function) join and share the
-# partitions; then one transaction appends N events and the clock runs
-# from its commit until the group's checkpoints count N events handled
-# (polled every 50 ms). Raw outputs go to $BUILD_DIR/bench-out/groups-<ts>/.
+# partitions; then one psql session appends N events in transactions of
+# 100 (200 streams) and the clock runs from the start of the appends until
+# the group's checkpoints count N events handled (polled every 50 ms).
+# Then a backlog run: N events appended first, K members of a new group
+# start, the clock runs from their start. Raw outputs go to
+# $BUILD_DIR/bench-out/groups-<ts>/.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,14 +46,32 @@ stop_members() {
 trap stop_members EXIT
 
 now() { date +%s.%N; }
+start_members() { # K GROUP
+  for i in $(seq 1 "$1"); do
+    LUA_CPATH="$build/?.so;;" LUA_PATH="$repo/lua/?.lua;;" \
+      lua5.4 "$repo/bench/events/group_member.lua" "$s" "$2" "m$i" >>"$out/members.log" 2>&1 &
+    pids+=($!)
+  done
+}
+wait_handled() { # GROUP
+  while :; do
+    done_n=$(q "SELECT coalesce(sum(handled), 0) FROM $s.queue_event_checkpoints WHERE group_name = '$1'")
+    [ "$done_n" -ge "$n" ] && break
+    sleep 0.05
+  done
+}
+report() { # WHAT K T0 T1
+  awk -v what="$1" -v k="$2" -v n="$n" -v t0="$3" -v t1="$4" 'BEGIN {
+    printf "%s, members %d: %d events in %.2f s = %.0f events/s\n", what, k, n, t1 - t0, n / (t1 - t0) }' |
+    tee -a "$out/summary.txt"
+}
+for i in $(seq 1 $((n / 100))); do
+  echo "SELECT $s.append_events(jsonb_agg(jsonb_build_object('stream', 'bench:' || (g % 200), 'type', 'bench.group', 'data', jsonb_build_object('n', g)))) FROM generate_series($((i * 100)), $((i * 100 + 99))) g;"
+done >"$out/append.sql"
 for k in 1 2 4 1 2 4; do
   group=g$k-$RANDOM
   q "TRUNCATE $s.queue_events" >/dev/null
-  for i in $(seq 1 "$k"); do
-    LUA_CPATH="$build/?.so;;" LUA_PATH="$repo/lua/?.lua;;" \
-      lua5.4 "$repo/bench/events/group_member.lua" "$s" "$group" "m$i" >>"$out/members.log" 2>&1 &
-    pids+=($!)
-  done
+  start_members "$k" "$group"
   share=$(( (16 + k - 1) / k ))
   for _ in $(seq 1 200); do
     ok=$(q "SELECT count(*) = $k AND max(c) <= $share FROM (SELECT consumer, count(*) c
@@ -60,19 +81,17 @@ for k in 1 2 4 1 2 4; do
     sleep 0.1
   done
   [ "$ok" = t ] || { echo "members did not share the partitions (k=$k)" >&2; exit 1; }
-  q "INSERT INTO $s.queue_events (stream, type, data)
-     SELECT 'bench:' || (g % 200), 'bench.group', jsonb_build_object('n', g)
-       FROM generate_series(1, $n) g; SELECT $s.events_wake()" >/dev/null
   t0=$(now)
-  while :; do
-    done_n=$(q "SELECT coalesce(sum(handled), 0) FROM $s.queue_event_checkpoints WHERE group_name = '$group'")
-    [ "$done_n" -ge "$n" ] && break
-    sleep 0.05
-  done
-  t1=$(now)
-  awk -v k="$k" -v n="$n" -v t0="$t0" -v t1="$t1" 'BEGIN {
-    printf "members %d: %d events in %.2f s = %.0f events/s\n", k, n, t1 - t0, n / (t1 - t0) }' |
-    tee -a "$out/summary.txt"
+  psql "$DATABASE_URL" -qAtX -v ON_ERROR_STOP=1 -f "$out/append.sql" >/dev/null
+  wait_handled "$group"
+  report live "$k" "$t0" "$(now)"
+  stop_members
+
+  group=b$k-$RANDOM
+  t0=$(now)
+  start_members "$k" "$group"
+  wait_handled "$group"
+  report backlog "$k" "$t0" "$(now)"
   stop_members
 done
 echo "raw outputs: $out"

@@ -131,22 +131,28 @@ BEGIN
      LIMIT n;
   ELSE
     RETURN QUERY
+    -- The step's rows, narrow (the data of rows another pattern or
+    -- partition filters out is never copied); the rows chosen are fetched
+    -- whole by id.
     WITH fresh AS MATERIALIZED (
-      SELECT e.* FROM @schema@.queue_events e
+      SELECT e.id, e.tx, e.stream, e.partition_key FROM @schema@.queue_events e
        WHERE e.tx >= lo AND e.tx < hi AND e.id > floor_id
       UNION ALL
-      SELECT e.* FROM @schema@.queue_events e
+      SELECT e.id, e.tx, e.stream, e.partition_key FROM @schema@.queue_events e
        WHERE cardinality(xip) > 0 -- a one-time filter: no scan without
          AND e.tx = ANY(xip) AND e.tx < lo AND e.id > floor_id
+    ), chosen AS MATERIALIZED (
+      SELECT f.id FROM fresh f
+       WHERE pg_visible_in_snapshot(f.tx, t)
+         AND (pattern IS NULL OR f.stream LIKE like_pattern)
+         AND (parts IS NULL OR f.partition_key % parts = part)
+       ORDER BY f.id
+       LIMIT n
     )
-    SELECT t, f.id, f.stream, f.ts, f.type, f.run_id, f.flow_name, f.step_name,
-           f.step_id, f.attempt, f.data
-      FROM fresh f
-     WHERE pg_visible_in_snapshot(f.tx, t)
-       AND (pattern IS NULL OR f.stream LIKE like_pattern)
-       AND (parts IS NULL OR f.partition_key % parts = part)
-     ORDER BY f.id
-     LIMIT n;
+    SELECT t, e.id, e.stream, e.ts, e.type, e.run_id, e.flow_name, e.step_name,
+           e.step_id, e.attempt, e.data
+      FROM chosen c JOIN @schema@.queue_events e ON e.id = c.id
+     ORDER BY e.id;
   END IF;
   IF NOT FOUND THEN
     RETURN QUERY SELECT t, NULL::bigint, NULL::text, NULL::timestamptz, NULL::text,
