@@ -161,6 +161,31 @@ BEGIN
   END IF;
 END $$;
 
+-- Which partitions (of `parts`) of a pattern have committed events that
+-- some of `bases` (the positions of a member's idle partitions) has not
+-- seen: a member wakes only those on a wake-up instead of reading every
+-- partition it owns. Candidates only: a partition woken may find nothing.
+CREATE FUNCTION @schema@.probe_partitions(pattern text, parts integer,
+                                          bases pg_snapshot[])
+RETURNS SETOF integer LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  t pg_snapshot := pg_current_snapshot();
+  lo xid8 := (SELECT min(pg_snapshot_xmax(b)) FROM unnest(bases) AS b);
+  hi xid8 := pg_snapshot_xmax(t);
+  xip xid8[] := ARRAY(SELECT DISTINCT pg_snapshot_xip(b) FROM unnest(bases) AS b);
+  like_pattern text := @schema@.stream_like(pattern);
+BEGIN
+  RETURN QUERY
+  SELECT DISTINCT f.partition_key % parts FROM (
+    SELECT e.tx, e.stream, e.partition_key FROM @schema@.queue_events e
+     WHERE e.tx >= lo AND e.tx < hi
+    UNION ALL
+    SELECT e.tx, e.stream, e.partition_key FROM @schema@.queue_events e
+     WHERE cardinality(xip) > 0 AND e.tx = ANY(xip) AND e.tx < lo
+  ) f
+  WHERE pg_visible_in_snapshot(f.tx, t) AND f.stream LIKE like_pattern;
+END $$;
+
 -- Joins a group or renews a member's lease; see the top of this file.
 --
 -- `joining`: the handle's first call. It takes over the consumer name
@@ -295,26 +320,30 @@ RETURNS void LANGUAGE sql AS $$
    WHERE c.group_name = gone.group_name AND c.consumer = gone.consumer
 $$;
 
--- Writes a partition's checkpoint if the member still owns it with that
--- epoch; false when it does not (the partition went to another member).
--- `handled`: events handled since the last checkpoint.
-CREATE FUNCTION @schema@.checkpoint_group(group_name text, part integer,
-                                          consumer text, owned_epoch bigint,
-                                          base pg_snapshot, target pg_snapshot,
-                                          after_id bigint, last_id bigint,
-                                          handled integer)
-RETURNS boolean LANGUAGE sql AS $$
-  WITH w AS (
+-- Writes the checkpoints of a member's partitions (arrays in step: the
+-- partition, the epoch the member owns it with, its position, the last
+-- event handled and how many were handled since the last checkpoint), each
+-- only if the member still owns that partition with that epoch. Returns
+-- the partitions it does not own any more (they went to another member).
+CREATE FUNCTION @schema@.checkpoint_group(group_name text, consumer text,
+                                          parts integer[], epochs bigint[],
+                                          bases pg_snapshot[], targets pg_snapshot[],
+                                          after_ids bigint[], last_ids bigint[],
+                                          handled integer[])
+RETURNS SETOF integer LANGUAGE sql AS $$
+  WITH input AS (
+    SELECT * FROM unnest(parts, epochs, bases, targets, after_ids, last_ids, handled)
+      AS i(part, epoch, base, target, after_id, last_id, handled)
+  ), written AS (
     UPDATE @schema@.queue_event_checkpoints c
-       SET base = checkpoint_group.base, target = checkpoint_group.target,
-           after_id = coalesce(checkpoint_group.after_id, 0),
-           last_id = coalesce(checkpoint_group.last_id, c.last_id),
-           handled = c.handled + coalesce(checkpoint_group.handled, 0),
-           updated_at = now()
-     WHERE c.group_name = checkpoint_group.group_name AND c.partition = part
-       AND c.consumer = checkpoint_group.consumer AND c.epoch = owned_epoch
-    RETURNING 1)
-  SELECT EXISTS (SELECT FROM w)
+       SET base = i.base, target = i.target, after_id = coalesce(i.after_id, 0),
+           last_id = coalesce(i.last_id, c.last_id),
+           handled = c.handled + coalesce(i.handled, 0), updated_at = now()
+      FROM input i
+     WHERE c.group_name = checkpoint_group.group_name AND c.partition = i.part
+       AND c.consumer = checkpoint_group.consumer AND c.epoch = i.epoch
+    RETURNING c.partition)
+  SELECT i.part FROM input i WHERE i.part NOT IN (SELECT w.partition FROM written w)
 $$;
 
 -- Parks an event the member gave up on (its owner only); false when the

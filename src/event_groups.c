@@ -5,6 +5,9 @@
  * Shapes:
  *  - member: one handle in a group; its lease is renewed by a timer
  *    (join_group), whose answer says which partitions it owns now.
+ *  - wake-ups: the member listens itself. Partitions busy reading or
+ *    handling are told to read again after; the idle ones are named to
+ *    one probe_partitions, and only those with something new read.
  *  - part: one partition the member knows of. While owned it has a
  *    subscription reading that partition from its checkpoint; the caller
  *    holds at most one batch of events and one batch of replays of it.
@@ -26,7 +29,7 @@
 #define MAX_NAME 200          /* bytes: group and consumer names */
 
 enum stmt { ST_JOIN, ST_LEAVE, ST_CHECKPOINT, ST_PARK, ST_REPLAYS, ST_UNPARK,
-            ST_COUNT };
+            ST_PROBE, ST_COUNT };
 
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_JOIN] = "SELECT state, partition, epoch, base, target, after_id, share, "
@@ -34,9 +37,9 @@ static const char *const stmt_sql[ST_COUNT] = {
                 "$3::integer, $4, $5, $6, $7::float8, $8::boolean, "
                 "$9::integer[])",
     [ST_LEAVE] = "SELECT %s.leave_group($1, $2, $3)",
-    [ST_CHECKPOINT] = "SELECT %s.checkpoint_group($1, $2::integer, $3, "
-                      "$4::bigint, $5::pg_snapshot, $6::pg_snapshot, "
-                      "$7::bigint, $8::bigint, $9::integer)",
+    [ST_CHECKPOINT] = "SELECT %s.checkpoint_group($1, $2, $3::integer[], "
+                      "$4::bigint[], $5::pg_snapshot[], $6::pg_snapshot[], "
+                      "$7::bigint[], $8::bigint[], $9::integer[])",
     [ST_PARK] = "SELECT %s.park_event($1, $2::integer, $3, $4::bigint, "
                 "$5::bigint, $6::integer, $7)",
     [ST_REPLAYS] = "SELECT part, owned_epoch, attempts, id, stream, ts, type, "
@@ -44,6 +47,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                    "%s.parked_replays($1, $2, $3::integer)",
     [ST_UNPARK] = "SELECT %s.unpark_events($1, $2::integer, $3, $4::bigint, "
                   "$5::bigint[])",
+    [ST_PROBE] = "SELECT %s.probe_partitions($1, $2::integer, "
+                 "$3::pg_snapshot[])",
 };
 
 struct part {
@@ -55,7 +60,14 @@ struct part {
   bool giving_back;     /* over the member's share: to be given back */
   bool sent_back;       /* in the join_group in flight as given back */
   bool holding;         /* the caller holds a batch of its events */
-  bool writing;         /* a checkpoint write in flight */
+  /* The checkpoint to write (after a batch), and the one being written. */
+  struct checkpoint {
+    char *base, *target;
+    long long after_id, last_id;
+    int handled;
+  } due, sending;
+  bool dirty;           /* `due` holds a checkpoint to write */
+  bool in_flush;        /* `sending` is in the checkpoint write in flight */
   bool replaying;       /* the caller holds a batch of its replays */
   int replays;          /* parked events waiting for a replay */
   long long *replay_ids;
@@ -81,6 +93,10 @@ struct mq_group_member {
   bool joining;    /* the first join_group is in flight */
   bool renewing;   /* a join_group in flight */
   bool fetching;   /* a parked_replays in flight */
+  bool probing;    /* a probe_partitions in flight */
+  bool flushing;   /* a checkpoint_group in flight */
+  bool probe_again; /* a wake-up came meanwhile */
+  bool listening;
   bool leaving;    /* no new batches; leave once nothing is held */
   bool caller_gone; /* the caller had its last callback: nothing is held */
   bool left;       /* leave_group sent (or not needed): wait for requests */
@@ -94,17 +110,71 @@ static void consider_leaving(mq_group_member *m);
 static void hook_stop(void *data);
 static void hook_close(void *data);
 
+/* ---- array literals for statement parameters --------------------------- */
+
+/* An array literal being built; `ok` false once memory ran out. */
+struct literal {
+  char *text;
+  size_t len, cap;
+  int n;
+  bool ok;
+};
+
+static void lit_add(struct literal *l, const char *item, bool quote) {
+  if (!l->ok)
+    return;
+  bool first = l->n++ == 0;
+  l->ok = mq_buf_add(&l->text, &l->len, &l->cap, first ? "{" : ",", 1) == 0 &&
+          (!quote || mq_buf_add(&l->text, &l->len, &l->cap, "\"", 1) == 0) &&
+          mq_buf_add(&l->text, &l->len, &l->cap, item, strlen(item)) == 0 &&
+          (!quote || mq_buf_add(&l->text, &l->len, &l->cap, "\"", 1) == 0);
+}
+
+static void lit_add_ll(struct literal *l, long long v) {
+  char num[24];
+  snprintf(num, sizeof num, "%lld", v);
+  lit_add(l, num, false);
+}
+
+/* The finished literal ("{}" when empty), or NULL when memory ran out;
+ * the caller frees it. */
+static char *lit_end(struct literal *l) {
+  if (l->ok && l->n == 0)
+    l->ok = mq_buf_add(&l->text, &l->len, &l->cap, "{", 1) == 0;
+  if (l->ok)
+    l->ok = mq_buf_add(&l->text, &l->len, &l->cap, "}", 1) == 0;
+  if (!l->ok) {
+    free(l->text);
+    return NULL;
+  }
+  return l->text;
+}
+
 /* ---- lifetime ------------------------------------------------------------ */
 
+static void member_wake(const char *channel, const char *payload, void *data);
+
+static void stop_listening(mq_group_member *m) {
+  if (m->listening && !m->stopped)
+    mq_pg_unlisten(m->pg, mq_events_channel(m->ev), member_wake, m);
+  m->listening = false;
+}
+
 static void member_free(mq_group_member *m) {
+  stop_listening(m);
   if (ev_is_active(&m->renew)) {
     ev_ref(m->loop);
     ev_timer_stop(m->loop, &m->renew);
   }
   mq_events_hook_remove(m->ev, &m->hook);
   for (int i = 0; i < m->n_parts; i++) {
-    mq_subscription_close(m->parts[i].sub);
-    free(m->parts[i].replay_ids);
+    struct part *p = &m->parts[i];
+    mq_subscription_close(p->sub);
+    free(p->replay_ids);
+    free(p->due.base);
+    free(p->due.target);
+    free(p->sending.base);
+    free(p->sending.target);
   }
   free(m->parts);
   free(m->group);
@@ -131,6 +201,7 @@ static void caller_gone(mq_group_member *m, const char *why) {
     ev_ref(m->loop);
     ev_timer_stop(m->loop, &m->renew);
   }
+  stop_listening(m);
   m->cb(MQ_EVENTS_ECLOSED, why, -1, MQ_GROUP_EVENTS, NULL, 0, m->data);
 }
 
@@ -174,7 +245,7 @@ static struct part *part_of(mq_group_member *m, int partition) {
 
 /* Nothing of the partition is held or being written. */
 static bool part_idle(const struct part *p) {
-  return !p->holding && !p->writing && !p->replaying;
+  return !p->holding && !p->dirty && !p->in_flush && !p->replaying;
 }
 
 static void delivered(int status, const char *error,
@@ -211,9 +282,9 @@ static void start_reading(mq_group_member *m, struct part *p,
 }
 
 /* Stops reading p; while the caller holds a batch of it the subscription
- * stays until that batch's checkpoint is written (part_continue). */
+ * stays until the batch is done (part_continue). */
 static void stop_reading(struct part *p) {
-  if (!p->sub || p->holding || p->writing)
+  if (!p->sub || p->holding)
     return;
   mq_subscription_close(p->sub);
   p->sub = NULL;
@@ -221,8 +292,8 @@ static void stop_reading(struct part *p) {
 
 static void after_idle(struct part *p);
 
-/* A batch of events is finished (and its checkpoint written): reads on,
- * or closes the subscription when p is no longer to be read. */
+/* A batch of events is finished: reads on, or closes the subscription
+ * when p is no longer to be read. */
 static void part_continue(struct part *p) {
   mq_group_member *m = p->m;
   if (p->sub && p->owned && !p->giving_back && !m->leaving)
@@ -248,6 +319,7 @@ static bool make_parts(mq_group_member *m, int n) {
 }
 
 static void fetch_replays(mq_group_member *m);
+static void probe(mq_group_member *m);
 
 /* Applies join_group's answer: the partitions owned now. */
 static void apply_join(mq_group_member *m, const PGresult *res) {
@@ -309,6 +381,7 @@ static void apply_join(mq_group_member *m, const PGresult *res) {
     }
   }
   fetch_replays(m);
+  probe(m); /* the fallback for a lost wake-up */
   for (int i = 0; i < m->n_parts; i++)
     if (m->parts[i].giving_back && part_idle(&m->parts[i])) {
       renew(m); /* give them back now, not at the next renewal */
@@ -364,26 +437,15 @@ static void joined_reply(const struct mq_pg_reply *r, void *data) {
 /* The partitions to give back now, as an integer[] literal (caller
  * frees); NULL when out of memory. */
 static char *giving_back(mq_group_member *m) {
-  char *out = NULL, num[16];
-  size_t len = 0, cap = 0;
-  if (mq_buf_add(&out, &len, &cap, "{", 1) != 0)
-    return NULL;
-  for (int i = 0, k = 0; i < m->n_parts; i++) {
+  struct literal l = {.ok = true};
+  for (int i = 0; i < m->n_parts; i++) {
     struct part *p = &m->parts[i];
     if (!p->giving_back || !part_idle(p))
       continue;
     p->sent_back = true;
-    int w = snprintf(num, sizeof num, "%s%d", k++ ? "," : "", i);
-    if (mq_buf_add(&out, &len, &cap, num, (size_t)w) != 0) {
-      free(out);
-      return NULL;
-    }
+    lit_add_ll(&l, i);
   }
-  if (mq_buf_add(&out, &len, &cap, "}", 1) != 0) {
-    free(out);
-    return NULL;
-  }
-  return out;
+  return lit_end(&l);
 }
 
 static void renew(mq_group_member *m) {
@@ -410,6 +472,71 @@ static void renew_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   renew(w->data);
 }
 
+/* ---- wake-ups ------------------------------------------------------------ */
+
+static void probed(const struct mq_pg_reply *r, void *data) {
+  mq_group_member *m = data;
+  m->probing = false;
+  if (!request_done(m))
+    return;
+  if (r->status == MQ_PG_OK) {
+    for (int row = 0; row < PQntuples(r->result); row++) {
+      struct part *p = part_of(m, atoi(PQgetvalue(r->result, row, 0)));
+      if (p && p->owned && p->sub && !p->giving_back)
+        mq_subscription_wake(p->sub, false);
+    }
+  } else {
+    mq_log_warn("events", "probing a group's partitions failed group=%s "
+                "error=\"%s\" (the next renewal tries again)", m->group,
+                r->error);
+  }
+  if (m->probe_again) {
+    m->probe_again = false;
+    probe(m);
+  }
+}
+
+/* Wakes the partitions that may have new events: the busy ones read again
+ * when done; the idle ones go to one probe_partitions, unless `all`. */
+static void wake_parts(mq_group_member *m, bool all) {
+  if (m->leaving)
+    return;
+  if (m->probing && !all) {
+    m->probe_again = true;
+    return;
+  }
+  struct literal l = {.ok = true};
+  for (int i = 0; i < m->n_parts; i++) {
+    struct part *p = &m->parts[i];
+    if (!p->owned || !p->sub || p->giving_back)
+      continue;
+    const char *base = mq_subscription_wake(p->sub, !all);
+    if (base) /* "xmin:xmax:xip,...": quoted for the commas */
+      lit_add(&l, base, true);
+  }
+  int idle = l.n;
+  char *bases = lit_end(&l);
+  if (idle > 0) {
+    char parts[16];
+    snprintf(parts, sizeof parts, "%d", m->n_parts);
+    const char *params[] = {m->pattern, parts, bases};
+    if (!bases || exec(m, ST_PROBE, 3, params, probed, m) != 0)
+      wake_parts(m, true); /* read them all instead */
+    else
+      m->probing = true;
+  }
+  free(bases);
+}
+
+static void probe(mq_group_member *m) { wake_parts(m, false); }
+
+/* A wake-up on the event store's channel; payload NULL after a reconnect
+ * (some may be lost): every partition reads. */
+static void member_wake(const char *channel, const char *payload, void *data) {
+  mq_group_member *m = data;
+  wake_parts(m, payload == NULL);
+}
+
 /* ---- checkpoints --------------------------------------------------------- */
 
 /* Gives back a partition over the share as soon as it is idle. */
@@ -423,23 +550,112 @@ static void after_idle(struct part *p) {
     renew(m);
 }
 
-static void checkpointed(const struct mq_pg_reply *r, void *data) {
-  struct part *p = data;
-  mq_group_member *m = p->m;
-  p->writing = false;
-  if (!request_done(m))
-    return;
-  if (r->status != MQ_PG_OK)
-    mq_log_warn("events", "writing a group checkpoint failed group=%s "
-                "partition=%d error=\"%s\" (the next one covers it)", m->group,
-                p->index, r->error);
-  else if (strcmp(PQgetvalue(r->result, 0, 0), "t") != 0 && p->owned) {
-    mq_log_warn("events", "partition taken over by another member group=%s "
-                "consumer=%s partition=%d", m->group, m->consumer, p->index);
-    p->owned = false;
-    stop_reading(p);
+static void checkpoint_clear(struct checkpoint *c) {
+  free(c->base);
+  free(c->target);
+  *c = (struct checkpoint){0};
+}
+
+static void flush(mq_group_member *m);
+
+static void flushed(const struct mq_pg_reply *r, void *data) {
+  mq_group_member *m = data;
+  m->flushing = false;
+  for (int i = 0; i < m->n_parts; i++) {
+    struct part *p = &m->parts[i];
+    if (p->in_flush)
+      checkpoint_clear(&p->sending);
   }
-  part_continue(p);
+  bool alive = request_done(m);
+  for (int i = 0; alive && i < m->n_parts; i++)
+    m->parts[i].in_flush = false;
+  if (!alive)
+    return;
+  if (r->status != MQ_PG_OK) {
+    mq_log_warn("events", "writing group checkpoints failed group=%s "
+                "error=\"%s\" (the next ones cover them)", m->group, r->error);
+  } else {
+    for (int row = 0; row < PQntuples(r->result); row++) {
+      struct part *p = part_of(m, atoi(PQgetvalue(r->result, row, 0)));
+      if (!p || !p->owned)
+        continue;
+      mq_log_warn("events", "partition taken over by another member group=%s "
+                  "consumer=%s partition=%d", m->group, m->consumer, p->index);
+      p->owned = false;
+      stop_reading(p);
+    }
+  }
+  flush(m);
+  for (int i = 0; i < m->n_parts; i++)
+    after_idle(&m->parts[i]);
+}
+
+/* Writes every due checkpoint in one statement; one write in flight at a
+ * time, so the checkpoints of batches done meanwhile go together next. */
+static void flush(mq_group_member *m) {
+  if (m->flushing || m->stopped)
+    return;
+  struct literal parts = {.ok = true}, epochs = {.ok = true},
+                 bases = {.ok = true}, targets = {.ok = true},
+                 afters = {.ok = true}, lasts = {.ok = true},
+                 handled = {.ok = true};
+  for (int i = 0; i < m->n_parts; i++) {
+    struct part *p = &m->parts[i];
+    if (!p->dirty)
+      continue;
+    lit_add_ll(&parts, p->index);
+    lit_add_ll(&epochs, p->epoch);
+    lit_add(&bases, p->due.base, true);
+    lit_add(&targets, p->due.target ? p->due.target : "NULL",
+            p->due.target != NULL);
+    lit_add_ll(&afters, p->due.after_id);
+    lit_add_ll(&lasts, p->due.last_id);
+    lit_add_ll(&handled, p->due.handled);
+  }
+  if (parts.n == 0) {
+    free(lit_end(&parts));
+    return;
+  }
+  char *lits[] = {lit_end(&parts), lit_end(&epochs), lit_end(&bases),
+                  lit_end(&targets), lit_end(&afters), lit_end(&lasts),
+                  lit_end(&handled)};
+  bool ok = true;
+  for (int k = 0; k < 7; k++)
+    ok = ok && lits[k];
+  const char *params[] = {m->group, m->consumer, lits[0], lits[1], lits[2],
+                          lits[3],  lits[4],     lits[5], lits[6]};
+  if (ok && exec(m, ST_CHECKPOINT, 9, params, flushed, m) == 0) {
+    m->flushing = true;
+    for (int i = 0; i < m->n_parts; i++) {
+      struct part *p = &m->parts[i];
+      if (p->dirty) {
+        p->sending = p->due;
+        p->due = (struct checkpoint){0};
+        p->dirty = false;
+        p->in_flush = true;
+      }
+    }
+  }
+  for (int k = 0; k < 7; k++)
+    free(lits[k]);
+}
+
+/* Keeps the position after `last_id` of p's batch as its due checkpoint
+ * (the subscription's strings change with its next read). */
+static void keep_checkpoint(struct part *p, const struct mq_event_position *pos,
+                            long long last_id, int handled) {
+  char *base = strdup(pos->base);
+  char *target = pos->target ? strdup(pos->target) : NULL;
+  if (!base || (pos->target && !target)) {
+    free(base);
+    free(target);
+    return; /* the next one covers it */
+  }
+  int before = p->dirty ? p->due.handled : 0;
+  checkpoint_clear(&p->due);
+  p->due = (struct checkpoint){base, target, pos->after_id, last_id,
+                               before + handled};
+  p->dirty = true;
 }
 
 static void unparked(const struct mq_pg_reply *r, void *data) {
@@ -457,17 +673,12 @@ void mq_group_done(mq_group_member *m, int partition, enum mq_group_batch kind,
     return;
   if (kind == MQ_GROUP_REPLAY) {
     p->replaying = false;
-    char *ids = NULL, num[32];
-    size_t len = 0, cap = 0;
-    bool ok = mq_buf_add(&ids, &len, &cap, "{", 1) == 0;
-    for (int i = 0, k = 0; ok && i < p->n_replay; i++) {
-      if (p->replay_ids[i] > last_id)
-        continue;
-      int w = snprintf(num, sizeof num, "%s%lld", k++ ? "," : "",
-                       p->replay_ids[i]);
-      ok = mq_buf_add(&ids, &len, &cap, num, (size_t)w) == 0;
-    }
-    ok = ok && mq_buf_add(&ids, &len, &cap, "}", 1) == 0;
+    struct literal l = {.ok = true};
+    for (int i = 0; i < p->n_replay; i++)
+      if (p->replay_ids[i] <= last_id)
+        lit_add_ll(&l, p->replay_ids[i]);
+    char *ids = lit_end(&l);
+    bool ok = ids != NULL;
     p->n_replay = 0;
     char part[16], epoch[24];
     snprintf(part, sizeof part, "%d", p->index);
@@ -490,21 +701,10 @@ void mq_group_done(mq_group_member *m, int partition, enum mq_group_batch kind,
   }
   struct mq_event_position pos;
   if (last_id > 0 && p->sub && p->owned &&
-      mq_subscription_position(p->sub, last_id, &pos)) {
-    char part[16], epoch[24], after[24], last[24], n[16];
-    snprintf(part, sizeof part, "%d", p->index);
-    snprintf(epoch, sizeof epoch, "%lld", p->epoch);
-    snprintf(after, sizeof after, "%lld", pos.after_id);
-    snprintf(last, sizeof last, "%lld", last_id);
-    snprintf(n, sizeof n, "%d", handled);
-    const char *params[] = {m->group, part,  m->consumer, epoch, pos.base,
-                            pos.target, after, last,        n};
-    if (exec(m, ST_CHECKPOINT, 9, params, checkpointed, p) == 0) {
-      p->writing = true;
-      return;
-    }
-  }
+      mq_subscription_position(p->sub, last_id, &pos))
+    keep_checkpoint(p, &pos, last_id, handled);
   part_continue(p);
+  flush(m);
 }
 
 /* ---- parking and replays ------------------------------------------------- */
@@ -657,6 +857,8 @@ mq_group_member *mq_group_join(mq_events *ev, const struct mq_group_options *o,
   ev_unref(m->loop); /* renewing alone keeps no loop running */
   m->hook = (struct mq_events_hook){hook_stop, hook_close, m, NULL};
   mq_events_hook_add(ev, &m->hook);
+  if (mq_pg_listen(m->pg, mq_events_channel(ev), member_wake, m) == 0)
+    m->listening = true;
   m->joining = true;
   renew(m);
   if (!m->renewing) {
@@ -786,18 +988,13 @@ int mq_group_parked(mq_events *ev, const char *group, int n,
 
 int mq_group_replay(mq_events *ev, const char *group, const long long *ids,
                     int n, mq_group_rows_cb cb, void *data) {
-  char *list = NULL, num[32];
-  size_t len = 0, cap = 0;
+  char *list = NULL;
   if (ids) {
-    bool ok = mq_buf_add(&list, &len, &cap, "{", 1) == 0;
-    for (int i = 0; ok && i < n; i++) {
-      int w = snprintf(num, sizeof num, "%s%lld", i ? "," : "", ids[i]);
-      ok = mq_buf_add(&list, &len, &cap, num, (size_t)w) == 0;
-    }
-    if (!ok || mq_buf_add(&list, &len, &cap, "}", 1) != 0) {
-      free(list);
+    struct literal l = {.ok = true};
+    for (int i = 0; i < n; i++)
+      lit_add_ll(&l, ids[i]);
+    if (!(list = lit_end(&l)))
       return MQ_EVENTS_EDB;
-    }
   }
   const char *params[] = {group, list};
   int rc = rows_query(ev, replay_sql, 2, params, cb, data);

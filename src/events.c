@@ -77,6 +77,7 @@ struct mq_subscription {
   bool delivering; /* the subscriber holds a batch */
   bool in_cb;
   bool more;       /* something may be there to read */
+  bool woken_by_owner; /* wake-ups come from mq_subscription_wake only */
   bool closed;
   LIST_ENTRY(mq_subscription) link;
 };
@@ -153,6 +154,7 @@ const struct mq_config *mq_events_config(const mq_events *ev) {
   return ev->cfg;
 }
 struct ev_loop *mq_events_loop(const mq_events *ev) { return ev->loop; }
+const char *mq_events_channel(const mq_events *ev) { return ev->channel; }
 
 void mq_events_hook_add(mq_events *ev, struct mq_events_hook *h) {
   h->next = ev->hooks;
@@ -651,9 +653,22 @@ mq_subscription *mq_events_subscribe_partition(
     s->part = part;
     s->parts = parts;
     s->batch = batch > 0 ? batch : BATCH;
+    s->woken_by_owner = true;
     consider_read(s);
   }
   return s;
+}
+
+const char *mq_subscription_wake(mq_subscription *s, bool if_busy) {
+  if (s->reading || s->delivering || s->more) {
+    s->more = true; /* read again once the read or batch in hand is over */
+    return NULL;
+  }
+  if (if_busy)
+    return s->base;
+  s->more = true;
+  consider_read(s);
+  return NULL;
 }
 
 bool mq_subscription_position(const mq_subscription *s, long long last_id,
@@ -688,6 +703,8 @@ static void wake_cb(const char *channel, const char *payload, void *data) {
   mq_subscription *s, *next;
   for (s = LIST_FIRST(&ev->subs); s; s = next) {
     next = LIST_NEXT(s, link);
+    if (s->woken_by_owner)
+      continue;
     s->more = true;
     consider_read(s);
   }

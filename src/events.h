@@ -136,11 +136,20 @@ struct mq_event_position {
 
 /* For consumer groups (event_groups.h): subscribes to partition `part` of
  * `parts` of pattern from a stored position, reading `batch` events at a
- * time (0: the default, 500). Otherwise as mq_events_subscribe. */
+ * time (0: the default, 500). Otherwise as mq_events_subscribe, except
+ * that the store's wake-ups do not reach it: its owner wakes it
+ * (mq_subscription_wake) when its partition may have new events. */
 mq_subscription *mq_events_subscribe_partition(
     mq_events *ev, const char *pattern, int part, int parts, int batch,
     const struct mq_event_position *from, mq_events_cb cb, void *data,
     char *err, size_t errlen);
+
+/* Wakes a partition subscription. One reading, holding a batch or about to
+ * read is told to read again after that, and NULL is returned. An idle one
+ * reads now, or with if_busy only returns its position's base snapshot
+ * (valid until it reads), for its owner to find out first whether its
+ * partition has anything new. */
+const char *mq_subscription_wake(mq_subscription *s, bool if_busy);
 
 /* While the subscriber holds a batch: the position just past its event
  * `last_id` (an id of the batch), to store as a checkpoint. The strings
@@ -158,6 +167,8 @@ int mq_events_stmt(mq_events *ev, const char *tmpl);
 mq_pg *mq_events_pg(const mq_events *ev);
 const struct mq_config *mq_events_config(const mq_events *ev);
 struct ev_loop *mq_events_loop(const mq_events *ev);
+/* The wake-up channel ("<schema>_events"). */
+const char *mq_events_channel(const mq_events *ev);
 
 /* Fills e from row `row` of res, whose columns from col0 on are id,
  * stream, ts, type, run_id, flow_name, step_name, step_id, attempt, data.
