@@ -338,7 +338,7 @@ static void fill(const PGresult *res, int n, struct mq_event *events) {
     e->flow_name = col(res, i, 5);
     e->step_name = col(res, i, 6);
     e->step_id = col(res, i, 7);
-    e->attempt = PQgetisnull(res, i, 8) ? 0 : atoi(PQgetvalue(res, i, 8));
+    e->attempt = PQgetisnull(res, i, 8) ? -1 : atoi(PQgetvalue(res, i, 8));
     e->data = col(res, i, 9);
   }
 }
