@@ -35,8 +35,8 @@
 -- planner makes it a one-time filter evaluated before any row is read.
 -- (A data-modifying CTE runs whether or not it is read; the state change
 -- is always the one that runs, the gated INSERT only reads its rows.)
--- send_many, whose single sends are the hottest path, checks the switch
--- first instead and inserts its events only when it is on.
+-- send_many, whose single sends are the hottest path, reads the switch
+-- in its insert's statement instead and inserts events only when it is on.
 
 -- Settings of the whole schema: one row.
 CREATE TABLE @schema@.settings (
@@ -103,6 +103,7 @@ DECLARE
   rmax double precision; exp double precision; ret double precision;
   dl text; skey text; rid text;
   ids   bigint[];
+  events_on boolean;
 BEGIN
   IF name IS NULL OR name = '' THEN
     RAISE EXCEPTION 'job name must be a non-empty string' USING ERRCODE = '22023';
@@ -177,8 +178,10 @@ BEGIN
     ON CONFLICT DO NOTHING
     RETURNING j.id
   )
-  SELECT array_agg(i.id ORDER BY i.id) INTO ids FROM ins i;
-  IF ids IS NOT NULL AND @schema@.job_events_on() THEN
+  -- The switch is read by this statement (a one-row scan), not by a call.
+  SELECT array_agg(i.id ORDER BY i.id), (SELECT s.job_events FROM @schema@.settings s)
+    INTO ids, events_on FROM ins i;
+  IF ids IS NOT NULL AND events_on THEN
     INSERT INTO @schema@.queue_events (stream, type, data, run_id, attempt)
     SELECT @schema@.job_stream(j.name, j.id), 'job.created',
            jsonb_build_object('queue', j.queue, 'attempt', 0,
