@@ -435,7 +435,7 @@ static bool set_defaults(struct mq_config *cfg) {
   cfg->max_payload = 1048576;
   cfg->queue = default_queue;
   cfg->events.enabled = true;
-  cfg->events.job_events = true;
+  cfg->events.job_events = false;
   cfg->events.pool_size = 4;
   cfg->events.max_size = 1048576;
   cfg->log.level = MQ_LOG_INFO;

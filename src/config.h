@@ -67,7 +67,7 @@ struct mq_config {
 
   struct {
     bool enabled;    /* default true */
-    bool job_events; /* job lifecycle events; default true */
+    bool job_events; /* job lifecycle events (SQL writes them); default false */
     int pool_size;   /* default 4 */
     int max_size;    /* largest event data in bytes; default 1 MiB */
     double retention; /* seconds events are kept; 0 (default): forever */

@@ -375,7 +375,7 @@ void mq_events_fill(const PGresult *res, int row, int c, struct mq_event *e) {
   e->flow_name = col(res, row, c + 5);
   e->step_name = col(res, row, c + 6);
   e->step_id = col(res, row, c + 7);
-  e->attempt = PQgetisnull(res, row, c + 8) ? 0 : atoi(PQgetvalue(res, row, c + 8));
+  e->attempt = PQgetisnull(res, row, c + 8) ? -1 : atoi(PQgetvalue(res, row, c + 8));
   e->data = col(res, row, c + 9);
 }
 

@@ -49,7 +49,7 @@ struct mq_event {
   const char *ts;   /* timestamptz as PostgreSQL prints it */
   const char *data; /* JSON text */
   const char *run_id, *flow_name, *step_name, *step_id;
-  int attempt;      /* 0: none */
+  int attempt;      /* -1: none (job.created events have 0) */
 };
 
 /* An event to append. data NULL means {}. */

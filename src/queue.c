@@ -38,6 +38,7 @@ enum stmt {
   ST_UNREGISTER,
   ST_STORE_SETTINGS,
   ST_STORE_NEW_SETTINGS,
+  ST_STORE_JOB_EVENTS,
   ST_NEXT_DUE,
   ST_RELEASE,
   ST_WAKE,
@@ -77,6 +78,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                           " 'true'",
     [ST_STORE_NEW_SETTINGS] = "SELECT %s.store_new_queue_settings($1,"
                               " $2::jsonb), 'true'",
+    [ST_STORE_JOB_EVENTS] = "SELECT %s.store_job_events($1::boolean,"
+                            " $2::boolean), 'true'",
     [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
     [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs($1::bigint[], $2::uuid))::text",
     [ST_WAKE] = "SELECT %s.wake($1)",
@@ -842,7 +845,17 @@ int mq_queue_configure(mq_queue *q, bool only_new, mq_queue_json_cb cb,
     return MQ_QUEUE_EDB;
   w->cb = cb;
   w->data = data;
-  w->left = 1 + (int)q->cfg->nqueues;
+  w->left = 2 + (int)q->cfg->nqueues;
+  /* Job events are written by the SQL functions, for every caller, so the
+   * switch is stored in the database (sql/009_job_events.sql); a process
+   * whose event store is off does not turn them on. */
+  const struct mq_config *cfg = q->cfg;
+  const char *params[] = {
+      cfg->events.enabled && cfg->events.job_events ? "true" : "false",
+      only_new ? "true" : "false"};
+  int sent = exec_json(q, ST_STORE_JOB_EVENTS, 2, params, configured, w);
+  if (sent != 0)
+    configured(sent, "the connection pool is closed", NULL, w);
   for (size_t i = 0; i <= q->cfg->nqueues; i++) {
     const char *name = i == 0 ? "" : q->cfg->queues[i - 1].name;
     struct mq_queue_settings s = config_settings(

@@ -185,10 +185,12 @@ int mq_queue_store_settings(mq_queue *q, const char *queue,
 
 /* Stores config.lua's settings (`queue` as the "" row, each `queues.<name>`
  * merged with it as that queue's row), every field set, so config.lua is
- * what holds until handlers store their retry options. only_new: only for
- * queues without a row yet (a process that runs no handlers must not undo
- * what a running worker's handler files stored). cb (may be NULL) gets
- * "true" or the first error once every row is stored. */
+ * what holds until handlers store their retry options, and
+ * events.job_events (on only where events.enabled is too) as the schema's
+ * job events switch. only_new: only for queues without a row yet, and the
+ * switch only while it is unset (a process that runs no handlers must not
+ * undo what a running worker stored). cb (may be NULL) gets "true" or the
+ * first error once everything is stored. */
 int mq_queue_configure(mq_queue *q, bool only_new, mq_queue_json_cb cb,
                        void *data);
 

@@ -107,7 +107,7 @@ static void test_full(void) {
   CHECK(cfg->queue.timeout == 120);
   CHECK_STR(cfg->queue.dead_letter, "dead");
   CHECK(cfg->events.enabled);
-  CHECK(!cfg->events.job_events);
+  CHECK(cfg->events.job_events);
   CHECK_INT(cfg->events.pool_size, 2);
   CHECK_INT(cfg->log.level, MQ_LOG_DEBUG);
   CHECK_INT(cfg->nqueues, 2);
@@ -148,7 +148,7 @@ static void test_defaults(void) {
   CHECK(cfg->queue.timeout == 300);
   CHECK(cfg->queue.dead_letter == NULL);
   CHECK(cfg->events.enabled);
-  CHECK(cfg->events.job_events);
+  CHECK(!cfg->events.job_events);
   CHECK_INT(cfg->events.pool_size, 4);
   CHECK_INT(cfg->nqueues, 0);
   CHECK_INT(cfg->nschedules, 0);

@@ -66,7 +66,7 @@ void mq_lua_push_event(lua_State *L, const struct mq_event *e) {
       lua_setfield(L, -2, names[i]);
     }
   }
-  if (e->attempt) {
+  if (e->attempt >= 0) {
     lua_pushinteger(L, e->attempt);
     lua_setfield(L, -2, "attempt");
   }
