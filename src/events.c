@@ -660,11 +660,11 @@ mq_subscription *mq_events_subscribe_partition(
 }
 
 const char *mq_subscription_wake(mq_subscription *s, bool if_busy) {
-  if (s->reading || s->delivering || s->more) {
+  if (s->reading || s->delivering) {
     s->more = true; /* read again once the read or batch in hand is over */
     return NULL;
   }
-  if (if_busy)
+  if (if_busy && !s->more) /* (more: a read is due, e.g. after a failed one) */
     return s->base;
   s->more = true;
   consider_read(s);

@@ -144,11 +144,11 @@ mq_subscription *mq_events_subscribe_partition(
     const struct mq_event_position *from, mq_events_cb cb, void *data,
     char *err, size_t errlen);
 
-/* Wakes a partition subscription. One reading, holding a batch or about to
- * read is told to read again after that, and NULL is returned. An idle one
- * reads now, or with if_busy only returns its position's base snapshot
- * (valid until it reads), for its owner to find out first whether its
- * partition has anything new. */
+/* Wakes a partition subscription. One reading or holding a batch is told
+ * to read again after that, and NULL is returned. An idle one reads now
+ * (and NULL is returned), or with if_busy, unless a read is due anyway,
+ * only returns its position's base snapshot (valid until it reads) for its
+ * owner to find out first whether its partition has anything new. */
 const char *mq_subscription_wake(mq_subscription *s, bool if_busy);
 
 /* While the subscriber holds a batch: the position just past its event
