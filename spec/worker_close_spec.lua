@@ -2,8 +2,9 @@
 -- consistent and the process clean:
 --  * a script that starts workers and ends without moonq.close() (the Lua
 --    state's __gc frees the runtime, with handlers in the middle of
---    ctx.enqueue calls): exit status 0, no sanitizer report, no job left
---    active, every job a ctx.enqueue returned an id for exists;
+--    ctx.enqueue(..., {now = true}) calls): exit status 0, no sanitizer
+--    report, no job left active, every job such a call returned an id for
+--    exists;
 --  * `moonq run` getting SIGINT twice in quick succession while jobs run:
 --    the second signal does not skip the stop sequence, so it exits 0 and
 --    no job of the run is left active (released back to the queue, or
@@ -41,7 +42,7 @@ return {
   concurrency = 4,
   handler = function(job, ctx)
     for i = 1, 5000 do
-      local id = assert(ctx.enqueue("leaf", { from = job.id, i = i }))
+      local id = assert(ctx.enqueue("leaf", { from = job.id, i = i }, { now = true }))
       io.stdout:write("ID ", id, "\n")
       io.stdout:flush()
     end

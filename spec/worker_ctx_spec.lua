@@ -1,5 +1,6 @@
--- The handler's ctx against the real PostgreSQL: ctx.job, ctx.enqueue (sends
--- a job, propagating the run id), ctx.emit (recorded in ctx.emitted),
+-- The handler's ctx against the real PostgreSQL: ctx.job, ctx.enqueue (a job
+-- sent with the job's completion, propagating the run id; at once with
+-- now = true), ctx.emit (recorded in ctx.emitted),
 -- ctx.log (lines on stderr tagged with the job), each handler file's own
 -- environment, and moonq calls from a handler's own coroutines.
 local moonq = require "moonq"
@@ -15,12 +16,38 @@ return function(job, ctx)
 end
 ]],
   ["parent.lua"] = [[
+local moonq = require "moonq"
 return function(job, ctx)
-  local a = assert(ctx.enqueue("child", { from = job.id }))
-  local b = assert(ctx.enqueue("child", { from = job.id, own = true }, { run_id = "own-run" }))
-  local c = assert(ctx.enqueue("child", { from = job.id, later = true }, { delay = 60, priority = 3 }))
-  local none, err = ctx.enqueue("child", { from = job.id }, { no_such_option = 1 })
-  return { a = a, b = b, c = c, none = none == nil, err = err }
+  local data = { from = job.id, kind = "a" }
+  assert(ctx.enqueue("child", data))
+  data.kind = "changed later" -- what was given at the call is sent
+  assert(ctx.enqueue("child", { from = job.id, kind = "b" }, { run_id = "own-run" }))
+  assert(ctx.enqueue("child", { from = job.id, kind = "c" }, { delay = 60, priority = 3 }))
+  local now = assert(ctx.enqueue("child", { from = job.id, kind = "now" }, { now = true }))
+  -- the job sent at once exists already; the others wait for completion
+  local rows = assert(moonq.db.query(
+    "SELECT count(*) AS n FROM " .. job.data.schema .. ".job WHERE name = 'child' AND (data->>'from')::bigint = $1", job.id))
+  local ok1, bad_name = pcall(ctx.enqueue, "", {})
+  local ok2, bad_data = pcall(ctx.enqueue, "child", { f = function() end })
+  return { now = now, seen_while_running = rows[1].n, queued = #ctx.enqueued,
+           bad_name = not ok1 and tostring(bad_name), bad_data = not ok2 and tostring(bad_data) }
+end
+]],
+  ["flaky_parent.lua"] = [[
+return {
+  retry = { limit = 1, delay = 0 },
+  handler = function(job, ctx)
+    assert(ctx.enqueue("child", { from = job.id, attempt = job.attempt }))
+    if job.attempt == 1 then error("first attempt fails after enqueueing") end
+    return true
+  end,
+}
+]],
+  ["bad_enqueue.lua"] = [[
+return function(job, ctx)
+  assert(ctx.enqueue("child", { from = job.id }))
+  assert(ctx.enqueue("child", { from = job.id }, { no_such_option = 1 }))
+  return true
 end
 ]],
   ["child.lua"] = [[
@@ -94,34 +121,74 @@ describe("worker ctx", function()
     assert.is_nil(W.wait_job(plain).output.run_id)
   end)
 
-  it("ctx.enqueue sends jobs that run; the run id goes along unless given", function()
-    local id = assert(Q.send("parent", {}, { run_id = "run-1" }))
+  -- The child jobs of parent `id`, by kind: {id, state, run_id, priority}.
+  local function children(id)
+    local out = {}
+    for _, r in ipairs(W.sql([[SELECT id, state::text AS state, run_id, priority, data->>'kind' AS kind
+                                 FROM @.all_jobs WHERE name = 'child' AND (data->>'from')::bigint = $1]], id)) do
+      out[r.kind or "?"] = r
+    end
+    return out
+  end
+
+  it("ctx.enqueue sends jobs with the completion; the run id goes along unless given", function()
+    local id = assert(Q.send("parent", { schema = W.schema }, { run_id = "run-1" }))
     local job = W.wait_job(id)
     assert.equal("completed", job.state)
     local out = job.output
-    assert.is_true(out.none)
-    assert.matches("no_such_option", out.err, 1, true)
-
-    local a = W.wait_job(out.a)
+    assert.equal(1, out.seen_while_running) -- only the one sent with now = true
+    assert.equal(3, out.queued)
+    assert.matches("non%-empty string", out.bad_name)
+    assert.matches("ctx.enqueue", out.bad_data, 1, true)
+    local kids = children(id)
+    assert.same({ "a", "b", "c", "now" }, (function()
+      local k = {}
+      for kind in pairs(kids) do k[#k + 1] = kind end
+      table.sort(k)
+      return k
+    end)())
+    assert.equal(out.now, kids.now.id)
+    local a = W.wait_job(kids.a.id)
     assert.equal("completed", a.state)
     assert.same({ from = id, run_id = "run-1" }, a.output)
-    assert.equal("run-1", a.run_id)
-    local b = W.wait_job(out.b)
-    assert.same({ from = id, run_id = "own-run" }, b.output)
+    assert.equal("a", a.data.kind)
+    assert.equal("own-run", W.wait_job(kids.b.id).output.run_id)
     -- send options pass through
-    local c = Q.get(out.c)
+    local c = Q.get(kids.c.id)
     assert.equal("delayed", c.state)
     assert.equal(3, c.priority)
     assert.equal("run-1", c.run_id)
-    assert.is_true(Q.cancel(out.c))
+    assert.is_true(Q.cancel(kids.c.id))
   end)
 
   it("ctx.enqueue from a job without a run id sends jobs without one", function()
-    local id = assert(Q.send("parent", {}))
-    local out = W.wait_job(id).output
-    assert.same({ from = id, run_id = "none" }, W.wait_job(out.a).output)
-    assert.same({ from = id, run_id = "own-run" }, W.wait_job(out.b).output)
-    assert.is_true(Q.cancel(out.c))
+    local id = assert(Q.send("parent", { schema = W.schema }))
+    assert.equal("completed", W.wait_job(id).state)
+    local kids = children(id)
+    assert.same({ from = id, run_id = "none" }, W.wait_job(kids.a.id).output)
+    assert.same({ from = id, run_id = "own-run" }, W.wait_job(kids.b.id).output)
+    assert.is_true(Q.cancel(kids.c.id))
+  end)
+
+  it("a failed attempt sends none of its jobs; the retry that succeeds sends them once", function()
+    local id = assert(Q.send("flaky_parent", {}))
+    local job = W.wait_job(id)
+    assert.equal("completed", job.state)
+    assert.equal(2, job.attempt)
+    local rows = W.sql([[SELECT (data->>'attempt')::int AS attempt FROM @.all_jobs
+                          WHERE name = 'child' AND (data->>'from')::bigint = $1]], id)
+    assert.same({ { attempt = 2 } }, rows)
+  end)
+
+  it("jobs PostgreSQL refuses fail the job that enqueued them; the rest of the batch completes", function()
+    local bad = assert(Q.send("bad_enqueue", {}))
+    local good = assert(Q.send("whoami", {}))
+    local job = W.wait_job(bad)
+    assert.equal("failed", job.state)
+    assert.matches("ctx.enqueue: .*no_such_option", job.error.message)
+    assert.equal(0, #W.sql([[SELECT id FROM @.all_jobs WHERE name = 'child'
+                              AND (data->>'from')::bigint = $1]], bad))
+    assert.equal("completed", W.wait_job(good).state)
   end)
 
   it("ctx.emit records events in ctx.emitted and checks the type", function()

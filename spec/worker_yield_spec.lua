@@ -17,12 +17,12 @@ local Q = moonq.queue
 local CANNOT = "cannot wait here"
 
 local HANDLERS = {
-  -- ctx.enqueue in a table.sort comparator
+  -- ctx.enqueue (sent at once: it waits) in a table.sort comparator
   ["sort_enqueue.lua"] = [[
 return function(job, ctx)
   local t = { 3, 1, 2 }
   table.sort(t, function(a, b)
-    assert(ctx.enqueue("leaf", { from = "sort_enqueue" }))
+    assert(ctx.enqueue("leaf", { from = "sort_enqueue" }, { now = true }))
     return a < b
   end)
   return t
@@ -82,7 +82,7 @@ return function(job, ctx)
   local gen = coroutine.wrap(function()
     for i = 1, 3 do
       ctx.sleep(0.01)
-      local id = assert(ctx.enqueue("leaf", { from = "own_coroutine", i = i }))
+      local id = assert(ctx.enqueue("leaf", { from = "own_coroutine", i = i }, { now = true }))
       local rows = assert(moonq.db.query("SELECT $1::int * 10 AS v", i))
       coroutine.yield({ id = id, v = rows[1].v })
     end

@@ -53,7 +53,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                      " to_jsonb(%s.send_many($1, $2::jsonb, $3::jsonb))::text",
     [ST_FETCH] = "SELECT id, name, data::text, attempt, priority, retry_limit,"
                  " expire_in, run_id FROM %s.fetch_jobs($1, $2::int, $3::uuid)",
-    [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs($1::bigint[], $2::jsonb,"
+    [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_with($1::bigint[], $2::jsonb,"
                     " $3::uuid, $4::jsonb) AS c",
     [ST_FAIL] = "SELECT f.id, f.state::text, to_jsonb(f.start_after) #>> '{}'"
                 " FROM %s.fail_jobs("
@@ -100,9 +100,10 @@ struct batch {
   size_t ids_len, ids_cap;
   char *json;  /* "[a,b,c" while gathering */
   size_t json_len, json_cap;
-  char *events; /* complete: "[null,[...]" emitted events per job */
-  size_t events_len, events_cap;
-  bool has_events; /* some job of the batch emitted events */
+  char *effects; /* complete: "[null,{...}" what each handler emitted and
+                     enqueued */
+  size_t effects_len, effects_cap;
+  bool has_effects; /* some job of the batch has effects */
   struct waiter *waiters;
   int n, cap;
 };
@@ -524,13 +525,13 @@ static struct batch *batch_new(mq_queue *q, enum stmt st) {
 static void batch_free(struct batch *b) {
   free(b->ids);
   free(b->json);
-  free(b->events);
+  free(b->effects);
   free(b->waiters);
   free(b);
 }
 
 static int batch_add(struct batch *b, long long id, const char *json,
-                     const char *events, mq_queue_json_cb cb, void *data) {
+                     const char *effects, mq_queue_json_cb cb, void *data) {
   if (b->n == b->cap) {
     int cap = b->cap ? b->cap * 2 : 16;
     struct waiter *w = realloc(b->waiters, sizeof *w * (size_t)cap);
@@ -546,12 +547,13 @@ static int batch_add(struct batch *b, long long id, const char *json,
       mq_buf_add(&b->json, &b->json_len, &b->json_cap, json, strlen(json)) != 0)
     return -1;
   if (b->stmt == ST_COMPLETE) {
-    const char *e = events ? events : "null";
-    if (mq_buf_add(&b->events, &b->events_len, &b->events_cap, b->n ? "," : "[",
-                1) != 0 ||
-        mq_buf_add(&b->events, &b->events_len, &b->events_cap, e, strlen(e)) != 0)
+    const char *e = effects ? effects : "null";
+    if (mq_buf_add(&b->effects, &b->effects_len, &b->effects_cap,
+                   b->n ? "," : "[", 1) != 0 ||
+        mq_buf_add(&b->effects, &b->effects_len, &b->effects_cap, e,
+                   strlen(e)) != 0)
       return -1;
-    b->has_events = b->has_events || events;
+    b->has_effects = b->has_effects || effects;
   }
   b->waiters[b->n++] = (struct waiter){id, cb, data};
   return 0;
@@ -610,15 +612,15 @@ static void batch_send(struct batch *b) {
     batch_done(&oom, b);
     return;
   }
-  if (b->has_events &&
-      mq_buf_add(&b->events, &b->events_len, &b->events_cap, "]", 1) != 0) {
+  if (b->has_effects &&
+      mq_buf_add(&b->effects, &b->effects_len, &b->effects_cap, "]", 1) != 0) {
     struct mq_pg_reply oom = {.status = MQ_PG_ENOMEM, .error = "out of memory",
                               .sqlstate = ""};
     batch_done(&oom, b);
     return;
   }
   const char *params[] = {b->ids, b->json, b->q->process_id,
-                          b->has_events ? b->events : NULL};
+                          b->has_effects ? b->effects : NULL};
   int nparams = b->stmt == ST_COMPLETE ? 4 : 3;
   if (mq_pg_exec(b->q->pg, b->q->stmts[b->stmt], nparams, params, 0,
                  batch_done, b) != 0) {
@@ -647,11 +649,11 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
 }
 
 static int enqueue_batch(mq_queue *q, struct batch **slot, enum stmt st,
-                         long long id, const char *json, const char *events,
+                         long long id, const char *json, const char *effects,
                          mq_queue_json_cb cb, void *data) {
   if (!*slot && !(*slot = batch_new(q, st)))
     return MQ_QUEUE_EDB;
-  if (batch_add(*slot, id, json, events, cb, data) != 0)
+  if (batch_add(*slot, id, json, effects, cb, data) != 0)
     return MQ_QUEUE_EDB;
   ev_prepare_start(q->loop, &q->flush);
   return 0;
@@ -663,10 +665,10 @@ int mq_queue_complete(mq_queue *q, long long id, const char *output_json,
 }
 
 int mq_queue_complete_with(mq_queue *q, long long id, const char *output_json,
-                           const char *events_json, mq_queue_json_cb cb,
+                           const char *effects_json, mq_queue_json_cb cb,
                            void *data) {
   return enqueue_batch(q, &q->complete, ST_COMPLETE, id,
-                       output_json ? output_json : "null", events_json, cb,
+                       output_json ? output_json : "null", effects_json, cb,
                        data);
 }
 

@@ -113,12 +113,14 @@ int mq_queue_fetch(mq_queue *q, const char *queue, int n, mq_queue_fetch_cb cb,
 int mq_queue_complete(mq_queue *q, long long id, const char *output_json,
                       mq_queue_json_cb cb, void *data);
 
-/* Like mq_queue_complete, storing the events the handler emitted in the
- * same transaction: events_json is a JSON array of {stream, type, data}
- * (stream NULL: "job:<name>:<id>"), checked by the caller (events.h rules),
- * or NULL. A job that is no longer active stores none of them. */
+/* Like mq_queue_complete, storing what the handler emitted and enqueued in
+ * the same transaction: effects_json is {"events": [{stream, type, data}],
+ * "jobs": [{name, data, options}]} (either may be missing; a stream NULL is
+ * "job:<name>:<id>"), checked by the caller, or NULL. A job that is no
+ * longer active stores none of it; a job whose enqueues PostgreSQL refuses
+ * fails with that error instead of completing (cb gets ENOTACTIVE). */
 int mq_queue_complete_with(mq_queue *q, long long id, const char *output_json,
-                           const char *events_json, mq_queue_json_cb cb,
+                           const char *effects_json, mq_queue_json_cb cb,
                            void *data);
 
 /* Fails an active job with error_json ({"message":..., ...}); its retry

@@ -299,15 +299,16 @@ static void fail_active(struct active *a, lua_State *co, const char *text) {
   free(f.json);
 }
 
-/* The handler's first result as JSON (NULL: none) and the events it
- * emitted (NULL: none), or an error. */
+/* The handler's first result as JSON (NULL: none) and what it emitted
+ * and enqueued, as {"events": [...], "jobs": [...]} (NULL: none), or an
+ * error. */
 struct output {
   lua_State *co;
   int nresults;
   int ctx_ref;
   const mq_events *events_store;
   char *json;
-  char *events;
+  char *effects;
   char err[512];
   bool bad;
 };
@@ -347,20 +348,37 @@ static void check_emitted(lua_State *L, struct output *o) {
   }
 }
 
+/* [o ctx] -> [o ctx]: o->effects from ctx.emitted and ctx.enqueued (the
+ * lists ctx.emit and ctx.enqueue keep), when either holds something. */
+static void build_effects(lua_State *L, struct output *o) {
+  if (!lua_istable(L, 2))
+    return;
+  lua_createtable(L, 0, 2); /* [o ctx effects] */
+  bool any = false;
+  const char *keys[] = {"emitted", "enqueued"}, *as[] = {"events", "jobs"};
+  for (int k = 0; k < 2; k++) {
+    lua_pushstring(L, keys[k]);
+    if (lua_rawget(L, 2) == LUA_TTABLE && lua_rawlen(L, -1) > 0) {
+      if (k == 0)
+        check_emitted(L, o);
+      lua_setfield(L, 3, as[k]);
+      any = true;
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  if (any) {
+    o->effects = mq_json_encode(L, 3, "ctx", NULL, o->err, sizeof o->err);
+    o->bad = !o->effects;
+  }
+  lua_pop(L, 1);
+}
+
 static int build_output(lua_State *L) {
   struct output *o = lua_touserdata(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, o->ctx_ref); /* [o ctx] */
-  lua_pushliteral(L, "emitted");
-  if (lua_istable(L, 2) && lua_rawget(L, 2) == LUA_TTABLE &&
-      lua_rawlen(L, -1) > 0) {
-    check_emitted(L, o);
-    o->events = mq_json_encode(L, -1, "emitted", NULL, o->err, sizeof o->err);
-    if (!o->events) {
-      o->bad = true;
-      return 0;
-    }
-  }
-  if (o->nresults == 0)
+  build_effects(L, o);
+  if (o->bad || o->nresults == 0)
     return 0;
   lua_pop(o->co, o->nresults - 1);
   lua_xmove(o->co, L, 1);
@@ -386,13 +404,13 @@ static void complete_active(struct active *a, int nresults) {
              "the handler's result cannot be stored: %s", o.err);
     fail_active(a, NULL, message);
     free(o.json);
-    free(o.events);
+    free(o.effects);
     return;
   }
   mq_log_debug("worker", "job completed id=%lld job=%s", a->id, a->name);
-  mq_queue_complete_with(a->w->q, a->id, o.json, o.events, log_result, NULL);
+  mq_queue_complete_with(a->w->q, a->id, o.json, o.effects, log_result, NULL);
   free(o.json);
-  free(o.events);
+  free(o.effects);
 }
 
 /* ---- running jobs ----------------------------------------------------- */

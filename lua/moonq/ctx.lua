@@ -3,7 +3,8 @@
 --   ctx.job                 the job (id, name, queue, data, attempt, run_id)
 --   ctx.log.info(msg, f)    logging tagged with the job (debug/info/warn/error)
 --   ctx.sleep(seconds)      yields to the loop; other jobs keep running
---   ctx.enqueue(name, data, opts)   sends a job (same run_id by default)
+--   ctx.enqueue(name, data, opts)   a job, sent with the job's completion
+--                                   (same run_id by default)
 --   ctx.emit(type, data, opts)  an event, stored with the job's completion
 --
 -- Every call that waits yields the job's coroutine; none blocks the loop.
@@ -28,9 +29,9 @@ Ctx.__index = function(ctx, key)
     rawset(ctx, "log", log)
     return log
   end
-  if key == "emitted" then
+  if key == "emitted" or key == "enqueued" then
     local list = {}
-    rawset(ctx, "emitted", list)
+    rawset(ctx, key, list)
     return list
   end
 end
@@ -40,13 +41,37 @@ Ctx.sleep = moonq.sleep
 function M.new(job)
   local ctx = setmetatable({ job = job }, Ctx)
   -- Closures, so handlers call ctx.enqueue(...) without a colon.
+  -- Jobs are sent with the job's completion, in its transaction, like
+  -- events: a failed attempt sends none, a retried job sends once. The
+  -- options are send's; opts.now = true sends at once instead (and
+  -- returns the new job's id).
   ctx.enqueue = function(name, data, opts)
-    if job.run_id and (opts == nil or opts.run_id == nil) then
-      local o = { run_id = job.run_id }
-      if opts then for k, v in pairs(opts) do o[k] = v end end
-      opts = o
+    if type(name) ~= "string" or name == "" then
+      error("ctx.enqueue: the job name must be a non-empty string", 2)
     end
-    return moonq.queue.send(name, data, opts)
+    if opts ~= nil and type(opts) ~= "table" then
+      error("ctx.enqueue: options must be a table", 2)
+    end
+    local o = {}
+    if opts then for k, v in pairs(opts) do o[k] = v end end
+    if job.run_id and o.run_id == nil then o.run_id = job.run_id end
+    local now = o.now
+    o.now = nil
+    if now then
+      local id, why = moonq.queue.send(name, data, o)
+      if not id then error("ctx.enqueue: " .. tostring(why), 2) end
+      return id
+    end
+    -- copies, checked now: what is sent is what was given at this call
+    local ok, copy = pcall(function()
+      return { name = name,
+               data = data == nil and {} or moonq.json.decode(moonq.json.encode(data)),
+               options = moonq.json.decode(moonq.json.encode(o)) }
+    end)
+    if not ok then error("ctx.enqueue: " .. tostring(copy), 2) end
+    local list = ctx.enqueued
+    list[#list + 1] = copy
+    return true
   end
   -- Events go to the job's stream (opts.stream to choose another) and are
   -- stored with the job's completion, in its transaction: a failed attempt
