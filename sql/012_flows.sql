@@ -37,6 +37,7 @@ CREATE TABLE @schema@.queue_flow_steps (
   flow_name  text NOT NULL,
   step_name  text NOT NULL,
   job_name   text NOT NULL UNIQUE,
+  queue      text NOT NULL, -- the queue the step's handler fetches from
   entry      boolean NOT NULL DEFAULT false,
   subscribes text[] NOT NULL DEFAULT '{}',
   emits      text[] NOT NULL DEFAULT '{}',
@@ -69,7 +70,7 @@ CREATE FUNCTION @schema@.flow_stream(flow_name text, run_id text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$ SELECT 'flow:' || flow_name || ':' || run_id $$;
 
 -- Replaces the steps of each flow in `flows` (a JSON array of {flow,
--- steps: [{step, job, entry, subscribes, emits}]}); flows not named are
+-- steps: [{step, job, queue, entry, subscribes, emits}]}); flows not named are
 -- left alone. The last process to store a flow wins.
 CREATE FUNCTION @schema@.store_flows(flows jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -79,8 +80,9 @@ BEGIN
       OR s.job_name IN (SELECT st->>'job' FROM jsonb_array_elements(flows) AS f,
                                              jsonb_array_elements(f->'steps') AS st);
   INSERT INTO @schema@.queue_flow_steps
-    (flow_name, step_name, job_name, entry, subscribes, emits)
-  SELECT f->>'flow', st->>'step', st->>'job', coalesce((st->>'entry')::boolean, false),
+    (flow_name, step_name, job_name, queue, entry, subscribes, emits)
+  SELECT f->>'flow', st->>'step', st->>'job', coalesce(st->>'queue', st->>'job'),
+         coalesce((st->>'entry')::boolean, false),
          ARRAY(SELECT jsonb_array_elements_text(coalesce(st->'subscribes', '[]'))),
          ARRAY(SELECT jsonb_array_elements_text(coalesce(st->'emits', '[]')))
     FROM jsonb_array_elements(flows) AS f, jsonb_array_elements(f->'steps') AS st;
@@ -107,9 +109,10 @@ CREATE FUNCTION @schema@.start_flow(name text, data jsonb DEFAULT '{}',
 LANGUAGE plpgsql AS $$
 DECLARE
   entry_job text;
+  entry_queue text;
   rid text := coalesce(options->>'run_id', gen_random_uuid()::text);
 BEGIN
-  SELECT s.job_name INTO entry_job FROM @schema@.queue_flow_steps s
+  SELECT s.job_name, s.queue INTO entry_job, entry_queue FROM @schema@.queue_flow_steps s
    WHERE s.flow_name = name AND s.entry;
   IF entry_job IS NULL THEN
     RAISE EXCEPTION 'unknown flow "%" (no entry step stored: is a process with its handlers running?)', name
@@ -126,7 +129,11 @@ BEGIN
   END;
   PERFORM @schema@.flow_event(name, rid, NULL, NULL, NULL, 'flow.started', data);
   PERFORM @schema@.send(entry_job, coalesce(data, '{}'),
-                        coalesce(options, '{}') || jsonb_build_object('run_id', rid));
+                        jsonb_build_object('queue', entry_queue) || coalesce(options, '{}')
+                          || jsonb_build_object('run_id', rid));
+  -- (send wakes no one on moonq's own connections; a second wake-up of
+  -- the same queue in one transaction is one NOTIFY)
+  PERFORM @schema@.wake(coalesce(options->>'queue', entry_queue));
   RETURN rid;
 END $$;
 
@@ -286,6 +293,8 @@ DECLARE
   keep_outputs jsonb;
   keep_events jsonb;
   flow_ids bigint[] := '{}';
+  woken text[] := '{}'; -- queues sent to (moonq's connections send no
+                        -- wake-ups of their own: 002's moonq.no_wake)
 BEGIN
   IF effects IS NULL THEN
     RETURN QUERY SELECT * FROM @schema@.complete_jobs(ids, outputs, process_id, NULL);
@@ -320,6 +329,7 @@ BEGIN
                       ELSE '[]'::jsonb END) AS q LOOP
         PERFORM @schema@.send(x->>'name', coalesce(x->'data', '{}'::jsonb),
                               coalesce(x->'options', '{}'::jsonb));
+        woken := woken || coalesce(x->'options'->>'queue', x->>'name');
       END LOOP;
       IF r.flow_name IS NOT NULL THEN
         flow_ids := flow_ids || r.id;
@@ -337,15 +347,19 @@ BEGIN
          ORDER BY ev.n;
         -- successors: only while the run is running
         IF r.run_status = 'running' THEN
-          PERFORM @schema@.send(s.job_name, coalesce(ev.data, '{}'::jsonb),
-                                jsonb_build_object('run_id', r.run_id))
-             FROM ROWS FROM (jsonb_to_recordset(CASE WHEN jsonb_typeof(r.eff->'events') = 'array'
-                                                     THEN r.eff->'events' ELSE '[]' END)
-                             AS (stream text, type text, data jsonb))
-                  WITH ORDINALITY AS ev(stream, type, data, n)
-             JOIN @schema@.queue_flow_steps s
-               ON s.flow_name = r.flow_name AND ev.type = ANY(s.subscribes)
-            WHERE ev.stream IS NULL;
+          WITH sent AS (
+            SELECT @schema@.send(s.job_name, coalesce(ev.data, '{}'::jsonb),
+                                 jsonb_build_object('run_id', r.run_id, 'queue', s.queue)),
+                   s.queue
+              FROM ROWS FROM (jsonb_to_recordset(CASE WHEN jsonb_typeof(r.eff->'events') = 'array'
+                                                      THEN r.eff->'events' ELSE '[]' END)
+                              AS (stream text, type text, data jsonb))
+                   WITH ORDINALITY AS ev(stream, type, data, n)
+              JOIN @schema@.queue_flow_steps s
+                ON s.flow_name = r.flow_name AND ev.type = ANY(s.subscribes)
+             WHERE ev.stream IS NULL
+             ORDER BY ev.n, s.step_name)
+          SELECT woken || coalesce(array_agg(sent.queue), '{}') INTO woken FROM sent;
         END IF;
         -- state writes: {key: value}, JSON null deletes
         IF jsonb_typeof(r.eff->'state') = 'object' THEN
@@ -367,6 +381,9 @@ BEGIN
   END LOOP;
   IF cardinality(bad_ids) > 0 THEN
     PERFORM @schema@.fail_jobs(bad_ids, bad_errors, process_id);
+  END IF;
+  IF cardinality(woken) > 0 THEN
+    PERFORM @schema@.wake(array_to_string(ARRAY(SELECT DISTINCT unnest(woken)), ','));
   END IF;
   -- the rest of the events (a step's, with a stream of their own)
   SELECT array_agg(i.id ORDER BY i.n), jsonb_agg(o.value ORDER BY i.n),

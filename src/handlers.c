@@ -67,6 +67,45 @@ struct load {
   int fn_ref;
 };
 
+/* [.. spec] -> [.. spec]: the flow graph with this file's step (or with
+ * its step gone, when the new version has none) is checked by
+ * lua/moonq/flows.lua: errors raise (the file is refused and its previous
+ * version stays), warnings are logged; then the step is taken. */
+static void flows_accept(lua_State *L, struct load *ld) {
+  int spec = lua_gettop(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moonq.flows");
+  lua_call(L, 1, 1); /* [.. spec flows] */
+  int flows = lua_gettop(L);
+  lua_getfield(L, flows, "check");
+  lua_pushstring(L, ld->name);
+  lua_pushstring(L, ld->path);
+  lua_getfield(L, spec, "flow");
+  lua_call(L, 3, 2); /* [.. spec flows errors warnings] */
+  lua_Integer nw = luaL_len(L, -1);
+  for (lua_Integer i = 1; i <= nw; i++) {
+    lua_geti(L, -1, i);
+    mq_log_warn("handlers", "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  if (luaL_len(L, -2) > 0) {
+    lua_getglobal(L, "table");
+    lua_getfield(L, -1, "concat");
+    lua_pushvalue(L, -4);
+    lua_pushliteral(L, "; ");
+    lua_call(L, 2, 1);
+    lua_error(L);
+  }
+  lua_pop(L, 2);
+  lua_getfield(L, flows, "set");
+  lua_pushstring(L, ld->name);
+  lua_pushstring(L, ld->path);
+  lua_getfield(L, spec, "flow");
+  lua_getfield(L, spec, "queue");
+  lua_call(L, 4, 0);
+  lua_settop(L, spec);
+}
+
 /* [] -> [spec]: loads the file in its environment and normalises what it
  * returned (lua/moonq/handler.lua); anchors the handler function. */
 static int load_cb(lua_State *L) {
@@ -88,6 +127,7 @@ static int load_cb(lua_State *L) {
   lua_pushvalue(L, 4);
   lua_pushstring(L, ld->path);
   lua_call(L, 3, 1); /* [ld chunk mod value spec] */
+  flows_accept(L, ld);
   lua_getfield(L, -1, "handler");
   ld->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 1;
@@ -252,6 +292,25 @@ static int scan_dir(mq_handlers *h, const char *dir, const char *rel,
   return n;
 }
 
+/* [name] -> []: the file of job `name` is gone; so is its flow step. */
+static int forget_step_cb(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moonq.flows");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "remove");
+  lua_pushstring(L, lua_touserdata(L, 1));
+  lua_call(L, 1, 0);
+  return 0;
+}
+
+static void forget_step(lua_State *L, const char *name) {
+  if (mq_lua_protect(L, forget_step_cb, (void *)name, 0) != LUA_OK) {
+    mq_log_error("handlers", "cannot forget a flow step job=%s error=\"%s\"",
+                 name, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
 int mq_handlers_scan(mq_handlers *h, bool force) {
   for (size_t i = 0; i < h->n; i++) {
     h->entries[i].seen = false;
@@ -269,6 +328,7 @@ int mq_handlers_scan(mq_handlers *h, bool force) {
                 e->path);
     if (e->loaded)
       n++;
+    forget_step(h->L, e->name);
     unload(h, e);
     free(e->path);
     free(e->name);
@@ -338,6 +398,7 @@ void mq_handlers_free(mq_handlers *h) {
     return;
   for (size_t i = 0; i < h->n; i++) {
     unload(h, &h->entries[i]);
+    forget_step(h->L, h->entries[i].name);
     free(h->entries[i].path);
     free(h->entries[i].name);
   }

@@ -39,6 +39,7 @@ enum stmt {
   ST_STORE_SETTINGS,
   ST_STORE_NEW_SETTINGS,
   ST_STORE_JOB_EVENTS,
+  ST_STORE_FLOWS,
   ST_NEXT_DUE,
   ST_RELEASE,
   ST_WAKE,
@@ -78,6 +79,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                           " 'true'",
     [ST_STORE_NEW_SETTINGS] = "SELECT %s.store_new_queue_settings($1,"
                               " $2::jsonb), 'true'",
+    [ST_STORE_FLOWS] = "SELECT %s.store_flows($1::jsonb), 'true'",
     [ST_STORE_JOB_EVENTS] = "SELECT %s.store_job_events($1::boolean,"
                             " $2::boolean), 'true'",
     [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
@@ -838,6 +840,12 @@ static void configured(int status, const char *error, const char *json,
   if (w->cb)
     w->cb(w->status, w->status ? w->error : NULL, "true", w->data);
   free(w);
+}
+
+int mq_queue_store_flows(mq_queue *q, const char *flows_json) {
+  const char *params[] = {flows_json};
+  return exec_json(q, ST_STORE_FLOWS, 1, params, log_failure,
+                   (void *)"storing flows");
 }
 
 int mq_queue_configure(mq_queue *q, bool only_new, mq_queue_json_cb cb,

@@ -185,6 +185,12 @@ int mq_queue_store_settings(mq_queue *q, const char *queue,
                             mq_queue_json_cb cb, void *data, char *err,
                             size_t errlen);
 
+/* Stores the flows of this process's handlers (lua/moonq/flows.lua
+ * definitions(), a JSON array), replacing the steps of each flow named
+ * (sql/012_flows.sql store_flows). A failure is logged. Returns 0 or a
+ * negative status. */
+int mq_queue_store_flows(mq_queue *q, const char *flows_json);
+
 /* Stores config.lua's settings (`queue` as the "" row, each `queues.<name>`
  * merged with it as that queue's row), every field set, so config.lua is
  * what holds until handlers store their retry options, and

@@ -348,17 +348,25 @@ static void check_emitted(lua_State *L, struct output *o) {
   }
 }
 
-/* [o ctx] -> [o ctx]: o->effects from ctx.emitted and ctx.enqueued (the
- * lists ctx.emit and ctx.enqueue keep), when either holds something. */
+/* [o ctx] -> [o ctx]: o->effects from ctx.emitted, ctx.enqueued and
+ * ctx.state_writes (what ctx.emit, ctx.enqueue and ctx.state keep), when
+ * one holds something. */
 static void build_effects(lua_State *L, struct output *o) {
   if (!lua_istable(L, 2))
     return;
   lua_createtable(L, 0, 2); /* [o ctx effects] */
   bool any = false;
-  const char *keys[] = {"emitted", "enqueued"}, *as[] = {"events", "jobs"};
-  for (int k = 0; k < 2; k++) {
+  const char *keys[] = {"emitted", "enqueued", "state_writes"},
+             *as[] = {"events", "jobs", "state"};
+  for (int k = 0; k < 3; k++) {
     lua_pushstring(L, keys[k]);
-    if (lua_rawget(L, 2) == LUA_TTABLE && lua_rawlen(L, -1) > 0) {
+    bool some = false;
+    if (lua_rawget(L, 2) == LUA_TTABLE) {
+      lua_pushnil(L);
+      if ((some = lua_next(L, -2) != 0))
+        lua_pop(L, 2); /* its first key and value */
+    }
+    if (some) {
       if (k == 0)
         check_emitted(L, o);
       lua_setfield(L, 3, as[k]);
@@ -680,10 +688,45 @@ static void wake_cb(const char *channel, const char *payload, void *data) {
 
 /* ---- reload, start, stop ---------------------------------------------- */
 
+struct flows_json {
+  char *json;
+  char err[256];
+};
+
+/* [fj] -> []: fj->json = the flows of the loaded handlers (NULL: none). */
+static int encode_flows(lua_State *L) {
+  struct flows_json *fj = lua_touserdata(L, 1);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moonq.flows");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "definitions");
+  lua_call(L, 0, 1);
+  if (lua_rawlen(L, -1) > 0 &&
+      !(fj->json = mq_json_encode(L, -1, "flows", NULL, fj->err, sizeof fj->err)))
+    luaL_error(L, "%s", fj->err);
+  return 0;
+}
+
+/* Stores the flows the handlers declare (sql/012_flows.sql), so that
+ * start_flow and stepping find their steps. */
+static void store_flows(mq_worker *w) {
+  struct flows_json fj = {0};
+  if (mq_lua_protect(w->L, encode_flows, &fj, 0) != LUA_OK) {
+    mq_log_error("worker", "cannot list the flows error=\"%s\"",
+                 lua_tostring(w->L, -1));
+    lua_pop(w->L, 1);
+    return;
+  }
+  if (fj.json)
+    mq_queue_store_flows(w->q, fj.json);
+  free(fj.json);
+}
+
 static void rescan(mq_worker *w, bool force) {
   if (mq_handlers_scan(w->handlers, force) > 0) {
     sync_consumers(w);
     sync_retry(w);
+    store_flows(w);
   }
 }
 
@@ -752,6 +795,7 @@ int mq_worker_start(mq_worker *w) {
   w->started = true;
   sync_consumers(w);
   sync_retry(w);
+  store_flows(w);
   mq_log_info("worker", "started handlers=%zu queues=%d dir=%s",
               mq_handlers_count(w->handlers), w->nconsumers, w->dir);
   return 0;

@@ -6,6 +6,9 @@
 --   ctx.enqueue(name, data, opts)   a job, sent with the job's completion
 --                                   (same run_id by default)
 --   ctx.emit(type, data, opts)  an event, stored with the job's completion
+--   ctx.flow                {run_id, name, step} in a flow step's job
+--   ctx.state.get/set/del(key)  the run's state (a flow step's job): writes
+--                           are stored with the job's completion
 --
 -- Every call that waits yields the job's coroutine; none blocks the loop.
 local moonq = require "moonq"
@@ -29,7 +32,7 @@ Ctx.__index = function(ctx, key)
     rawset(ctx, "log", log)
     return log
   end
-  if key == "emitted" or key == "enqueued" then
+  if key == "emitted" or key == "enqueued" or key == "state_writes" then
     local list = {}
     rawset(ctx, key, list)
     return list
@@ -38,8 +41,49 @@ end
 
 Ctx.sleep = moonq.sleep
 
+-- ctx.state of a run: reads see the run's committed state and this job's
+-- own writes; writes wait in ctx.state_writes (JSON null: deleted) for the
+-- job's completion, so a failed attempt keeps none.
+local function run_state(ctx, run_id)
+  local function check_key(key)
+    if type(key) ~= "string" or key == "" or #key > 200 then
+      error("ctx.state: the key must be a string of 1 to 200 bytes", 3)
+    end
+  end
+  local state = {}
+  function state.get(key)
+    check_key(key)
+    local mine = ctx.state_writes[key]
+    if mine ~= nil then
+      if mine == moonq.null then return nil end
+      return moonq.json.decode(moonq.json.encode(mine))
+    end
+    local rows, err = moonq.db.query(("SELECT value FROM %s.queue_flow_state WHERE run_id = $1 AND key = $2")
+      :format(moonq.config().schema), run_id, key)
+    if not rows then error("ctx.state.get: " .. tostring(err), 2) end
+    return rows[1] and rows[1].value
+  end
+  function state.set(key, value)
+    check_key(key)
+    if value == nil then value = moonq.null end
+    local ok, copy = pcall(function() return moonq.json.decode(moonq.json.encode(value)) end)
+    if not ok then error("ctx.state.set: " .. tostring(copy), 2) end
+    ctx.state_writes[key] = copy
+  end
+  function state.del(key)
+    check_key(key)
+    ctx.state_writes[key] = moonq.null
+  end
+  return state
+end
+
 function M.new(job)
   local ctx = setmetatable({ job = job }, Ctx)
+  local step = require("moonq.flows").step(job.name)
+  if step and job.run_id then
+    ctx.flow = { run_id = job.run_id, name = step.name, step = step.step }
+    ctx.state = run_state(ctx, job.run_id)
+  end
   -- Closures, so handlers call ctx.enqueue(...) without a colon.
   -- Jobs are sent with the job's completion, in its transaction, like
   -- events: a failed attempt sends none, a retried job sends once. The

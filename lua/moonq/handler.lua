@@ -74,7 +74,8 @@ function M.normalise(name, value, file)
     error(("%s: the table needs a handler function"):format(file), 0)
   end
   local spec = {
-    handler = value.handler, queue = value.queue or name, flow = value.flow,
+    handler = value.handler, queue = value.queue or name,
+    flow = value.flow and require("moonq.flows").normalise(name, value.flow, file),
     concurrency = value.concurrency and math.tointeger(value.concurrency),
     timeout = value.timeout,
   }

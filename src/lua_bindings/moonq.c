@@ -277,7 +277,8 @@ static const struct {
   const char *field;
   const char *module;
 } submodules[] = {{"json", "moonq.json"}, {"log", "moonq.log"}, {"db", "moonq.db"},
-                  {"queue", "moonq.queue"}, {"events", "moonq.events"}};
+                  {"queue", "moonq.queue"}, {"events", "moonq.events"},
+                  {"flow", "moonq.flow"}};
 
 void mq_bindings_preload(lua_State *L) {
   static const luaL_Reg preload[] = {{"moonq.json", luaopen_moonq_json},

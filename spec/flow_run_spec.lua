@@ -1,0 +1,252 @@
+-- Flows against the real PostgreSQL: an order flow (validate -> charge ->
+-- ship, or notify on a declined payment) runs end to end; a retried step
+-- triggers its successor once; a step failing for good fails the run with
+-- the step and the error; runs keep their state apart; a run's stream is
+-- its history; cancel stops the pending steps; start from SQL.
+local moonq = require "moonq"
+local W = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/worker_helper.lua")
+local F = moonq.flow
+
+local HANDLERS = {
+  ["order/validate.lua"] = [[
+return {
+  flow = { name = "order", step = "validate", entry = true,
+           emits = { "order.validated", "order.invalid" } },
+  handler = function(job, ctx)
+    ctx.state.set("customer", job.data.customer)
+    if (job.data.amount or 0) <= 0 then
+      ctx.emit("order.invalid", { reason = "amount" })
+      return "invalid"
+    end
+    ctx.emit("order.validated", { amount = job.data.amount, flaky = job.data.flaky,
+                                  explode = job.data.explode })
+    return "ok"
+  end,
+}
+]],
+  ["order/charge.lua"] = [[
+return {
+  queue = "billing", -- a step on a queue of its own: its jobs go there
+  flow = { name = "order", step = "charge", subscribes = { "order.validated" },
+           emits = { "order.charged", "payment.declined" } },
+  retry = { limit = 1, delay = 0 },
+  handler = function(job, ctx)
+    ctx.emit("charge.attempted", { attempt = job.attempt })
+    if job.data.flaky and job.attempt == 1 then error("card network hiccup") end
+    if job.data.explode then error("charge exploded") end
+    if job.data.amount > 1000 then
+      ctx.emit("payment.declined", { amount = job.data.amount })
+    else
+      ctx.state.set("charged", job.data.amount)
+      ctx.emit("order.charged", { amount = job.data.amount })
+    end
+  end,
+}
+]],
+  ["order/ship.lua"] = [[
+return {
+  flow = { name = "order", step = "ship", subscribes = { "order.charged" },
+           emits = { "order.shipped" } },
+  handler = function(job, ctx)
+    ctx.emit("order.shipped", { to = ctx.state.get("customer"), charged = ctx.state.get("charged"),
+                                run = ctx.flow.run_id, flow = ctx.flow.name, step = ctx.flow.step })
+  end,
+}
+]],
+  ["order/notify.lua"] = [[
+return {
+  flow = { name = "order", step = "notify", subscribes = { "payment.declined" } },
+  handler = function(job, ctx) ctx.state.del("customer") end,
+}
+]],
+  ["slow/begin.lua"] = [[
+return {
+  flow = { name = "slow", step = "begin", entry = true, emits = { "slow.next" } },
+  handler = function(job, ctx) ctx.emit("slow.next", {}) end,
+}
+]],
+  ["slow/later.lua"] = [[
+return {
+  flow = { name = "slow", step = "later", subscribes = { "slow.next" } },
+  handler = function(job, ctx) end,
+}
+]],
+}
+
+-- Waits until run `id` is no longer running; returns it.
+local function wait_run(id, timeout)
+  local run
+  moonq.run_until(function()
+    run = assert(F.get(id))
+    return run.status ~= "running"
+  end, timeout or 20)
+  return run
+end
+
+-- The types of the run's stream, in order.
+local function history(run)
+  local out = {}
+  for i, e in ipairs(assert(moonq.events.query("flow:" .. run.flow .. ":" .. run.run_id))) do
+    out[i] = e.type
+  end
+  return out
+end
+
+local function steps_named(run, step)
+  local n = 0
+  for _, s in ipairs(run.steps) do if s.step == step then n = n + 1 end end
+  return n
+end
+
+describe("flows", function()
+  setup(function()
+    W.open({ handlers = W.handlers_dir(HANDLERS), hot_reload = false, queue = { retry_limit = 0 } })
+    assert(moonq.start())
+    -- the worker stores the flows' steps as it starts
+    assert(moonq.run_until(function()
+      return #W.sql("SELECT 1 FROM @.queue_flow_steps WHERE flow_name = 'order'") == 4
+    end, 10), "the flows were not stored")
+  end)
+  teardown(W.close)
+
+  it("runs validate -> charge -> ship to completion, with the run's state and history", function()
+    local id = assert(F.start("order", { amount = 40, customer = "ada" }))
+    local run = wait_run(id)
+    assert.equal("completed", run.status)
+    assert.equal("order", run.flow)
+    assert.is_string(run.completed_at)
+    assert.same({ "validate", "charge", "ship" }, (function()
+      local s = {}
+      for i, step in ipairs(run.steps) do s[i] = step.step end
+      return s
+    end)())
+    for _, step in ipairs(run.steps) do assert.equal("completed", step.state) end
+    assert.equal("billing", assert(moonq.queue.get(run.steps[2].id)).queue)
+    assert.same({ "flow.started",
+                  "step.started", "order.validated", "step.completed",
+                  "step.started", "charge.attempted", "order.charged", "step.completed",
+                  "step.started", "order.shipped", "step.completed",
+                  "flow.completed" }, history(run))
+    local shipped = assert(moonq.events.query("flow:order:" .. id, { types = { "order.shipped" } }))[1]
+    assert.same({ to = "ada", charged = 40, run = id, flow = "order", step = "ship" }, shipped.data)
+    assert.equal("ship", shipped.step_name)
+    assert.equal("order", shipped.flow_name)
+    assert.equal(id, shipped.run_id)
+  end)
+
+  it("takes the other branch on a declined payment", function()
+    local run = wait_run(assert(F.start("order", { amount = 5000, customer = "bob" })))
+    assert.equal("completed", run.status)
+    assert.equal(1, steps_named(run, "notify"))
+    assert.equal(0, steps_named(run, "ship"))
+    assert.equal(0, #W.sql("SELECT 1 FROM @.queue_flow_state WHERE run_id = $1 AND key = 'customer'", run.run_id))
+  end)
+
+  it("a retried step triggers its successor once", function()
+    local run = wait_run(assert(F.start("order", { amount = 10, flaky = true })))
+    assert.equal("completed", run.status)
+    assert.equal(1, steps_named(run, "charge"))
+    assert.equal(1, steps_named(run, "ship"))
+    local charge
+    for _, s in ipairs(run.steps) do if s.step == "charge" then charge = s end end
+    assert.equal(2, charge.attempt)
+    -- the failed attempt's events are not stored; the retry is on the stream
+    local h = history(run)
+    local attempted, retrying = 0, 0
+    for _, t in ipairs(h) do
+      if t == "charge.attempted" then attempted = attempted + 1 end
+      if t == "step.retrying" then retrying = retrying + 1 end
+    end
+    assert.equal(1, attempted)
+    assert.equal(1, retrying)
+  end)
+
+  it("a step failing for good fails the run with the step and its error", function()
+    local run = wait_run(assert(F.start("order", { amount = 10, explode = true })))
+    assert.equal("failed", run.status)
+    assert.equal("charge", run.failed_step)
+    assert.matches("charge exploded", run.error.message)
+    assert.equal(0, steps_named(run, "ship"))
+    local h = history(run)
+    assert.equal("flow.failed", h[#h])
+  end)
+
+  it("two runs at once keep their state apart", function()
+    local a = assert(F.start("order", { amount = 1, customer = "a" }))
+    local b = assert(F.start("order", { amount = 2, customer = "b" }))
+    wait_run(a)
+    wait_run(b)
+    local function shipped(id)
+      return assert(moonq.events.query("flow:order:" .. id, { types = { "order.shipped" } }))[1].data
+    end
+    assert.same({ "a", 1 }, { shipped(a).to, shipped(a).charged })
+    assert.same({ "b", 2 }, { shipped(b).to, shipped(b).charged })
+  end)
+
+  it("starts from SQL in the caller's transaction, and not when it rolls back", function()
+    local out, ok = W.psql(("BEGIN; SELECT %s.start_flow('order', '{\"amount\": 3}', '{\"run_id\": \"sql-rolled\"}'); ROLLBACK;")
+      :format(W.schema))
+    assert(ok, out)
+    assert.is_nil(F.get("sql-rolled"))
+    out, ok = W.psql(("SELECT %s.start_flow('order', '{\"amount\": 3}', '{\"run_id\": \"sql-1\"}');")
+      :format(W.schema))
+    assert(ok, out)
+    assert.equal("completed", wait_run("sql-1").status)
+    local again, err = F.start("order", {}, { run_id = "sql-1" })
+    assert.is_nil(again)
+    assert.matches('a run "sql%-1" exists already', err)
+    local none, err2 = F.start("nope", {})
+    assert.is_nil(none)
+    assert.matches('unknown flow "nope"', err2)
+  end)
+
+  it("cancel stops the pending steps", function()
+    local id = assert(F.start("slow", {}, { delay = 60 }))
+    assert.is_true(F.cancel(id))
+    local run = assert(F.get(id))
+    assert.equal("cancelled", run.status)
+    assert.equal(1, #run.steps)
+    assert.equal("cancelled", run.steps[1].state)
+    assert.is_false(F.cancel(id))
+    local h = history(run)
+    assert.equal("flow.cancelled", h[#h])
+    assert.equal(1, #assert(F.list("slow", { status = "cancelled" })))
+  end)
+end)
+
+describe("flow graphs", function()
+  local flows = require "moonq.flows"
+  local function step(job, file, flow)
+    local f = flows.normalise(job, flow, file)
+    local errors, warnings = flows.check(job, file, f)
+    if #errors == 0 then flows.set(job, file, f) end
+    return errors, warnings
+  end
+  after_each(function()
+    for _, j in ipairs({ "g.a", "g.b", "g.c", "g.d" }) do flows.remove(j) end
+  end)
+
+  it("reports two entry steps, no entry, dangling subscriptions and cycles, naming files", function()
+    local e, w = step("g.a", "g/a.lua", { name = "g", entry = true, emits = { "x" } })
+    assert.same({}, e)
+    e = step("g.b", "g/b.lua", { name = "g", entry = true })
+    assert.same({ 'flow "g": two entry steps (g/a.lua, g/b.lua)' }, e)
+    e, w = step("g.c", "g/c.lua", { name = "g", subscribes = { "nobody" } })
+    assert.same({}, e)
+    assert.same({ 'flow "g": g/c.lua subscribes to "nobody", which no step emits' }, w)
+    e, w = step("g.d", "g/d.lua", { name = "g", subscribes = { "x" }, emits = { "x" } })
+    assert.same({}, e)
+    assert.same({ 'flow "g": g/c.lua subscribes to "nobody", which no step emits',
+                  'flow "g": g/a.lua is in a cycle with no way out',
+                  'flow "g": g/d.lua is in a cycle with no way out' }, w)
+  end)
+
+  it("refuses a malformed flow table naming the file and the key", function()
+    assert.has_error(function() flows.normalise("g.a", { name = "" }, "g/a.lua") end,
+      "g/a.lua: flow.name must be 1 to 200 bytes without ':' or '*'")
+    assert.has_error(function() flows.normalise("g.a", { name = "g", emit = {} }, "g/a.lua") end,
+      'g/a.lua: flow: unknown key "emit" (known: name, step, entry, subscribes, emits)')
+    assert.has_error(function() flows.normalise("g.a", { name = "g", subscribes = { 1 } }, "g/a.lua") end,
+      "g/a.lua: flow.subscribes[1] must be an event type (1 to 200 bytes)")
+  end)
+end)
