@@ -56,6 +56,10 @@ static const char usage_text[] =
     "             the same as member C of consumer group G\n"
     "  events groups [GROUP] | events parked GROUP | events replay GROUP [ID]...\n"
     "             consumer groups: members and lag; parked events; replay\n"
+    "  flow start NAME [JSON] [--run-id R]   start a run, print its id\n"
+    "  flow runs NAME [--status S] [--limit N]   a flow's runs, newest first\n"
+    "  flow show RUN_ID       a run with its steps, and its history\n"
+    "  flow cancel RUN_ID     cancel a run's pending steps\n"
     "  version    print the version\n"
     "  help       print this help\n"
     "\n"
@@ -171,8 +175,8 @@ static int cmd_lua(mq_runtime *rt, const struct cli *cli) {
 }
 
 static bool is_lua_command(const char *c) {
-  static const char *const names[] = {"enqueue", "jobs",   "job",   "counts",
-                                      "pause",   "resume", "events"};
+  static const char *const names[] = {"enqueue", "jobs",   "job",    "counts",
+                                      "pause",   "resume", "events", "flow"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (strcmp(c, names[i]) == 0)
       return true;

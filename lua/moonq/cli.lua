@@ -11,6 +11,8 @@
 --   moonq events groups [GROUP]
 --   moonq events parked GROUP [--limit N]
 --   moonq events replay GROUP [ID]...
+--   moonq flow start NAME [JSON] [--run-id R] | runs NAME [--status S]
+--             [--limit N] | show RUN_ID | cancel RUN_ID
 --
 -- main() returns the process exit code: 0 success, 1 runtime error, 2 usage.
 local moonq = require "moonq"
@@ -264,6 +266,63 @@ function commands.events(args)
   if not fn then
     error({ usage = "expected `events query|tail|groups|parked|replay ...`" })
   end
+  return fn(args)
+end
+
+-- moonq flow start|runs|show|cancel ...
+local flow = {}
+
+function flow.start(args)
+  local pos, flags = parse(args, { ["run-id"] = true })
+  if #pos < 1 or #pos > 2 then error({ usage = "expected NAME [JSON]" }) end
+  local data = {}
+  if pos[2] then
+    local ok, v, why = pcall(moonq.json.decode, pos[2])
+    if not ok or v == nil then error({ usage = "JSON: " .. tostring(ok and why or v) }) end
+    data = v
+  end
+  print(check(moonq.flow.start(pos[1], data, { run_id = flags["run-id"] })))
+end
+
+function flow.runs(args)
+  local pos, flags = parse(args, { status = true, limit = true })
+  need(pos, 1, "NAME")
+  local runs = check(moonq.flow.list(pos[1], { status = flags.status,
+    limit = flags.limit and limit(flags.limit) or 20 }))
+  print(("%-36s %-10s %-32s %-32s %s"):format("RUN", "STATUS", "STARTED", "COMPLETED", "FAILED STEP"))
+  for _, r in ipairs(runs) do
+    print(("%-36s %-10s %-32s %-32s %s"):format(r.run_id, r.status, r.started_at,
+      r.completed_at or "-", r.failed_step or ""))
+  end
+end
+
+-- A run as JSON (its steps included), then its history, one event a line.
+function flow.show(args)
+  local pos = parse(args, {})
+  need(pos, 1, "RUN_ID")
+  local run = check(moonq.flow.get(pos[1]))
+  if run == nil then error({ runtime = ("no run %q"):format(pos[1]) }) end
+  print(moonq.json.encode(run))
+  for _, e in ipairs(check(moonq.events.query("flow:" .. run.flow .. ":" .. run.run_id,
+                                                { limit = 100000 }))) do
+    print(moonq.json.encode(e))
+  end
+end
+
+function flow.cancel(args)
+  local pos = parse(args, {})
+  need(pos, 1, "RUN_ID")
+  if check(moonq.flow.cancel(pos[1])) then
+    print(("run %s cancelled"):format(pos[1]))
+  else
+    error({ runtime = ("run %s is not running"):format(pos[1]) })
+  end
+end
+
+function commands.flow(args)
+  local sub = table.remove(args, 1)
+  local fn = flow[sub or ""]
+  if not fn then error({ usage = "expected `flow start|runs|show|cancel ...`" }) end
   return fn(args)
 end
 
