@@ -137,6 +137,33 @@ BEGIN
   RETURN rid;
 END $$;
 
+-- send (002) starts a run when the job is a flow's entry step and carries
+-- no run id: the same as start_flow with the job's data, so sending the
+-- entry job directly (SQL, moonq.queue.send, the CLI) is starting a run.
+-- (send_many of entry jobs sends jobs without runs: a run per job of a
+-- bulk send is start_flow's to do.)
+CREATE OR REPLACE FUNCTION @schema@.send(name text, data jsonb DEFAULT '{}',
+                                         options jsonb DEFAULT '{}')
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+  flow text;
+  rid text;
+BEGIN
+  IF options->>'run_id' IS NULL THEN
+    SELECT s.flow_name INTO flow FROM @schema@.queue_flow_steps s
+     WHERE s.job_name = name AND s.entry;
+    IF flow IS NOT NULL THEN
+      rid := gen_random_uuid()::text;
+      INSERT INTO @schema@.queue_flow_index (flow_name, run_id, data)
+      VALUES (flow, rid, coalesce(data, '{}'));
+      PERFORM @schema@.flow_event(flow, rid, NULL, NULL, NULL, 'flow.started', data);
+      options := coalesce(options, '{}') || jsonb_build_object('run_id', rid);
+    END IF;
+  END IF;
+  RETURN (@schema@.send_many(name, jsonb_build_array(coalesce(data, '{}'::jsonb)),
+                             options))[1];
+END $$;
+
 -- Cancels a running run: its status becomes cancelled and its waiting,
 -- delayed and retrying step jobs are cancelled (running ones finish, and
 -- trigger nothing more). False when the run is not running.
