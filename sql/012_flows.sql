@@ -350,61 +350,64 @@ BEGIN
      ORDER BY i.n
        FOR UPDATE OF j
   LOOP
-    BEGIN
-      FOR x IN SELECT q.value FROM jsonb_array_elements(
-                 CASE WHEN jsonb_typeof(r.eff->'jobs') = 'array' THEN r.eff->'jobs'
-                      ELSE '[]'::jsonb END) AS q LOOP
-        PERFORM @schema@.send(x->>'name', coalesce(x->'data', '{}'::jsonb),
-                              coalesce(x->'options', '{}'::jsonb));
-        woken := woken || coalesce(x->'options'->>'queue', x->>'name');
-      END LOOP;
-      IF r.flow_name IS NOT NULL THEN
-        flow_ids := flow_ids || r.id;
-        -- the step's events on the run's stream, with the flow columns
-        INSERT INTO @schema@.queue_events (stream, type, data, run_id, flow_name,
-                                           step_name, step_id, attempt)
-        SELECT @schema@.flow_stream(r.flow_name, r.run_id), ev.type,
-               coalesce(ev.data, '{}'::jsonb), r.run_id, r.flow_name, r.step_name,
-               r.id::text, r.attempt
-          FROM ROWS FROM (jsonb_to_recordset(CASE WHEN jsonb_typeof(r.eff->'events') = 'array'
-                                                  THEN r.eff->'events' ELSE '[]' END)
-                          AS (stream text, type text, data jsonb))
-               WITH ORDINALITY AS ev(stream, type, data, n)
-         WHERE ev.stream IS NULL
-         ORDER BY ev.n;
-        -- successors: only while the run is running
-        IF r.run_status = 'running' THEN
-          WITH sent AS (
-            SELECT @schema@.send(s.job_name, coalesce(ev.data, '{}'::jsonb),
-                                 jsonb_build_object('run_id', r.run_id, 'queue', s.queue)),
-                   s.queue
-              FROM ROWS FROM (jsonb_to_recordset(CASE WHEN jsonb_typeof(r.eff->'events') = 'array'
-                                                      THEN r.eff->'events' ELSE '[]' END)
-                              AS (stream text, type text, data jsonb))
-                   WITH ORDINALITY AS ev(stream, type, data, n)
-              JOIN @schema@.queue_flow_steps s
-                ON s.flow_name = r.flow_name AND ev.type = ANY(s.subscribes)
-             WHERE ev.stream IS NULL
-             ORDER BY ev.n, s.step_name)
-          SELECT woken || coalesce(array_agg(sent.queue), '{}') INTO woken FROM sent;
-        END IF;
-        -- state writes: {key: value}, JSON null deletes
-        IF jsonb_typeof(r.eff->'state') = 'object' THEN
-          DELETE FROM @schema@.queue_flow_state fs
-           WHERE fs.run_id = r.run_id
-             AND fs.key IN (SELECT k.key FROM jsonb_each(r.eff->'state') AS k
-                             WHERE k.value = 'null'::jsonb);
-          INSERT INTO @schema@.queue_flow_state AS fs (run_id, key, value)
-          SELECT r.run_id, k.key, k.value FROM jsonb_each(r.eff->'state') AS k
-           WHERE k.value <> 'null'::jsonb
-          ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, updated_at = now();
-        END IF;
-        PERFORM @schema@.events_wake();
+    -- the handler's own enqueues, in a subtransaction (only when there are
+    -- some: it costs one): a refused one fails this job alone
+    IF jsonb_typeof(r.eff->'jobs') = 'array' THEN
+      BEGIN
+        FOR x IN SELECT q.value FROM jsonb_array_elements(r.eff->'jobs') AS q LOOP
+          PERFORM @schema@.send(x->>'name', coalesce(x->'data', '{}'::jsonb),
+                                coalesce(x->'options', '{}'::jsonb));
+          woken := woken || coalesce(x->'options'->>'queue', x->>'name');
+        END LOOP;
+      EXCEPTION WHEN OTHERS THEN
+        bad_ids := bad_ids || r.id;
+        bad_errors := bad_errors || jsonb_build_object('message', 'ctx.enqueue: ' || SQLERRM);
+        CONTINUE;
+      END;
+    END IF;
+    IF r.flow_name IS NOT NULL THEN
+      flow_ids := flow_ids || r.id;
+      -- the step's events on the run's stream, with the flow columns
+      INSERT INTO @schema@.queue_events (stream, type, data, run_id, flow_name,
+                                         step_name, step_id, attempt)
+      SELECT @schema@.flow_stream(r.flow_name, r.run_id), ev.type,
+             coalesce(ev.data, '{}'::jsonb), r.run_id, r.flow_name, r.step_name,
+             r.id::text, r.attempt
+        FROM ROWS FROM (jsonb_to_recordset(CASE WHEN jsonb_typeof(r.eff->'events') = 'array'
+                                                THEN r.eff->'events' ELSE '[]' END)
+                        AS (stream text, type text, data jsonb))
+             WITH ORDINALITY AS ev(stream, type, data, n)
+       WHERE ev.stream IS NULL
+       ORDER BY ev.n;
+      -- successors: only while the run is running
+      IF r.run_status = 'running' THEN
+        WITH sent AS (
+          SELECT @schema@.send(s.job_name, coalesce(ev.data, '{}'::jsonb),
+                               jsonb_build_object('run_id', r.run_id, 'queue', s.queue)),
+                 s.queue
+            FROM ROWS FROM (jsonb_to_recordset(CASE WHEN jsonb_typeof(r.eff->'events') = 'array'
+                                                    THEN r.eff->'events' ELSE '[]' END)
+                            AS (stream text, type text, data jsonb))
+                 WITH ORDINALITY AS ev(stream, type, data, n)
+            JOIN @schema@.queue_flow_steps s
+              ON s.flow_name = r.flow_name AND ev.type = ANY(s.subscribes)
+           WHERE ev.stream IS NULL
+           ORDER BY ev.n, s.step_name)
+        SELECT woken || coalesce(array_agg(sent.queue), '{}') INTO woken FROM sent;
       END IF;
-    EXCEPTION WHEN OTHERS THEN
-      bad_ids := bad_ids || r.id;
-      bad_errors := bad_errors || jsonb_build_object('message', 'ctx.enqueue: ' || SQLERRM);
-    END;
+      -- state writes: {key: value}, JSON null deletes
+      IF jsonb_typeof(r.eff->'state') = 'object' THEN
+        DELETE FROM @schema@.queue_flow_state fs
+         WHERE fs.run_id = r.run_id
+           AND fs.key IN (SELECT k.key FROM jsonb_each(r.eff->'state') AS k
+                           WHERE k.value = 'null'::jsonb);
+        INSERT INTO @schema@.queue_flow_state AS fs (run_id, key, value)
+        SELECT r.run_id, k.key, k.value FROM jsonb_each(r.eff->'state') AS k
+         WHERE k.value <> 'null'::jsonb
+        ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, updated_at = now();
+      END IF;
+      PERFORM @schema@.events_wake();
+    END IF;
   END LOOP;
   IF cardinality(bad_ids) > 0 THEN
     PERFORM @schema@.fail_jobs(bad_ids, bad_errors, process_id);
