@@ -195,6 +195,92 @@ describe("event consumer groups", function()
     end
   end)
 
+  it("parks an error that is not UTF-8 (its bad bytes as '?') and goes on", function()
+    local rec = member("utf:*", "g-utf", "a", { lease = 2, partitions = 1, retry = { limit = 0 } },
+      function(e) if e.data.bad then error("bad byte \xff here", 0) end end)
+    local bad = assert(E.append("utf:1", { type = "t", data = { bad = true } }))
+    local good = assert(E.append("utf:1", { type = "t", data = { bad = false } }))
+    assert.is_true(V.wait_events(rec, 1))
+    assert.is_truthy(moonq.run_until(function() return #assert(E.parked("g-utf")) == 1 end, 10))
+    local p = assert(E.parked("g-utf"))[1]
+    assert.equal(bad.id, p.event_id)
+    assert.equal("bad byte ? here", p.error)
+    assert.same({ good.id }, V.ids(rec.events))
+    rec.g:close()
+  end)
+
+  it("an event whose parking fails is not passed over: it is tried again and parked later", function()
+    V.sql("CREATE TABLE @.park_gate (closed boolean)")
+    V.sql("INSERT INTO @.park_gate VALUES (true)")
+    V.sql([[CREATE FUNCTION @.no_parking() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF EXISTS (SELECT 1 FROM @.park_gate) THEN
+              RAISE EXCEPTION 'parking is closed'; END IF; RETURN NEW; END $$]])
+    V.sql([[CREATE TRIGGER no_parking BEFORE INSERT ON @.queue_event_parked
+            FOR EACH ROW EXECUTE FUNCTION @.no_parking()]])
+    local tries = 0
+    local rec = member("pf:*", "g-pf", "a", { lease = 2, partitions = 1, retry = { limit = 0 } },
+      function(e) if e.data.bad then tries = tries + 1 error("always", 0) end end)
+    local bad = assert(E.append("pf:1", { type = "t", data = { bad = true } }))
+    local good = assert(E.append("pf:1", { type = "t", data = { bad = false } }))
+    assert.is_truthy(moonq.run_until(function() return tries >= 2 end, 15), "not tried again")
+    assert.equal(0, #rec.events) -- the good one waits behind it (same stream)
+    V.sql("DELETE FROM @.park_gate")
+    assert.is_true(V.wait_events(rec, 1, 15))
+    local parked = assert(E.parked("g-pf"))
+    assert.equal(1, #parked)
+    assert.equal(bad.id, parked[1].event_id)
+    V.run_for(0.5)
+    assert.same({ good.id }, V.ids(rec.events))
+    rec.g:close()
+  end)
+
+  it("an error object whose __tostring raises is parked as such; the group goes on", function()
+    local rec = member("ts:*", "g-ts", "a", { lease = 2, partitions = 1, retry = { limit = 0 } },
+      function(e)
+        if e.data.bad then error(setmetatable({}, { __tostring = function() error("boom") end })) end
+      end)
+    assert(E.append("ts:1", { type = "t", data = { bad = true } }))
+    local good = assert(E.append("ts:1", { type = "t", data = { bad = false } }))
+    assert.is_true(V.wait_events(rec, 1))
+    assert.same({ good.id }, V.ids(rec.events))
+    assert.is_truthy(moonq.run_until(function() return #assert(E.parked("g-ts")) == 1 end, 10))
+    assert.equal("(error object is a table value)", assert(E.parked("g-ts"))[1].error)
+    rec.g:close()
+    assert.is_false(rec.g:is_open())
+  end)
+
+  it("a checkpoint whose write failed is written again at a renewal", function()
+    V.sql("CREATE TABLE @.cp_gate (closed boolean)")
+    V.sql([[CREATE FUNCTION @.no_checkpoints() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF EXISTS (SELECT 1 FROM @.cp_gate) AND NEW.last_id IS DISTINCT FROM OLD.last_id THEN
+              RAISE EXCEPTION 'checkpoints are closed'; END IF; RETURN NEW; END $$]])
+    V.sql([[CREATE TRIGGER no_checkpoints BEFORE UPDATE ON @.queue_event_checkpoints
+            FOR EACH ROW EXECUTE FUNCTION @.no_checkpoints()]])
+    local rec = member("cp:*", "g-cp", "a", { lease = 1, partitions = 1 })
+    V.run_for(0.5)
+    V.sql("INSERT INTO @.cp_gate VALUES (true)")
+    local events = spread("cp", 3, 1)
+    assert.is_true(V.wait_events(rec, 3))
+    V.run_for(0.5) -- the write failed meanwhile
+    local function last() return V.row("SELECT last_id FROM @.queue_event_checkpoints WHERE group_name = 'g-cp'").last_id end
+    assert.is_true(last() == moonq.null or last() < events[3].id, "the checkpoint was written through the gate")
+    V.sql("DELETE FROM @.cp_gate")
+    assert.is_truthy(moonq.run_until(function() return last() == events[3].id end, 10),
+      "the checkpoint was not written again")
+    rec.g:close()
+  end)
+
+  it("idle partitions' positions are written too (no checkpoint stays at the start of the log)", function()
+    local rec = member("idle:*", "g-idle", "a", { lease = 1 })
+    assert(E.append("idle:1", { type = "t" }))
+    assert.is_true(V.wait_events(rec, 1))
+    assert.is_truthy(moonq.run_until(function()
+      return V.row([[SELECT count(*) AS n FROM @.queue_event_checkpoints
+                      WHERE group_name = 'g-idle' AND base::text = '1:1:']]).n == 0
+    end, 10), "quiet partitions kept the start of the log as their position")
+    rec.g:close()
+  end)
+
   it("refuses bad options with a message naming them", function()
     assert(E.subscribe_group("opt:*", "g-opt", "a", function() end, { partitions = 4 })):close()
     assert.matches('reads the pattern "opt:%*", not "other:%*"',
@@ -205,10 +291,22 @@ describe("event consumer groups", function()
       V.refusal(E.subscribe_group, "opt:*", ("g"):rep(201), "b", function() end))
     assert.matches("consumer name must be 1 to 200 bytes",
       V.refusal(E.subscribe_group, "opt:*", "g-opt", "", function() end))
-    assert.matches("partitions is 2000",
+    assert.matches("partitions must be an integer from 1 to 1024",
       V.refusal(E.subscribe_group, "x:*", "g-new", "b", function() end, { partitions = 2000 }))
     assert.matches("lease",
       V.refusal(E.subscribe_group, "x:*", "g-new", "b", function() end, { lease = 0 }))
+    assert.matches("the group name contains a NUL byte",
+      V.refusal(E.subscribe_group, "x:*", "ab\0cd", "b", function() end))
+    assert.matches("the pattern contains a NUL byte",
+      V.refusal(E.subscribe_group, "n\0q:*", "g-new", "b", function() end))
+    assert.matches("unknown option partitons",
+      V.refusal(E.subscribe_group, "x:*", "g-new", "b", function() end, { partitons = 4 }))
+    assert.matches("unknown option limt",
+      V.refusal(E.subscribe_group, "x:*", "g-new", "b", function() end, { retry = { limt = 1 } }))
+    assert.matches("partitions must be an integer from 1 to 1024",
+      V.refusal(E.subscribe_group, "x:*", "g-new", "b", function() end, { partitions = 1.5 }))
+    assert.matches("retry.limit must be an integer from 0 to 1000000",
+      V.refusal(E.subscribe_group, "x:*", "g-new", "b", function() end, { retry = { limit = 2 ^ 31 } }))
     assert.equal(0, V.row("SELECT count(*) AS n FROM @.queue_event_groups WHERE group_name = 'g-new'").n)
   end)
 

@@ -322,7 +322,8 @@ $$;
 
 -- Writes the checkpoints of a member's partitions (arrays in step: the
 -- partition, the epoch the member owns it with, its position, the last
--- event handled and how many were handled since the last checkpoint), each
+-- event handled (0: none since, for an idle partition's position) and how
+-- many were handled since the last checkpoint), each
 -- only if the member still owns that partition with that epoch. Returns
 -- the partitions it does not own any more (they went to another member).
 CREATE FUNCTION @schema@.checkpoint_group(group_name text, consumer text,
@@ -342,7 +343,7 @@ RETURNS SETOF integer LANGUAGE sql AS $$
   ), written AS (
     UPDATE @schema@.queue_event_checkpoints c
        SET base = i.base, target = i.target, after_id = coalesce(i.after_id, 0),
-           last_id = coalesce(i.last_id, c.last_id),
+           last_id = coalesce(nullif(i.last_id, 0), c.last_id),
            handled = c.handled + coalesce(i.handled, 0), updated_at = now()
       FROM input i
      WHERE c.group_name = checkpoint_group.group_name AND c.partition = i.part

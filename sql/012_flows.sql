@@ -309,7 +309,8 @@ CREATE TRIGGER flow_step_changed AFTER UPDATE OF state ON @schema@.job
 -- runs, and its state writes are stored. The rest is complete_jobs's.
 CREATE FUNCTION @schema@.complete_jobs_with(ids bigint[], outputs jsonb,
                                                        process_id uuid,
-                                                       effects jsonb DEFAULT NULL)
+                                                       effects jsonb DEFAULT NULL,
+                                                       attempts integer[] DEFAULT NULL)
 RETURNS SETOF bigint LANGUAGE plpgsql AS $$
 DECLARE
   r record;
@@ -323,6 +324,25 @@ DECLARE
   woken text[] := '{}'; -- queues sent to (moonq's connections send no
                         -- wake-ups of their own: 002's moonq.no_wake)
 BEGIN
+  -- an attempt that ran past its expiry while the job started again
+  -- (attempts[i] <> 0 and not the job's) completes nothing
+  IF attempts IS NOT NULL AND EXISTS (
+       SELECT 1 FROM unnest(ids, attempts) AS u(id, attempt)
+         JOIN @schema@.job j ON j.id = u.id
+        WHERE u.attempt <> 0 AND j.attempt <> u.attempt) THEN
+    SELECT array_agg(i.id ORDER BY i.n), jsonb_agg(o.value ORDER BY i.n),
+           CASE WHEN effects IS NULL THEN NULL ELSE jsonb_agg(e.value ORDER BY i.n) END
+      INTO ids, outputs, effects
+      FROM unnest(ids, attempts) WITH ORDINALITY AS i(id, attempt, n)
+      JOIN jsonb_array_elements(outputs) WITH ORDINALITY AS o(value, n) ON o.n = i.n
+      LEFT JOIN jsonb_array_elements(coalesce(effects, '[]')) WITH ORDINALITY AS e(value, n)
+        ON e.n = i.n
+      LEFT JOIN @schema@.job j ON j.id = i.id
+     WHERE i.attempt = 0 OR j.attempt IS NOT DISTINCT FROM i.attempt;
+    IF ids IS NULL THEN
+      RETURN;
+    END IF;
+  END IF;
   IF effects IS NULL THEN
     RETURN QUERY SELECT * FROM @schema@.complete_jobs(ids, outputs, process_id, NULL);
     RETURN;
@@ -432,5 +452,26 @@ BEGIN
   IF keep_ids IS NOT NULL THEN
     RETURN QUERY SELECT * FROM @schema@.complete_jobs(keep_ids, keep_outputs,
                                                       process_id, keep_events);
+  END IF;
+END $$;
+
+-- fail_jobs (009) for given attempts (aligned with ids; 0: any): a failure
+-- of an attempt that ran past its expiry while the job started again is
+-- not the new attempt's.
+CREATE FUNCTION @schema@.fail_jobs_at(ids bigint[], errors jsonb[], process_id uuid,
+                                      attempts integer[])
+RETURNS TABLE (id bigint, state @schema@.job_state, start_after timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+  keep_ids bigint[];
+  keep_errors jsonb[];
+BEGIN
+  SELECT array_agg(u.id ORDER BY u.n), array_agg(u.error ORDER BY u.n)
+    INTO keep_ids, keep_errors
+    FROM unnest(ids, errors, attempts) WITH ORDINALITY AS u(id, error, attempt, n)
+    LEFT JOIN @schema@.job j ON j.id = u.id
+   WHERE u.attempt IS NULL OR u.attempt = 0 OR j.attempt IS NOT DISTINCT FROM u.attempt;
+  IF keep_ids IS NOT NULL THEN
+    RETURN QUERY SELECT * FROM @schema@.fail_jobs(keep_ids, keep_errors, process_id);
   END IF;
 END $$;

@@ -67,6 +67,8 @@ struct part {
     int handled;
   } due, sending;
   bool dirty;           /* `due` holds a checkpoint to write */
+  long long batch_last; /* the last id of the batch held */
+  char *stored_base;    /* the base last written for it while idle */
   bool in_flush;        /* `sending` is in the checkpoint write in flight */
   bool replaying;       /* the caller holds a batch of its replays */
   int replays;          /* parked events waiting for a replay */
@@ -102,6 +104,9 @@ struct mq_group_member {
   bool left;       /* leave_group sent (or not needed): wait for requests */
   bool stopped;    /* the event store closed: no more requests */
   int requests;    /* requests in flight */
+  ev_tstamp renew_sent;  /* when the join_group in flight went out */
+  ev_tstamp valid_until; /* the lease as this member knows it: ownership
+                            may be taken over after this */
 };
 
 static void renew_cb(struct ev_loop *loop, ev_timer *w, int revents);
@@ -175,6 +180,7 @@ static void member_free(mq_group_member *m) {
     free(p->due.target);
     free(p->sending.base);
     free(p->sending.target);
+    free(p->stored_base);
   }
   free(m->parts);
   free(m->group);
@@ -261,6 +267,7 @@ static void delivered(int status, const char *error,
     return;
   }
   p->holding = true;
+  p->batch_last = events[n - 1].id;
   m->cb(MQ_EVENTS_OK, NULL, p->index, MQ_GROUP_EVENTS, events, n, m->data);
 }
 
@@ -420,6 +427,7 @@ static void joined_reply(const struct mq_pg_reply *r, void *data) {
     member_end(m, "another process joined the group under this consumer name");
     return;
   }
+  m->valid_until = m->renew_sent + m->lease;
   /* Partitions given back in this call are free now. */
   for (int i = 0; i < m->n_parts; i++) {
     struct part *p = &m->parts[i];
@@ -463,13 +471,23 @@ static void renew(mq_group_member *m) {
                           m->process_id, lease,
                           m->joining ? "true" : "false",
                           back};
-  if (exec(m, ST_JOIN, 9, params, joined_reply, m) == 0)
+  if (exec(m, ST_JOIN, 9, params, joined_reply, m) == 0) {
     m->renewing = true;
+    m->renew_sent = ev_now(m->loop);
+  }
   free(back);
 }
 
+static void keep_idle_positions(mq_group_member *m);
+static void flush(mq_group_member *m);
+
+/* Every lease/5 s: renews the lease, and writes what is due (checkpoints a
+ * failed write left, the positions idle partitions moved to). */
 static void renew_cb(struct ev_loop *loop, ev_timer *w, int revents) {
-  renew(w->data);
+  mq_group_member *m = w->data;
+  renew(m);
+  keep_idle_positions(m);
+  flush(m);
 }
 
 /* ---- wake-ups ------------------------------------------------------------ */
@@ -563,8 +581,16 @@ static void flushed(const struct mq_pg_reply *r, void *data) {
   m->flushing = false;
   for (int i = 0; i < m->n_parts; i++) {
     struct part *p = &m->parts[i];
-    if (p->in_flush)
+    if (!p->in_flush)
+      continue;
+    if (r->status != MQ_PG_OK && !p->dirty) { /* due again: written at the
+                                                 next renewal tick */
+      p->due = p->sending;
+      p->sending = (struct checkpoint){0};
+      p->dirty = true;
+    } else {
       checkpoint_clear(&p->sending);
+    }
   }
   bool alive = request_done(m);
   for (int i = 0; alive && i < m->n_parts; i++)
@@ -573,7 +599,11 @@ static void flushed(const struct mq_pg_reply *r, void *data) {
     return;
   if (r->status != MQ_PG_OK) {
     mq_log_warn("events", "writing group checkpoints failed group=%s "
-                "error=\"%s\" (the next ones cover them)", m->group, r->error);
+                "error=\"%s\" (written again at the next renewal)", m->group,
+                r->error);
+    for (int i = 0; i < m->n_parts; i++)
+      after_idle(&m->parts[i]);
+    return;
   } else {
     for (int row = 0; row < PQntuples(r->result); row++) {
       struct part *p = part_of(m, atoi(PQgetvalue(r->result, row, 0)));
@@ -666,6 +696,56 @@ static void unparked(const struct mq_pg_reply *r, void *data) {
   request_done(m);
 }
 
+/* Reads p again from `from` (a due checkpoint), or from the checkpoint
+ * stored in the database (at the next renewal) when there is none. */
+static void read_again(struct part *p, const struct checkpoint *from) {
+  mq_group_member *m = p->m;
+  mq_subscription_close(p->sub);
+  p->sub = NULL;
+  if (!from) {
+    p->owned = false; /* taken again, with its stored checkpoint */
+    return;
+  }
+  struct mq_event_position pos = {from->base, from->target, from->after_id};
+  char err[256];
+  p->sub = mq_events_subscribe_partition(m->ev, m->pattern, p->index,
+                                         m->n_parts, m->batch, &pos,
+                                         delivered, p, err, sizeof err);
+  if (!p->sub)
+    p->owned = false;
+}
+
+bool mq_group_may_handle(const mq_group_member *m, int partition) {
+  const struct part *p = partition >= 0 && partition < m->n_parts
+                             ? &m->parts[partition] : NULL;
+  return p && p->owned && !m->caller_gone &&
+         ev_now(m->loop) < m->valid_until;
+}
+
+/* Idle partitions whose reads moved on since their last checkpoint get
+ * their position written, so that a restart (and the lag in groups())
+ * does not start from far back. */
+static void keep_idle_positions(mq_group_member *m) {
+  for (int i = 0; i < m->n_parts; i++) {
+    struct part *p = &m->parts[i];
+    if (!p->owned || !p->sub || !part_idle(p) || p->giving_back)
+      continue;
+    const char *base = mq_subscription_wake(p->sub, true);
+    if (!base || (p->stored_base && strcmp(base, p->stored_base) == 0))
+      continue;
+    char *copy = strdup(base), *kept = strdup(base);
+    if (!copy || !kept) {
+      free(copy);
+      free(kept);
+      continue;
+    }
+    free(p->stored_base);
+    p->stored_base = kept;
+    p->due = (struct checkpoint){copy, NULL, 0, 0, 0};
+    p->dirty = true;
+  }
+}
+
 void mq_group_done(mq_group_member *m, int partition, enum mq_group_batch kind,
                    long long last_id, int handled) {
   struct part *p = part_of(m, partition);
@@ -700,10 +780,18 @@ void mq_group_done(mq_group_member *m, int partition, enum mq_group_batch kind,
     return;
   }
   struct mq_event_position pos;
-  if (last_id > 0 && p->sub && p->owned &&
-      mq_subscription_position(p->sub, last_id, &pos))
+  bool have = last_id > 0 && p->sub && p->owned &&
+              mq_subscription_position(p->sub, last_id, &pos);
+  if (have)
     keep_checkpoint(p, &pos, last_id, handled);
-  part_continue(p);
+  if (last_id < p->batch_last && !m->leaving && p->owned) {
+    /* The caller stopped inside the batch (an event it could not park,
+     * a lease it was no longer sure of): read again from after last_id. */
+    read_again(p, have ? &p->due : NULL);
+    after_idle(p);
+  } else {
+    part_continue(p);
+  }
   flush(m);
 }
 
@@ -725,6 +813,36 @@ static void parked(const struct mq_pg_reply *r, void *data) {
   free(c);
 }
 
+/* A copy of s whose bytes that are not UTF-8 are '?' (text columns take
+ * only UTF-8); NULL when out of memory. */
+static char *utf8_clean(const char *s) {
+  size_t n = strlen(s);
+  unsigned char *out = malloc(n + 1);
+  if (!out)
+    return NULL;
+  const unsigned char *u = (const unsigned char *)s;
+  for (size_t i = 0; i < n;) {
+    int len = u[i] < 0x80 ? 1 : (u[i] & 0xe0) == 0xc0 && u[i] >= 0xc2 ? 2
+              : (u[i] & 0xf0) == 0xe0 ? 3
+              : (u[i] & 0xf8) == 0xf0 && u[i] <= 0xf4 ? 4 : 0;
+    bool ok = len > 0 && i + (size_t)len <= n;
+    for (int k = 1; ok && k < len; k++)
+      ok = (u[i + k] & 0xc0) == 0x80;
+    if (ok && len == 3) /* no overlong forms, no surrogates */
+      ok = !(u[i] == 0xe0 && u[i + 1] < 0xa0) && !(u[i] == 0xed && u[i + 1] >= 0xa0);
+    if (ok && len == 4)
+      ok = !(u[i] == 0xf0 && u[i + 1] < 0x90) && !(u[i] == 0xf4 && u[i + 1] >= 0x90);
+    if (!ok) {
+      out[i++] = '?';
+      continue;
+    }
+    memcpy(out + i, u + i, (size_t)len);
+    i += (size_t)len;
+  }
+  out[n] = '\0';
+  return (char *)out;
+}
+
 int mq_group_park(mq_group_member *m, int partition, long long event_id,
                   int attempts, const char *error,
                   void (*cb)(int status, const char *error, void *data),
@@ -739,8 +857,14 @@ int mq_group_park(mq_group_member *m, int partition, long long event_id,
   snprintf(epoch, sizeof epoch, "%lld", p->epoch);
   snprintf(id, sizeof id, "%lld", event_id);
   snprintf(n, sizeof n, "%d", attempts);
-  const char *params[] = {m->group, part, m->consumer, epoch, id, n, error};
+  char *clean = utf8_clean(error ? error : "");
+  if (!clean) {
+    free(c);
+    return MQ_EVENTS_EDB;
+  }
+  const char *params[] = {m->group, part, m->consumer, epoch, id, n, clean};
   int rc = exec(m, ST_PARK, 7, params, parked, c);
+  free(clean);
   if (rc != 0)
     free(c);
   return rc;

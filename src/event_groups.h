@@ -69,17 +69,28 @@ mq_group_member *mq_group_join(mq_events *ev, const struct mq_group_options *o,
 /* The caller is done with the batch of `partition`: events up to and
  * including `last_id` (0: none) were handled, `handled` of them in all.
  * For MQ_GROUP_EVENTS the checkpoint moves past last_id, then the next
- * batch is read (unless the member is leaving); for MQ_GROUP_REPLAY the
+ * batch is read (unless the member is leaving) — from after last_id when
+ * the caller stopped inside the batch; for MQ_GROUP_REPLAY the
  * replayed events up to last_id leave the parked list, unless the caller
  * parked them again. */
 void mq_group_done(mq_group_member *m, int partition, enum mq_group_batch kind,
                    long long last_id, int handled);
 
+/* Whether the caller may start handling another event of `partition`:
+ * the member owns it and its lease, as last renewed, has not run out (a
+ * member paused past its lease stops at the event it is in, until a
+ * renewal says what it owns). When not, the caller ends the batch where it
+ * is (mq_group_done with the last event handled). */
+bool mq_group_may_handle(const mq_group_member *m, int partition);
+
 /* Parks an event of `partition` the caller gave up on after `attempts`
- * tries with `error` (copied; cut to 8000 bytes). cb(status, error, data)
+ * tries with `error` (copied; bytes that are not UTF-8 become '?'; cut to
+ * 8000 bytes). cb(status, error, data)
  * follows; MQ_EVENTS_OK also when the member no longer owned the partition
- * (the new owner handles the event again). Returns 0 or a negative status
- * (cb is then not called). */
+ * (the new owner handles the event again); another status when it could
+ * not be written: the caller must not pass over the event then (end the
+ * batch before it). Returns 0 or a negative status (cb is then not
+ * called). */
 int mq_group_park(mq_group_member *m, int partition, long long event_id,
                   int attempts, const char *error,
                   void (*cb)(int status, const char *error, void *data),

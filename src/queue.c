@@ -55,12 +55,12 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_FETCH] = "SELECT id, name, data::text, attempt, priority, retry_limit,"
                  " expire_in, run_id FROM %s.fetch_jobs($1, $2::int, $3::uuid)",
     [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_with($1::bigint[], $2::jsonb,"
-                    " $3::uuid, $4::jsonb) AS c",
+                    " $3::uuid, $4::jsonb, $5::integer[]) AS c",
     [ST_FAIL] = "SELECT f.id, f.state::text, to_jsonb(f.start_after) #>> '{}'"
-                " FROM %s.fail_jobs("
+                " FROM %s.fail_jobs_at("
                 "$1::bigint[], ARRAY(SELECT e.value FROM jsonb_array_elements("
                 "$2::jsonb) WITH ORDINALITY AS e(value, n) ORDER BY e.n),"
-                " $3::uuid) AS f",
+                " $3::uuid, $4::integer[]) AS f",
     [ST_GET] = "SELECT %s.get_job($1::bigint)::text",
     [ST_LIST] = "SELECT %s.list_jobs($1, $2, $3::int, $4::bigint,"
                 " $5 = 'newest')::text",
@@ -100,6 +100,8 @@ struct batch {
   enum stmt stmt;
   char *ids;   /* "{1,2,3" while gathering */
   size_t ids_len, ids_cap;
+  char *attempts; /* "{1,0,2" aligned with ids (0: any attempt) */
+  size_t attempts_len, attempts_cap;
   char *json;  /* "[a,b,c" while gathering */
   size_t json_len, json_cap;
   char *effects; /* complete: "[null,{...}" what each handler emitted and
@@ -526,14 +528,16 @@ static struct batch *batch_new(mq_queue *q, enum stmt st) {
 
 static void batch_free(struct batch *b) {
   free(b->ids);
+  free(b->attempts);
   free(b->json);
   free(b->effects);
   free(b->waiters);
   free(b);
 }
 
-static int batch_add(struct batch *b, long long id, const char *json,
-                     const char *effects, mq_queue_json_cb cb, void *data) {
+static int batch_add(struct batch *b, long long id, int attempt,
+                     const char *json, const char *effects,
+                     mq_queue_json_cb cb, void *data) {
   if (b->n == b->cap) {
     int cap = b->cap ? b->cap * 2 : 16;
     struct waiter *w = realloc(b->waiters, sizeof *w * (size_t)cap);
@@ -542,9 +546,12 @@ static int batch_add(struct batch *b, long long id, const char *json,
     b->waiters = w;
     b->cap = cap;
   }
-  char num[32];
+  char num[32], att[16];
   int len = snprintf(num, sizeof num, "%s%lld", b->n ? "," : "", id);
+  int alen = snprintf(att, sizeof att, "%s%d", b->n ? "," : "{", attempt);
   if (mq_buf_add(&b->ids, &b->ids_len, &b->ids_cap, num, (size_t)len) != 0 ||
+      mq_buf_add(&b->attempts, &b->attempts_len, &b->attempts_cap, att,
+                 (size_t)alen) != 0 ||
       (b->n && mq_buf_add(&b->json, &b->json_len, &b->json_cap, ",", 1) != 0) ||
       mq_buf_add(&b->json, &b->json_len, &b->json_cap, json, strlen(json)) != 0)
     return -1;
@@ -608,6 +615,7 @@ static void batch_done(const struct mq_pg_reply *r, void *data) {
 
 static void batch_send(struct batch *b) {
   if (mq_buf_add(&b->ids, &b->ids_len, &b->ids_cap, "}", 1) != 0 ||
+      mq_buf_add(&b->attempts, &b->attempts_len, &b->attempts_cap, "}", 1) != 0 ||
       mq_buf_add(&b->json, &b->json_len, &b->json_cap, "]", 1) != 0) {
     struct mq_pg_reply oom = {.status = MQ_PG_ENOMEM, .error = "out of memory",
                               .sqlstate = ""};
@@ -621,9 +629,11 @@ static void batch_send(struct batch *b) {
     batch_done(&oom, b);
     return;
   }
-  const char *params[] = {b->ids, b->json, b->q->process_id,
-                          b->has_effects ? b->effects : NULL};
-  int nparams = b->stmt == ST_COMPLETE ? 4 : 3;
+  const char *complete[] = {b->ids, b->json, b->q->process_id,
+                            b->has_effects ? b->effects : NULL, b->attempts};
+  const char *fail[] = {b->ids, b->json, b->q->process_id, b->attempts};
+  const char *const *params = b->stmt == ST_COMPLETE ? complete : fail;
+  int nparams = b->stmt == ST_COMPLETE ? 5 : 4;
   if (mq_pg_exec(b->q->pg, b->q->stmts[b->stmt], nparams, params, 0,
                  batch_done, b) != 0) {
     struct mq_pg_reply closed = {.status = MQ_PG_ECLOSED,
@@ -651,11 +661,11 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
 }
 
 static int enqueue_batch(mq_queue *q, struct batch **slot, enum stmt st,
-                         long long id, const char *json, const char *effects,
-                         mq_queue_json_cb cb, void *data) {
+                         long long id, int attempt, const char *json,
+                         const char *effects, mq_queue_json_cb cb, void *data) {
   if (!*slot && !(*slot = batch_new(q, st)))
     return MQ_QUEUE_EDB;
-  if (batch_add(*slot, id, json, effects, cb, data) != 0)
+  if (batch_add(*slot, id, attempt, json, effects, cb, data) != 0)
     return MQ_QUEUE_EDB;
   ev_prepare_start(q->loop, &q->flush);
   return 0;
@@ -663,20 +673,26 @@ static int enqueue_batch(mq_queue *q, struct batch **slot, enum stmt st,
 
 int mq_queue_complete(mq_queue *q, long long id, const char *output_json,
                       mq_queue_json_cb cb, void *data) {
-  return mq_queue_complete_with(q, id, output_json, NULL, cb, data);
+  return mq_queue_complete_with(q, id, 0, output_json, NULL, cb, data);
 }
 
-int mq_queue_complete_with(mq_queue *q, long long id, const char *output_json,
-                           const char *effects_json, mq_queue_json_cb cb,
-                           void *data) {
-  return enqueue_batch(q, &q->complete, ST_COMPLETE, id,
+int mq_queue_complete_with(mq_queue *q, long long id, int attempt,
+                           const char *output_json, const char *effects_json,
+                           mq_queue_json_cb cb, void *data) {
+  return enqueue_batch(q, &q->complete, ST_COMPLETE, id, attempt,
                        output_json ? output_json : "null", effects_json, cb,
                        data);
 }
 
 int mq_queue_fail(mq_queue *q, long long id, const char *error_json,
                   mq_queue_json_cb cb, void *data) {
-  return enqueue_batch(q, &q->fail, ST_FAIL, id,
+  return mq_queue_fail_attempt(q, id, 0, error_json, cb, data);
+}
+
+int mq_queue_fail_attempt(mq_queue *q, long long id, int attempt,
+                          const char *error_json, mq_queue_json_cb cb,
+                          void *data) {
+  return enqueue_batch(q, &q->fail, ST_FAIL, id, attempt,
                        error_json ? error_json : "null", NULL, cb, data);
 }
 

@@ -113,21 +113,30 @@ int mq_queue_fetch(mq_queue *q, const char *queue, int n, mq_queue_fetch_cb cb,
 int mq_queue_complete(mq_queue *q, long long id, const char *output_json,
                       mq_queue_json_cb cb, void *data);
 
-/* Like mq_queue_complete, storing what the handler emitted and enqueued in
+/* Like mq_queue_complete, for attempt `attempt` of the job only (0: any;
+ * an attempt that ran past its expiry while the job was started again is
+ * ENOTACTIVE, not the new attempt's completion), storing what the handler
+ * emitted and enqueued in
  * the same transaction: effects_json is {"events": [{stream, type, data}],
  * "jobs": [{name, data, options}]} (either may be missing; a stream NULL is
  * "job:<name>:<id>"), checked by the caller, or NULL. A job that is no
  * longer active stores none of it; a job whose enqueues PostgreSQL refuses
  * fails with that error instead of completing (cb gets ENOTACTIVE). */
-int mq_queue_complete_with(mq_queue *q, long long id, const char *output_json,
-                           const char *effects_json, mq_queue_json_cb cb,
-                           void *data);
+int mq_queue_complete_with(mq_queue *q, long long id, int attempt,
+                           const char *output_json, const char *effects_json,
+                           mq_queue_json_cb cb, void *data);
 
 /* Fails an active job with error_json ({"message":..., ...}); its retry
  * policy decides what follows. Batched like completions. cb gets JSON
  * {"state":"retry"|"failed","start_after":...}, or ENOTACTIVE. */
 int mq_queue_fail(mq_queue *q, long long id, const char *error_json,
                   mq_queue_json_cb cb, void *data);
+
+/* mq_queue_fail for attempt `attempt` of the job only (0: any), as
+ * mq_queue_complete_with. */
+int mq_queue_fail_attempt(mq_queue *q, long long id, int attempt,
+                          const char *error_json, mq_queue_json_cb cb,
+                          void *data);
 
 /* Inspection and control; each cb gets a JSON result. */
 enum mq_queue_op {

@@ -55,6 +55,8 @@ struct active {
   mq_worker *w;
   struct consumer *c;
   long long id;
+  int attempt;  /* the attempt this process runs: a completion or failure
+                   is stored only while the job is still at it */
   char *name;
   mq_task *task;
   int ctx_ref; /* the handler's ctx: its `emitted` events are stored with
@@ -226,12 +228,13 @@ static void failed_cb(int status, const char *error, const char *json,
 }
 
 /* Fails job `id` with error_json; the retry policy decides what follows. */
-static void fail_job(struct consumer *c, long long id, const char *name,
-                     const char *message, const char *error_json) {
+static void fail_job(struct consumer *c, long long id, int attempt,
+                     const char *name, const char *message,
+                     const char *error_json) {
   mq_worker *w = c->w;
   mq_log_warn("worker", "job failed id=%lld job=%s error=\"%s\"", id, name,
               message);
-  if (mq_queue_fail(w->q, id, error_json, failed_cb, c) == 0)
+  if (mq_queue_fail_attempt(w->q, id, attempt, error_json, failed_cb, c) == 0)
     w->inflight++;
 }
 
@@ -294,7 +297,7 @@ static void fail_active(struct active *a, lua_State *co, const char *text) {
     snprintf(f.message, sizeof f.message, "%s", lua_tostring(a->w->L, -1));
     lua_pop(a->w->L, 1);
   }
-  fail_job(a->c, a->id, a->name, f.message,
+  fail_job(a->c, a->id, a->attempt, a->name, f.message,
            f.json ? f.json : "{\"message\":\"error\"}");
   free(f.json);
 }
@@ -416,7 +419,8 @@ static void complete_active(struct active *a, int nresults) {
     return;
   }
   mq_log_debug("worker", "job completed id=%lld job=%s", a->id, a->name);
-  mq_queue_complete_with(a->w->q, a->id, o.json, o.effects, log_result, NULL);
+  mq_queue_complete_with(a->w->q, a->id, a->attempt, o.json, o.effects,
+                         log_result, NULL);
   free(o.json);
   free(o.effects);
 }
@@ -488,7 +492,7 @@ static void refuse(struct consumer *c, const struct mq_job *job,
   struct failure f = {.text = message};
   if (mq_lua_protect(L, build_failure, &f, 0) != LUA_OK)
     lua_pop(L, 1);
-  fail_job(c, job->id, job->name, message,
+  fail_job(c, job->id, job->attempt, job->name, message,
            f.json ? f.json : "{\"message\":\"cannot start the job\"}");
   free(f.json);
 }
@@ -512,6 +516,7 @@ static void run_job(struct consumer *c, const struct mq_job *job) {
   a->w = w;
   a->c = c;
   a->id = job->id;
+  a->attempt = job->attempt;
   double timeout = h->timeout > 0 ? h->timeout
                                   : mq_config_queue(w->cfg, job->queue)->timeout;
   struct start s = {.w = w, .job = job, .fn_ref = h->fn_ref,

@@ -51,6 +51,7 @@ struct lpart {
   long long last_id; /* the last event of the batch handled (or parked) */
   int handled;
   bool busy;        /* a task, a backoff timer or a park in flight */
+  bool end_after_wait; /* the backoff timer ends the batch (a failed park) */
   ev_timer backoff;
 };
 
@@ -198,14 +199,31 @@ static long long current_id(struct lpart *p) {
   return id;
 }
 
+static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* Waits `delay` seconds (busy meanwhile), then goes on with the event, or
+ * ends the batch with end_batch. */
+static void wait_then(struct lpart *p, double delay, bool end_batch) {
+  p->busy = true;
+  p->end_after_wait = end_batch;
+  ev_timer_init(&p->backoff, backoff_cb, delay, 0);
+  p->backoff.data = p;
+  ev_timer_start(mq_runtime_loop(p->g->rt), &p->backoff);
+}
+
 static void parked(int status, const char *error, void *data) {
   struct lpart *p = data;
   p->busy = false;
   long long id = current_id(p);
-  if (status != MQ_EVENTS_OK)
+  if (status != MQ_EVENTS_OK) {
+    /* Not parked: after a pause the batch ends before the event, which is
+     * read and tried again. */
     mq_log_error("events", "parking an event failed group=%s event_id=%lld "
-                 "error=\"%s\" (it is handled again by the partition's next "
-                 "reader)", p->g->group, id, error);
+                 "error=\"%s\" (it is read and tried again in 1 s)",
+                 p->g->group, id, error);
+    wait_then(p, 1.0, true);
+    return;
+  }
   event_over(p, id);
 }
 
@@ -221,13 +239,41 @@ static void park(struct lpart *p, const char *error) {
     p->busy = true;
     return;
   }
-  event_over(p, id);
+  if (g->member)
+    wait_then(p, 1.0, true); /* not parked: read again from before it */
+  else
+    batch_end(p);
 }
 
 static void backoff_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   struct lpart *p = w->data;
   p->busy = false;
-  run_next(p);
+  if (p->end_after_wait)
+    batch_end(p);
+  else
+    run_next(p);
+}
+
+struct error_text {
+  lua_State *co; /* the error value on top */
+  char text[512];
+};
+
+/* [et] -> []: et->text from the error a task raised, calling nothing of it
+ * (a __tostring that raises must not reach the loop): a string or number,
+ * an error table's `message`, or the value's type. */
+static int error_text(lua_State *L) {
+  struct error_text *et = lua_touserdata(L, 1);
+  lua_xmove(et->co, L, 1); /* [et err] */
+  int t = lua_type(L, 2);
+  if (t == LUA_TTABLE && lua_getfield(L, 2, "message") == LUA_TSTRING)
+    lua_replace(L, 2);
+  if (lua_type(L, 2) == LUA_TSTRING || lua_type(L, 2) == LUA_TNUMBER)
+    snprintf(et->text, sizeof et->text, "%s", lua_tostring(L, 2));
+  else
+    snprintf(et->text, sizeof et->text, "(error object is a %s value)",
+             lua_typename(L, t));
+  return 0;
 }
 
 static void event_end(mq_task *task, enum mq_task_end how, int nresults,
@@ -242,9 +288,14 @@ static void event_end(mq_task *task, enum mq_task_end how, int nresults,
   char error[512];
   if (how == MQ_TASK_TIMED_OUT)
     snprintf(error, sizeof error, "timed out after %g s", g->timeout);
-  else
-    snprintf(error, sizeof error, "%s",
-             luaL_tolstring(mq_task_thread(task), -1, NULL));
+  else {
+    struct error_text et = {.co = mq_task_thread(task)};
+    if (mq_lua_protect(g->L, error_text, &et, 0) != LUA_OK) {
+      snprintf(et.text, sizeof et.text, "%s", lua_tostring(g->L, -1));
+      lua_pop(g->L, 1);
+    }
+    snprintf(error, sizeof error, "%s", et.text);
+  }
   if (p->attempt > g->retry_limit || g->closing) {
     if (g->closing) { /* not handled: the next reader gets it */
       batch_end(p);
@@ -260,16 +311,15 @@ static void event_end(mq_task *task, enum mq_task_end how, int nresults,
               "retry_in_s=%g error=\"%s\"", g->group, current_id(p),
               p->attempt, delay, error);
   p->attempt++;
-  p->busy = true;
-  ev_timer_init(&p->backoff, backoff_cb, delay, 0);
-  p->backoff.data = p;
-  ev_timer_start(mq_runtime_loop(g->rt), &p->backoff);
+  wait_then(p, delay, false);
 }
 
-/* Runs the batch's current event, or ends the batch. */
+/* Runs the batch's current event, or ends the batch (also when the
+ * member is no longer sure it owns the partition). */
 static void run_next(struct lpart *p) {
   struct lgroup *g = p->g;
-  if (g->closing || p->next > p->count[p->kind]) {
+  if (g->closing || p->next > p->count[p->kind] ||
+      (g->member && !mq_group_may_handle(g->member, p->index))) {
     batch_end(p);
     return;
   }
@@ -425,6 +475,47 @@ static int subscribe_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L) - top;
 }
 
+/* Raises naming the first key of table t that is not in `known`
+ * (NULL-terminated). */
+static void check_keys(lua_State *L, int t, const char *const *known,
+                       const char *where) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    lua_pop(L, 1);
+    bool ok = false;
+    for (int i = 0; known[i] && !ok; i++)
+      ok = lua_type(L, -1) == LUA_TSTRING &&
+           strcmp(lua_tostring(L, -1), known[i]) == 0;
+    if (!ok)
+      luaL_error(L, "%s: unknown option %s", where, luaL_tolstring(L, -1, NULL));
+  }
+}
+
+/* The integer option `key` of table t in [min, max], or def. */
+static int opt_int(lua_State *L, int t, const char *key, int def, int min,
+                   int max, const char *what) {
+  if (lua_getfield(L, t, key) == LUA_TNIL) {
+    lua_pop(L, 1);
+    return def;
+  }
+  int isnum;
+  lua_Integer v = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || v < min || v > max)
+    luaL_error(L, "%s must be an integer from %d to %d", what, min, max);
+  return (int)v;
+}
+
+/* The string argument idx, refused when it holds a NUL byte (C would cut
+ * the name there). */
+static const char *name_arg(lua_State *L, int idx, const char *what) {
+  size_t len;
+  const char *s = luaL_checklstring(L, idx, &len);
+  if (strlen(s) != len)
+    luaL_argerror(L, idx, lua_pushfstring(L, "%s contains a NUL byte", what));
+  return s;
+}
+
 static double opt_number(lua_State *L, int t, const char *key, double def,
                          double min, const char *what) {
   if (lua_getfield(L, t, key) == LUA_TNIL) {
@@ -446,9 +537,9 @@ static double opt_number(lua_State *L, int t, const char *key, double def,
 static int l_subscribe_group(lua_State *L) {
   mq_runtime *rt;
   mq_events *ev = mq_lua_events(L, &rt);
-  const char *pattern = luaL_checkstring(L, 1);
-  const char *group = luaL_checkstring(L, 2);
-  const char *consumer = luaL_checkstring(L, 3);
+  const char *pattern = name_arg(L, 1, "the pattern");
+  const char *group = name_arg(L, 2, "the group name");
+  const char *consumer = name_arg(L, 3, "the consumer name");
   luaL_checktype(L, 4, LUA_TFUNCTION);
   struct mq_group_options o = {.group = group, .consumer = consumer,
                                .pattern = pattern};
@@ -457,14 +548,20 @@ static int l_subscribe_group(lua_State *L) {
   bool backoff = true;
   if (!lua_isnoneornil(L, 5)) {
     luaL_checktype(L, 5, LUA_TTABLE);
-    o.partitions = (int)opt_number(L, 5, "partitions", 0, 1, "partitions");
+    static const char *const known[] = {"partitions", "lease", "batch",
+                                        "timeout", "retry", NULL};
+    check_keys(L, 5, known, "subscribe_group");
+    o.partitions = opt_int(L, 5, "partitions", 0, 1, 1024, "partitions");
     o.lease = opt_number(L, 5, "lease", 0, 0.5, "lease (seconds)");
-    o.batch = (int)opt_number(L, 5, "batch", 0, 1, "batch");
+    o.batch = opt_int(L, 5, "batch", 0, 1, 10000, "batch");
     timeout = opt_number(L, 5, "timeout", timeout, 0.001, "timeout (seconds)");
     if (lua_getfield(L, 5, "retry") != LUA_TNIL) {
       luaL_checktype(L, -1, LUA_TTABLE);
       int t = lua_gettop(L);
-      limit = (int)opt_number(L, t, "limit", limit, 0, "retry.limit");
+      static const char *const retry_keys[] = {"limit", "delay", "backoff",
+                                               NULL};
+      check_keys(L, t, retry_keys, "subscribe_group: retry");
+      limit = opt_int(L, t, "limit", limit, 0, 1000000, "retry.limit");
       delay = opt_number(L, t, "delay", delay, 0, "retry.delay (seconds)");
       if (lua_getfield(L, t, "backoff") != LUA_TNIL)
         backoff = lua_toboolean(L, -1);
