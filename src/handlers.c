@@ -32,6 +32,7 @@ struct entry {
   bool loaded;            /* h holds a handler */
   struct mq_handler h;    /* name, file and queue point into owned strings */
   char *name, *queue;
+  char *error;            /* why the file's last load failed, or NULL */
 };
 
 struct mq_handlers {
@@ -174,9 +175,13 @@ static bool load(mq_handlers *h, struct entry *e) {
   lua_sethook(L, load_hook, LUA_MASKCOUNT, 10000);
   int status = mq_lua_protect(L, load_cb, &ld, 1);
   lua_sethook(L, NULL, 0, 0);
+  free(e->error);
+  e->error = NULL;
   if (status != LUA_OK) {
+    const char *why = lua_tostring(L, -1);
     mq_log_error("handlers", "cannot load handler file=%s error=\"%s\"",
-                 e->path, lua_tostring(L, -1));
+                 e->path, why ? why : "(error object)");
+    e->error = strdup(why ? why : "(error object)");
     lua_pop(L, 1);
     return false;
   }
@@ -332,6 +337,7 @@ int mq_handlers_scan(mq_handlers *h, bool force) {
     unload(h, e);
     free(e->path);
     free(e->name);
+    free(e->error);
     *e = h->entries[--h->n];
   }
   return n;
@@ -378,6 +384,13 @@ const struct mq_handler *mq_handlers_at(const mq_handlers *h, size_t i) {
   return NULL;
 }
 
+const char *mq_handlers_error(const mq_handlers *h, const char *name) {
+  for (size_t i = 0; i < h->n; i++)
+    if (strcmp(h->entries[i].name, name) == 0)
+      return h->entries[i].error;
+  return NULL;
+}
+
 void mq_handlers_missing(const mq_handlers *h, const char *name, char *out,
                          size_t len) {
   int w = snprintf(out, len, "no handler for job \"%s\" (known: ", name);
@@ -401,6 +414,7 @@ void mq_handlers_free(mq_handlers *h) {
     forget_step(h->L, h->entries[i].name);
     free(h->entries[i].path);
     free(h->entries[i].name);
+    free(h->entries[i].error);
   }
   free(h->entries);
   free(h->dir);

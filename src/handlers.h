@@ -54,6 +54,11 @@ const struct mq_handler *mq_handlers_find(const mq_handlers *h,
 size_t mq_handlers_count(const mq_handlers *h);
 const struct mq_handler *mq_handlers_at(const mq_handlers *h, size_t i);
 
+/* Why the file of job `name` failed to load the last time it was read
+ * (its previous version, if any, may still be loaded), or NULL when it
+ * loaded or there is no such file. Valid until the next scan or free. */
+const char *mq_handlers_error(const mq_handlers *h, const char *name);
+
 /* Writes `no handler for job "name" (known: a, b)` into out. */
 void mq_handlers_missing(const mq_handlers *h, const char *name, char *out,
                          size_t len);

@@ -21,6 +21,7 @@
 #include "lua_host.h"
 #include "migrate.h"
 #include "runtime.h"
+#include "test_command.h"
 
 enum { EXIT_USAGE = 2 };
 
@@ -60,6 +61,9 @@ static const char usage_text[] =
     "  flow runs NAME [--status S] [--limit N]   a flow's runs, newest first\n"
     "  flow show RUN_ID       a run with its steps, and its history\n"
     "  flow cancel RUN_ID     cancel a run's pending steps\n"
+    "  test [BUSTED ARGS]\n"
+    "             run the app's spec/ with busted on a private PostgreSQL\n"
+    "             (under .moonq/test-pg), moonq.testing on the Lua path\n"
     "  version    print the version\n"
     "  help       print this help\n"
     "\n"
@@ -76,13 +80,18 @@ static int usage_error(const char *what, const char *arg) {
 }
 
 /* Splits argv into global options, the command and its arguments. Options
- * may stand before or after the command. Returns 0 or an exit code. */
+ * may stand before or after the command, except after `test`, whose
+ * arguments are all busted's. Returns 0 or an exit code. */
 static int parse_args(int argc, char **argv, struct cli *cli) {
   static char *rest[64];
   int nrest = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+    if (cli->command && strcmp(cli->command, "test") == 0) {
+      if (nrest >= 63)
+        return usage_error("too many arguments", "");
+      rest[nrest++] = argv[i];
+    } else if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
       if (i + 1 >= argc)
         return usage_error("missing file name after ", a);
       cli->config = argv[++i];
@@ -233,6 +242,8 @@ int main(int argc, char **argv) {
            PQlibVersion());
     return 0;
   }
+  if (strcmp(cli.command, "test") == 0)
+    return mq_test_command_run(cli.config, cli.argc, cli.argv);
   if (strcmp(cli.command, "run") == 0 || strcmp(cli.command, "migrate") == 0 ||
       is_lua_command(cli.command))
     return with_runtime(&cli);

@@ -290,18 +290,18 @@ static int build_failure(lua_State *L) {
   return 0;
 }
 
-/* Fails a's job with the error on top of co, or with `text`. */
-static void fail_active(struct active *a, lua_State *co, const char *text) {
+/* out: a failure with the error on top of co, or with `text`. */
+static void outcome_failed(lua_State *L, lua_State *co, const char *text,
+                           struct mq_worker_outcome *out) {
   struct failure f = {.co = co, .text = text};
-  if (mq_lua_protect(a->w->L, build_failure, &f, 0) != LUA_OK) {
-    snprintf(f.message, sizeof f.message, "%s", lua_tostring(a->w->L, -1));
-    lua_pop(a->w->L, 1);
+  if (mq_lua_protect(L, build_failure, &f, 0) != LUA_OK) {
+    snprintf(f.message, sizeof f.message, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
   }
-  fail_job(a->c, a->id, a->attempt, a->name, f.message,
-           f.json ? f.json : "{\"message\":\"error\"}");
-  free(f.json);
+  out->failed = true;
+  snprintf(out->message, sizeof out->message, "%s", f.message);
+  out->error = f.json;
 }
-
 /* The handler's first result as JSON (NULL: none) and what it emitted
  * and enqueued, as {"events": [...], "jobs": [...]} (NULL: none), or an
  * error. */
@@ -400,29 +400,59 @@ static int build_output(lua_State *L) {
   return 0;
 }
 
-static void complete_active(struct active *a, int nresults) {
-  lua_State *co = mq_task_thread(a->task);
-  struct output o = {.co = co, .nresults = nresults, .ctx_ref = a->ctx_ref,
-                     .events_store = mq_runtime_events(a->w->rt)};
-  if (mq_lua_protect(a->w->L, build_output, &o, 0) != LUA_OK) {
-    snprintf(o.err, sizeof o.err, "%s", lua_tostring(a->w->L, -1));
-    lua_pop(a->w->L, 1);
+/* out: what the handler returned (its first result) and what its ctx
+ * holds to store with the completion, or the failure when either cannot
+ * be stored. */
+static void outcome_returned(lua_State *L, lua_State *co, int nresults,
+                             int ctx_ref, const mq_events *events,
+                             struct mq_worker_outcome *out) {
+  struct output o = {.co = co, .nresults = nresults, .ctx_ref = ctx_ref,
+                     .events_store = events};
+  if (mq_lua_protect(L, build_output, &o, 0) != LUA_OK) {
+    snprintf(o.err, sizeof o.err, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
     o.bad = true;
   }
   if (o.bad) {
     char message[700];
     snprintf(message, sizeof message,
              "the handler's result cannot be stored: %s", o.err);
-    fail_active(a, NULL, message);
     free(o.json);
     free(o.effects);
+    outcome_failed(L, NULL, message, out);
     return;
   }
-  mq_log_debug("worker", "job completed id=%lld job=%s", a->id, a->name);
-  mq_queue_complete_with(a->w->q, a->id, a->attempt, o.json, o.effects,
-                         log_result, NULL);
-  free(o.json);
-  free(o.effects);
+  out->output = o.json;
+  out->effects = o.effects;
+}
+
+/* What a task's end comes to; the caller frees it (outcome_free). */
+static void outcome_of(mq_runtime *rt, mq_task *task, enum mq_task_end how,
+                       int nresults, int ctx_ref,
+                       struct mq_worker_outcome *out) {
+  lua_State *L = mq_runtime_lua(rt);
+  char message[64];
+  memset(out, 0, sizeof *out);
+  switch (how) {
+  case MQ_TASK_RETURNED:
+    outcome_returned(L, mq_task_thread(task), nresults, ctx_ref,
+                     mq_runtime_events(rt), out);
+    break;
+  case MQ_TASK_RAISED:
+    outcome_failed(L, mq_task_thread(task), NULL, out);
+    break;
+  case MQ_TASK_TIMED_OUT:
+    snprintf(message, sizeof message, "timeout after %g s",
+             mq_task_timeout(task));
+    outcome_failed(L, NULL, message, out);
+    break;
+  }
+}
+
+static void outcome_free(struct mq_worker_outcome *out) {
+  free(out->error);
+  free(out->output);
+  free(out->effects);
 }
 
 /* ---- running jobs ----------------------------------------------------- */
@@ -444,29 +474,28 @@ static void release_active(struct active *a) {
   }
 }
 
+/* A job's handler ended: the job is completed with its output and
+ * effects, or failed (the retry policy decides what follows). */
 static void task_ended(mq_task *task, enum mq_task_end how, int nresults,
                        void *data) {
   struct active *a = data;
-  char message[64];
-  switch (how) {
-  case MQ_TASK_RETURNED:
-    complete_active(a, nresults);
-    break;
-  case MQ_TASK_RAISED:
-    fail_active(a, mq_task_thread(task), NULL);
-    break;
-  case MQ_TASK_TIMED_OUT:
-    snprintf(message, sizeof message, "timeout after %g s",
-             mq_task_timeout(task));
-    fail_active(a, NULL, message);
-    break;
+  struct mq_worker_outcome out;
+  outcome_of(a->w->rt, task, how, nresults, a->ctx_ref, &out);
+  if (out.failed) {
+    fail_job(a->c, a->id, a->attempt, a->name, out.message,
+             out.error ? out.error : "{\"message\":\"error\"}");
+  } else {
+    mq_log_debug("worker", "job completed id=%lld job=%s", a->id, a->name);
+    mq_queue_complete_with(a->w->q, a->id, a->attempt, out.output, out.effects,
+                           log_result, NULL);
   }
+  outcome_free(&out);
   a->task = NULL;
   release_active(a);
 }
 
 struct start {
-  mq_worker *w;
+  int new_ctx_ref; /* a function (job) -> ctx: moonq.ctx.new */
   const struct mq_job *job;
   int fn_ref;
   int ctx_ref; /* out: a reference to the ctx made */
@@ -477,7 +506,7 @@ static int push_start(lua_State *L) {
   struct start *s = lua_touserdata(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->fn_ref);
   mq_lua_push_job(L, s->job);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->w->ctx_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->new_ctx_ref);
   lua_pushvalue(L, -2);
   lua_call(L, 1, 1);
   lua_pushvalue(L, -1);
@@ -519,8 +548,8 @@ static void run_job(struct consumer *c, const struct mq_job *job) {
   a->attempt = job->attempt;
   double timeout = h->timeout > 0 ? h->timeout
                                   : mq_config_queue(w->cfg, job->queue)->timeout;
-  struct start s = {.w = w, .job = job, .fn_ref = h->fn_ref,
-                    .ctx_ref = LUA_NOREF};
+  struct start s = {.new_ctx_ref = w->ctx_ref, .job = job,
+                    .fn_ref = h->fn_ref, .ctx_ref = LUA_NOREF};
   a->task = mq_task_start(w->tasks, push_start, &s, timeout, task_ended, a,
                           err, sizeof err);
   a->ctx_ref = s.ctx_ref;
@@ -911,4 +940,83 @@ void mq_worker_close(mq_worker *w) {
   mq_handlers_free(w->handlers);
   luaL_unref(w->L, LUA_REGISTRYINDEX, w->ctx_ref);
   free(w);
+}
+
+/* ---- one attempt outside the queue ------------------------------------- */
+
+struct once {
+  mq_runtime *rt;
+  mq_handlers *handlers; /* loaded for this attempt alone */
+  int ctx_ref;
+  mq_worker_once_cb cb;
+  void *data;
+};
+
+static void once_ended(mq_task *task, enum mq_task_end how, int nresults,
+                       void *data) {
+  struct once *o = data;
+  struct mq_worker_outcome out;
+  outcome_of(o->rt, task, how, nresults, o->ctx_ref, &out);
+  o->cb(&out, o->data);
+  outcome_free(&out);
+  luaL_unref(mq_runtime_lua(o->rt), LUA_REGISTRYINDEX, o->ctx_ref);
+  mq_handlers_free(o->handlers);
+  free(o);
+}
+
+int mq_worker_run_once(mq_runtime *rt, const char *dir,
+                       const struct mq_job *job, double timeout,
+                       int new_ctx_ref, mq_worker_once_cb cb, void *data,
+                       char *err, size_t errlen) {
+  lua_State *L = mq_runtime_lua(rt);
+  mq_tasks *tasks = mq_runtime_tasks(rt);
+  struct once *o = calloc(1, sizeof *o);
+  if (!L || !tasks || !o) {
+    snprintf(err, errlen, "out of memory");
+    goto fail;
+  }
+  o->rt = rt;
+  o->cb = cb;
+  o->data = data;
+  o->ctx_ref = LUA_NOREF;
+  if (!(o->handlers = mq_handlers_new(L, dir, err, errlen)))
+    goto fail;
+  const struct mq_handler *h = mq_handlers_find(o->handlers, job->name);
+  if (!h) {
+    const char *why = mq_handlers_error(o->handlers, job->name);
+    if (why)
+      snprintf(err, errlen, "%s", why);
+    else
+      mq_handlers_missing(o->handlers, job->name, err, errlen);
+    goto fail;
+  }
+  struct mq_job j = *job;
+  if (!j.queue)
+    j.queue = h->queue;
+  const struct mq_queue_options *q =
+      mq_config_queue(mq_runtime_config(rt), j.queue);
+  if (j.retry_limit < 0)
+    j.retry_limit = h->has_retry && h->retry.has_retry_limit
+                        ? h->retry.retry_limit
+                        : q->retry_limit;
+  if (j.expire_in < 0)
+    j.expire_in = q->expire_in;
+  if (timeout <= 0)
+    timeout = h->timeout > 0 ? h->timeout : q->timeout;
+  struct start s = {.new_ctx_ref = new_ctx_ref, .job = &j,
+                    .fn_ref = h->fn_ref, .ctx_ref = LUA_NOREF};
+  mq_task *task = mq_task_start(tasks, push_start, &s, timeout, once_ended, o,
+                                err, errlen);
+  o->ctx_ref = s.ctx_ref;
+  if (!task)
+    goto fail;
+  return 0;
+fail:
+  if (o) {
+    if (L)
+      luaL_unref(L, LUA_REGISTRYINDEX, o->ctx_ref);
+    mq_handlers_free(o->handlers);
+    free(o);
+  }
+  return -1;
 }

@@ -15,11 +15,14 @@ local moonq = require "moonq"
 
 local M = {}
 local Ctx = {}
+-- ctx -> function(level, msg, fields) told of every ctx.log line (see new)
+local log_hooks = setmetatable({}, { __mode = "k" })
 Ctx.__index = function(ctx, key)
   local method = Ctx[key]
   if method then return method end
   if key == "log" then
     local job = rawget(ctx, "job")
+    local hook = log_hooks[ctx]
     local log = {}
     for _, level in ipairs({ "debug", "info", "warn", "error" }) do
       local write = moonq.log[level]
@@ -27,6 +30,7 @@ Ctx.__index = function(ctx, key)
         local f = { job_id = job.id, job = job.name }
         if fields then for k, v in pairs(fields) do f[k] = v end end
         write(msg, f)
+        if hook then hook(level, msg, fields) end
       end
     end
     rawset(ctx, "log", log)
@@ -77,8 +81,12 @@ local function run_state(ctx, run_id)
   return state
 end
 
-function M.new(job)
+-- The ctx of `job`. opts.on_log(level, msg, fields) is called after each
+-- ctx.log line is written, whatever the log level (moonq.testing keeps
+-- them); the worker passes no opts.
+function M.new(job, opts)
   local ctx = setmetatable({ job = job }, Ctx)
+  if opts and opts.on_log then log_hooks[ctx] = opts.on_log end
   local step = require("moonq.flows").step(job.name)
   if step and job.run_id then
     ctx.flow = { run_id = job.run_id, name = step.name, step = step.step }

@@ -17,6 +17,7 @@ int luaopen_moonq_log(lua_State *L);
 int luaopen_moonq_db(lua_State *L);
 int luaopen_moonq_queue(lua_State *L);
 int luaopen_moonq_events(lua_State *L);
+int luaopen_moonq_worker(lua_State *L);
 
 /* Shared by moonq.events and its consumer groups (moonq_event_groups.c):
  * the event store of L's runtime (raises when moonq is not open or events

@@ -286,6 +286,7 @@ void mq_bindings_preload(lua_State *L) {
                                      {"moonq.db", luaopen_moonq_db},
                                      {"moonq.queue", luaopen_moonq_queue},
                                      {"moonq.events", luaopen_moonq_events},
+                                     {"moonq.worker", luaopen_moonq_worker},
                                      {NULL, NULL}};
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (const luaL_Reg *r = preload; r->name; r++) {
