@@ -270,6 +270,18 @@ bool mq_json_has_nul(const char *json) {
   return false;
 }
 
+size_t mq_json_utf8_check(const char *s, size_t n) {
+  const unsigned char *u = (const unsigned char *)s;
+  size_t i = 0;
+  while (i < n) {
+    size_t k = u[i] < 0x80 ? 1 : utf8_len(u + i, n - i);
+    if (k == 0)
+      return i;
+    i += k;
+  }
+  return n;
+}
+
 int mq_json_object_raw(mq_json_object *o, const char *key, const char *json) {
   if (member(o, key) != 0)
     return -1;

@@ -55,6 +55,10 @@ int mq_json_decode(lua_State *L, const char *text, size_t len, char *err,
  * (\u0000) in a string, which PostgreSQL's jsonb refuses. */
 bool mq_json_has_nul(const char *json);
 
+/* Offset of the first byte of s[0..n) that does not start a valid UTF-8
+ * sequence (the rule JSON strings follow here), or n when all are valid. */
+size_t mq_json_utf8_check(const char *s, size_t n);
+
 /* A JSON object being written from C, member by member, in the order of the
  * calls. Keys are the caller's; each value is encoded as mq_json_encode
  * would encode it in Lua. Errors (out of memory, a string that is not UTF-8,

@@ -537,6 +537,20 @@ static void test_has_nul(void) {
   CHECK(!mq_json_has_nul("{}"));
 }
 
+/* The offset of the first byte that does not start valid UTF-8 (the
+ * rules strings are encoded by), or the length. */
+static void test_utf8_check(void) {
+  CHECK_INT((int)mq_json_utf8_check("", 0), 0);
+  CHECK_INT((int)mq_json_utf8_check("abc", 3), 3);
+  CHECK_INT((int)mq_json_utf8_check("\xc3\xa9t\xc3\xa9", 5), 5);
+  CHECK_INT((int)mq_json_utf8_check("\xf0\x9f\x98\x80", 4), 4);
+  CHECK_INT((int)mq_json_utf8_check("a\xff", 2), 1);
+  CHECK_INT((int)mq_json_utf8_check("ab\xc3", 3), 2);          /* cut short */
+  CHECK_INT((int)mq_json_utf8_check("\xc0\xaf", 2), 0);       /* overlong */
+  CHECK_INT((int)mq_json_utf8_check("x\xed\xa0\x80", 4), 1); /* surrogate */
+  CHECK_INT((int)mq_json_utf8_check("\xf4\x90\x80\x80", 4), 0); /* > U+10FFFF */
+}
+
 int main(void) {
   L = luaL_newstate();
   REQUIRE(L != NULL);
@@ -558,6 +572,7 @@ int main(void) {
   RUN(test_out_of_memory);
   RUN(test_object_writer);
   RUN(test_has_nul);
+  RUN(test_utf8_check);
   RUN(test_binding);
   CHECK_INT(lua_gettop(L), 0);
   lua_close(L);
