@@ -146,6 +146,10 @@ end
       { "a function in data", "s", { type = "t", data = { f = fn } }, "data%.f: cannot encode a function" },
       { "NaN in data", "s", { type = "t", data = { x = 0 / 0 } }, "data%.x: cannot encode NaN" },
       { "a non-string run_id", "s", { type = "t", run_id = 5 }, "run_id must be a string" },
+      { "a stream that is not UTF-8", "s\xff", { type = "t" }, "event 1: stream is not valid UTF%-8 %(byte 1%)" },
+      { "a type that is not UTF-8", "s", { type = "\xc3" }, "event 1: type is not valid UTF%-8 %(byte 0%)" },
+      { "a run_id that is not UTF-8", "s", { type = "t", run_id = "r\xed\xa0\x80" },
+        "event 1: run_id is not valid UTF%-8 %(byte 1%)" },
     }
     for _, c in ipairs(cases) do
       local name, stream, event, want = c[1], c[2], c[3], c[4]
@@ -200,6 +204,63 @@ end
       assert.matches(c[3], err)
       assert.equal(before, count())
     end
+  end)
+
+  -- append_events with parallel arrays is the statement moonq's batches
+  -- use; it keeps its rules for any other caller.
+  describe("SQL append_events (parallel arrays)", function()
+    local function append_events(streams, types, data, run_ids)
+      return moonq.db.query(("SELECT ids::text AS ids, ts FROM %s.append_events($1::text[], $2::text[], $3::jsonb, $4::text[])")
+        :format(V.schema), streams, types, data, run_ids)
+    end
+
+    it("stores the events in input order and returns their ids ascending and one ts", function()
+      local rows = assert(append_events('{arr:1,arr:2,arr:1}', '{a,"b \\"q\\"",c}',
+                                        '[{"n": 1}, "text", null]', '{NULL,run-2,NULL}'))
+      assert.equal(1, #rows)
+      local ids = {}
+      for id in rows[1].ids:gmatch("%d+") do ids[#ids + 1] = math.tointeger(id) end
+      assert.equal(3, #ids)
+      assert.is_true(ids[1] < ids[2] and ids[2] < ids[3])
+      local stored = V.sql([[SELECT id, stream, type, data, run_id, ts = $1::timestamptz AS same_ts
+                               FROM @.queue_events WHERE stream LIKE 'arr:%' ORDER BY id]], rows[1].ts)
+      assert.same(ids, V.ids(stored))
+      assert.same({ "arr:1", "arr:2", "arr:1" }, { stored[1].stream, stored[2].stream, stored[3].stream })
+      assert.same({ "a", 'b "q"', "c" }, { stored[1].type, stored[2].type, stored[3].type })
+      assert.same({ n = 1 }, stored[1].data)
+      assert.equal("text", stored[2].data)
+      assert.equal(moonq.null, stored[1].run_id)
+      assert.equal("run-2", stored[2].run_id)
+      for _, r in ipairs(stored) do assert.is_true(r.same_ts) end
+    end)
+
+    it("refuses a batch with one bad event, naming it, and writes none of it", function()
+      local cases = {
+        { '{ok,ok,ok}', '{a,"",c}', "event 2: event type must be a non%-empty string" },
+        { '{ok,"a*b",ok}', '{a,b,c}', 'event 2: event stream "a%*b" contains "%*"' },
+        { '{ok,ok,""}', '{a,b,c}', "event 3: event stream must be a non%-empty string" },
+        { '{ok,ok,NULL}', '{a,b,c}', "event 3: event stream must be a non%-empty string" },
+      }
+      for _, c in ipairs(cases) do
+        local before = count()
+        local rows, err = append_events(c[1], c[2], '[{}, {}, {}]', nil)
+        assert.is_nil(rows)
+        assert.matches(c[3], err)
+        assert.equal(before, count())
+      end
+    end)
+
+    it("refuses arrays of different lengths", function()
+      for _, c in ipairs({ { '{a,b}', '{t}', '[{}, {}]', nil }, { '{a,b}', '{t,u}', '[{}]', nil },
+                           { '{a,b}', '{t,u}', '[{}, {}]', '{r}' }, { '{}', '{}', '[]', nil },
+                           { '{a}', '{t}', '{}', nil } }) do
+        local before = count()
+        local rows, err = append_events(c[1], c[2], c[3], c[4])
+        assert.is_nil(rows)
+        assert.matches("one element per event", err, nil, true)
+        assert.equal(before, count())
+      end
+    end)
   end)
 
   -- PostgreSQL text cannot hold a NUL byte: an event must not be stored

@@ -2,8 +2,9 @@
  * see events.h and sql/005_events.sql.
  *
  * Shapes:
- *  - batch: the appends of one loop turn, as one JSON array for
- *    append_events(), and who waits for which of its rows.
+ *  - batch: the appends of one loop turn, as the parallel arrays
+ *    append_events() takes (streams, types, data, run_ids), and who waits
+ *    for which of its events.
  *  - subscription: a reader's position is a snapshot (`base`); a step
  *    in progress has a `target` snapshot and the last id delivered within
  *    it. One read in flight at a time, and none while the subscriber still
@@ -26,15 +27,16 @@
 #define MAX_STREAM 500     /* bytes, as the table's check says */
 #define MAX_TYPE 200
 #define EMPTY_SNAPSHOT "1:1:" /* nothing visible: read from the start */
-#define MAX_BATCH (64u << 20) /* bytes of JSON per append statement: far
-                                 below jsonb's 256 MiB for an array */
+#define MAX_BATCH (64u << 20) /* bytes per append statement: its data
+                                 array stays far below jsonb's 256 MiB */
 #define RETENTION_EVERY 5.0 /* seconds between retention passes */
 #define RETENTION_BATCH "10000" /* events deleted per pass at most */
 
 enum stmt { ST_APPEND, ST_QUERY, ST_READ, ST_SNAPSHOT, ST_RETENTION, ST_COUNT };
 
 static const char *const stmt_sql[ST_COUNT] = {
-    [ST_APPEND] = "SELECT id, ts FROM %s.append_events($1::jsonb)",
+    [ST_APPEND] = "SELECT ids, ts FROM %s.append_events($1::text[], "
+                  "$2::text[], $3::jsonb, $4::text[])",
     [ST_QUERY] = "SELECT id, stream, ts, type, run_id, flow_name, step_name, "
                  "step_id, attempt, data FROM %s.query_events($1, $2::text[], "
                  "$3::bigint, $4::bigint, $5, $6::timestamptz, "
@@ -53,9 +55,19 @@ struct waiter {
   int n; /* events of this call */
 };
 
-struct batch {
-  char *json; /* "[{...},{...}" while gathering */
+/* One growable part of a batch: "{a,b" (an array literal) or "[{},{}" (a
+ * JSON array) while gathering; closed when sent. */
+struct part {
+  char *s;
   size_t len, cap;
+};
+
+enum { P_STREAM, P_TYPE, P_DATA, P_RUN_ID, P_COUNT };
+
+struct batch {
+  struct part parts[P_COUNT];
+  bool any_run_id; /* else run_ids is sent as NULL */
+  size_t bytes;    /* its events' size at most (event_bytes) */
   struct waiter *waiters;
   int nwaiters, cap_waiters;
   int nevents;
@@ -201,30 +213,46 @@ static void retention_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 
 /* ---- append ------------------------------------------------------------- */
 
+/* Names the first byte of s that is not UTF-8 in err ("event 2: stream is
+ * not valid UTF-8 (byte 3)"); 0 when s is valid. PostgreSQL refuses such
+ * text, and would fail the whole batch for it. */
+static int check_utf8(const char *s, const char *what, int nth, char *err,
+                      size_t errlen) {
+  size_t n = strlen(s), at = mq_json_utf8_check(s, n);
+  if (at == n)
+    return 0;
+  snprintf(err, errlen, "event %d: %s is not valid UTF-8 (byte %zu)", nth,
+           what, at);
+  return -1;
+}
+
 int mq_events_check(const mq_events *ev, const struct mq_event_input *e,
                     int nth, char *err, size_t errlen) {
-  int i = nth - 1;
   size_t slen = e->stream ? strlen(e->stream) : 0;
   size_t tlen = e->type ? strlen(e->type) : 0;
   if (slen == 0)
-    snprintf(err, errlen, "event %d: stream must be a non-empty string", i + 1);
+    snprintf(err, errlen, "event %d: stream must be a non-empty string", nth);
   else if (slen > MAX_STREAM)
     snprintf(err, errlen, "event %d: stream is %zu bytes, the limit is %d",
-             i + 1, slen, MAX_STREAM);
+             nth, slen, MAX_STREAM);
   else if (strchr(e->stream, '*'))
     snprintf(err, errlen, "event %d: stream \"%s\" contains \"*\" (the "
-             "pattern wildcard)", i + 1, e->stream);
+             "pattern wildcard)", nth, e->stream);
   else if (tlen == 0)
-    snprintf(err, errlen, "event %d: type must be a non-empty string", i + 1);
+    snprintf(err, errlen, "event %d: type must be a non-empty string", nth);
   else if (tlen > MAX_TYPE)
     snprintf(err, errlen, "event %d: type is %zu bytes, the limit is %d",
-             i + 1, tlen, MAX_TYPE);
+             nth, tlen, MAX_TYPE);
+  else if (check_utf8(e->stream, "stream", nth, err, errlen) ||
+           check_utf8(e->type, "type", nth, err, errlen) ||
+           (e->run_id && check_utf8(e->run_id, "run_id", nth, err, errlen)))
+    ; /* err says which */
   else if (e->data && mq_json_has_nul(e->data))
     snprintf(err, errlen, "event %d: data holds a NUL character (\\u0000), "
-             "which PostgreSQL's jsonb cannot store", i + 1);
+             "which PostgreSQL's jsonb cannot store", nth);
   else if (e->data && strlen(e->data) > (size_t)ev->cfg->events.max_size)
     snprintf(err, errlen, "event %d: data is %zu bytes, the limit is %d "
-             "(events.max_size)", i + 1, strlen(e->data),
+             "(events.max_size)", nth, strlen(e->data),
              ev->cfg->events.max_size);
   else
     return 0;
@@ -232,9 +260,72 @@ int mq_events_check(const mq_events *ev, const struct mq_event_input *e,
 }
 
 static void batch_free(struct batch *b) {
-  free(b->json);
+  for (int i = 0; i < P_COUNT; i++)
+    free(b->parts[i].s);
   free(b->waiters);
   free(b);
+}
+
+/* Bytes an event takes in a batch at most (array quoting doubles at worst
+ * what it escapes). */
+static size_t event_bytes(const struct mq_event_input *e) {
+  return 2 * strlen(e->stream) + 2 * strlen(e->type) +
+         (e->data ? strlen(e->data) : 2) +
+         (e->run_id ? 2 * strlen(e->run_id) : 4) + 16;
+}
+
+/* Appends s to an array literal: quoted and escaped, NULL for NULL. */
+static int add_text(struct part *p, const char *s) {
+  if (mq_buf_add(&p->s, &p->len, &p->cap, p->len ? "," : "{", 1) != 0)
+    return -1;
+  if (!s)
+    return mq_buf_add(&p->s, &p->len, &p->cap, "NULL", 4);
+  if (mq_buf_add(&p->s, &p->len, &p->cap, "\"", 1) != 0)
+    return -1;
+  for (;;) { /* runs without a quote or a backslash go in one piece */
+    size_t run = strcspn(s, "\"\\");
+    if (mq_buf_add(&p->s, &p->len, &p->cap, s, run) != 0)
+      return -1;
+    if (!s[run])
+      break;
+    char esc[2] = {'\\', s[run]};
+    if (mq_buf_add(&p->s, &p->len, &p->cap, esc, 2) != 0)
+      return -1;
+    s += run + 1;
+  }
+  return mq_buf_add(&p->s, &p->len, &p->cap, "\"", 1);
+}
+
+/* Appends JSON text to a JSON array. */
+static int add_json(struct part *p, const char *json) {
+  if (mq_buf_add(&p->s, &p->len, &p->cap, p->len ? "," : "[", 1) != 0)
+    return -1;
+  return mq_buf_add(&p->s, &p->len, &p->cap, json, strlen(json));
+}
+
+/* Adds the n events to b; on failure (out of memory) b is as it was. */
+static int batch_add(struct batch *b, const struct mq_event_input *events,
+                     int n) {
+  size_t mark[P_COUNT];
+  for (int i = 0; i < P_COUNT; i++)
+    mark[i] = b->parts[i].len;
+  for (int i = 0; i < n; i++) {
+    const struct mq_event_input *e = &events[i];
+    if (add_text(&b->parts[P_STREAM], e->stream) ||
+        add_text(&b->parts[P_TYPE], e->type) ||
+        add_json(&b->parts[P_DATA], e->data ? e->data : "{}") ||
+        add_text(&b->parts[P_RUN_ID], e->run_id)) {
+      for (int k = 0; k < P_COUNT; k++) {
+        b->parts[k].len = mark[k];
+        if (b->parts[k].s)
+          b->parts[k].s[mark[k]] = '\0';
+      }
+      return -1;
+    }
+  }
+  for (int i = 0; i < n; i++)
+    b->any_run_id |= events[i].run_id != NULL;
+  return 0;
 }
 
 int mq_events_append(mq_events *ev, const struct mq_event_input *events,
@@ -249,8 +340,7 @@ int mq_events_append(mq_events *ev, const struct mq_event_input *events,
   }
   size_t bytes = 0;
   for (int i = 0; i < n; i++)
-    bytes += strlen(events[i].stream) + strlen(events[i].type) +
-             (events[i].data ? strlen(events[i].data) : 2) + 64;
+    bytes += event_bytes(&events[i]);
   if (bytes > MAX_BATCH) {
     snprintf(err, errlen, "these %d events are about %zu bytes together, the "
              "limit of one append is %u bytes: append them in parts", n, bytes,
@@ -258,7 +348,7 @@ int mq_events_append(mq_events *ev, const struct mq_event_input *events,
     return MQ_EVENTS_EINVAL;
   }
   /* A batch that this call would take over the limit goes now, alone. */
-  if (ev->batch && ev->batch->len + bytes > MAX_BATCH)
+  if (ev->batch && ev->batch->bytes + bytes > MAX_BATCH)
     flush_cb(ev->loop, &ev->flush, 0);
   struct batch *b = ev->batch;
   if (!b && !(b = ev->batch = calloc(1, sizeof *b)))
@@ -271,29 +361,11 @@ int mq_events_append(mq_events *ev, const struct mq_event_input *events,
     b->waiters = w;
     b->cap_waiters = cap;
   }
-  size_t mark = b->len; /* undo point if an event cannot be encoded */
-  for (int i = 0; i < n; i++) {
-    mq_json_object *o = mq_json_object_new();
-    mq_json_object_string(o, "stream", events[i].stream);
-    mq_json_object_string(o, "type", events[i].type);
-    mq_json_object_raw(o, "data", events[i].data ? events[i].data : "{}");
-    if (events[i].run_id)
-      mq_json_object_string(o, "run_id", events[i].run_id);
-    char *json = mq_json_object_finish(o, err, errlen);
-    if (!json || mq_buf_add(&b->json, &b->len, &b->cap, b->len ? "," : "[", 1) ||
-        mq_buf_add(&b->json, &b->len, &b->cap, json, strlen(json))) {
-      free(json);
-      b->len = mark;
-      if (b->json)
-        b->json[mark] = '\0';
-      if (!json)
-        return MQ_EVENTS_EINVAL;
-      goto oom;
-    }
-    free(json);
-  }
+  if (batch_add(b, events, n) != 0)
+    goto oom;
   b->waiters[b->nwaiters++] = (struct waiter){cb, data, n};
   b->nevents += n;
+  b->bytes += bytes;
   ev_prepare_start(ev->loop, &ev->flush);
   return 0;
 oom:
@@ -301,41 +373,56 @@ oom:
   return MQ_EVENTS_EDB;
 }
 
+/* Reads the int8[] text "{1,2,3}" into ids[0..n). Returns 0 when it holds
+ * exactly n ids. */
+static int parse_ids(const char *s, long long *ids, int n) {
+  if (*s++ != '{')
+    return -1;
+  for (int i = 0; i < n; i++) {
+    char *end;
+    ids[i] = strtoll(s, &end, 10);
+    if (end == s || (*end != ',' && *end != '}'))
+      return -1;
+    s = end + 1;
+    if ((*end == '}') != (i == n - 1))
+      return -1;
+  }
+  return 0;
+}
+
+/* Tells each waiter of b how its events went: ids and ts from the row
+ * append_events returned, or the error. */
 static void appended(const struct mq_pg_reply *r, void *data) {
   struct batch *b = data;
-  bool ok = r->status == MQ_PG_OK && PQntuples(r->result) == b->nevents;
-  const char *error = r->status != MQ_PG_OK ? r->error
-                      : ok ? NULL : "append returned a wrong row count";
-  long long ids[64];
-  const char *ts[64];
+  long long *ids = NULL;
+  const char **ts = NULL;
+  const char *error = r->status != MQ_PG_OK ? r->error : NULL;
+  int status = r->status == MQ_PG_ESQL && strncmp(r->sqlstate, "22", 2) == 0
+                   ? MQ_EVENTS_EINVAL : MQ_EVENTS_EDB;
+  if (!error && PQntuples(r->result) != 1)
+    error = "append returned a wrong row count";
+  if (!error && (!(ids = malloc(sizeof *ids * (size_t)b->nevents)) ||
+                 !(ts = malloc(sizeof *ts * (size_t)b->nevents))))
+    error = "out of memory (the events were stored)";
+  if (!error &&
+      parse_ids(PQgetvalue(r->result, 0, 0), ids, b->nevents) != 0)
+    error = "append returned a wrong id count";
+  if (!error)
+    for (int i = 0; i < b->nevents; i++)
+      ts[i] = PQgetvalue(r->result, 0, 1);
   int row = 0;
   for (int i = 0; i < b->nwaiters; i++) {
     struct waiter *w = &b->waiters[i];
-    if (!ok) {
-      if (w->cb)
-        w->cb(r->status == MQ_PG_ESQL && strncmp(r->sqlstate, "22", 2) == 0
-                  ? MQ_EVENTS_EINVAL : MQ_EVENTS_EDB,
-              error, NULL, NULL, 0, w->data);
-      continue;
-    }
-    long long *pids = w->n <= 64 ? ids : malloc(sizeof *pids * (size_t)w->n);
-    const char **pts = w->n <= 64 ? ts : malloc(sizeof *pts * (size_t)w->n);
-    for (int k = 0; pids && pts && k < w->n; k++, row++) {
-      pids[k] = mq_pg_getll(r->result, row, 0);
-      pts[k] = PQgetvalue(r->result, row, 1);
-    }
-    if (w->cb) {
-      if (pids && pts)
-        w->cb(MQ_EVENTS_OK, NULL, pids, pts, w->n, w->data);
-      else
-        w->cb(MQ_EVENTS_EDB, "out of memory (the events were stored)", NULL,
-              NULL, 0, w->data);
-    }
-    if (pids != ids)
-      free(pids);
-    if (pts != ts)
-      free((void *)pts);
+    if (!w->cb)
+      ;
+    else if (error)
+      w->cb(status, error, NULL, NULL, 0, w->data);
+    else
+      w->cb(MQ_EVENTS_OK, NULL, ids + row, ts + row, w->n, w->data);
+    row += w->n;
   }
+  free(ids);
+  free((void *)ts);
   batch_free(b);
 }
 
@@ -348,12 +435,17 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
     return;
   struct mq_pg_reply fail = {.status = MQ_PG_ENOMEM, .error = "out of memory",
                              .sqlstate = ""};
-  if (mq_buf_add(&b->json, &b->len, &b->cap, "]", 1) != 0) {
+  struct part *p = b->parts;
+  if (mq_buf_add(&p[P_STREAM].s, &p[P_STREAM].len, &p[P_STREAM].cap, "}", 1) ||
+      mq_buf_add(&p[P_TYPE].s, &p[P_TYPE].len, &p[P_TYPE].cap, "}", 1) ||
+      mq_buf_add(&p[P_DATA].s, &p[P_DATA].len, &p[P_DATA].cap, "]", 1) ||
+      mq_buf_add(&p[P_RUN_ID].s, &p[P_RUN_ID].len, &p[P_RUN_ID].cap, "}", 1)) {
     appended(&fail, b);
     return;
   }
-  const char *params[] = {b->json};
-  if (mq_pg_exec(ev->pg, ev->stmts[ST_APPEND], 1, params, 0, appended, b) != 0) {
+  const char *params[] = {p[P_STREAM].s, p[P_TYPE].s, p[P_DATA].s,
+                          b->any_run_id ? p[P_RUN_ID].s : NULL};
+  if (mq_pg_exec(ev->pg, ev->stmts[ST_APPEND], 4, params, 0, appended, b) != 0) {
     fail.status = MQ_PG_ECLOSED;
     fail.error = "the connection pool is closed";
     appended(&fail, b);

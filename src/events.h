@@ -3,9 +3,9 @@
  * Events live in <schema>.queue_events (sql/005_events.sql): id (stream
  * order), stream, type, ts, data (JSON), run_id and the flow columns.
  * Appends made during one loop turn go to PostgreSQL as one statement
- * (append_events) with one wake-up NOTIFY on "<schema>_events"; SQL
- * appends (`SELECT moonq.append(...)`) notify the same channel once per
- * transaction.
+ * (append_events, parallel arrays) with one wake-up NOTIFY on
+ * "<schema>_events"; SQL appends (`SELECT moonq.append(...)`) notify the
+ * same channel once per transaction.
  *
  * A subscription delivers the events of a stream or pattern (`*` is the
  * only wildcard) from a position, history first and then live, with no gap
@@ -82,10 +82,12 @@ int mq_events_check(const mq_events *ev, const struct mq_event_input *e,
 
 /* Checks and appends n events (batched with the other appends of this
  * loop turn: one statement). An event with an empty stream or type, a
- * stream containing '*', or data larger than events.max_size is
- * MQ_EVENTS_EINVAL with a message in err naming it, nothing of this call
- * is appended and cb is not called. One bad event found by the database
- * fails the whole batch it went in (nothing of it is stored). */
+ * stream containing '*', a stream, type or run_id that is not UTF-8, data
+ * holding \u0000 or larger than events.max_size is MQ_EVENTS_EINVAL with
+ * a message in err naming it, nothing of this call is appended and cb is
+ * not called. data must be JSON text (the caller's promise: it is not
+ * parsed here). One bad event found by the database fails the whole
+ * batch it went in (nothing of it is stored). */
 int mq_events_append(mq_events *ev, const struct mq_event_input *events,
                      int n, mq_events_append_cb cb, void *data, char *err,
                      size_t errlen);
