@@ -54,6 +54,9 @@ parts=" ${PARTS:-1 2 3 4 5} "
 part() { [[ $parts == *" $1 "* ]]; }
 q() { psql "$url" -qAtX -v ON_ERROR_STOP=1 -c "$1"; }
 say() { echo "$*" | tee -a "$out/summary.txt"; }
+# The builds in round $1's order: reversed every other round, so that
+# neither always runs first.
+in_order() { if (( $1 % 2 )); then printf '%s\n' "${builds[@]}"; else printf '%s\n' "${builds[@]}" | tac; fi; }
 
 # PostgreSQL's CPU seconds so far: the postmaster, its live children, and
 # the children it has reaped (pgbench's backends exit before we look).
@@ -122,7 +125,7 @@ tps() { PGOPTIONS=${2:-} pgbench "$url" -n -c 8 -j 2 -T 10 -f "$1" 2>&1 | tee -a
 declare -A tp
 for round in $(seq 1 "$rounds"); do
   line="round $round: 8-client single appends/s"
-  for b in "${builds[@]}"; do
+  for b in $(in_order "$round"); do
     v=$(tps "$out/append-$b.sql"); tp[append-$b]+="$v "; line+=" append($b) $v"
   done
   v=$(tps "$out/trigger.sql"); tp[trigger]+="$v "; line+=", per-row NOTIFY trigger $v"
@@ -168,7 +171,7 @@ lua_part() { # build part... -> the "name value" lines
 }
 declare -A lv
 for round in $(seq 1 "$rounds"); do
-  for b in "${builds[@]}"; do
+  for b in $(in_order "$round"); do
     c0=$(pgcpu)
     r=$(lua_part "$b" batch)
     c1=$(pgcpu)
