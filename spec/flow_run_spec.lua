@@ -255,6 +255,15 @@ describe("flow graphs", function()
                   'flow "g": g/d.lua is in a cycle with no way out' }, w)
   end)
 
+  it("a whole flow loaded file by file has no warnings once all of it is in", function()
+    -- the successor first: checked alone, it would warn
+    local _, w = step("g.b", "g/b.lua", { name = "g", subscribes = { "x" } })
+    assert.is_true(#w > 0)
+    step("g.a", "g/a.lua", { name = "g", entry = true, emits = { "x" } })
+    local all = flows.warnings()
+    for _, m in ipairs(all) do assert.is_nil(m:find('flow "g"', 1, true), m) end
+  end)
+
   it("refuses a malformed flow table naming the file and the key", function()
     assert.has_error(function() flows.normalise("g.a", { name = "" }, "g/a.lua") end,
       "g/a.lua: flow.name must be 1 to 200 bytes without ':' or '*'")

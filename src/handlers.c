@@ -82,13 +82,8 @@ static void flows_accept(lua_State *L, struct load *ld) {
   lua_pushstring(L, ld->name);
   lua_pushstring(L, ld->path);
   lua_getfield(L, spec, "flow");
-  lua_call(L, 3, 2); /* [.. spec flows errors warnings] */
-  lua_Integer nw = luaL_len(L, -1);
-  for (lua_Integer i = 1; i <= nw; i++) {
-    lua_geti(L, -1, i);
-    mq_log_warn("handlers", "%s", lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
+  lua_call(L, 3, 2); /* [.. spec flows errors warnings] (the warnings
+                        are logged once the whole scan is in) */
   if (luaL_len(L, -2) > 0) {
     lua_getglobal(L, "table");
     lua_getfield(L, -1, "concat");
@@ -297,6 +292,22 @@ static int scan_dir(mq_handlers *h, const char *dir, const char *rel,
   return n;
 }
 
+/* [] -> []: logs the warnings of every flow's graph. */
+static int flow_warnings_cb(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moonq.flows");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "warnings");
+  lua_call(L, 0, 1);
+  lua_Integer n = luaL_len(L, -1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, -1, i);
+    mq_log_warn("handlers", "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
 /* [name] -> []: the file of job `name` is gone; so is its flow step. */
 static int forget_step_cb(lua_State *L) {
   lua_getglobal(L, "require");
@@ -340,6 +351,8 @@ int mq_handlers_scan(mq_handlers *h, bool force) {
     free(e->error);
     *e = h->entries[--h->n];
   }
+  if (n > 0 && mq_lua_protect(h->L, flow_warnings_cb, NULL, 0) != LUA_OK)
+    lua_pop(h->L, 1);
   return n;
 }
 

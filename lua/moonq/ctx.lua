@@ -129,7 +129,10 @@ function M.new(job, opts)
   -- stored with the job's completion, in its transaction: a failed attempt
   -- leaves none, a retried job emits once. opts.now = true appends at once
   -- instead (progress a dashboard should see while the job runs).
-  local own_stream = "job:" .. job.name .. ":" .. tostring(job.id)
+  -- (a flow step's own stream is its run's: progress appended at once
+  -- belongs to the run's history too; it triggers no step)
+  local own_stream = ctx.flow and ("flow:" .. ctx.flow.name .. ":" .. ctx.flow.run_id)
+    or ("job:" .. job.name .. ":" .. tostring(job.id))
   ctx.emit = function(type_, data, opts)
     if opts ~= nil and type(opts) ~= "table" then
       error("ctx.emit: options must be a table", 2)

@@ -126,6 +126,22 @@ local function judge(list, name)
   return errors, warnings
 end
 
+-- The warnings of every flow, for after a whole directory was loaded (a
+-- flow's files load one at a time: checked file by file, a correct flow
+-- would warn until its last file is in).
+function M.warnings()
+  local names, out = {}, {}
+  for _, s in pairs(steps) do names[s.flow.name] = true end
+  local sorted = {}
+  for name in pairs(names) do sorted[#sorted + 1] = name end
+  table.sort(sorted)
+  for _, name in ipairs(sorted) do
+    local _, w = judge(graph(name, nil, nil, nil), name)
+    for _, m in ipairs(w) do out[#out + 1] = m end
+  end
+  return out
+end
+
 -- Errors and warnings of the flows touched if `job` (from `file`) had
 -- `flow` (nil: the file is gone or has no flow).
 function M.check(job, file, flow)
