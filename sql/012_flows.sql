@@ -54,6 +54,12 @@ ALTER TABLE @schema@.queue_flow_index
 CREATE INDEX queue_flow_index_status_idx ON @schema@.queue_flow_index
   (flow_name, status, started_at);
 CREATE UNIQUE INDEX queue_flow_index_run_idx ON @schema@.queue_flow_index (run_id);
+-- Analytics (examples/analytics.sql): failed runs, latest first; events of
+-- a time range over every stream (ids and times grow together, so a BRIN
+-- index is a few pages for millions of events).
+CREATE INDEX queue_flow_index_failed_idx ON @schema@.queue_flow_index (completed_at)
+  WHERE status = 'failed';
+CREATE INDEX queue_events_ts_brin ON @schema@.queue_events USING brin (ts);
 
 CREATE TABLE @schema@.queue_flow_state (
   run_id     text NOT NULL,
