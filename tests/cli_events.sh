@@ -66,6 +66,29 @@ out=$("$bin" --config "$dir/config.lua" events replay g1 2)
 "$bin" --config "$dir/config.lua" events tail 'orders:*' --group g1 --consumer m1 --from start >/dev/null 2>&1
 [ $? -eq 2 ] || fail "tail --group --from: expected exit code 2"
 
+"$bin" --config "$dir/config.lua" events replay g1 abc >/dev/null 2>"$dir/err"
+[ $? -eq 2 ] && grep -q 'event ids are integers, got "abc"' "$dir/err" || fail "replay abc: $(cat "$dir/err")"
+# a member taken over by another process under its name ends (exit 1)
+"$bin" --config "$dir/config.lua" events tail 'orders:*' --group g2 --consumer m >/dev/null 2>"$dir/first.err" &
+first=$!
+for _ in $(seq 1 100); do
+  [ "$(sql "SELECT count(*) FROM $schema.queue_event_group_members WHERE group_name = 'g2'")" = 1 ] && break
+  sleep 0.1
+done
+"$bin" --config "$dir/config.lua" events tail 'orders:*' --group g2 --consumer m >/dev/null 2>&1 &
+second=$!
+for _ in $(seq 1 150); do kill -0 "$first" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$first" 2>/dev/null; then
+  fail "tail --group: the member taken over still runs"
+  kill -INT "$first"
+fi
+wait "$first"
+code=$?
+[ "$code" -eq 1 ] || fail "tail --group taken over: exit code $code"
+grep -q "member m of group g2 ended" "$dir/first.err" || fail "taken over: $(cat "$dir/first.err")"
+kill -INT "$second"
+wait "$second"
+
 "$bin" --config "$dir/config.lua" events nope >/dev/null 2>&1
 [ $? -eq 2 ] || fail "events nope: expected exit code 2"
 

@@ -208,6 +208,12 @@ function events.tail(args)
       error({ usage = "--group needs --consumer NAME (this member's name in the group)" })
     end
     sub = check(moonq.events.subscribe_group(pos[1], flags.group, flags.consumer, print_event))
+    if not moonq.run_until_signal(function() return not sub:is_open() end) then
+      error({ runtime = ("member %s of group %s ended (another process joined under its name?)")
+        :format(flags.consumer, flags.group) })
+    end
+    sub:close()
+    return
   elseif flags.consumer then
     error({ usage = "--consumer needs --group" })
   else
@@ -254,7 +260,9 @@ function events.replay(args)
   local ids
   for i = 2, #pos do
     ids = ids or {}
-    ids[#ids + 1] = integer("id", pos[i])
+    local id = math.tointeger(tonumber(pos[i]))
+    if not id then error({ usage = ("event ids are integers, got %q"):format(pos[i]) }) end
+    ids[#ids + 1] = id
   end
   local n = check(moonq.events.replay(pos[1], ids))
   print(("%d parked events of group %s marked for a replay"):format(n, pos[1]))

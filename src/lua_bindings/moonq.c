@@ -177,10 +177,14 @@ static void signalled(struct ev_loop *loop, ev_signal *w, int revents) {
   *(int *)w->data = w->signum;
 }
 
-/* moonq.run_until_signal() -> "SIGINT" | "SIGTERM": runs the loop
- * (subscriptions, handlers, timers) until one of them arrives. */
+/* moonq.run_until_signal([done]) -> "SIGINT" | "SIGTERM" | nil: runs the
+ * loop (subscriptions, handlers, timers) until one of them arrives, or
+ * (nil) until done(), called after each loop iteration, is true. */
 static int l_run_until_signal(lua_State *L) {
   mq_lua_check_blocking(L, "moonq.run_until_signal");
+  bool has_done = !lua_isnoneornil(L, 1);
+  if (has_done)
+    luaL_checktype(L, 1, LUA_TFUNCTION);
   struct ev_loop *loop = mq_runtime_loop(open_runtime(L));
   int got = 0;
   ev_signal sigint, sigterm;
@@ -189,11 +193,26 @@ static int l_run_until_signal(lua_State *L) {
   sigint.data = sigterm.data = &got;
   ev_signal_start(loop, &sigint);
   ev_signal_start(loop, &sigterm);
-  while (!got)
+  int status = LUA_OK;
+  bool done = false;
+  while (!got && !done) {
     ev_run(loop, EVRUN_ONCE);
+    if (has_done && !got) {
+      lua_pushvalue(L, 1);
+      if ((status = lua_pcall(L, 0, 1, 0)) != LUA_OK)
+        break;
+      done = lua_toboolean(L, -1);
+      lua_pop(L, 1);
+    }
+  }
   ev_signal_stop(loop, &sigint);
   ev_signal_stop(loop, &sigterm);
-  lua_pushstring(L, got == SIGINT ? "SIGINT" : "SIGTERM");
+  if (status != LUA_OK)
+    return lua_error(L);
+  if (!got)
+    lua_pushnil(L);
+  else
+    lua_pushstring(L, got == SIGINT ? "SIGINT" : "SIGTERM");
   return 1;
 }
 
