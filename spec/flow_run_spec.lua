@@ -65,6 +65,16 @@ return {
   handler = function(job, ctx) ctx.emit("slow.next", {}) end,
 }
 ]],
+  ["poll/p.lua"] = [[
+return {
+  flow = { name = "poll", step = "p", entry = true },
+  handler = function(job, ctx)
+    ctx.sleep(0.3)
+    ctx.state.set("n", (job.data.n or 0) + 1)
+    if (job.data.n or 0) < 15 then assert(ctx.enqueue("poll.p", { n = (job.data.n or 0) + 1 })) end
+  end,
+}
+]],
   ["slow/later.lua"] = [[
 return {
   flow = { name = "slow", step = "later", subscribes = { "slow.next" } },
@@ -212,6 +222,21 @@ describe("flows", function()
     local other = assert(moonq.queue.send("order.validate", { amount = 1 }, { run_id = "not-a-run" }))
     assert.equal("completed", W.wait_job(other).state)
     assert.is_nil(F.get("not-a-run"))
+  end)
+
+  it("a step running when its run is cancelled sends and writes nothing", function()
+    local id = assert(F.start("poll", {}, { run_id = "poll-1" }))
+    assert.is_truthy(moonq.run_until(function() return #assert(F.get(id)).steps >= 2 end, 10))
+    assert.is_true(F.cancel(id))
+    moonq.run_until(function() return false end, 1.5)
+    local n = #assert(F.get(id)).steps
+    moonq.run_until(function() return false end, 1)
+    local run = assert(F.get(id))
+    assert.equal("cancelled", run.status)
+    assert.equal(n, #run.steps, "steps went on after the cancel")
+    assert.is_true(n <= 3)
+    local rows = W.sql("SELECT value FROM @.queue_flow_state WHERE run_id = $1 AND key = 'n'", id)
+    assert.is_true(#rows == 0 or rows[1].value < n, "state written after the cancel")
   end)
 
   it("cancel stops the pending steps", function()

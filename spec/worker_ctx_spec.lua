@@ -43,6 +43,14 @@ return {
   end,
 }
 ]],
+  ["nul_result.lua"] = [[
+return function(job, ctx)
+  ctx.sleep(0.2) -- the jobs of one send end together: one batch of completions
+  if job.data.where == "output" then return { s = "a\0b" } end
+  if job.data.where == "enqueue" then assert(ctx.enqueue("child", { s = "a\0b" })) end
+  return job.data
+end
+]],
   ["bad_enqueue.lua"] = [[
 return function(job, ctx)
   assert(ctx.enqueue("child", { from = job.id }))
@@ -178,6 +186,20 @@ describe("worker ctx", function()
     local rows = W.sql([[SELECT (data->>'attempt')::int AS attempt FROM @.all_jobs
                           WHERE name = 'child' AND (data->>'from')::bigint = $1]], id)
     assert.same({ { attempt = 2 } }, rows)
+  end)
+
+  it("a result with a NUL character fails its job alone; the rest of its batch completes", function()
+    local ids = assert(Q.send_many("nul_result", { { i = 1 }, { where = "output" }, { i = 2 },
+                                                   { where = "enqueue" }, { i = 3 } }))
+    local states = {}
+    for i, id in ipairs(ids) do
+      local j = W.wait_job(id)
+      states[i] = j.state
+      if j.state == "failed" then
+        assert.matches("holds a NUL character", j.error.message, 1, true)
+      end
+    end
+    assert.same({ "completed", "failed", "completed", "failed", "completed" }, states)
   end)
 
   it("jobs PostgreSQL refuses fail the job that enqueued them; the rest of the batch completes", function()

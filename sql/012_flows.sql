@@ -377,8 +377,11 @@ BEGIN
        FOR UPDATE OF j
   LOOP
     -- the handler's own enqueues, in a subtransaction (only when there are
-    -- some: it costs one): a refused one fails this job alone
-    IF jsonb_typeof(r.eff->'jobs') = 'array' THEN
+    -- some: it costs one): a refused one fails this job alone. A step of a
+    -- run that ended (cancelled, failed) while it ran sends nothing.
+    IF jsonb_typeof(r.eff->'jobs') = 'array'
+       AND NOT (r.flow_name IS NOT NULL AND r.run_status IS DISTINCT FROM 'running'
+                AND r.run_status IS NOT NULL) THEN
       BEGIN
         FOR x IN SELECT q.value FROM jsonb_array_elements(r.eff->'jobs') AS q LOOP
           PERFORM @schema@.send(x->>'name', coalesce(x->'data', '{}'::jsonb),
@@ -421,8 +424,9 @@ BEGIN
            ORDER BY ev.n, s.step_name)
         SELECT woken || coalesce(array_agg(sent.queue), '{}') INTO woken FROM sent;
       END IF;
-      -- state writes: {key: value}, JSON null deletes
-      IF jsonb_typeof(r.eff->'state') = 'object' THEN
+      -- state writes: {key: value}, JSON null deletes (not for a run that
+      -- ended meanwhile)
+      IF jsonb_typeof(r.eff->'state') = 'object' AND r.run_status = 'running' THEN
         DELETE FROM @schema@.queue_flow_state fs
          WHERE fs.run_id = r.run_id
            AND fs.key IN (SELECT k.key FROM jsonb_each(r.eff->'state') AS k

@@ -3,7 +3,7 @@
 # `moonq run` declared (its id printed; --run-id chooses it), `flow show`
 # prints the run with its steps and then its history, `flow runs` lists
 # runs, `flow cancel` of a finished run is a runtime error (exit 1), an
-# unknown flow or bad JSON are errors naming them. Run by ctest as
+# unknown flow or run, bad JSON and a bad --status are errors naming them. Run by ctest as
 # sh_cli_flow with MOONQ_BIN and DATABASE_URL set.
 set -u
 
@@ -68,8 +68,15 @@ grep -q "run r1 is not running" "$dir/err" || fail "flow cancel: message: $(cat 
 moonq flow start nope >/dev/null 2>"$dir/err"
 [ $? -eq 1 ] || fail "flow start nope: expected exit code 1"
 grep -q 'unknown flow "nope"' "$dir/err" || fail "flow start nope: message: $(cat "$dir/err")"
-moonq flow start greet '{bad' >/dev/null 2>&1
-[ $? -eq 2 ] || fail "flow start with bad JSON: expected exit code 2"
+moonq flow start greet '{bad' >/dev/null 2>"$dir/err"
+[ $? -eq 1 ] || fail "flow start with bad JSON: expected exit code 1"
+grep -q "run data is not valid JSON" "$dir/err" || fail "bad JSON: $(cat "$dir/err")"
+moonq flow show nosuch >/dev/null 2>"$dir/err"
+[ $? -eq 1 ] && grep -q 'no run "nosuch"' "$dir/err" || fail "flow show nosuch: $(cat "$dir/err")"
+moonq flow cancel nosuch >/dev/null 2>"$dir/err"
+[ $? -eq 1 ] && grep -q 'no run "nosuch"' "$dir/err" || fail "flow cancel nosuch: $(cat "$dir/err")"
+moonq flow runs greet --status bogus >/dev/null 2>"$dir/err"
+[ $? -eq 2 ] && grep -q -- "--status must be" "$dir/err" || fail "flow runs --status bogus: $(cat "$dir/err")"
 moonq flow nope >/dev/null 2>&1
 [ $? -eq 2 ] || fail "flow nope: expected exit code 2"
 

@@ -7,7 +7,12 @@
 # queue_flow_index and one run's history, and stops the worker.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
+# the moonq checkout: MOONQ_BIN's (its build/moonq), else this example's
+if [ -n "${MOONQ_BIN:-}" ]; then
+  repo=$(cd "$(dirname "$MOONQ_BIN")/.." && pwd)
+else
+  repo=$(cd "$here/../.." && pwd)
+fi
 moonq=${MOONQ_BIN:-$repo/build/moonq}
 [ -x "$moonq" ] || bash "$repo/scripts/build.sh"
 cd "$here"

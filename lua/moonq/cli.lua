@@ -285,8 +285,8 @@ function flow.start(args)
   if #pos < 1 or #pos > 2 then error({ usage = "expected NAME [JSON]" }) end
   local data = {}
   if pos[2] then
-    local ok, v, why = pcall(moonq.json.decode, pos[2])
-    if not ok or v == nil then error({ usage = "JSON: " .. tostring(ok and why or v) }) end
+    local v, err = moonq.json.decode(pos[2])
+    if err then error({ runtime = "run data is not valid JSON: " .. err }) end
     data = v
   end
   print(check(moonq.flow.start(pos[1], data, { run_id = flags["run-id"] })))
@@ -295,6 +295,11 @@ end
 function flow.runs(args)
   local pos, flags = parse(args, { status = true, limit = true })
   need(pos, 1, "NAME")
+  local statuses = { running = true, completed = true, failed = true, cancelled = true }
+  if flags.status and not statuses[flags.status] then
+    error({ usage = ("--status must be running, completed, failed or cancelled, got %q")
+      :format(flags.status) })
+  end
   local runs = check(moonq.flow.list(pos[1], { status = flags.status,
     limit = flags.limit and limit(flags.limit) or 20 }))
   print(("%-36s %-10s %-32s %-32s %s"):format("RUN", "STATUS", "STARTED", "COMPLETED", "FAILED STEP"))
@@ -308,7 +313,8 @@ end
 function flow.show(args)
   local pos = parse(args, {})
   need(pos, 1, "RUN_ID")
-  local run = check(moonq.flow.get(pos[1]))
+  local run, err = moonq.flow.get(pos[1])
+  if err then error({ runtime = err }) end
   if run == nil then error({ runtime = ("no run %q"):format(pos[1]) }) end
   print(moonq.json.encode(run))
   for _, e in ipairs(check(moonq.events.query("flow:" .. run.flow .. ":" .. run.run_id,
@@ -323,7 +329,10 @@ function flow.cancel(args)
   if check(moonq.flow.cancel(pos[1])) then
     print(("run %s cancelled"):format(pos[1]))
   else
-    error({ runtime = ("run %s is not running"):format(pos[1]) })
+    local run, err = moonq.flow.get(pos[1])
+    if err then error({ runtime = err }) end
+    error({ runtime = run and ("run %s is not running"):format(pos[1])
+                          or ("no run %q"):format(pos[1]) })
   end
 end
 
