@@ -56,6 +56,11 @@ static const char usage_text[] =
     "             the same as member C of consumer group G\n"
     "  events groups [GROUP] | events parked GROUP | events replay GROUP [ID]...\n"
     "             consumer groups: members and lag; parked events; replay\n"
+    "  schedules  list the cron schedules: name, cron, tz, next and last fire\n"
+    "  schedule NAME CRON [JSON] [--tz Z] [--job J] [--backfill B]\n"
+    "             [--priority N] [--queue Q] ... (enqueue's options)\n"
+    "             create or replace a schedule; each fire enqueues job J\n"
+    "  unschedule NAME    delete a schedule and its history\n"
     "  version    print the version\n"
     "  help       print this help\n"
     "\n"
@@ -171,8 +176,10 @@ static int cmd_lua(mq_runtime *rt, const struct cli *cli) {
 }
 
 static bool is_lua_command(const char *c) {
-  static const char *const names[] = {"enqueue", "jobs",   "job",   "counts",
-                                      "pause",   "resume", "events"};
+  static const char *const names[] = {"enqueue",   "jobs",     "job",
+                                      "counts",    "pause",    "resume",
+                                      "events",    "schedules", "schedule",
+                                      "unschedule"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (strcmp(c, names[i]) == 0)
       return true;
