@@ -200,21 +200,21 @@ void mq_schedules_close(mq_schedules *s) {
 
 /* ---- slots ---------------------------------------------------------------- */
 
-/* Fills out[0..*n) with the latest `max` slots of e in (from, to], oldest
- * first. Searches back from `to` in growing spans, so that a schedule
- * that fires every second and was last fired a year ago costs what its
- * last `max` slots cost. */
-static void latest_slots(const struct entry *e, double from, double to,
-                         int max, double *out, int *n) {
+/* Fills out[0..*n) with the latest `max` slots of cron (in tz) in
+ * (from, to], oldest first. Searches back from `to` in growing spans, so
+ * that a schedule that fires every second and was last fired a year ago
+ * costs what its last `max` slots cost. */
+static void latest_slots(const struct mq_cron *cron, const char *tz,
+                         double from, double to, int max, double *out,
+                         int *n) {
   *n = 0;
-  if (max < 1 || !(to > from) || e->error)
+  if (max < 1 || !(to > from))
     return;
   for (double span = FIRST_SPAN;; span *= 8) {
     double lo = to - span > from ? to - span : from, t = lo;
     long found = 0;
     double next;
-    while (mq_cron_next(&e->cron, e->tz, t < 0 ? 0 : t, &next, NULL, 0) ==
-               0 &&
+    while (mq_cron_next(cron, tz, t < 0 ? 0 : t, &next, NULL, 0) == 0 &&
            next <= to) {
       out[found++ % max] = next;
       t = next;
@@ -233,29 +233,29 @@ static void latest_slots(const struct entry *e, double from, double to,
   }
 }
 
-/* The slots of e to fire in (e->cursor, now], oldest first, into out (room
- * for MQ_SCHEDULES_MAX_SLOTS): those after now - on_time all (a running
- * process that is late), of the older ones what the backfill picks (see
- * schedules.h). Returns how many. */
-static int due_slots(const struct entry *e, double now, double on_time,
-                     double *out) {
+int mq_schedules_due(const struct mq_cron *cron, const char *tz,
+                     int backfill_seconds, int backfill_slots, double cursor,
+                     double now, double on_time, double *out) {
   double recent[MQ_SCHEDULES_MAX_SLOTS];
-  double missed_end = now - on_time, from = e->cursor;
+  double missed_end = now - on_time, from = cursor;
   int nrecent = 0, nmissed = 0;
-  latest_slots(e, from > missed_end ? from : missed_end, now,
+  if (!(now > cursor))
+    return 0;
+  latest_slots(cron, tz, from > missed_end ? from : missed_end, now,
                MQ_SCHEDULES_MAX_SLOTS, recent, &nrecent);
   int room = MQ_SCHEDULES_MAX_SLOTS - nrecent;
-  if (e->backfill_slots > 0) {
-    latest_slots(e, from, missed_end,
-                 e->backfill_slots < room ? e->backfill_slots : room, out,
+  if (backfill_slots > 0) {
+    latest_slots(cron, tz, from, missed_end,
+                 backfill_slots < room ? backfill_slots : room, out, &nmissed);
+  } else if (backfill_seconds > 0) {
+    double lo = now - backfill_seconds;
+    latest_slots(cron, tz, from > lo ? from : lo, missed_end, room, out,
                  &nmissed);
-  } else if (e->backfill_seconds > 0) {
-    double lo = now - e->backfill_seconds;
-    latest_slots(e, from > lo ? from : lo, missed_end, room, out, &nmissed);
   }
   if (nmissed == 0 && nrecent == 0) { /* no backfill: the latest if recent */
     double lo = now - MQ_SCHEDULES_GRACE;
-    latest_slots(e, from > lo ? from : lo, missed_end, 1, out, &nmissed);
+    latest_slots(cron, tz, from > lo ? from : lo, missed_end, 1, out,
+                 &nmissed);
   }
   memcpy(out + nmissed, recent, sizeof *out * (size_t)nrecent);
   return nmissed + nrecent;
@@ -376,7 +376,10 @@ static void add_fire(mq_schedules *s, const struct entry *e, double t,
 static int catch_up(mq_schedules *s, struct entry *e, double now,
                     double on_time) {
   double slots[MQ_SCHEDULES_MAX_SLOTS];
-  int n = e->cursor < now ? due_slots(e, now, on_time, slots) : 0;
+  int n = e->error ? 0
+                   : mq_schedules_due(&e->cron, e->tz, e->backfill_seconds,
+                                      e->backfill_slots, e->cursor, now,
+                                      on_time, slots);
   if (e->cursor < now)
     e->cursor = now;
   e->next = next_after(e, e->cursor);

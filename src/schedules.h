@@ -41,6 +41,7 @@
 #include <ev.h>
 
 #include "config.h"
+#include "cron.h"
 #include "pg.h"
 
 typedef struct mq_schedules mq_schedules;
@@ -61,6 +62,18 @@ enum mq_schedules_status {
  * `error` says why. Both are valid until the callback returns. */
 typedef void (*mq_schedules_cb)(int status, const char *error,
                                 const char *json, void *data);
+
+/* The rules above as a pure function: fills out (room for
+ * MQ_SCHEDULES_MAX_SLOTS) with the slots of `cron` read in `tz` (NULL:
+ * UTC) that fire when a process looks at the schedule at `now`, every
+ * slot up to `cursor` being done already, oldest first, and returns how
+ * many. Slots after now - on_time are on time and all fire (a running
+ * process: on_time is MQ_SCHEDULES_GRACE); older ones are missed, and the
+ * backfill (seconds, or slots; 0 and 0: none) picks among them (a process
+ * that loads a schedule: on_time is 0). Times are Unix seconds. */
+int mq_schedules_due(const struct mq_cron *cron, const char *tz,
+                     int backfill_seconds, int backfill_slots, double cursor,
+                     double now, double on_time, double *out);
 
 /* Makes the handle for cfg's schema on pg; it fires nothing until
  * mq_schedules_start. loop, pg and cfg must outlive it. NULL when out of
