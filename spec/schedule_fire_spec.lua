@@ -59,6 +59,7 @@ return {
   before_each(function()
     moonq.stop()
     W.sql("DELETE FROM @.schedule")
+    W.sql("DELETE FROM @.schedule_fire")
     W.sql("DELETE FROM @.job")
     W.sql("DELETE FROM @.job_archive")
     W.sql("DELETE FROM @.seen")
@@ -69,9 +70,12 @@ return {
       { job = "tick", priority = 4, queue = "ticks", retry_limit = 0 }))
     assert(moonq.start())
     W.run_for(3.5)
-    moonq.stop()
     local list = fires("every-second")
     assert.is_true(#list >= 2 and #list <= 5, #list .. " slots fired in 3.5 s")
+    local ids = {}
+    for i, f in ipairs(list) do ids[i] = f.job_id end
+    assert.is_true(W.wait_all(ids, 10), "the jobs did not run")
+    moonq.stop()
     local seen = {}
     for _, r in ipairs(W.sql("SELECT job_id, run_id FROM @.seen")) do seen[r.job_id] = r.run_id end
     for _, f in ipairs(list) do
