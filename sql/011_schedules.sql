@@ -431,8 +431,8 @@ END $$;
 -- fired yet and after the schedule's last fired slot, one row in
 -- schedule_fire and one job, in this transaction; slots another process
 -- fired, or that came too late, are left alone. The schedules are locked
--- in id order first, so concurrent calls for the same slots queue up
--- (the later ones then find the slots taken) instead of deadlocking.
+-- in id order, so concurrent calls for the same slots queue up (the later
+-- ones then find the slots taken) instead of deadlocking.
 -- Disabled or deleted schedules fire nothing. Returns how many slots this
 -- call fired.
 --
@@ -451,23 +451,29 @@ DECLARE
   made bigint[];
   queues text[];
 BEGIN
-  PERFORM 1 FROM @schema@.schedule s
-   WHERE s.id = ANY(ids) AND s.enabled ORDER BY s.id FOR NO KEY UPDATE;
+  -- `locked` takes the schedules' rows in id order; after waiting for a
+  -- concurrent fire it holds their latest version (last_slot moved, or
+  -- disabled), and that fire's rows in schedule_fire are conflicts.
   WITH want AS (
     SELECT u.id, to_timestamp(u.slot) AS slot, to_timestamp(u.next) AS next
       FROM unnest(ids, slots, nexts) AS u(id, slot, next)
+  ), locked AS MATERIALIZED (
+    SELECT s.id, s.name, s.job, s.data, s.options, s.last_slot
+      FROM @schema@.schedule s
+     WHERE s.id IN (SELECT w.id FROM want w) AND s.enabled
+     ORDER BY s.id FOR NO KEY UPDATE
   ), won AS (
     INSERT INTO @schema@.schedule_fire AS f (schedule_id, slot, job_id)
     SELECT w.id, w.slot, nextval('@schema@.job_id_seq')
-      FROM want w JOIN @schema@.schedule s ON s.id = w.id
-     WHERE s.enabled AND (s.last_slot IS NULL OR w.slot > s.last_slot)
+      FROM want w JOIN locked s ON s.id = w.id
+     WHERE s.last_slot IS NULL OR w.slot > s.last_slot
      ORDER BY w.id, w.slot
     ON CONFLICT DO NOTHING
     RETURNING f.schedule_id, f.slot, f.job_id
   ), fire AS (
     SELECT won.*, s.name, s.job, s.data, s.options,
            coalesce(s.options ->> 'queue', s.job) AS queue
-      FROM won JOIN @schema@.schedule s ON s.id = won.schedule_id
+      FROM won JOIN locked s ON s.id = won.schedule_id
   ), jobs AS (
     INSERT INTO @schema@.job AS j (id, queue, name, data, priority, retry_limit,
                                    retry_delay, retry_backoff, retry_delay_max,
