@@ -103,10 +103,17 @@ return {
     -- changed to a slot every 2 seconds: even seconds only from then on
     local changed = W.now()
     assert(moonq.schedule("sql-made", "*/2 * * * * *", { schema = schema }, { job = "tick" }))
-    W.run_for(3.2)
-    for _, slot in ipairs(slots("sql-made")) do
-      if slot > changed + 0.5 then assert.equal(0, slot % 2, "odd slot after the change") end
+    -- (a slot the old definition armed may fire while the change is read)
+    local function after_change()
+      local list = {}
+      for _, slot in ipairs(slots("sql-made")) do
+        if slot > changed + 1.5 then list[#list + 1] = slot end
+      end
+      return list
     end
+    assert.is_true(moonq.run_until(function() return #after_change() >= 2 end, 10),
+      "the changed schedule did not fire")
+    for _, slot in ipairs(after_change()) do assert.equal(0, slot % 2, "odd slot after the change") end
     assert.is_true(moonq.unschedule("sql-made"))
     W.run_for(0.2)
     local jobs = W.row("SELECT count(*) AS n FROM @.all_jobs WHERE run_id LIKE 'schedule:sql-made:%'").n
@@ -168,16 +175,19 @@ return {
       assert.is_true(count[1] >= math.floor(t0) - 4 and count[1] <= math.floor(t1) - 4,
         ("first slot %d, start %.3f"):format(count[1], t0))
       assert_consecutive(count, "count")
-      -- every 30 s: the latest missed slot only if it is at most a minute old
+      -- every 30 s: the latest missed slot (at most 30 s old), none older
+      -- (and one on time if one came while it ran)
       local long = slots("long-off")
-      assert.is_true(#long <= 1)
-      if #long == 1 then assert.is_true(long[1] > t0 - 60 and long[1] % 30 == 0) end
-      -- every minute, 300 s down, 3 minutes of backfill: 3 slots
+      assert.is_true(#long >= 1 and #long <= 2, table.concat(long, ","))
+      for _, slot in ipairs(long) do assert.is_true(slot > t0 - 31 and slot % 30 == 0) end
+      -- every minute, 300 s down, 3 minutes of backfill: 3 slots (and one
+      -- on time if a minute began while it ran)
       local minutely = slots("minutely")
-      assert.equal(3, #minutely, table.concat(minutely, ","))
+      assert.is_true(#minutely == 3 or (#minutely == 4 and minutely[4] > t0),
+        table.concat(minutely, ","))
       for i, slot in ipairs(minutely) do
         assert.equal(0, slot % 60)
-        assert.is_true(slot > t0 - 180 and slot <= t1)
+        assert.is_true(slot > t0 - 181 and slot <= t1)
         if i > 1 then assert.equal(minutely[i - 1] + 60, slot) end
       end
 
@@ -205,7 +215,7 @@ return {
       assert(moonq.start())
       W.run_for(0.5)
       moonq.stop()
-      assert.is_true(#fires("window") <= first + 1)
+      assert.is_true(#fires("window") <= first + 2)
     end)
   end)
 

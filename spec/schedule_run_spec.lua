@@ -104,11 +104,12 @@ describe("schedules in moonq run", function()
       assert.equal("schedule:every:" .. iso, j.run_id)
     end
     assert.equal(#list, W.row("SELECT count(*) AS n FROM @.job_archive WHERE name = 'tick' AND state = 'completed'").n)
-    -- every process tried (nearly) every slot; the database let one through
+    -- every process tried the slots (all but those before it read the new
+    -- schedule); the database let one through
     local won = 0
     for i, text in ipairs(logs) do
       local tried = count_lines(text, "schedules: fire slots=1 fired=[01]")
-      assert.is_true(tried >= #list - 3, ("process %d tried %d of %d slots\n%s"):format(i, tried, #list, text))
+      assert.is_true(tried >= #list / 2, ("process %d tried %d of %d slots\n%s"):format(i, tried, #list, text))
       won = won + count_lines(text, "schedules: fire slots=1 fired=1")
     end
     assert.equal(#list, won)
