@@ -104,20 +104,18 @@ struct mq_schedules {
   bool cleaning;    /* a deletion of old fires in flight */
   unsigned generation;
   struct entry **entries; /* sorted by id */
-  size_t n, cap;
+  size_t n;
   ev_periodic timer;  /* the earliest next slot */
   ev_timer check;     /* fallback check for changes; retries a load */
   ev_timer cleanup;
   struct arrays batch;
 };
 
-/* What a request remembers of its handle. */
+/* What a request of the firing side remembers of its handle. */
 struct call {
   mq_schedules *s;
   unsigned generation;
-  int rows;
-  mq_schedules_cb cb;
-  void *data;
+  int rows; /* slots of a fire */
 };
 
 static void timer_cb(struct ev_loop *loop, ev_periodic *w, int revents);
@@ -130,7 +128,7 @@ static void flush_batch(mq_schedules *s);
 static void entry_free(struct entry *e);
 static void forget_entries(mq_schedules *s);
 static int status_of(const struct mq_pg_reply *r);
-static struct call *call_new(mq_schedules *s, mq_schedules_cb cb, void *data);
+static struct call *call_new(mq_schedules *s);
 static void after(struct ev_loop *loop, ev_timer *t, double seconds);
 static char *rows_json(const PGresult *res, bool array, char *err,
                        size_t errlen);
@@ -336,7 +334,7 @@ static void flush_batch(mq_schedules *s) {
   struct arrays *b = &s->batch;
   if (b->rows == 0)
     return;
-  struct call *c = call_new(s, NULL, NULL);
+  struct call *c = call_new(s);
   if (!c || arrays_end(b) != 0) {
     mq_log_error("schedules", "out of memory: %d slots not fired", b->rows);
     free(c);
@@ -390,10 +388,17 @@ static int catch_up(mq_schedules *s, struct entry *e, double now,
 
 static void timer_cb(struct ev_loop *loop, ev_periodic *w, int revents) {
   mq_schedules *s = w->data;
-  double now = ev_time();
-  for (size_t i = 0; i < s->n; i++)
-    if (s->entries[i]->next <= now)
-      catch_up(s, s->entries[i], now, MQ_SCHEDULES_GRACE);
+  double now = ev_time(), earliest = now;
+  for (size_t i = 0; i < s->n; i++) {
+    struct entry *e = s->entries[i];
+    if (e->next <= now) {
+      earliest = e->next < earliest ? e->next : earliest;
+      catch_up(s, e, now, MQ_SCHEDULES_GRACE);
+    }
+  }
+  if (now - earliest > MQ_SCHEDULES_GRACE) /* suspended, or the clock jumped */
+    mq_log_info("schedules", "woke late: older slots are missed slots late_s=%.0f",
+                now - earliest);
   flush_batch(s);
   arm(s);
 }
@@ -456,12 +461,16 @@ static struct entry *entry_from(const PGresult *res, int row) {
                                    .tz = e->tz};
   char err[512];
   const char *key = mq_config_check_schedule(&def, err, sizeof err);
-  if (!key)
+  if (!key) {
     mq_cron_parse(def.cron, &e->cron, NULL, 0);
-  else if (!(e->error = malloc(strlen(key) + strlen(err) + 3)))
-    e->error = NULL;
-  else
-    sprintf(e->error, "%s: %s", key, err);
+    return e;
+  }
+  size_t n = strlen(key) + strlen(err) + 3;
+  if (!(e->error = malloc(n))) {
+    entry_free(e);
+    return NULL;
+  }
+  snprintf(e->error, n, "%s: %s", key, err);
   return e;
 }
 
@@ -589,7 +598,6 @@ static void merge(mq_schedules *s, const PGresult *res) {
   free(s->entries);
   s->entries = next;
   s->n = n;
-  s->cap = rows ? (size_t)rows : 1;
   s->stale = false;
 }
 
@@ -627,7 +635,7 @@ static void request_load(mq_schedules *s) {
     s->reload = true;
     return;
   }
-  struct call *c = call_new(s, NULL, NULL);
+  struct call *c = call_new(s);
   if (!c)
     return;
   if (mq_pg_exec(s->pg, s->stmts[ST_LOAD], 0, NULL, MQ_PG_RETRY, loaded, c) !=
@@ -669,7 +677,7 @@ static void check_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     request_load(s);
     return;
   }
-  struct call *c = call_new(s, NULL, NULL);
+  struct call *c = call_new(s);
   if (c && mq_pg_exec(s->pg, s->stmts[ST_CHECK], 0, NULL, 0, checked, c) != 0)
     free(c);
 }
@@ -704,7 +712,7 @@ static void cleanup_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   snprintf(keep, sizeof keep, "%.0f", MQ_SCHEDULES_KEEP);
   snprintf(batch, sizeof batch, "%d", CLEANUP_BATCH);
   const char *params[2] = {keep, batch};
-  struct call *c = call_new(s, NULL, NULL);
+  struct call *c = call_new(s);
   if (c && mq_pg_exec(s->pg, s->stmts[ST_CLEANUP], 2, params, 0, cleaned, c) ==
                0)
     s->cleaning = true;
@@ -721,10 +729,10 @@ static void after(struct ev_loop *loop, ev_timer *t, double seconds) {
   ev_timer_again(loop, t);
 }
 
-static struct call *call_new(mq_schedules *s, mq_schedules_cb cb, void *data) {
+static struct call *call_new(mq_schedules *s) {
   struct call *c = calloc(1, sizeof *c);
   if (c)
-    *c = (struct call){s, s->generation, 0, cb, data};
+    *c = (struct call){s, s->generation, 0};
   return c;
 }
 
