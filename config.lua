@@ -15,5 +15,10 @@ return {
     -- flaky.lua's first attempt fails; retry it after a second.
     flaky = { retry_delay = 1, retry_backoff = false },
   },
+  -- Cron schedules (docs/schedules.md), stored when `moonq run` starts.
+  schedules = {
+    { name = "nightly-report", cron = "0 3 * * *", tz = "Europe/Berlin",
+      job = "send-email", data = { to = "ops@example.com" }, backfill = "6h" },
+  },
   log = { level = "info" },
 }

@@ -3,7 +3,8 @@
 # builds, starts the private PostgreSQL and runs the example app
 # (config.lua + handlers/): jobs are sent from the CLI and from SQL, the
 # worker processes them (one fails and succeeds on retry, one emits and
-# queues a follow-up, one sleeps), then it stops cleanly.
+# queues a follow-up, one sleeps), a schedule made with `moonq schedule`
+# fires every second in the running worker, then it stops cleanly.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -42,13 +43,25 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 
+echo "== scheduling job heartbeat every second (moonq schedule)"
+since=$(psql_q "SELECT now()")
+$moonq schedule heartbeat '* * * * * *' --job heartbeat
+for _ in $(seq 1 50); do
+  fired=$(psql_q "SELECT count(*) FROM moonq.job_archive
+                   WHERE name = 'heartbeat' AND created_at > '$since'")
+  [ "$fired" -ge 2 ] && break
+  sleep 0.2
+done
+$moonq schedules
+$moonq unschedule heartbeat
+
 echo "== stopping the worker"
 kill -TERM $worker
 wait $worker
 trap - EXIT
 
 echo "== results"
-for q in send-email flaky order.placed resize-image; do
+for q in send-email flaky order.placed resize-image heartbeat; do
   $moonq jobs "$q" --limit 5
 done
 psql "$db" -qX -c "SELECT id, name, state, attempt, output

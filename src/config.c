@@ -27,10 +27,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "cron.h"
 #include "json.h"
 #include "log.h"
 
@@ -44,6 +46,7 @@ enum kind {
   F_IDENT,  /* SQL identifier, malloc'd char * */
   F_LEVEL,  /* log level name, stored as int */
   F_JSON,   /* table, stored as malloc'd JSON text */
+  F_BACKFILL, /* string or whole seconds, stored as malloc'd text */
   F_TABLE,  /* nested fixed-key table: `sub` at base + off */
   F_FUNC    /* anything else: handled by `fn` */
 };
@@ -77,6 +80,11 @@ struct ctx {
 };
 
 #define KEY_MAX 256 /* longest key path shown in a message */
+/* Limits of a schedule (sql/011_schedules.sql). */
+#define SCHEDULE_NAME_MAX 200
+#define JOB_NAME_MAX 255
+#define BACKFILL_SLOTS_MAX 1000
+#define BACKFILL_SECONDS_MAX (366 * 86400)
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 #define QOFF(m) offsetof(struct mq_queue_options, m)
 #define COFF(m) offsetof(struct mq_config, m)
@@ -126,6 +134,7 @@ static const struct field schedule_fields[] = {
     {.name = "job", .kind = F_STR, .off = SOFF(job)},
     {.name = "data", .kind = F_JSON, .off = SOFF(data_json)},
     {.name = "options", .kind = F_JSON, .off = SOFF(options_json)},
+    {.name = "backfill", .kind = F_BACKFILL, .off = SOFF(backfill)},
 };
 
 /* In checking order: `queue` before `queues`, which merge over it. */
@@ -285,6 +294,7 @@ void mq_config_free(struct mq_config *cfg) {
     free(s->job);
     free(s->data_json);
     free(s->options_json);
+    free(s->backfill);
   }
   free(cfg->schedules);
   free(cfg);
@@ -761,6 +771,26 @@ static void set_json(struct ctx *c, int v, const char *path, char **dst) {
   *dst = json;
 }
 
+/* A backfill as text: a string as it is, a whole number of seconds >= 0
+ * written out; what it says is checked with the rest of its schedule. */
+static void set_backfill(struct ctx *c, int v, const char *path, char **dst) {
+  long long secs;
+  if (lua_type(c->L, v) == LUA_TSTRING) {
+    set_str(c, v, path, dst);
+  } else if (get_integer(c->L, v, &secs) && secs >= 0) {
+    char text[32];
+    snprintf(text, sizeof text, "%lld", secs);
+    free(*dst);
+    *dst = NULL;
+    *dst = xstrdup(c->L, text);
+  } else {
+    bad(c, path,
+        "a duration (\"30m\", \"1h\"), whole seconds >= 0 or a count "
+        "(\"5 slots\")",
+        v);
+  }
+}
+
 /* Checks the value at v (not nil) against field f; stores it at base. */
 static void apply(struct ctx *c, const struct field *f, int v,
                   const char *path, char *base) {
@@ -779,6 +809,7 @@ static void apply(struct ctx *c, const struct field *f, int v,
   case F_IDENT: set_ident(c, v, path, dst); break;
   case F_LEVEL: set_level(c, v, path, dst); break;
   case F_JSON: set_json(c, v, path, dst); break;
+  case F_BACKFILL: set_backfill(c, v, path, dst); break;
   case F_TABLE:
     if (lua_istable(c->L, v))
       check_fields(c, v, path, f->sub, f->nsub, dst);
@@ -886,7 +917,20 @@ static void schedule_defaults(struct ctx *c, struct mq_schedule_config *s) {
     s->options_json = xstrdup(c->L, "{}");
 }
 
-/* `schedules`: an array of { name, cron, tz, job, data, options }. */
+/* Reports the first problem mq_config_check_schedule finds in s at its
+ * key: "schedules[2].cron: \"61 * * * *\": minute field: ...". */
+static void check_schedule(struct ctx *c, const struct mq_schedule_config *s,
+                           const char *ipath) {
+  char msg[512], path[KEY_MAX];
+  const char *key = mq_config_check_schedule(s, msg, sizeof msg);
+  if (key) {
+    join_key(path, sizeof path, ipath, key);
+    problem(c, path, "%s", msg);
+  }
+}
+
+/* `schedules`: an array of { name, cron, tz, job, data, options,
+ * backfill }. */
 static void read_schedules(struct ctx *c, int t, const char *path) {
   lua_State *L = c->L;
   char ipath[KEY_MAX];
@@ -903,9 +947,12 @@ static void read_schedules(struct ctx *c, int t, const char *path) {
     snprintf(ipath, sizeof ipath, "%s[%zu]", path, i + 1);
     lua_rawgeti(L, t, (lua_Integer)i + 1);
     if (lua_istable(L, -1)) {
+      int before = c->eb.count;
       check_fields(c, lua_gettop(L), ipath, schedule_fields,
                    COUNT(schedule_fields), (char *)s);
       schedule_defaults(c, s);
+      if (c->eb.count == before)
+        check_schedule(c, s, ipath);
     } else {
       bad(c, ipath, "a table", -1);
     }
@@ -925,4 +972,84 @@ static void check_duplicates(struct ctx *c) {
                 s[i].name, j + 1);
         break;
       }
+}
+
+/* Reads a backfill ("1h", "3600", "5 slots"; NULL, "" or "0": none) as
+ * sql/011_schedules.sql's parse_backfill does. Returns 0, or -1 with a
+ * message in err. */
+static int parse_backfill(const char *text, char *err, size_t errlen) {
+  if (!text || !*text || strcmp(text, "0") == 0)
+    return 0;
+  const char *s = text;
+  while (isspace((unsigned char)*s))
+    s++;
+  const char *digits = s;
+  long long n = 0;
+  while (isdigit((unsigned char)*s) && s - digits < 10)
+    n = n * 10 + (*s++ - '0');
+  size_t nd = (size_t)(s - digits);
+  const char *unit = s;
+  while (isspace((unsigned char)*unit))
+    unit++;
+  size_t rest = strlen(unit);
+  while (rest > 0 && isspace((unsigned char)unit[rest - 1]))
+    rest--;
+  if (nd >= 1 && nd <= 4 &&
+      ((rest == 4 && strncmp(unit, "slot", 4) == 0) ||
+       (rest == 5 && strncmp(unit, "slots", 5) == 0))) {
+    if (n >= 1 && n <= BACKFILL_SLOTS_MAX)
+      return 0;
+    snprintf(err, errlen, "a count of slots must be 1 to %d, got %lld",
+             BACKFILL_SLOTS_MAX, n);
+    return -1;
+  }
+  long long total = n;
+  if (digits != text || nd == 0 || nd > 9 || *s != '\0') {
+    char every[64];
+    struct mq_cron cron;
+    bool plain = strlen(text) < 40 && !strpbrk(text, " \t\n\r\v\f");
+    snprintf(every, sizeof every, "@every %s", text);
+    if (!plain || mq_cron_parse(every, &cron, NULL, 0) != 0) {
+      snprintf(err, errlen,
+               "expected a duration (\"30m\", \"1h\", \"1d12h\"), seconds or "
+               "a count (\"5 slots\"), got \"%.60s\"",
+               text);
+      return -1;
+    }
+    total = cron.every;
+  }
+  if (total < 1 || total > BACKFILL_SECONDS_MAX) {
+    snprintf(err, errlen, "a duration must be 1s to 366d, got \"%.60s\"",
+             text);
+    return -1;
+  }
+  return 0;
+}
+
+const char *mq_config_check_schedule(const struct mq_schedule_config *s,
+                                     char *err, size_t errlen) {
+  size_t n = s->name ? strlen(s->name) : 0;
+  if (n == 0 || n > SCHEDULE_NAME_MAX) {
+    snprintf(err, errlen, "a schedule name must be 1 to %d bytes, got %zu",
+             SCHEDULE_NAME_MAX, n);
+    return "name";
+  }
+  const char *job = s->job && *s->job ? s->job : s->name;
+  if (strlen(job) > JOB_NAME_MAX) {
+    snprintf(err, errlen, "job name is %zu bytes, the limit is %d",
+             strlen(job), JOB_NAME_MAX);
+    return "job";
+  }
+  struct mq_cron cron;
+  if (mq_cron_parse(s->cron, &cron, err, errlen) != 0)
+    return "cron";
+  int offset;
+  double now = (double)time(NULL), next;
+  if (mq_cron_offset(s->tz, now, &offset, err, errlen) != 0)
+    return "tz";
+  if (mq_cron_next(&cron, s->tz, now, &next, err, errlen) != 0)
+    return "cron";
+  if (parse_backfill(s->backfill, err, errlen) != 0)
+    return "backfill";
+  return NULL;
 }

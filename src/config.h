@@ -7,8 +7,9 @@
  * Lua syntax or runtime error in the file shows file:line. DATABASE_URL, when
  * set and non-empty, overrides `database`.
  *
- * Uses: json (schedule data), log (level names). Needs a lua_State only while
- * loading; the resulting mq_config is plain C data.
+ * Uses: json (schedule data), log (level names), cron (schedules' cron
+ * expressions and zones). Needs a lua_State only while loading; the
+ * resulting mq_config is plain C data.
  */
 #ifndef MQ_CONFIG_H
 #define MQ_CONFIG_H
@@ -39,13 +40,19 @@ struct mq_queue_config {
   struct mq_queue_options options; /* `queue` merged with `queues.<name>` */
 };
 
+/* A schedule (docs/schedules.md): config.lua's `schedules` entries, and
+ * the definitions moonq.schedule() passes to schedules.h. */
 struct mq_schedule_config {
-  char *name;
-  char *cron;
-  char *tz;           /* default "UTC" */
-  char *job;          /* job name to enqueue; default: name */
+  char *name;         /* 1 to 200 bytes */
+  char *cron;         /* a cron expression (cron.h) */
+  char *tz;           /* IANA zone the expression is read in; default "UTC" */
+  char *job;          /* job name to enqueue (at most 255 bytes); default:
+                         name */
   char *data_json;    /* JSON text of `data`; default "{}" */
   char *options_json; /* JSON text of `options` (send options); "{}" */
+  char *backfill;     /* missed slots made up for after downtime: a
+                         duration ("1h", "1d12h"), whole seconds ("3600")
+                         or a count ("5 slots"); NULL: none */
 };
 
 struct mq_config {
@@ -101,6 +108,17 @@ struct mq_config *mq_config_defaults(void);
  * Valid while cfg lives. */
 const struct mq_queue_options *mq_config_queue(const struct mq_config *cfg,
                                                const char *name);
+
+/* Checks what cannot be seen from types alone in a schedule: the name
+ * and job name lengths, the cron expression (mq_cron_parse's message, e.g.
+ * "\"61 * * * *\": minute field: 61 is out of range 0-59"), the zone
+ * (`unknown time zone "Mars/Olympus"`), an expression that never fires,
+ * and the backfill. NULL fields other than name and cron take their
+ * defaults. Returns NULL when the schedule is good, or the name of the
+ * first key at fault ("name", "job", "cron", "tz", "backfill") with its
+ * message in err. */
+const char *mq_config_check_schedule(const struct mq_schedule_config *s,
+                                     char *err, size_t errlen);
 
 void mq_config_free(struct mq_config *cfg);
 

@@ -125,6 +125,7 @@ static int next_real(const struct mq_cron *c, const struct zone *z, int64_t a,
                      int64_t *out);
 static const struct zone *zone_find(const char *tz, int64_t a, char *err,
                                     size_t errlen);
+static int segment(const struct zone *z, int64_t t);
 static int64_t days_from_civil(int64_t y, int m, int d);
 static void civil_from_days(int64_t z, int *y, int *m, int *d);
 static int64_t floor_div(int64_t a, int64_t b);
@@ -161,15 +162,20 @@ int mq_cron_next(const struct mq_cron *c, const char *tz, double after,
   return mq_cron_next_anchored(c, tz, 0, after, next, err, errlen);
 }
 
+/* Whether t is within the years 1970-9990; else an error in err. */
+static bool in_range(double t, char *err, size_t errlen) {
+  const double lo = 0, hi = (double)days_from_civil(9991, 1, 1) * DAY;
+  if (t >= lo && t < hi)
+    return true;
+  set_error(err, errlen, "time %.17g is out of range (years 1970-9990)", t);
+  return false;
+}
+
 int mq_cron_next_anchored(const struct mq_cron *c, const char *tz,
                           double anchor, double after, double *next, char *err,
                           size_t errlen) {
-  const double lo = 0, hi = (double)days_from_civil(9991, 1, 1) * DAY;
-  if (!(after >= lo && after < hi) || !(anchor >= lo && anchor < hi)) {
-    set_error(err, errlen, "time %.17g is out of range (years 1970-9990)",
-              after >= lo && after < hi ? anchor : after);
+  if (!in_range(after, err, errlen) || !in_range(anchor, err, errlen))
     return -1;
-  }
   int64_t a = (int64_t)floor(after), t;
   const struct zone *z = zone_find(tz, a, err, errlen);
   if (!z)
@@ -192,6 +198,18 @@ int mq_cron_next_anchored(const struct mq_cron *c, const char *tz,
     return -1;
   }
   *next = (double)t;
+  return 0;
+}
+
+int mq_cron_offset(const char *tz, double t, int *offset, char *err,
+                   size_t errlen) {
+  if (!in_range(t, err, errlen))
+    return -1;
+  int64_t a = (int64_t)floor(t);
+  const struct zone *z = zone_find(tz, a, err, errlen);
+  if (!z)
+    return -1;
+  *offset = z->off[segment(z, a)];
   return 0;
 }
 

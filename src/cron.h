@@ -137,4 +137,12 @@ int mq_cron_next_anchored(const struct mq_cron *c, const char *tz,
                           double anchor, double after, double *next, char *err,
                           size_t errlen);
 
+/* Sets *offset to the UTC offset of zone `tz` at instant t (Unix seconds),
+ * in seconds east of UTC: the zone's clock shows t + *offset. Returns 0,
+ * or -1 with a message in err for an unknown zone or a time outside the
+ * years 1970-9990 (as mq_cron_next). For showing fire times in their
+ * zone, and for checking a zone name. */
+int mq_cron_offset(const char *tz, double t, int *offset, char *err,
+                   size_t errlen);
+
 #endif

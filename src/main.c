@@ -64,6 +64,11 @@ static const char usage_text[] =
     "  test [BUSTED ARGS]\n"
     "             run the app's spec/ with busted on a private PostgreSQL\n"
     "             (under .moonq/test-pg), moonq.testing on the Lua path\n"
+    "  schedules  list the cron schedules: name, cron, tz, next and last fire\n"
+    "  schedule NAME CRON [JSON] [--tz Z] [--job J] [--backfill B]\n"
+    "             [--priority N] [--queue Q] ... (enqueue's options)\n"
+    "             create or replace a schedule; each fire enqueues job J\n"
+    "  unschedule NAME    delete a schedule and its history\n"
     "  version    print the version\n"
     "  help       print this help\n"
     "\n"
@@ -184,8 +189,10 @@ static int cmd_lua(mq_runtime *rt, const struct cli *cli) {
 }
 
 static bool is_lua_command(const char *c) {
-  static const char *const names[] = {"enqueue", "jobs",   "job",    "counts",
-                                      "pause",   "resume", "events", "flow"};
+  static const char *const names[] = {"enqueue",   "jobs",     "job",
+                                      "counts",    "pause",    "resume",
+                                      "events",    "flow",     "schedules",
+                                      "schedule",  "unschedule"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (strcmp(c, names[i]) == 0)
       return true;

@@ -52,12 +52,14 @@ struct mq_runtime {
   mq_queue *queue;
   mq_scheduler *scheduler;
   mq_events *events;  /* NULL with events.enabled = false */
+  mq_schedules *schedules; /* fires only where handlers run (start_worker) */
   mq_tasks *tasks;    /* coroutines of handlers and subscribers; made on
                          first use */
   mq_worker *worker;  /* when this process runs handlers */
   enum phase phase;
   bool serving;      /* mq_runtime_serve's loop runs */
   bool supervised;   /* a prefork child: the supervisor forwards signals */
+  int child_index;   /* which prefork child (0..workers-1); 0 otherwise */
   bool stop_asked;   /* a signal came before the loop ran */
   int exit_code;
   ev_signal sigint, sigterm, sighup;
@@ -101,6 +103,9 @@ mq_scheduler *mq_runtime_scheduler(const mq_runtime *rt) {
   return rt->scheduler;
 }
 mq_events *mq_runtime_events(const mq_runtime *rt) { return rt->events; }
+mq_schedules *mq_runtime_schedules(const mq_runtime *rt) {
+  return rt->schedules;
+}
 bool mq_runtime_has_worker(const mq_runtime *rt) { return rt->worker != NULL; }
 
 mq_tasks *mq_runtime_tasks(mq_runtime *rt) {
@@ -263,11 +268,20 @@ int mq_runtime_prepare_db(mq_runtime *rt, bool wait_for_db, char *err,
 }
 
 struct configured {
+  const char *what;
   bool done;
   int status;
   char *err;
   size_t errlen;
 };
+
+/* Runs the loop until `done` says a request made with configured_cb
+ * completed; returns its status. */
+static int wait_configured(mq_runtime *rt, struct configured *done) {
+  while (!done->done)
+    ev_run(rt->loop, EVRUN_ONCE);
+  return done->status == 0 ? 0 : -1;
+}
 
 static void configured_cb(int status, const char *error, const char *json,
                           void *data) {
@@ -275,20 +289,34 @@ static void configured_cb(int status, const char *error, const char *json,
   c->done = true;
   c->status = status;
   if (status != 0)
-    snprintf(c->err, c->errlen, "cannot store queue settings: %s", error);
+    snprintf(c->err, c->errlen, "cannot store %s: %s", c->what, error);
 }
 
 /* Stores config.lua's queue settings (only_new: for queues without a row
  * yet), running the loop until they are stored. */
 static int store_settings(mq_runtime *rt, bool only_new, char *err,
                           size_t errlen) {
-  struct configured done = {.err = err, .errlen = errlen};
+  struct configured done = {"queue settings", .err = err, .errlen = errlen};
   if (mq_queue_configure(rt->queue, only_new, configured_cb, &done) != 0) {
     snprintf(err, errlen, "the connection pool is closed");
     return -1;
   }
-  while (!done.done)
-    ev_run(rt->loop, EVRUN_ONCE);
+  return wait_configured(rt, &done);
+}
+
+/* In the one process of a prefork group that fires schedules (the first
+ * child; every process without prefork): stores config.lua's schedules,
+ * running the loop until they are stored, and starts firing. */
+static int start_schedules(mq_runtime *rt, char *err, size_t errlen) {
+  if (rt->child_index != 0 || mq_schedules_firing(rt->schedules))
+    return 0;
+  struct configured done = {"schedules", .err = err, .errlen = errlen};
+  if (mq_schedules_sync_config(rt->schedules, configured_cb, &done) != 0 ||
+      (wait_configured(rt, &done) == 0 &&
+       mq_schedules_start(rt->schedules) != 0)) {
+    snprintf(err, errlen, "the connection pool is closed");
+    return -1;
+  }
   return done.status == 0 ? 0 : -1;
 }
 
@@ -312,7 +340,8 @@ int mq_runtime_open(mq_runtime *rt, char *err, size_t errlen) {
       !(rt->queue = mq_queue_new(rt->loop, rt->pg, rt->cfg)) ||
       !(rt->scheduler = mq_scheduler_new(rt->loop, rt->queue)) ||
       (rt->cfg->events.enabled &&
-       !(rt->events = mq_events_new(rt->loop, rt->pg, rt->cfg)))) {
+       !(rt->events = mq_events_new(rt->loop, rt->pg, rt->cfg))) ||
+      !(rt->schedules = mq_schedules_new(rt->loop, rt->pg, rt->cfg))) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
@@ -335,7 +364,8 @@ int mq_runtime_start_worker(mq_runtime *rt, char *err, size_t errlen) {
   }
   /* A process that runs handlers applies config.lua's settings, before
    * its handlers store their retry options over them. */
-  if (store_settings(rt, false, err, errlen) != 0)
+  if (store_settings(rt, false, err, errlen) != 0 ||
+      start_schedules(rt, err, errlen) != 0)
     return -1;
   if (!(rt->worker = mq_worker_new(rt, err, errlen)))
     return -1;
@@ -347,6 +377,7 @@ static void set_flag(void *arg) { *(bool *)arg = true; }
 void mq_runtime_stop_worker(mq_runtime *rt) {
   if (!rt->worker || rt->phase != PHASE_OPEN)
     return;
+  mq_schedules_stop(rt->schedules);
   bool done = false;
   mq_worker_stop(rt->worker, set_flag, &done);
   while (!done)
@@ -379,6 +410,7 @@ static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 static void worker_stopped(void *arg) {
   mq_runtime *rt = arg;
   rt->phase = PHASE_DRAINING;
+  mq_schedules_stop(rt->schedules);
   mq_scheduler_stop(rt->scheduler);
   if (rt->events)
     mq_events_stop(rt->events);
@@ -399,6 +431,7 @@ void mq_runtime_stop(mq_runtime *rt, int exit_code) {
     return;
   rt->phase = PHASE_STOPPING;
   rt->exit_code = exit_code;
+  mq_schedules_stop(rt->schedules); /* no new jobs while stopping */
   if (rt->worker)
     mq_worker_stop(rt->worker, worker_stopped, rt);
   else
@@ -444,6 +477,7 @@ void mq_runtime_close(mq_runtime *rt) {
   if (rt->pg)
     mq_pg_close(rt->pg);
   mq_worker_close(rt->worker);
+  mq_schedules_close(rt->schedules);
   mq_events_close(rt->events);
   mq_scheduler_close(rt->scheduler);
   mq_queue_close(rt->queue);
@@ -512,6 +546,7 @@ static int serve_child(void *arg, int index, struct ev_loop *loop) {
   rt->loop = loop;
   rt->own_loop = false;
   rt->supervised = true;
+  rt->child_index = index;
   int code = serve_here(rt);
   mq_runtime_close(rt);
   return code;

@@ -8,8 +8,9 @@
  *
  *   mq_runtime_new        config (and the Lua state it serves)
  *   mq_runtime_prepare_db resolve the database, apply migrations
- *   mq_runtime_open       pool, queue, scheduler, events
- *   mq_runtime_start_worker   handlers and the worker (jobs run)
+ *   mq_runtime_open       pool, queue, scheduler, events, schedules
+ *   mq_runtime_start_worker   handlers and the worker (jobs run); config
+ *                         schedules stored, schedules fired
  *   mq_runtime_serve      open + worker + maintenance + the loop until a
  *                         signal; with `workers > 1` a supervisor forks
  *                         children that each serve
@@ -18,15 +19,16 @@
  * The stop sequence, the same from a signal, moonq.close() or a script
  * that forgot to close: (1) the worker stops fetching and running jobs get
  * shutdown_grace seconds (a second signal or a close without stop ends the
- * grace at once: running jobs go back to the queue); (2) the queue flushes
+ * grace at once: running jobs go back to the queue) and schedules stop
+ * firing; (2) the queue flushes
  * its batched completions and unregisters the process, the scheduler's
  * timers and the event store's reads stop (batched appends are sent); (3) in-flight requests get up to 10 s to complete; (4) the
  * pool closes, failing what is left, every callback still finding its
  * handle alive; (5) the handles are freed, in reverse order of opening.
  * No step is skipped.
  *
- * Uses: config, log, pg, migrate, queue, scheduler, events, task, worker,
- * supervisor,
+ * Uses: config, log, pg, migrate, queue, scheduler, events, schedules,
+ * task, worker, supervisor,
  * lua_host, bindings (to preload the Lua modules in its own Lua state).
  */
 #ifndef MQ_RUNTIME_H
@@ -43,6 +45,7 @@
 #include "pg.h"
 #include "queue.h"
 #include "scheduler.h"
+#include "schedules.h"
 #include "task.h"
 
 typedef struct mq_runtime mq_runtime;
@@ -65,19 +68,23 @@ int mq_runtime_prepare_db(mq_runtime *rt, bool wait_for_db, char *err,
 
 /* Opens the pool, the queue (registering this process and storing
  * config.lua's settings of queues that have no row yet: it runs the loop
- * until they are stored), the scheduler and the event store. Idempotent.
+ * until they are stored), the scheduler, the event store and the
+ * schedules (their API; they fire from start_worker on). Idempotent.
  * Returns 0 or -1 with err. */
 int mq_runtime_open(mq_runtime *rt, char *err, size_t errlen);
 
 /* Stores config.lua's queue settings (all of them: this process runs
- * handlers), loads the handlers and starts the worker, whose handler files
- * then store their retry options (rt open). Returns 0, or -1 with err (the
+ * handlers) and its schedules, starts firing schedules (in a prefork
+ * group only the first child fires: the database would refuse the
+ * others' fires of a slot anyway), loads the handlers and starts the
+ * worker, whose handler files then store their retry options (rt open).
+ * Returns 0, or -1 with err (a schedule the database refuses, the
  * handlers directory is unreadable, already started). */
 int mq_runtime_start_worker(mq_runtime *rt, char *err, size_t errlen);
 
-/* Stops the worker, running the loop until its jobs finished (within
- * shutdown_grace) and their results are stored, then frees it. No-op
- * without a worker. */
+/* Stops firing schedules and stops the worker, running the loop until its
+ * jobs finished (within shutdown_grace) and their results are stored,
+ * then frees it. No-op without a worker. */
 void mq_runtime_stop_worker(mq_runtime *rt);
 
 /* `moonq run`: prepares the database (waiting for it), then with
@@ -102,6 +109,7 @@ mq_pg *mq_runtime_pg(const mq_runtime *rt);
 mq_queue *mq_runtime_queue(const mq_runtime *rt);
 mq_scheduler *mq_runtime_scheduler(const mq_runtime *rt);
 mq_events *mq_runtime_events(const mq_runtime *rt); /* NULL: disabled */
+mq_schedules *mq_runtime_schedules(const mq_runtime *rt);
 /* The task scheduler for Lua coroutines (handlers, subscribers), made with
  * the Lua state on first use; NULL when out of memory. */
 mq_tasks *mq_runtime_tasks(mq_runtime *rt);

@@ -515,6 +515,7 @@ static void test_schedules(void) {
   CHECK_STR(s->job, "cleanup");
   CHECK_STR(s->data_json, "{\"keep\":7}");
   CHECK_STR(s->options_json, "{\"priority\":5}");
+  CHECK_STR(s->backfill, "1h");
   s = &cfg->schedules[1];
   CHECK_STR(s->name, "report");
   CHECK_STR(s->cron, "*/15 * * * *");
@@ -522,6 +523,7 @@ static void test_schedules(void) {
   CHECK_STR(s->job, "report");
   CHECK_STR(s->data_json, "{}");
   CHECK_STR(s->options_json, "{}");
+  CHECK(s->backfill == NULL);
   mq_config_free(cfg);
 }
 
@@ -548,6 +550,10 @@ static void test_schedules_errors(void) {
                "schedules[1].data: expected a table, got 1");
   expect_error("return { schedules = { { name = 'a', cron = 5 } } }",
                "schedules[1].cron: expected a string, got 5");
+  expect_error("return { schedules = { { name = 'a', cron = 'x', backfill = "
+               "true } } }",
+               "schedules[1].backfill: expected a duration (\"30m\", \"1h\"), "
+               "whole seconds >= 0 or a count (\"5 slots\"), got true");
   char *tmp;
   CHECK(load_text("return { schedules = { { name = 'a', cron = 'x', "
                   "data = { f = print } } } }",
@@ -555,6 +561,95 @@ static void test_schedules_errors(void) {
   CHECK_CONTAINS(err, tmp);
   CHECK_CONTAINS(err, "schedules[1].data");
   free(tmp);
+}
+
+/* Cron expressions, zones and backfills are read at load, each problem
+ * named by its key path with cron.c's message. */
+static void test_schedules_checked(void) {
+  expect_error("return { schedules = { { name = 'a', cron = '* * * * *' },\n"
+               "  { name = 'b', cron = '61 * * * *' } } }",
+               "schedules[2].cron: \"61 * * * *\": minute field: 61 is out "
+               "of range 0-59");
+  expect_error("return { schedules = { { name = 'a', cron = '* * * * *', "
+               "tz = 'Mars/Olympus' } } }",
+               "schedules[1].tz: unknown time zone \"Mars/Olympus\"");
+  expect_error("return { schedules = { { name = 'a', cron = '0 0 30 2 *' } } }",
+               "schedules[1].cron: \"0 0 30 2 *\" never fires (no fire time "
+               "within 8 years)");
+  expect_error("return { schedules = { { name = 'a', cron = '@every 0s' } } }",
+               "schedules[1].cron: \"@every 0s\": interval \"0s\" must be at "
+               "least 1s");
+  expect_error("return { schedules = { { name = 'a', cron = '@hourly', "
+               "backfill = '1x' } } }",
+               "schedules[1].backfill: expected a duration (\"30m\", \"1h\", "
+               "\"1d12h\"), seconds or a count (\"5 slots\"), got \"1x\"");
+  expect_error("return { schedules = { { name = 'a', cron = '@hourly', "
+               "backfill = '0 slots' } } }",
+               "schedules[1].backfill: a count of slots must be 1 to 1000, got "
+               "0");
+  expect_error("return { schedules = { { name = 'a', cron = '@hourly', "
+               "backfill = 40000000 } } }",
+               "schedules[1].backfill: a duration must be 1s to 366d, got "
+               "\"40000000\"");
+  expect_error("return { schedules = { { name = 'a', cron = '@hourly', "
+               "backfill = -1 } } }",
+               "schedules[1].backfill: expected a duration (\"30m\", \"1h\"), "
+               "whole seconds >= 0 or a count (\"5 slots\"), got -1");
+  expect_error("return { schedules = { { name = string.rep('n', 201), "
+               "cron = '@hourly' } } }",
+               "schedules[1].name: a schedule name must be 1 to 200 bytes, got "
+               "201");
+  expect_error("return { schedules = { { name = 'n', job = string.rep('j', "
+               "256), cron = '@hourly' } } }",
+               "schedules[1].job: job name is 256 bytes, the limit is 255");
+
+  /* Every bad schedule is reported, one line each. */
+  char err[2048], *path;
+  struct mq_config *cfg = load_text(
+      "return { schedules = { { name = 'a', cron = '* * * *' },\n"
+      "  { name = 'b', cron = '* * * * *', tz = 'Europe/Berlin ' } } }",
+      &path, err, sizeof err);
+  CHECK(cfg == NULL);
+  CHECK_INT(count_lines(err), 2);
+  CHECK_CONTAINS(err, "schedules[1].cron: \"* * * *\": 4 fields, expected 5 "
+                      "or 6");
+  CHECK_CONTAINS(err, "schedules[2].tz: unknown time zone \"Europe/Berlin \"");
+  free(path);
+
+  /* Good backfills of every form. */
+  static const char *const good[] = {"'90s'", "'30m'", "'1h'", "'1d12h'",
+                                     "'366d'", "3600", "0", "'0'",
+                                     "'5 slots'", "'1 slot'", "'1000slots'"};
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    char text[256];
+    snprintf(text, sizeof text,
+             "return { schedules = { { name = 'a', cron = '@every 1m', "
+             "tz = 'America/New_York', backfill = %s } } }",
+             good[i]);
+    cfg = load_text(text, &path, err, sizeof err);
+    CHECK(cfg != NULL);
+    if (!cfg)
+      fprintf(stderr, "  backfill %s: %s\n", good[i], err);
+    mq_config_free(cfg);
+    free(path);
+  }
+}
+
+static void test_check_schedule(void) {
+  char err[512];
+  struct mq_schedule_config s = {.name = (char *)"a", .cron = (char *)"@daily"};
+  CHECK(mq_config_check_schedule(&s, err, sizeof err) == NULL);
+  s.cron = (char *)"@dayly";
+  CHECK_STR(mq_config_check_schedule(&s, err, sizeof err), "cron");
+  CHECK_CONTAINS(err, "unknown macro \"@dayly\"");
+  s.cron = (char *)"30 2 * * *";
+  s.tz = (char *)"Europe/Berlin";
+  s.backfill = (char *)"2 h";
+  CHECK_STR(mq_config_check_schedule(&s, err, sizeof err), "backfill");
+  s.backfill = (char *)"2h";
+  CHECK(mq_config_check_schedule(&s, err, sizeof err) == NULL);
+  s.name = (char *)"";
+  CHECK_STR(mq_config_check_schedule(&s, err, sizeof err), "name");
 }
 
 static void test_from_table(void) {
@@ -672,6 +767,8 @@ int main(void) {
   RUN(test_queues_errors);
   RUN(test_schedules);
   RUN(test_schedules_errors);
+  RUN(test_schedules_checked);
+  RUN(test_check_schedule);
   RUN(test_from_table);
   RUN(test_metatable_ignored);
   RUN(test_out_of_memory);

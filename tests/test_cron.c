@@ -466,6 +466,40 @@ static void test_zone_errors(void) {
   CHECK(next == -1);
 }
 
+/* mq_cron_offset: the offset on each side of a clock change, in the first
+ * and the repeated pass of an hour, and errors as mq_cron_next's. */
+static void test_offset(void) {
+  static const struct {
+    const char *tz, *at;
+    int offset;
+  } cases_[] = {
+      {"UTC", "2026-03-29 01:30:00", 0},
+      {NULL, "2026-03-29 01:30:00", 0},
+      {"Europe/Berlin", "2026-03-29 01:59:59 +0100", 3600},
+      {"Europe/Berlin", "2026-03-29 03:00:00 +0200", 7200},
+      {"Europe/Berlin", "2026-10-25 02:30:00 +0200", 7200},
+      {"Europe/Berlin", "2026-10-25 02:30:00 +0100", 3600},
+      {"America/New_York", "2026-03-08 01:59:59 -0500", -18000},
+      {"America/New_York", "2026-03-08 03:00:00 -0400", -14400},
+      {"Australia/Lord_Howe", "2026-10-04 02:30:00 +1100", 39600},
+      {"Australia/Lord_Howe", "2026-07-01 12:00:00 +1030", 37800},
+  };
+  for (size_t i = 0; i < sizeof cases_ / sizeof cases_[0]; i++) {
+    int want_offset, got = -1;
+    double t = parse_time(cases_[i].at, &want_offset);
+    cases++;
+    CHECK_INT(mq_cron_offset(cases_[i].tz, t, &got, err, sizeof err), 0);
+    CHECK_INT(got, cases_[i].offset);
+  }
+  int got = 12345;
+  cases += 2;
+  CHECK_INT(mq_cron_offset("Mars/Olympus", 0, &got, err, sizeof err), -1);
+  CHECK_STR(err, "unknown time zone \"Mars/Olympus\"");
+  CHECK_INT(mq_cron_offset("UTC", -1, &got, err, sizeof err), -1);
+  CHECK_STR(err, "time -1 is out of range (years 1970-9990)");
+  CHECK_INT(got, 12345);
+}
+
 /* The process's TZ is the same after a zone is read. */
 static void test_tz_restored(void) {
   struct mq_cron c = parse("0 0 * * *");
@@ -589,6 +623,7 @@ int main(void) {
   RUN(test_new_york);
   RUN(test_other_zones);
   RUN(test_zone_errors);
+  RUN(test_offset);
   RUN(test_tz_restored);
   RUN(test_against_walk);
   printf("%d cases\n", cases);

@@ -13,6 +13,9 @@
 --   moonq events replay GROUP [ID]...
 --   moonq flow start NAME [JSON] [--run-id R] | runs NAME [--status S]
 --             [--limit N] | show RUN_ID | cancel RUN_ID
+--   moonq schedules
+--   moonq schedule NAME CRON [JSON] [--tz Z] [--job J] [--backfill B] [send options]
+--   moonq unschedule NAME
 --
 -- main() returns the process exit code: 0 success, 1 runtime error, 2 usage.
 local moonq = require "moonq"
@@ -164,6 +167,64 @@ function commands.resume(args)
   need(pos, 1, "QUEUE")
   check(moonq.queue.resume(pos[1]))
   print(("queue %s resumed"):format(pos[1]))
+end
+
+-- ---- schedules -------------------------------------------------------------
+
+-- v, or nil for JSON null
+local function present(v)
+  if v == moonq.null then return nil end
+  return v
+end
+
+-- One line per schedule: NAME CRON TZ NEXT LAST (times in the schedule's
+-- zone); a disabled schedule shows why under it.
+function commands.schedules(args)
+  local pos = parse(args, {})
+  need(pos, 0, "no arguments")
+  local list = check(moonq.schedules())
+  local fmt = "%-24s %-18s %-18s %-26s %s"
+  print(fmt:format("NAME", "CRON", "TZ", "NEXT", "LAST"))
+  for _, s in ipairs(list) do
+    local next = s.enabled and (present(s.next) or "-") or "disabled"
+    print(fmt:format(s.name, s.cron, s.tz, next, present(s.last) or "-"))
+    if present(s.error) then print(("  error: %s"):format(s.error)) end
+  end
+end
+
+-- schedule's own flags, then the send options of its jobs (enqueue's, but
+-- for --start-after and --run-id, which each fire sets)
+local schedule_flags = { tz = { "tz", text }, job = { "job", text },
+                         backfill = { "backfill", text } }
+for flag, spec in pairs(send_flags) do
+  if flag ~= "start-after" and flag ~= "run-id" then schedule_flags[flag] = spec end
+end
+
+function commands.schedule(args)
+  local pos, flags = parse(args, schedule_flags)
+  if #pos ~= 2 and #pos ~= 3 then error({ usage = "expected NAME CRON [JSON]" }) end
+  local data
+  if pos[3] then
+    local err
+    data, err = moonq.json.decode(pos[3])
+    if err then error({ runtime = "schedule data is not valid JSON: " .. err }) end
+  end
+  local opts = {}
+  for flag, value in pairs(flags) do
+    local spec = schedule_flags[flag]
+    opts[spec[1]] = spec[2](flag, value)
+  end
+  local s = check(moonq.schedule(pos[1], pos[2], data, opts))
+  print(("schedule %s stored; next %s"):format(s.name, present(s.next) or "-"))
+end
+
+function commands.unschedule(args)
+  local pos = parse(args, {})
+  need(pos, 1, "NAME")
+  if not check(moonq.unschedule(pos[1])) then
+    error({ runtime = ("no schedule %q"):format(pos[1]) })
+  end
+  print(("schedule %s deleted"):format(pos[1]))
 end
 
 -- moonq events query|tail ...: events as JSON lines, oldest first.

@@ -18,6 +18,9 @@ int luaopen_moonq_db(lua_State *L);
 int luaopen_moonq_queue(lua_State *L);
 int luaopen_moonq_events(lua_State *L);
 int luaopen_moonq_worker(lua_State *L);
+/* moonq.schedule, moonq.unschedule and moonq.schedules (moonq.c copies
+ * them onto `moonq`). */
+int luaopen_moonq_schedule(lua_State *L);
 
 /* Shared by moonq.events and its consumer groups (moonq_event_groups.c):
  * the event store of L's runtime (raises when moonq is not open or events
@@ -30,6 +33,12 @@ struct mq_runtime;
 struct mq_events *mq_lua_events(lua_State *L, struct mq_runtime **rt);
 void mq_lua_push_event(lua_State *L, const struct mq_event *e);
 void mq_lua_event_groups_register(lua_State *L);
+
+/* Encodes the value at idx (nil: `dflt`) as JSON and pushes it as a
+ * string; returns it, or NULL with the message pushed instead. Shared by
+ * moonq.queue and moonq.schedule (moonq_queue.c). */
+const char *mq_lua_json_arg(lua_State *L, int idx, const char *root,
+                            const char *dflt);
 
 /* Registers every luaopen_moonq_* above in package.preload. */
 void mq_bindings_preload(lua_State *L);

@@ -306,6 +306,7 @@ void mq_bindings_preload(lua_State *L) {
                                      {"moonq.queue", luaopen_moonq_queue},
                                      {"moonq.events", luaopen_moonq_events},
                                      {"moonq.worker", luaopen_moonq_worker},
+                                     {"moonq.schedule", luaopen_moonq_schedule},
                                      {NULL, NULL}};
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (const luaL_Reg *r = preload; r->name; r++) {
@@ -352,5 +353,15 @@ int mq_luaopen_moonq(lua_State *L) {
     lua_call(L, 1, 1); /* [moonq, submodule] */
     lua_setfield(L, -2, submodules[i].field);
   }
+  /* moonq.schedule(), moonq.unschedule(), moonq.schedules() */
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moonq.schedule");
+  lua_call(L, 1, 1); /* [moonq, schedule module] */
+  for (lua_pushnil(L); lua_next(L, -2);) { /* [moonq, module, key, fn] */
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);   /* [moonq, module, key, key, fn] */
+    lua_settable(L, -5); /* [moonq, module, key] */
+  }
+  lua_pop(L, 1);
   return 1;
 }

@@ -43,9 +43,7 @@ static int fail_with(lua_State *L, const char *msg) {
   return 2;
 }
 
-/* Encodes argument idx (nil: `dflt`) as JSON onto the stack as a string;
- * returns it, or NULL with the message pushed instead. */
-static const char *json_arg(lua_State *L, int idx, const char *root,
+const char *mq_lua_json_arg(lua_State *L, int idx, const char *root,
                             const char *dflt) {
   if (lua_isnoneornil(L, idx))
     return lua_pushstring(L, dflt);
@@ -129,10 +127,10 @@ static int l_send(lua_State *L) {
   luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_istable(L, 3), 3,
                 "options must be a table");
   lua_settop(L, 3);
-  const char *data = json_arg(L, 2, "data", "{}"); /* [.. data] */
+  const char *data = mq_lua_json_arg(L, 2, "data", "{}"); /* [.. data] */
   if (!data)
     return fail_with(L, lua_tostring(L, -1));
-  const char *opts = json_arg(L, 3, "options", "{}"); /* [.. data opts] */
+  const char *opts = mq_lua_json_arg(L, 3, "options", "{}"); /* [.. data opts] */
   if (!opts)
     return fail_with(L, lua_tostring(L, -1));
   struct mq_lua_wait *w = new_wait(L, rt);
@@ -153,7 +151,7 @@ static int l_send_many(lua_State *L) {
   luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_istable(L, 3), 3,
                 "options must be a table");
   lua_settop(L, 3);
-  const char *opts = json_arg(L, 3, "options", "{}"); /* [.. opts] */
+  const char *opts = mq_lua_json_arg(L, 3, "options", "{}"); /* [.. opts] */
   if (!opts)
     return fail_with(L, lua_tostring(L, -1));
   lua_Integer n = luaL_len(L, 2);
@@ -242,7 +240,7 @@ static int l_complete(lua_State *L) {
   mq_runtime *rt = runtime(L);
   lua_Integer id = luaL_checkinteger(L, 1);
   lua_settop(L, 2);
-  const char *out = json_arg(L, 2, "output", "null");
+  const char *out = mq_lua_json_arg(L, 2, "output", "null");
   if (!out)
     return fail_with(L, lua_tostring(L, -1));
   struct mq_lua_wait *w = new_wait(L, rt);
@@ -263,7 +261,7 @@ static int l_fail(lua_State *L) {
     lua_setfield(L, -2, "message");
     lua_replace(L, 2);
   }
-  const char *error = json_arg(L, 2, "error", "null");
+  const char *error = mq_lua_json_arg(L, 2, "error", "null");
   if (!error)
     return fail_with(L, lua_tostring(L, -1));
   struct mq_lua_wait *w = new_wait(L, rt);
