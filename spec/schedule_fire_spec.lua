@@ -262,6 +262,17 @@ return {
     end)
   end)
 
+  it("refuses a slot more than a minute ahead of the database's clock (a host whose clock runs fast)", function()
+    assert(moonq.schedule("ahead", "0 0 1 1 *", { x = 1 }))
+    local id = W.row("SELECT id FROM @.schedule WHERE name = 'ahead'").id
+    local fired = W.row([[SELECT @.fire_schedules(ARRAY[$1::bigint],
+                            ARRAY[extract(epoch FROM now() + interval '1 hour')::float8],
+                            ARRAY[extract(epoch FROM now() + interval '2 hours')::float8]) AS n]], id).n
+    assert.equal(0, fired)
+    assert.equal(moonq.null, W.row("SELECT last_slot FROM @.schedule WHERE id = $1", id).last_slot)
+    assert(moonq.unschedule("ahead"))
+  end)
+
   it("delete_old_fires deletes fired slots older than `keep` in batches, one process at a time", function()
     assert(moonq.schedule("h", "@hourly", {}, { job = "h" }))
     local id = W.row("SELECT id FROM @.schedule WHERE name = 'h'").id

@@ -345,6 +345,7 @@ DECLARE
   disabled bigint;
   deleted bigint;
 BEGIN
+  PERFORM pg_advisory_xact_lock(hashtextextended('moonq.schedules:@schema@', 0));
   FOR d IN SELECT e.value FROM jsonb_array_elements(defs) e LOOP
     PERFORM @schema@.put_schedule(d ->> 'name', d ->> 'cron', d ->> 'tz', d ->> 'job',
                                   d -> 'data', d -> 'options', d ->> 'backfill', 'config');
@@ -391,6 +392,7 @@ CREATE FUNCTION @schema@.store_schedule_next(ids bigint[], nexts double precisio
                                              errors text[])
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+  PERFORM pg_advisory_xact_lock(hashtextextended('moonq.schedules:@schema@', 0));
   UPDATE @schema@.schedule s
      SET next_slot = to_timestamp(u.next)
     FROM unnest(ids, nexts, errors) AS u(id, next, error)
@@ -454,9 +456,16 @@ BEGIN
   -- `locked` takes the schedules' rows in id order; after waiting for a
   -- concurrent fire it holds their latest version (last_slot moved, or
   -- disabled), and that fire's rows in schedule_fire are conflicts.
+  -- One writer of schedules at a time (fires, config syncs, stored next
+  -- slots): their row locks came in different orders and deadlocked.
+  PERFORM pg_advisory_xact_lock(hashtextextended('moonq.schedules:@schema@', 0));
+  -- A slot more than a minute ahead of the database's clock is a host
+  -- whose clock runs fast: firing it would move last_slot past the slots
+  -- every other host has still to fire.
   WITH want AS (
     SELECT u.id, to_timestamp(u.slot) AS slot, to_timestamp(u.next) AS next
       FROM unnest(ids, slots, nexts) AS u(id, slot, next)
+     WHERE to_timestamp(u.slot) <= now() + interval '60 seconds'
   ), locked AS MATERIALIZED (
     SELECT s.id, s.name, s.job, s.data, s.options, s.last_slot
       FROM @schema@.schedule s
