@@ -133,13 +133,6 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
 
 /* ---- helpers ----------------------------------------------------------- */
 
-/* Copies sql to out with its "%s" replaced by the quoted schema. */
-static void expand_schema(const char *sql, const char *schema, char *out,
-                          size_t len) {
-  const char *mark = strstr(sql, "%s");
-  snprintf(out, len, "%.*s%s%s", (int)(mark - sql), sql, schema, mark + 2);
-}
-
 /* A random version 4 UUID as text. */
 static void make_uuid(char out[37]) {
   unsigned char b[16];
@@ -255,11 +248,8 @@ mq_queue *mq_queue_new(struct ev_loop *loop, mq_pg *pg,
   q->loop = loop;
   q->pg = pg;
   q->cfg = cfg;
-  char schema[160], sql[1024];
-  snprintf(schema, sizeof schema, "\"%s\"", cfg->schema); /* [a-z0-9_] only */
   for (int i = 0; i < ST_COUNT; i++) {
-    expand_schema(stmt_sql[i], schema, sql, sizeof sql);
-    q->stmts[i] = mq_pg_prepare(pg, sql);
+    q->stmts[i] = mq_pg_prepare_in(pg, stmt_sql[i], cfg->schema);
     if (q->stmts[i] < 0) {
       free(q);
       return NULL;
