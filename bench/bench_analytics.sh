@@ -7,19 +7,8 @@
 #   BENCH_EVENTS=N BENCH_RUNS=N   sizes (default 1000000 and 100000)
 set -euo pipefail
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build=${BUILD_DIR:-$repo/build-bench}
-out=$build/bench-out/analytics-$(date -u +%Y%m%d-%H%M%S)
-mkdir -p "$out"
-if [ ! -f "$build/CMakeCache.txt" ]; then
-  cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$out/cmake.log" 2>&1
-fi
-cmake --build "$build" --target moonq_exe -j"$(nproc)" >"$out/build.log" 2>&1 || {
-  tail -30 "$out/build.log" >&2; exit 1; }
-if [ -z "${DATABASE_URL:-}" ]; then
-  DATABASE_URL=$("$repo/scripts/pg.sh" start "$build/pg")
-fi
-export DATABASE_URL
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_setup analytics moonq_exe
 s=analytics_bench
 events=${BENCH_EVENTS:-1000000}
 runs=${BENCH_RUNS:-100000}

@@ -8,19 +8,9 @@
 #   BUILD_DIR=DIR             build directory (default build-bench)
 set -euo pipefail
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build=${BUILD_DIR:-$repo/build-bench}
-out=$build/bench-out/flows-$(date -u +%Y%m%d-%H%M%S)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_setup flows moonq_exe moonq_module
 mkdir -p "$out/handlers/bench"
-if [ ! -f "$build/CMakeCache.txt" ]; then
-  cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$out/cmake.log" 2>&1
-fi
-cmake --build "$build" --target moonq_exe moonq_module -j"$(nproc)" >"$out/build.log" 2>&1 || {
-  tail -30 "$out/build.log" >&2; exit 1; }
-if [ -z "${DATABASE_URL:-}" ]; then
-  DATABASE_URL=$("$repo/scripts/pg.sh" start "$build/pg")
-fi
-export DATABASE_URL
 s=flows_bench
 psql "$DATABASE_URL" -qAtX -c "DROP SCHEMA IF EXISTS $s CASCADE" >/dev/null 2>&1 || true
 step() { # NAME ENTRY SUBSCRIBES EMITS

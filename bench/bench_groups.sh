@@ -17,19 +17,8 @@
 # $BUILD_DIR/bench-out/groups-<ts>/.
 set -euo pipefail
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build=${BUILD_DIR:-$repo/build-bench}
-out=$build/bench-out/groups-$(date -u +%Y%m%d-%H%M%S)
-mkdir -p "$out"
-if [ ! -f "$build/CMakeCache.txt" ]; then
-  cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$out/cmake.log" 2>&1
-fi
-cmake --build "$build" --target moonq_exe moonq_module -j"$(nproc)" >"$out/build.log" 2>&1 || {
-  tail -30 "$out/build.log" >&2; exit 1; }
-if [ -z "${DATABASE_URL:-}" ]; then
-  DATABASE_URL=$("$repo/scripts/pg.sh" start "$build/pg")
-fi
-export DATABASE_URL
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_setup groups moonq_exe moonq_module
 s=ev_groups_bench
 n=${BENCH_EVENTS:-100000}
 q() { psql "$DATABASE_URL" -qAtX -v ON_ERROR_STOP=1 -c "$1"; }
