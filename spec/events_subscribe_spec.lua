@@ -73,6 +73,30 @@ describe("event subscribe", function()
     assert.same(V.ids(live), V.ids(rec.events))
   end)
 
+  it("from end: subscribe returns with its position fixed, so an event appended right after is delivered", function()
+    -- The read fixing the position and an append run on different
+    -- connections (another process's here; the pool's own connections in
+    -- general): the event must not commit unseen before that read.
+    for round = 1, 3 do
+      local stream = "end:now:" .. round
+      local rec = V.record(stream, { from = "end" })
+      local out, ok = V.psql(("SELECT %s.append('%s', 't', '{}')"):format(V.schema, stream))
+      assert(ok, out)
+      assert(V.wait_events(rec, 1, 10), ("round %d: the event appended after subscribe was not delivered"):format(round))
+      rec.sub:close()
+      assert.equal(stream, rec.events[1].stream)
+    end
+    -- and on the pool's own connections
+    for round = 1, 20 do
+      local stream = "end:pool:" .. round
+      local rec = V.record(stream, { from = "end" })
+      local e = assert(E.append(stream, { type = "t" }))
+      assert(V.wait_events(rec, 1, 10), ("round %d: the event appended after subscribe was not delivered"):format(round))
+      rec.sub:close()
+      assert.equal(e.id, rec.events[1].id)
+    end
+  end)
+
   it("from an id delivers the events above it, then live ones", function()
     local history = append_n("id:1", 5)
     local rec = V.record("id:1", { from = history[3].id })

@@ -91,6 +91,9 @@ struct mq_subscription {
   bool more;       /* something may be there to read */
   bool woken_by_owner; /* wake-ups come from mq_subscription_wake only */
   bool closed;
+  /* told once when a subscription from the end has its position */
+  void (*on_start)(void *arg, const char *error);
+  void *on_start_arg;
   LIST_ENTRY(mq_subscription) link;
 };
 
@@ -584,6 +587,24 @@ static void deliver(mq_subscription *s, int status, const char *error,
     sub_free(s);
 }
 
+/* Tells the subscriber waiting for s's starting position that it is fixed
+ * (error NULL) or could not be (the message); false when the subscriber
+ * closed s meanwhile (it is freed now). */
+static bool tell_started(mq_subscription *s, const char *error) {
+  void (*fn)(void *, const char *) = s->on_start;
+  if (!fn)
+    return true;
+  s->on_start = NULL;
+  s->in_cb = true;
+  fn(s->on_start_arg, error);
+  s->in_cb = false;
+  if (s->closed) {
+    sub_free(s);
+    return false;
+  }
+  return true;
+}
+
 /* The start of every read's completion: false when the subscription was
  * closed meanwhile (it is freed now) or the read failed (the subscriber is
  * told; the poll timer reads again from the same place). */
@@ -595,7 +616,8 @@ static bool read_ok(mq_subscription *s, const struct mq_pg_reply *r) {
   }
   if (r->status != MQ_PG_OK) {
     s->more = true;
-    deliver(s, MQ_EVENTS_EDB, r->error, NULL, 0);
+    if (tell_started(s, r->error))
+      deliver(s, MQ_EVENTS_EDB, r->error, NULL, 0);
     return false;
   }
   return true;
@@ -607,7 +629,8 @@ static void snapshot_done(const struct mq_pg_reply *r, void *data) {
     return;
   s->base = strdup(PQgetvalue(r->result, 0, 0));
   s->more = true;
-  consider_read(s);
+  if (tell_started(s, s->base ? NULL : "out of memory"))
+    consider_read(s);
 }
 
 static void read_done(const struct mq_pg_reply *r, void *data) {
@@ -679,6 +702,8 @@ static void consider_read(mq_subscription *s) {
   if (rc != 0) {
     s->reading = false;
     s->more = true;
+    if (!s->base)
+      tell_started(s, "the connection pool is closed");
   }
 }
 
@@ -771,6 +796,18 @@ bool mq_subscription_position(const mq_subscription *s, long long last_id,
   pos->target = s->target ? s->target : s->base;
   pos->after_id = last_id;
   return true;
+}
+
+int mq_subscription_on_start(mq_subscription *s,
+                             void (*fn)(void *arg, const char *error),
+                             void *arg) {
+  if (s->base)
+    return 0;
+  if (!s->reading)
+    return -1;
+  s->on_start = fn;
+  s->on_start_arg = arg;
+  return 1;
 }
 
 void mq_subscription_next(mq_subscription *s) {

@@ -126,6 +126,19 @@ mq_subscription *mq_events_subscribe(mq_events *ev, const char *pattern,
                                      long long from_id, mq_events_cb cb,
                                      void *data, char *err, size_t errlen);
 
+/* For a subscription from the end: asks for fn(arg, error) once its
+ * starting position is fixed (error NULL: every event committed from then
+ * on is delivered) or could not be (error: why, a message valid during the
+ * call; the subscription reads again later). fn may close s. Returns 1
+ * when fn will be called, 0 when s has its position already (fn is not
+ * called), -1 when its first read could not be sent (the pool is closed).
+ * A subscription's position is fixed by its first read, which runs on any
+ * connection of the pool: until fn is called, an event appended on another
+ * connection may commit before it and be missed. */
+int mq_subscription_on_start(mq_subscription *s,
+                             void (*fn)(void *arg, const char *error),
+                             void *arg);
+
 /* A reader position (sql/005_events.sql, "Gap safety"): every event
  * visible in snapshot `base` was delivered, and of those visible in
  * `target` (a step in progress; NULL: none) every one up to id after_id.

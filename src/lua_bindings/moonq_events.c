@@ -14,7 +14,8 @@
  * each event in a coroutine of its own (it may wait: moonq.db.query,
  * moonq.sleep...), one event after the other; `timeout` bounds one event;
  * an error or a timeout in fn is logged and delivery goes on with the
- * next event.
+ * next event. From "end" (the default) subscribe waits for the position
+ * to be fixed, so every event committed after it returns is delivered.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -335,6 +336,7 @@ struct lsub {
   int next, count;      /* its next event and its size */
   double timeout;
   bool running;         /* a task handles an event */
+  struct mq_lua_wait *start_wait; /* subscribe() waits for the position */
   char pattern[64];     /* for log lines */
 };
 
@@ -443,6 +445,16 @@ static void delivered(int status, const char *error,
   run_next(s);
 }
 
+/* Closes the subscription (no event is delivered after) and releases what
+ * it holds in Lua once nothing runs. */
+static void sub_stop(struct lsub *s) {
+  if (s->sub) {
+    mq_subscription_close(s->sub);
+    s->sub = NULL;
+  }
+  lsub_release(s);
+}
+
 static struct lsub *check_sub(lua_State *L) {
   return luaL_checkudata(L, 1, SUB_MT);
 }
@@ -456,13 +468,49 @@ static int l_sub_is_open(lua_State *L) {
 /* sub:close(): no event is delivered after it returns (an event being
  * handled finishes; the rest of its batch is dropped). */
 static int l_sub_close(lua_State *L) {
-  struct lsub *s = check_sub(L);
-  if (s->sub) {
-    mq_subscription_close(s->sub);
-    s->sub = NULL;
-  }
-  lsub_release(s);
+  sub_stop(check_sub(L));
   return 0;
+}
+
+struct started {
+  struct lsub *s;
+  const char *error; /* NULL: the subscription has its position */
+};
+
+/* [] -> [sub] or [nil message]: what subscribe() returns. */
+static int push_started(lua_State *L) {
+  struct started *st = lua_touserdata(L, 1);
+  if (st->error) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot start the subscription to %s: %s",
+                    st->s->pattern, st->error);
+    return 2;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, st->s->self_ref);
+  return 1;
+}
+
+/* The starting position of a subscription from the end is fixed (or could
+ * not be: the subscription is closed and subscribe() returns nil and the
+ * message). */
+static void started(void *arg, const char *error) {
+  struct lsub *s = arg;
+  struct mq_lua_wait *w = s->start_wait;
+  s->start_wait = NULL;
+  struct started st = {.s = s, .error = error};
+  if (error) /* keep the reference for push_started; release after */
+    mq_subscription_close(s->sub), s->sub = NULL;
+  mq_lua_wait_finish(w, push_started, &st);
+  lsub_release(s);
+}
+
+/* The task waiting in subscribe() ended (timed out, stopped). */
+static void start_cancelled(void *arg) {
+  struct lsub *s = arg;
+  struct mq_lua_wait *w = s->start_wait;
+  s->start_wait = NULL;
+  sub_stop(s);
+  mq_lua_wait_finish(w, NULL, NULL); /* frees the cancelled wait */
 }
 
 static int l_subscribe(lua_State *L) {
@@ -492,6 +540,12 @@ static int l_subscribe(lua_State *L) {
   }
   if (!mq_runtime_tasks(rt))
     return luaL_error(L, "not enough memory");
+  /* From the end, subscribe() returns once the position is fixed, so an
+   * event the caller appends after it returns is delivered: the first read
+   * may run on another connection than the append. */
+  struct mq_lua_wait *w = from == MQ_EVENTS_FROM_END
+                              ? mq_lua_wait_new(L, mq_runtime_loop(rt))
+                              : NULL;
   struct lsub *s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
   s->fn_ref = s->self_ref = s->batch_ref = LUA_NOREF;
@@ -510,12 +564,30 @@ static int l_subscribe(lua_State *L) {
   s->sub = mq_events_subscribe(ev, pattern, from, from_id, delivered, s, err,
                                sizeof err);
   if (!s->sub) {
+    if (w)
+      mq_lua_wait_free(w);
     lsub_release(s);
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;
   }
-  return 1;
+  if (!w)
+    return 1;
+  int rc = mq_subscription_on_start(s->sub, started, s);
+  if (rc <= 0) {
+    mq_lua_wait_free(w);
+    if (rc == 0)
+      return 1;
+    sub_stop(s);
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot start the subscription to %s: the connection "
+                    "pool is closed", s->pattern);
+    return 2;
+  }
+  s->start_wait = w;
+  mq_lua_wait_on_cancel(w, start_cancelled, s);
+  lua_pop(L, 1); /* the wait's results are what subscribe() returns */
+  return mq_lua_wait(L, w);
 }
 
 int luaopen_moonq_events(lua_State *L) {
