@@ -833,6 +833,10 @@ mq_worker *mq_worker_new(struct mq_runtime *rt, char *err, size_t errlen) {
   return w;
 }
 
+bool mq_worker_handles(const mq_worker *w, const char *name) {
+  return mq_handlers_find(w->handlers, name) != NULL;
+}
+
 int mq_worker_start(mq_worker *w) {
   if (w->cfg->hot_reload) {
     ev_timer_again(w->loop, &w->scan);
