@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -259,6 +260,25 @@ static void sleep_cancelled(void *arg) {
   mq_lua_wait_finish(w, NULL, NULL);
 }
 
+/* Pushes clock `id` as seconds (a float, nanoseconds kept to what a double
+ * holds: microseconds for wall-clock times). */
+static int push_clock(lua_State *L, clockid_t id) {
+  struct timespec ts;
+  if (clock_gettime(id, &ts) != 0)
+    return luaL_error(L, "clock_gettime failed");
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+/* moonq.now() -> wall-clock time, Unix seconds as a float (µs precision):
+ * the time to store or compare with PostgreSQL's. It may jump when the
+ * clock is set. */
+static int l_now(lua_State *L) { return push_clock(L, CLOCK_REALTIME); }
+
+/* moonq.monotonic() -> seconds since an arbitrary start, as a float; never
+ * goes back: the clock for measuring how long something took. */
+static int l_monotonic(lua_State *L) { return push_clock(L, CLOCK_MONOTONIC); }
+
 /* moonq.sleep(seconds): in a job it yields (other jobs run meanwhile); in a
  * script it runs the loop for that long. */
 static int l_sleep(lua_State *L) {
@@ -282,6 +302,8 @@ static int l_sleep(lua_State *L) {
 
 static const luaL_Reg moonq_funcs[] = {
     {"sleep", l_sleep},
+    {"now", l_now},
+    {"monotonic", l_monotonic},
     {"start", l_start},
     {"stop", l_stop},
     {"run_until", l_run_until},
