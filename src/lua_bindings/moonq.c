@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "json.h"
+#include "log.h"
 #include "lua_bindings/bindings.h"
 #include "lua_host.h"
 #include "runtime.h"
@@ -67,6 +68,7 @@ static int l_open(lua_State *L) {
     lua_pushstring(L, err);
     return 2;
   }
+  mq_log_set_level(cfg->log.level); /* as `moonq run` does */
   struct rt_box *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->rt = NULL;
   luaL_setmetatable(L, RUNTIME_MT);
