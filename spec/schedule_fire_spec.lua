@@ -204,6 +204,34 @@ return {
         W.row("SELECT count(*) AS n FROM @.all_jobs WHERE run_id LIKE 'schedule:%'").n)
     end)
 
+    it("many schedules backfilling at once fire every missed slot (fires go oldest first, one at a time)", function()
+      -- 30 schedules x 1,000 missed slots: 60 statements of 500 slots. Sent
+      -- side by side on the pool's connections, a newer one committed
+      -- first and the database refused the older slots of its schedules.
+      local names = {}
+      for i = 1, 30 do
+        names[i] = ("bf%02d"):format(i)
+        assert(moonq.schedule(names[i], "* * * * * *", { schema = schema }, { job = "none", backfill = "1000 slots" }))
+      end
+      W.sql([[UPDATE @.schedule SET changed_at = now() - interval '1 day',
+                                    last_slot = date_trunc('second', now()) - interval '2 hours']])
+      assert(moonq.start())
+      local done = moonq.run_until(function()
+        return W.row("SELECT count(*) AS n FROM @.schedule_fire").n >= 30 * 1000
+      end, 120)
+      moonq.stop()
+      local rows = W.sql([[SELECT s.name, count(f.slot) AS n FROM @.schedule s
+                            LEFT JOIN @.schedule_fire f ON f.schedule_id = s.id
+                           GROUP BY s.name ORDER BY s.name]])
+      local short = {}
+      for _, r in ipairs(rows) do
+        if r.n < 1000 then short[#short + 1] = r.name .. "=" .. r.n end
+      end
+      assert.is_true(done, "fired slots per schedule: " .. table.concat(short, " "))
+      assert.same({}, short)
+      for _, name in ipairs(names) do assert_consecutive(slots(name), name) end
+    end)
+
     it("a second start finds nothing missed", function()
       assert(moonq.schedule("window", "*/5 * * * * *", { schema = schema }, { job = "tick", backfill = "1m" }))
       down_for(30)
