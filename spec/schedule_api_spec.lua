@@ -69,6 +69,8 @@ describe("schedules API", function()
       assert.equal("5 slots", assert(moonq.schedule("a", "@hourly", nil, { backfill = "5 slots" })).backfill)
       assert.equal(5, W.row("SELECT backfill_slots FROM @.schedule WHERE name = 'a'").backfill_slots)
       assert.equal("1h30m", assert(moonq.schedule("b", "@hourly", nil, { backfill = 5400 })).backfill)
+      -- a float with an integral value is whole seconds, as in config.lua
+      assert.equal("1h", assert(moonq.schedule("b2", "@hourly", nil, { backfill = 3600.0 })).backfill)
       assert.is_nil(assert(moonq.schedule("c", "@hourly", nil, { backfill = false })).backfill)
       assert.is_nil(assert(moonq.schedule("c", "@hourly", nil, { backfill = 0 })).backfill)
       assert.equal("UTC", assert(moonq.schedule("c", "@hourly")).tz)
@@ -120,6 +122,12 @@ describe("schedules API", function()
         { { "x", "* * * * *", nil, { tz = "europe/berlin" } }, 'tz: unknown time zone "europe/berlin"' },
         { { "x", "* * * * *", nil, { tz = "localtime" } }, "tz: " },
         { { "x", "* * * * *", nil, { tz = "right/UTC" } }, "tz: " },
+        { { "a\0b", "* * * * *" }, "must not contain NUL bytes" },
+        { { "x", "* * * * *\0 junk" }, "must not contain NUL bytes" },
+        { { "x", "* * * * *", nil, { tz = "Europe/Berlin\0x" } }, "must not contain NUL bytes" },
+        { { "x", "* * * * *", nil, { job = "tick\0x" } }, "must not contain NUL bytes" },
+        { { "x", "* * * * *", nil, { backfill = "1h\0x" } }, "must not contain NUL bytes" },
+        { { "x", "* * * * *", nil, { backfill = "" } }, "backfill: an empty string is no backfill" },
       }
       for _, c in ipairs(cases) do
         local s, err = moonq.schedule(table.unpack(c[1], 1, 4))
@@ -127,6 +135,13 @@ describe("schedules API", function()
         assert.matches(c[2], err, 1, true)
       end
       assert.equal(0, W.row("SELECT count(*) AS n FROM @.schedule").n)
+      -- unschedule refuses a name with NUL instead of deleting "a"
+      assert(moonq.schedule("a", "@daily"))
+      local gone, err = moonq.unschedule("a\0b")
+      assert.is_nil(gone)
+      assert.matches("NUL", err)
+      assert.equal(1, W.row("SELECT count(*) AS n FROM @.schedule WHERE name = 'a'").n)
+      assert.is_true(moonq.unschedule("a"))
       -- wrong argument types raise
       assert.has_error(function() moonq.schedule(nil, "* * * * *") end)
       assert.has_error(function() moonq.schedule("x", "* * * * *", nil, "opts") end)
@@ -193,6 +208,11 @@ describe("schedules API", function()
       assert.matches('"every day": not a cron expression', err, 1, true)
       _, err = moonq.db.query(("SELECT %s.schedule('bad', '@hourly', '{}', '{\"backfill\": \"1 week\"}')"):format(schema))
       assert.matches("backfill: expected a duration", err, 1, true)
+      -- false is none, as in Lua; "" is refused
+      local none = W.row([[SELECT @.schedule('none', '@hourly', '{}', '{"backfill": false}') AS s]]).s
+      assert.equal(moonq.null, none.backfill)
+      _, err = moonq.db.query(("SELECT %s.schedule('bad', '@hourly', '{}', '{\"backfill\": \"\"}')"):format(schema))
+      assert.matches("backfill: an empty string is no backfill", err, 1, true)
       assert.is_true(W.row("SELECT @.unschedule('sql') AS ok").ok)
       assert.is_false(W.row("SELECT @.unschedule('sql') AS ok").ok)
     end)

@@ -46,7 +46,8 @@ BEGIN
 END $$;
 
 -- schedule() (011), the SQL API, becomes store_api_schedule; the new
--- schedule() checks tz and job first. Same arguments and result.
+-- schedule() checks tz, job and backfill first (backfill false is none,
+-- as in Lua; "" is refused). Same arguments and result.
 ALTER FUNCTION @schema@.schedule(text, text, jsonb, jsonb) RENAME TO store_api_schedule;
 
 CREATE FUNCTION @schema@.schedule(name text, cron text, data jsonb DEFAULT '{}',
@@ -64,6 +65,13 @@ BEGIN
     END IF;
     IF jsonb_typeof(options -> 'tz') = 'string' THEN
       PERFORM @schema@.check_schedule_zone(options ->> 'tz');
+    END IF;
+    IF options ->> 'backfill' = '' THEN
+      RAISE EXCEPTION 'backfill: an empty string is no backfill; leave it out (or false) for none'
+        USING ERRCODE = '22023';
+    END IF;
+    IF options -> 'backfill' = 'false'::jsonb THEN -- none, as in Lua
+      options := options - 'backfill';
     END IF;
   END IF;
   RETURN @schema@.store_api_schedule(name, cron, data, options);
