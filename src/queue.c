@@ -54,7 +54,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                      " to_jsonb(%s.send_many($1, $2::jsonb, $3::jsonb))::text",
     [ST_FETCH] = "SELECT id, name, data::text, attempt, priority, retry_limit,"
                  " expire_in, run_id FROM %s.fetch_jobs($1, $2::int, $3::uuid)",
-    [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_with($1::bigint[], $2::jsonb,"
+    [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_guarded($1::bigint[], $2::jsonb,"
                     " $3::uuid, $4::jsonb, $5::integer[]) AS c",
     [ST_FAIL] = "SELECT f.id, f.state::text, to_jsonb(f.start_after) #>> '{}'"
                 " FROM %s.fail_jobs_at("
@@ -83,7 +83,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_STORE_JOB_EVENTS] = "SELECT %s.store_job_events($1::boolean,"
                             " $2::boolean), 'true'",
     [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
-    [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs($1::bigint[], $2::uuid))::text",
+    [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs_guarded($1::bigint[], $2::uuid))::text",
     [ST_WAKE] = "SELECT %s.wake($1)",
 };
 
