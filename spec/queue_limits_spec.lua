@@ -102,6 +102,13 @@ describe("queue limits", function()
       assert.equal("completed", Q.get(id).state)
     end)
 
+    it("a queue's stored settings are bounded the same way, from SQL too", function()
+      local out, ok = psql([[SELECT @.store_queue_settings('slow', '{"expire_in": 1e13}')]])
+      assert.is_false(ok)
+      assert.matches('queue setting "expire_in" is 10000000000000 seconds, the limit is 3155760000', out, 1, true)
+      assert.equal(0, H.row("SELECT count(*) AS n FROM @.queue WHERE name = 'slow'").n)
+    end)
+
     it("a schedule's send options are bounded the same way", function()
       local s, err = moonq.schedule("limits_every_minute", "* * * * *", {}, { retention = 1e13 })
       assert.is_nil(s)

@@ -138,13 +138,15 @@ CREATE TRIGGER check_queue_row BEFORE INSERT OR UPDATE ON @schema@.queue
 -- ---- JSON that Lua can read ------------------------------------------------
 
 -- What in v moonq's Lua side cannot represent, or NULL: nesting deeper
--- than 128 levels below v (v's own level is `level`: 1 for an element of
--- an array that send_many was given) or a number beyond
--- +-1.7976931348623157e308 (a 64-bit float).
+-- than 128 levels below v (v's own level is `level`, 0 or 1: 1 for the
+-- elements of an array that send_many was given) or a number beyond
+-- +-1.7976931348623157e308 (a 64-bit float). The paths are constants, so
+-- they are parsed once.
 CREATE FUNCTION @schema@.unreadable(v jsonb, level integer DEFAULT 0) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
   SELECT CASE
-    WHEN jsonb_path_exists(v, ('strict $.**{' || (129 + level) || ' to last}')::jsonpath)
+    WHEN jsonb_path_exists(v, CASE WHEN level = 1 THEN 'strict $.**{130 to last}'::jsonpath
+                                   ELSE 'strict $.**{129 to last}'::jsonpath END)
       THEN 'is nested deeper than 128 levels, the limit moonq can read'
     WHEN jsonb_path_exists(v, 'strict $.** ? (@.type() == "number" && '
                               '(@ > 1.7976931348623158e308 || @ < -1.7976931348623158e308))')

@@ -448,18 +448,8 @@ static void outcome_returned(lua_State *L, lua_State *co, int nresults,
     o.bad = true;
   }
   /* A NUL character in what is stored with the completion would make
-   * PostgreSQL refuse the whole batch of completions it goes in: this job
-   * fails instead, alone. */
-  const char *where = o.bad                                   ? NULL
-                      : o.json && mq_json_has_nul(o.json)       ? "its output"
-                      : o.effects && mq_json_has_nul(o.effects) ? "what it "
-                          "emitted, enqueued or wrote to ctx.state"
-                                                                : NULL;
-  if (where) {
-    snprintf(o.err, sizeof o.err, "%s holds a NUL character (\\u0000), "
-             "which PostgreSQL's jsonb cannot store", where);
-    o.bad = true;
-  }
+   * PostgreSQL refuse it: build_output's encoding (mq_json_encode_stored)
+   * refuses it first, naming where it is, and this job fails alone. */
   if (o.bad) {
     char message[700];
     snprintf(message, sizeof message,
