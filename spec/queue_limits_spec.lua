@@ -70,6 +70,12 @@ describe("queue limits", function()
       assert.equal(job.data_error, list[1].data_error)
     end)
 
+    it("moonq.db.query names a JSON column it cannot read instead of returning its text", function()
+      local rows, err = moonq.db.query([[SELECT 1 AS n, '{"h":1e400}'::jsonb AS j]])
+      assert.is_nil(rows)
+      assert.matches('column "j" of row 1 cannot be read in Lua: number beyond', err, 1, true)
+    end)
+
     it("events stored with such data before reach readers with data_error", function()
       H.sql([[INSERT INTO @.queue_events (stream, type, data) VALUES ('limits:2', 'x', '{"huge":1e400}')]])
       local list = assert(moonq.events.query("limits:2"))

@@ -248,8 +248,8 @@ struct failure {
 };
 
 /* [.. doc key value] -> [.. doc]: doc[key] = value when JSON can carry it,
- * else a description of it ("function: 0x...", "table: ... (cannot be
- * stored: <why>)"). */
+ * else a description of it ("function: 0x... (not stored)", "table: 0x...
+ * (not stored: <why>)"). */
 static void set_error_field(lua_State *L, int doc) {
   char err[200];
   char *json = mq_json_encode(L, -1, "error field", NULL, err, sizeof err);

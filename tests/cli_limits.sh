@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cli_limits.sh -- the CLI's edges: JSON arguments from standard input ("-")
 # and from a file ("@FILE"), so payloads longer than a command line may hold
-# pass (enqueue, schedule, flow start); a positional id that is not an
+# pass (enqueue, schedule, flow start); a job whose data Lua cannot
+# represent is still shown; a positional id that is not an
 # integer says so without naming a flag; every numeric flag is range-checked;
 # wrong usage exits 2 before any database is touched (even an unreachable
 # one), runtime errors exit 1. Run by ctest as sh_cli_limits with MOONQ_BIN
@@ -60,6 +61,16 @@ expect 1 "enqueue @missing" "cannot read $dir/missing.json" -- \
   "$bin" --config "$cfg" enqueue x "@$dir/missing.json"
 expect 1 "enqueue bad JSON from stdin" "job data is not valid JSON" -- \
   sh -c "echo '{nope' | \"$bin\" --config \"$cfg\" enqueue x -"
+
+# A job whose data Lua cannot represent (stored before SQL send refused it)
+# is shown, with data_error and the stored JSON as data_text.
+id=$(sql "SELECT $schema.send('legacy', '{}')")
+sql "UPDATE $schema.job SET data = '{\"huge\":1e400}' WHERE id = $id" >/dev/null
+out=$("$bin" --config "$cfg" job "$id" 2>&1) || fail "job with unreadable data: exit $?: $out"
+[[ "$out" == *'"data_error":"job data holds a number beyond'* && "$out" == *'"data_text":'* ]] ||
+  fail "job with unreadable data: $out"
+out=$("$bin" --config "$cfg" jobs legacy 2>&1) || fail "jobs listing unreadable data: exit $?: $out"
+[[ "$out" == *"$id "* ]] || fail "jobs listing unreadable data: $out"
 
 # Positional ids and numeric flags.
 expect 2 "job abc" 'ID expects an integer, got "abc"' -- "$bin" --config "$cfg" job abc
