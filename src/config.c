@@ -1046,7 +1046,17 @@ const char *mq_config_check_schedule(const struct mq_schedule_config *s,
              SCHEDULE_NAME_MAX, n);
     return "name";
   }
-  const char *job = s->job && *s->job ? s->job : s->name;
+  if (s->job && !*s->job) {
+    snprintf(err, errlen, "job must be a job name (leave it out to enqueue "
+             "the schedule's name)");
+    return "job";
+  }
+  if (s->tz && !*s->tz) {
+    snprintf(err, errlen, "tz must be a time zone name such as "
+             "\"Europe/Berlin\" (leave it out for UTC)");
+    return "tz";
+  }
+  const char *job = s->job ? s->job : s->name;
   if (strlen(job) > JOB_NAME_MAX) {
     snprintf(err, errlen, "job name is %zu bytes, the limit is %d",
              strlen(job), JOB_NAME_MAX);

@@ -41,6 +41,7 @@ enum stmt {
   ST_STORE_JOB_EVENTS,
   ST_STORE_FLOWS,
   ST_NEXT_DUE,
+  ST_READY,
   ST_RELEASE,
   ST_WAKE,
   ST_COUNT
@@ -83,6 +84,12 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_STORE_JOB_EVENTS] = "SELECT %s.store_job_events($1::boolean,"
                             " $2::boolean), 'true'",
     [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
+    /* one index probe per queue (job_due_idx), however many jobs wait */
+    [ST_READY] = "SELECT to_jsonb(coalesce(array_agg(u.n ORDER BY u.n),"
+                 " '{}'))::text FROM unnest($1::text[]) WITH ORDINALITY"
+                 " u(q, n) WHERE EXISTS (SELECT 1 FROM %s.job j WHERE"
+                 " j.queue = u.q AND j.state < 'active'"
+                 " AND j.start_after <= now())",
     [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs_guarded($1::bigint[], $2::uuid))::text",
     [ST_WAKE] = "SELECT %s.wake($1)",
 };
@@ -698,6 +705,7 @@ static const struct {
     [MQ_QUEUE_CANCEL] = {ST_CANCEL, 1},   [MQ_QUEUE_RETRY] = {ST_RETRY, 1},
     [MQ_QUEUE_PURGE] = {ST_PURGE, 2},     [MQ_QUEUE_MAINTAIN] = {ST_MAINTAIN, 1},
     [MQ_QUEUE_NEXT_DUE] = {ST_NEXT_DUE, 1}, [MQ_QUEUE_RELEASE] = {ST_RELEASE, 2},
+    [MQ_QUEUE_READY] = {ST_READY, 1},
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],

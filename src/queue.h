@@ -154,8 +154,11 @@ enum mq_queue_op {
   MQ_QUEUE_MAINTAIN,  /* -> {recovered, expired, deleted, ...} or null */
   MQ_QUEUE_NEXT_DUE,  /* a1 = queue -> seconds until its next delayed job
                          is due, or null */
-  MQ_QUEUE_RELEASE    /* a1 = "{id,id,...}" -> count: this process's active
+  MQ_QUEUE_RELEASE,   /* a1 = "{id,id,...}" -> count: this process's active
                          jobs go back to waiting, attempt not counted */
+  MQ_QUEUE_READY      /* a1 = text[] literal of queue names -> array of the
+                         1-based positions of those with a job to run now
+                         (one cheap statement for many idle queues) */
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],

@@ -21,6 +21,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "buf.h"
 #include "handlers.h"
 #include "json.h"
 #include "log.h"
@@ -46,6 +47,7 @@ struct consumer {
   bool fetching;
   bool more;
   bool live;    /* some handler still names this queue */
+  bool poll_due; /* its poll timer fired: check it at the next probe */
   ev_timer poll;
   STAILQ_HEAD(, buffered) buffer;
   int nbuffer;
@@ -78,6 +80,8 @@ struct mq_worker {
   int nactive;
   ev_timer scan;
   ev_timer grace;
+  ev_prepare probe; /* polls of idle queues, checked together */
+  bool probing;     /* a probe is in flight */
   int inflight;
   int ctx_ref; /* moonq.ctx.new */
   bool started;
@@ -93,18 +97,104 @@ static void check_stopped(mq_worker *w);
 
 /* ---- consumers ---------------------------------------------------------- */
 
+/* A queue's fallback poll (a wake-up may have been lost). Polls that come
+ * due in the same loop turn are checked together (probe_cb). */
 static void poll_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   struct consumer *c = t->data;
+  c->poll_due = true;
+  if (!ev_is_active(&c->w->probe))
+    ev_prepare_start(loop, &c->w->probe);
+}
+
+/* A consumer asked to fetch again. */
+static void fetch_again(struct consumer *c) {
   c->more = true;
   consider_fetch(c);
 }
 
-/* A delayed job of the consumer's queue is due. */
-static void due_cb(const char *queue, void *data) {
-  struct consumer *c = data;
-  c->more = true;
-  consider_fetch(c);
+struct probe {
+  mq_worker *w;
+  int n;
+  struct consumer *list[]; /* the idle consumers asked about */
+};
+
+static void probed(int status, const char *error, const char *json,
+                   void *data) {
+  struct probe *p = data;
+  mq_worker *w = p->w;
+  w->inflight--;
+  w->probing = false;
+  if (status != MQ_QUEUE_OK) { /* fetch as if there had been no probe */
+    mq_log_debug("worker", "probing idle queues failed error=\"%s\"", error);
+    for (int i = 0; i < p->n; i++)
+      fetch_again(p->list[i]);
+  } else { /* json: [1, 5, ...], positions in p->list */
+    for (const char *s = json; *s; s++) {
+      if (*s < '0' || *s > '9')
+        continue;
+      char *end;
+      long k = strtol(s, &end, 10);
+      if (k >= 1 && k <= p->n)
+        fetch_again(p->list[k - 1]);
+      s = end - 1;
+    }
+  }
+  free(p);
+  check_stopped(w);
 }
+
+/* The polls of this loop turn: a busy consumer fetches as before; idle
+ * ones (nothing running or claimed) are first checked together in one
+ * statement, and only those with a job to run fetch, so a thousand idle
+ * queues cost one statement per poll interval instead of a thousand. */
+static void probe_cb(struct ev_loop *loop, ev_prepare *pw, int revents) {
+  mq_worker *w = pw->data;
+  ev_prepare_stop(loop, pw);
+  struct probe *p = malloc(sizeof *p + sizeof p->list[0] * (size_t)w->nconsumers);
+  int n = 0;
+  for (int i = 0; i < w->nconsumers; i++) {
+    struct consumer *c = w->consumers[i];
+    if (!c->poll_due)
+      continue;
+    c->poll_due = false;
+    if (p && !w->probing && c->live && !c->fetching && c->running == 0 &&
+        c->nbuffer == 0)
+      p->list[n++] = c;
+    else
+      fetch_again(c);
+  }
+  if (n < 2) { /* nothing to save */
+    for (int i = 0; i < n; i++)
+      fetch_again(p->list[i]);
+    free(p);
+    return;
+  }
+  p->w = w;
+  p->n = n;
+  const char **names = malloc(sizeof *names * (size_t)n);
+  char *literal = NULL;
+  if (names) {
+    for (int i = 0; i < n; i++)
+      names[i] = p->list[i]->queue;
+    literal = mq_buf_text_array(names, n);
+  }
+  free(names);
+  const char *args[5] = {literal};
+  if (!literal || mq_queue_call(w->q, MQ_QUEUE_READY, args, probed, p) != 0) {
+    for (int i = 0; i < n; i++)
+      fetch_again(p->list[i]);
+    free(p);
+  } else {
+    w->probing = true;
+    w->inflight++;
+  }
+  free(literal);
+}
+
+static void fetch_again(struct consumer *c);
+
+/* A delayed job of the consumer's queue is due. */
+static void due_cb(const char *queue, void *data) { fetch_again(data); }
 
 static struct consumer *find_consumer(mq_worker *w, const char *queue) {
   for (int i = 0; i < w->nconsumers; i++)
@@ -866,9 +956,15 @@ mq_worker *mq_worker_new(struct mq_runtime *rt, char *err, size_t errlen) {
     return NULL;
   }
   ev_timer_init(&w->scan, scan_cb, 0.5, 0.5);
+  ev_prepare_init(&w->probe, probe_cb);
+  w->probe.data = w;
   w->scan.data = w;
   sync_consumers(w);
   return w;
+}
+
+bool mq_worker_handles(const mq_worker *w, const char *name) {
+  return mq_handlers_find(w->handlers, name) != NULL;
 }
 
 int mq_worker_start(mq_worker *w) {
@@ -930,6 +1026,7 @@ void mq_worker_stop(mq_worker *w, void (*done)(void *arg), void *arg) {
     return;
   }
   w->stopping = true;
+  ev_prepare_stop(w->loop, &w->probe);
   for (int i = 0; i < w->nconsumers; i++) {
     struct consumer *c = w->consumers[i];
     ev_timer_stop(w->loop, &c->poll);
@@ -972,6 +1069,7 @@ void mq_worker_close(mq_worker *w) {
     return;
   }
   ev_timer_stop(w->loop, &w->grace);
+  ev_prepare_stop(w->loop, &w->probe);
   if (ev_is_active(&w->scan)) {
     ev_ref(w->loop);
     ev_timer_stop(w->loop, &w->scan);

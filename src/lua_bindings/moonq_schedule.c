@@ -44,7 +44,23 @@ struct reply {
   const char *json;
 };
 
-/* [reply] -> [decoded JSON] or [nil err] */
+/* Sets the fields of the schedule table on top that are JSON null (next,
+ * last, error, backfill) to nil, as the Lua API documents them. */
+static void drop_nulls(lua_State *L) {
+  static const char *const keys[] = {"next", "last", "error", "backfill",
+                                     NULL};
+  for (int i = 0; keys[i]; i++) {
+    if (lua_getfield(L, -1, keys[i]) == LUA_TLIGHTUSERDATA &&
+        lua_touserdata(L, -1) == NULL) {
+      lua_pushnil(L);
+      lua_setfield(L, -3, keys[i]);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* [reply] -> [decoded JSON] or [nil err]; a schedule, or each schedule of
+ * a list, without its null fields. */
 static int push_json(lua_State *L) {
   const struct reply *r = lua_touserdata(L, 1);
   char err[256];
@@ -52,6 +68,19 @@ static int push_json(lua_State *L) {
     return fail_with(L, r->error ? r->error : "failed");
   if (mq_json_decode(L, r->json, strlen(r->json), err, sizeof err) != 0)
     return fail_with(L, err);
+  if (!lua_istable(L, -1))
+    return 1;
+  if (lua_getfield(L, -1, "name") != LUA_TNIL) { /* one schedule */
+    lua_pop(L, 1);
+    drop_nulls(L);
+    return 1;
+  }
+  lua_pop(L, 1);
+  for (lua_Integer i = 1; lua_rawgeti(L, -1, i) == LUA_TTABLE; i++) {
+    drop_nulls(L);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   return 1;
 }
 
@@ -77,8 +106,8 @@ static const char *opt_string(lua_State *L, int opts, const char *key) {
 }
 
 /* Pushes opts.backfill as text and returns it: a string as it is, an
- * integer as seconds; nil or false: NULL (none). Raises for another
- * type. */
+ * integer as seconds (another number as its text, which the check then
+ * refuses); nil or false: NULL (none). Raises for another type. */
 static const char *opt_backfill(lua_State *L, int opts) {
   if (lua_isnil(L, opts)) {
     lua_pushnil(L);
@@ -90,6 +119,8 @@ static const char *opt_backfill(lua_State *L, int opts) {
     return lua_tostring(L, -1);
   if (lua_isinteger(L, -1))
     return lua_pushfstring(L, "%I", lua_tointeger(L, -1));
+  if (lua_type(L, -1) == LUA_TNUMBER) /* 1.5: refused as the text is */
+    return lua_tostring(L, -1);
   luaL_error(L,
              "moonq.schedule: option \"backfill\" must be a duration string, "
              "whole seconds or \"N slots\", got %s",
