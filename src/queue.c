@@ -55,7 +55,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                      " to_jsonb(%s.send_many($1, $2::jsonb, $3::jsonb))::text",
     [ST_FETCH] = "SELECT id, name, data::text, attempt, priority, retry_limit,"
                  " expire_in, run_id FROM %s.fetch_jobs($1, $2::int, $3::uuid)",
-    [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_with($1::bigint[], $2::jsonb,"
+    [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_guarded($1::bigint[], $2::jsonb,"
                     " $3::uuid, $4::jsonb, $5::integer[]) AS c",
     [ST_FAIL] = "SELECT f.id, f.state::text, to_jsonb(f.start_after) #>> '{}'"
                 " FROM %s.fail_jobs_at("
@@ -90,7 +90,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                  " u(q, n) WHERE EXISTS (SELECT 1 FROM %s.job j WHERE"
                  " j.queue = u.q AND j.state < 'active'"
                  " AND j.start_after <= now())",
-    [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs($1::bigint[], $2::uuid))::text",
+    [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs_guarded($1::bigint[], $2::uuid))::text",
     [ST_WAKE] = "SELECT %s.wake($1)",
 };
 

@@ -332,11 +332,35 @@ static void fail_job(struct consumer *c, long long id, int attempt,
 struct failure {
   lua_State *co;     /* the error value is on top, or NULL: */
   const char *text;  /* the message (a timeout, a job that cannot start) */
+  bool final;        /* no retry: {"retry": false} (sql/014_limits.sql) */
   char message[1024];
   char *json;        /* malloc'd */
 };
 
-/* [] -> []: builds the failure's JSON document from the error value. */
+/* [.. doc key value] -> [.. doc]: doc[key] = value when JSON can carry it,
+ * else a description of it ("function: 0x... (not stored)", "table: 0x...
+ * (not stored: <why>)"). */
+static void set_error_field(lua_State *L, int doc) {
+  char err[200];
+  char *json = mq_json_encode(L, -1, "error field", NULL, err, sizeof err);
+  if (json) {
+    free(json);
+  } else {
+    const char *desc = luaL_tolstring(L, -1, NULL); /* [.. key value desc] */
+    if (lua_type(L, -2) == LUA_TTABLE)
+      lua_pushfstring(L, "%s (not stored: %s)", desc, err);
+    else
+      lua_pushfstring(L, "%s (not stored)", desc);
+    lua_replace(L, -3); /* [.. key desc' desc] */
+    lua_pop(L, 1);
+  }
+  lua_rawset(L, doc);
+}
+
+/* [] -> []: builds the failure's JSON document from the error value. The
+ * string-keyed fields of an error table are kept (those JSON cannot carry
+ * are described), its message becomes the message, and the traceback is
+ * always there for a handler's error. */
 static int build_failure(lua_State *L) {
   struct failure *f = lua_touserdata(L, 1);
   if (f->co) {
@@ -359,22 +383,32 @@ static int build_failure(lua_State *L) {
   lua_createtable(L, 0, 4); /* [f err traceback doc] */
   if (lua_type(L, 2) == LUA_TTABLE) {
     lua_pushnil(L);
-    while (lua_next(L, 2)) {
+    while (lua_next(L, 2)) { /* [.. doc key value] */
+      if (lua_type(L, -2) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        continue;
+      }
       lua_pushvalue(L, -2);
-      lua_insert(L, -2);
-      lua_rawset(L, 4);
+      lua_insert(L, -2); /* [.. doc key key value] */
+      set_error_field(L, 4);
     }
   }
   lua_pushstring(L, f->message);
   lua_setfield(L, 4, "message");
   lua_pushvalue(L, 3);
   lua_setfield(L, 4, "traceback");
+  if (f->final) {
+    lua_pushboolean(L, 0);
+    lua_setfield(L, 4, "retry");
+  }
   char err[256];
   f->json = mq_json_encode(L, 4, "error", NULL, err, sizeof err);
-  if (!f->json) { /* the error table held something JSON cannot carry */
-    lua_createtable(L, 0, 1);
+  if (!f->json) { /* out of memory, or a key that is not UTF-8 */
+    lua_createtable(L, 0, 2);
     lua_pushstring(L, f->message);
     lua_setfield(L, -2, "message");
+    lua_pushvalue(L, 3);
+    lua_setfield(L, -2, "traceback");
     f->json = mq_json_encode(L, -1, "error", NULL, err, sizeof err);
   }
   return 0;
@@ -469,7 +503,7 @@ static void build_effects(lua_State *L, struct output *o) {
     }
   }
   if (any) {
-    o->effects = mq_json_encode(L, 3, "ctx", NULL, o->err, sizeof o->err);
+    o->effects = mq_json_encode_stored(L, 3, "ctx", NULL, o->err, sizeof o->err);
     o->bad = !o->effects;
   }
   lua_pop(L, 1);
@@ -485,7 +519,7 @@ static int build_output(lua_State *L) {
   lua_xmove(o->co, L, 1);
   if (lua_isnil(L, -1))
     return 0;
-  o->json = mq_json_encode(L, -1, "output", NULL, o->err, sizeof o->err);
+  o->json = mq_json_encode_stored(L, -1, "output", NULL, o->err, sizeof o->err);
   o->bad = !o->json;
   return 0;
 }
@@ -504,18 +538,8 @@ static void outcome_returned(lua_State *L, lua_State *co, int nresults,
     o.bad = true;
   }
   /* A NUL character in what is stored with the completion would make
-   * PostgreSQL refuse the whole batch of completions it goes in: this job
-   * fails instead, alone. */
-  const char *where = o.bad                                   ? NULL
-                      : o.json && mq_json_has_nul(o.json)       ? "its output"
-                      : o.effects && mq_json_has_nul(o.effects) ? "what it "
-                          "emitted, enqueued or wrote to ctx.state"
-                                                                : NULL;
-  if (where) {
-    snprintf(o.err, sizeof o.err, "%s holds a NUL character (\\u0000), "
-             "which PostgreSQL's jsonb cannot store", where);
-    o.bad = true;
-  }
+   * PostgreSQL refuse it: build_output's encoding (mq_json_encode_stored)
+   * refuses it first, naming where it is, and this job fails alone. */
   if (o.bad) {
     char message[700];
     snprintf(message, sizeof message,
@@ -602,13 +626,20 @@ struct start {
   const struct mq_job *job;
   int fn_ref;
   int ctx_ref; /* out: a reference to the ctx made */
+  char unreadable[300]; /* out: why the job's data cannot be read (then
+                           push_start raised), or "" */
 };
 
-/* [] -> [fn job ctx] */
+/* [] -> [fn job ctx]; raises when the job's data cannot be read in Lua. */
 static int push_start(lua_State *L) {
   struct start *s = lua_touserdata(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->fn_ref);
   mq_lua_push_job(L, s->job);
+  if (lua_getfield(L, -1, "data_error") != LUA_TNIL) {
+    snprintf(s->unreadable, sizeof s->unreadable, "%s", lua_tostring(L, -1));
+    return lua_error(L);
+  }
+  lua_pop(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->new_ctx_ref);
   lua_pushvalue(L, -2);
   lua_call(L, 1, 1);
@@ -617,11 +648,12 @@ static int push_start(lua_State *L) {
   return 3;
 }
 
-/* Fails a job that cannot start with {message}. */
+/* Fails a job that cannot start with {message}; without a retry when
+ * `final` (it cannot succeed). */
 static void refuse(struct consumer *c, const struct mq_job *job,
-                   const char *message) {
+                   const char *message, bool final) {
   lua_State *L = c->w->L;
-  struct failure f = {.text = message};
+  struct failure f = {.text = message, .final = final};
   if (mq_lua_protect(L, build_failure, &f, 0) != LUA_OK)
     lua_pop(L, 1);
   fail_job(c, job->id, job->attempt, job->name, message,
@@ -635,7 +667,7 @@ static void run_job(struct consumer *c, const struct mq_job *job) {
   const struct mq_handler *h = mq_handlers_find(w->handlers, job->name);
   if (!h) {
     mq_handlers_missing(w->handlers, job->name, err, sizeof err);
-    refuse(c, job, err);
+    refuse(c, job, err, false);
     return;
   }
   struct active *a = calloc(1, sizeof *a);
@@ -660,7 +692,10 @@ static void run_job(struct consumer *c, const struct mq_job *job) {
     luaL_unref(w->L, LUA_REGISTRYINDEX, a->ctx_ref);
     free(a->name);
     free(a);
-    refuse(c, job, err);
+    if (s.unreadable[0])
+      refuse(c, job, s.unreadable, true);
+    else
+      refuse(c, job, err, false);
     return;
   }
   LIST_INSERT_HEAD(&w->actives, a, link);
@@ -811,12 +846,15 @@ static bool names(const char *list, const char *queue) {
   return false;
 }
 
-/* NOTIFY payload: comma-separated queue names; NULL: maybe missed some. */
+/* NOTIFY payload: comma-separated queue names, or "*" (every queue: the
+ * names did not fit a payload, sql/014_limits.sql); NULL: maybe missed
+ * some. */
 static void wake_cb(const char *channel, const char *payload, void *data) {
   mq_worker *w = data;
+  bool all = !payload || strcmp(payload, "*") == 0;
   for (int i = 0; i < w->nconsumers; i++) {
     struct consumer *c = w->consumers[i];
-    if (payload && !names(payload, c->queue))
+    if (!all && !names(payload, c->queue))
       continue;
     c->more = true;
     consider_fetch(c);
@@ -1119,6 +1157,8 @@ int mq_worker_run_once(mq_runtime *rt, const char *dir,
   mq_task *task = mq_task_start(tasks, push_start, &s, timeout, once_ended, o,
                                 err, errlen);
   o->ctx_ref = s.ctx_ref;
+  if (!task && s.unreadable[0])
+    snprintf(err, errlen, "%s", s.unreadable);
   if (!task)
     goto fail;
   return 0;
