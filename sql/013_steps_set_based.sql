@@ -1,5 +1,6 @@
 -- 013_steps_set_based: a completion batch's effects in a few statements
--- over the whole batch.
+-- over the whole batch; handlers' queues remembered, so a handler that
+-- moves to another queue takes its waiting jobs along.
 --
 -- complete_jobs_with (012) looped over the batch in plpgsql: per job a
 -- subtransaction for its enqueues, an INSERT of its events, a send() per
@@ -92,6 +93,7 @@ BEGIN
                                                    AND st.run_id = j.run_id
              WHERE jsonb_typeof(e.value) = 'object' AND j.state = 'active'
                AND j.process_id IS NOT DISTINCT FROM complete_jobs_with.process_id
+               AND j.id = ANY(ids) -- (through the index, not a hash of the table)
                FOR UPDATE OF j) b;
     -- the handlers' own enqueues: all of them in one statement and one
     -- subtransaction; when PostgreSQL refuses one (a bad option, say), job
@@ -231,6 +233,22 @@ BEGIN
   END IF;
 END $$;
 
+-- flow_event (012) in plpgsql, so its plans are cached for the session:
+-- as a LANGUAGE sql function it was planned again on every call, about
+-- half a millisecond for each step's start (the fetch's trigger).
+CREATE OR REPLACE FUNCTION @schema@.flow_event(flow_name text, run_id text, step_name text,
+                                               step_id bigint, attempt integer, type text,
+                                               data jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO @schema@.queue_events (stream, type, data, run_id, flow_name, step_name,
+                                     step_id, attempt)
+  VALUES (@schema@.flow_stream(flow_event.flow_name, flow_event.run_id), flow_event.type,
+          coalesce(flow_event.data, '{}'), flow_event.run_id, flow_event.flow_name,
+          flow_event.step_name, flow_event.step_id::text, flow_event.attempt);
+  PERFORM @schema@.events_wake();
+END $$;
+
 -- A statement's archived step jobs, all at once (012's trigger ran per
 -- row: a lookup, an event and a run's settling each): step.completed /
 -- step.failed / step.cancelled on the runs' streams, then each run
@@ -309,7 +327,89 @@ BEGIN
   RETURN NULL;
 END $$;
 
+-- Generic plans: with a custom plan for the arrays of each call the
+-- settling statement was planned again every time (0.8 ms, more than it
+-- takes to run).
+ALTER FUNCTION @schema@.flow_steps_archived() SET plan_cache_mode = force_generic_plan;
+
 CREATE TRIGGER flow_steps_archived AFTER INSERT ON @schema@.job_archive
   REFERENCING NEW TABLE AS archived
   FOR EACH STATEMENT EXECUTE FUNCTION @schema@.flow_steps_archived();
 
+-- The queue each job name's handler consumes, as the processes that run
+-- handlers store it (store_handler_queues, at start and on every reload;
+-- the last one to store a name wins, as with flows' steps), and the
+-- queues its handler consumed before. Jobs already sent to a queue the
+-- handler no longer consumes would otherwise wait there for good: they
+-- move to the handler's queue (move_handler_jobs) when the handler's
+-- queue is stored and at every maintenance pass, which catches jobs sent
+-- to the old queue later (by a process still running the old file, or a
+-- retry of an attempt that was running during the change).
+CREATE TABLE @schema@.handler_queue (
+  job_name   text PRIMARY KEY,
+  queue      text NOT NULL,
+  previous   text[] NOT NULL DEFAULT '{}', -- queues it consumed before
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Moves the waiting, delayed and retrying jobs of the job names in `names`
+-- (NULL: all) from the queues their handlers consumed before to the queues
+-- they consume now, and wakes those. Jobs being fetched at this moment are
+-- left alone (they start anyway); a job whose singleton key is taken in the
+-- new queue stays where it is. Returns [{job, from, to, moved}], one
+-- element per name and old queue that had jobs to move.
+CREATE FUNCTION @schema@.move_handler_jobs(names text[] DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  moves jsonb;
+  queues text[];
+BEGIN
+  WITH picked AS (
+    SELECT j.id, j.name, j.queue AS from_queue, h.queue AS to_queue, j.singleton_key
+      FROM @schema@.handler_queue h
+      JOIN @schema@.job j ON j.queue = ANY(h.previous) AND j.name = h.job_name
+     WHERE h.previous <> '{}' AND (names IS NULL OR h.job_name = ANY(names))
+       AND j.state < 'active'
+       AND (j.singleton_key IS NULL OR NOT EXISTS (
+              SELECT 1 FROM @schema@.job x
+               WHERE x.queue = h.queue AND x.singleton_key = j.singleton_key))
+       FOR UPDATE OF j SKIP LOCKED
+  ), chosen AS ( -- of two old jobs with one singleton key, the first moves
+    SELECT DISTINCT ON (p.to_queue, coalesce('k:' || p.singleton_key, 'i:' || p.id)) p.*
+      FROM picked p
+     ORDER BY p.to_queue, coalesce('k:' || p.singleton_key, 'i:' || p.id), p.id
+  ), moved AS (
+    UPDATE @schema@.job j SET queue = c.to_queue
+      FROM chosen c
+     WHERE j.id = c.id
+    RETURNING c.name, c.from_queue, c.to_queue
+  )
+  SELECT jsonb_agg(jsonb_build_object('job', g.name, 'from', g.from_queue,
+                                      'to', g.to_queue, 'moved', g.n)
+                   ORDER BY g.name, g.from_queue),
+         array_agg(DISTINCT g.to_queue)
+    INTO moves, queues
+    FROM (SELECT m.name, m.from_queue, m.to_queue, count(*) AS n
+            FROM moved m GROUP BY m.name, m.from_queue, m.to_queue) g;
+  IF queues IS NOT NULL THEN
+    PERFORM @schema@.wake_queues(queues);
+  END IF;
+  RETURN coalesce(moves, '[]');
+END $$;
+
+-- Stores the queues of a process's handlers, `handlers` a JSON object
+-- {job name: queue}: a name whose queue changed keeps its old queue among
+-- its previous ones. Then moves the jobs of those names
+-- (move_handler_jobs) and returns what moved.
+CREATE FUNCTION @schema@.store_handler_queues(handlers jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO @schema@.handler_queue AS hq (job_name, queue)
+  SELECT h.key, h.value FROM jsonb_each_text(handlers) AS h
+  ON CONFLICT (job_name) DO UPDATE
+     SET previous = array_remove(array_remove(hq.previous, hq.queue) || hq.queue,
+                                 excluded.queue),
+         queue = excluded.queue, updated_at = now()
+   WHERE hq.queue <> excluded.queue;
+  RETURN @schema@.move_handler_jobs(ARRAY(SELECT jsonb_object_keys(handlers)));
+END $$;
