@@ -270,6 +270,10 @@ DECLARE
   r_failed text[];   -- the failed step, NULL when none failed
   r_errors jsonb[];
 BEGIN
+  -- (most statements archive no step: they pay for this line alone)
+  IF NOT EXISTS (SELECT 1 FROM archived a WHERE a.run_id IS NOT NULL) THEN
+    RETURN NULL;
+  END IF;
   WITH steps AS MATERIALIZED (
     SELECT a.id, a.run_id, a.attempt, a.state, a.error, s.flow_name, s.step_name
       FROM archived a JOIN @schema@.queue_flow_steps s ON s.job_name = a.name
