@@ -63,6 +63,15 @@ DECLARE
   keep_outputs jsonb;
   keep_events jsonb;
 BEGIN
+  -- a batch without effects whose jobs are all at their attempts (plain
+  -- jobs, as a rule) goes to complete_jobs as it is
+  IF effects IS NULL AND NOT EXISTS (
+       SELECT 1 FROM unnest(ids, attempts) AS u(id, attempt)
+         JOIN @schema@.job j ON j.id = u.id AND j.id = ANY(ids)
+        WHERE u.attempt <> 0 AND j.attempt <> u.attempt) THEN
+    RETURN QUERY SELECT * FROM @schema@.complete_jobs(ids, outputs, process_id, NULL);
+    RETURN;
+  END IF;
   IF effects IS NOT NULL THEN
     -- the runs of the batch's steps, locked in one order (their ends are
     -- decided by the archive trigger of the completion below)
