@@ -12,9 +12,10 @@
 --      subtransaction; only when PostgreSQL refuses one is the batch sent
 --      again job by job, each in a subtransaction of its own, to find the
 --      jobs to fail (a refused enqueue fails its job alone, as before);
---   3. one statement writes the steps' events to their runs' streams, the
---      successor steps' jobs (inserted as send() inserts them, with their
---      job.created events) and the state writes;
+--   3. one statement writes the steps' events to their runs' streams and
+--      the successor steps' jobs (inserted as send() inserts them, with
+--      their job.created events); one more the state writes, when there
+--      are some;
 --   4. complete_jobs (009) completes the rest as before, and the steps'
 --      ends are written by one statement-level trigger for all the rows
 --      archived (012's trigger ran per row).
@@ -190,25 +191,32 @@ BEGIN
                   FROM sent
                  WHERE @schema@.job_events_on()) x
          ORDER BY x.part, x.n, x.k
-      ), writes AS (
-        SELECT DISTINCT ON (step.run_id, w.key) step.run_id, w.key, w.value
-          FROM step,
-               jsonb_each(CASE WHEN jsonb_typeof(step.eff->'state') = 'object'
-                               THEN step.eff->'state' ELSE '{}' END) AS w
-         WHERE step.run_status = 'running'
-         ORDER BY step.run_id, w.key, step.n DESC
-      ), deleted AS (
-        DELETE FROM @schema@.queue_flow_state fs
-         USING writes w
-         WHERE fs.run_id = w.run_id AND fs.key = w.key AND w.value = 'null'::jsonb
-      ), written AS (
-        INSERT INTO @schema@.queue_flow_state AS fs (run_id, key, value)
-        SELECT w.run_id, w.key, w.value FROM writes w WHERE w.value <> 'null'::jsonb
-        ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, updated_at = now()
       )
       SELECT array_agg(DISTINCT sent.queue) INTO more_woken FROM sent;
       woken := coalesce(woken, '{}') || coalesce(more_woken, '{}');
       PERFORM @schema@.events_wake();
+      -- the state writes, by a statement of their own only when there are
+      -- some (an empty data-modifying CTE still opens its table)
+      IF EXISTS (SELECT 1 FROM unnest(b_ids, b_effects, b_status) AS u(id, eff, run_status)
+                  WHERE u.id = ANY(flow_ids) AND u.run_status = 'running'
+                    AND jsonb_typeof(u.eff->'state') = 'object') THEN
+        WITH writes AS (
+          SELECT DISTINCT ON (u.run_id, w.key) u.run_id, w.key, w.value
+            FROM unnest(b_ids, b_effects, b_runs, b_status) WITH ORDINALITY
+                   AS u(id, eff, run_id, run_status, n),
+                 jsonb_each(CASE WHEN jsonb_typeof(u.eff->'state') = 'object'
+                                 THEN u.eff->'state' ELSE '{}' END) AS w
+           WHERE u.id = ANY(flow_ids) AND u.run_status = 'running'
+           ORDER BY u.run_id, w.key, u.n DESC
+        ), deleted AS (
+          DELETE FROM @schema@.queue_flow_state fs
+           USING writes w
+           WHERE fs.run_id = w.run_id AND fs.key = w.key AND w.value = 'null'::jsonb
+        )
+        INSERT INTO @schema@.queue_flow_state AS fs (run_id, key, value)
+        SELECT w.run_id, w.key, w.value FROM writes w WHERE w.value <> 'null'::jsonb
+        ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, updated_at = now();
+      END IF;
     END IF;
     IF cardinality(bad_ids) > 0 THEN
       PERFORM @schema@.fail_jobs(bad_ids, bad_errors, process_id);
