@@ -299,6 +299,20 @@ describe("schedules API", function()
       local next = lines[2]:match("Europe/Berlin%s+(%S+)")
       assert.equal(assert(moonq.schedules())[1].next, next)
 
+      -- columns stay aligned past their default widths
+      local long = ("a-schedule-name-longer-than-the-column-%d"):format(1)
+      assert(moonq.schedule(long, "0 9 * * mon-fri", nil, { tz = "America/Argentina/Buenos_Aires" }))
+      out = moonq_cli("schedules")
+      lines = {}
+      for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+      assert.equal(3, #lines, out)
+      local col = lines[1]:find("NEXT", 1, true)
+      for i = 2, 3 do
+        assert.matches("^%S", lines[i]:sub(col), 1)
+        assert.matches(" $", lines[i]:sub(1, col - 1))
+      end
+      assert(moonq.unschedule(long))
+
       out, rc = moonq_cli("schedule bad '61 * * * *'")
       assert.equal(1, rc)
       assert.equal('moonq schedule: cron: "61 * * * *": minute field: 61 is out of range 0-59\n', out)

@@ -240,7 +240,12 @@ function commands.schedules(args)
   need(pos, 0, "no arguments")
   connect()
   local list = check(moonq.schedules())
-  local fmt = "%-24s %-18s %-18s %-26s %s"
+  -- columns as wide as their longest value (at least the defaults)
+  local w = { name = 24, cron = 18, tz = 18 }
+  for _, s in ipairs(list) do
+    for k, min in pairs(w) do w[k] = math.max(min, #tostring(s[k])) end
+  end
+  local fmt = ("%%-%ds %%-%ds %%-%ds %%-26s %%s"):format(w.name, w.cron, w.tz)
   print(fmt:format("NAME", "CRON", "TZ", "NEXT", "LAST"))
   for _, s in ipairs(list) do
     local next = s.enabled and (present(s.next) or "-") or "disabled"
