@@ -565,6 +565,23 @@ int mq_events_query(mq_events *ev, const char *pattern,
   return 0;
 }
 
+char *mq_event_json(const struct mq_event *e, char *err, size_t errlen) {
+  mq_json_object *o = mq_json_object_new();
+  mq_json_object_int(o, "id", e->id);
+  mq_json_object_string(o, "stream", e->stream);
+  mq_json_object_string(o, "type", e->type);
+  mq_json_object_string(o, "ts", e->ts);
+  mq_json_object_raw(o, "data", e->data ? e->data : "{}");
+  const char *opt[] = {e->run_id, e->flow_name, e->step_name, e->step_id};
+  const char *names[] = {"run_id", "flow_name", "step_name", "step_id"};
+  for (int i = 0; i < 4; i++)
+    if (opt[i])
+      mq_json_object_string(o, names[i], opt[i]);
+  if (e->attempt >= 0)
+    mq_json_object_int(o, "attempt", e->attempt);
+  return mq_json_object_finish(o, err, errlen);
+}
+
 /* ---- subscriptions ------------------------------------------------------- */
 
 static void sub_free(mq_subscription *s) {
@@ -756,6 +773,18 @@ mq_subscription *mq_events_subscribe(mq_events *ev, const char *pattern,
     s->min_id = from == MQ_EVENTS_FROM_ID ? from_id : 0;
     consider_read(s);
   }
+  return s;
+}
+
+mq_subscription *mq_events_subscribe_at(mq_events *ev, const char *pattern,
+                                        const struct mq_event_position *from,
+                                        mq_events_cb cb, void *data,
+                                        char *err, size_t errlen) {
+  mq_subscription *s = sub_new(ev, pattern, from->base, from->target,
+                               from->target ? from->after_id : 0, cb, data,
+                               err, errlen);
+  if (s)
+    consider_read(s);
   return s;
 }
 
