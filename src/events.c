@@ -667,8 +667,14 @@ static void read_done(const struct mq_pg_reply *r, void *data) {
     return;
   }
   fill(res, n, events);
+  /* A step read up to a snapshot taken earlier (a position given to
+   * subscribe_at, or a step that filled batches) may be followed by events
+   * whose wake-up came before the subscription was there or the read
+   * began: read on to now once the step is complete. */
+  bool had_target = s->target != NULL;
   free(s->target);
   if (n < s->batch) { /* the step is complete: move to its snapshot */
+    s->more = s->more || had_target;
     free(s->read_base);
     s->read_base = s->base;
     s->base = snapshot;
