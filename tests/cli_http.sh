@@ -9,7 +9,8 @@
 # one; event streams deliver history, then live events, then after a
 # reconnect with Last-Event-ID everything that was missed, an event whose
 # transaction committed late included, and nothing twice; SIGTERM ends the
-# streams and stops the process. Run by ctest as sh_cli_http with MOONQ_BIN
+# streams and stops the process; a slow stream client does not grow the
+# server's memory; docs/openapi.yaml names every route. Run by ctest as sh_cli_http with MOONQ_BIN
 # and DATABASE_URL set.
 set -u
 
@@ -288,6 +289,37 @@ api POST /api/events '{"stream":"orders:5","type":"after_group"}'
 api GET /api/groups
 expect 200 '"group":"g1","pattern":"orders:*","partitions":16' "list groups"
 [ "$(jget groups.1.lag)" -ge 1 ] 2>/dev/null || fail "groups: lag of the event appended since: $body"
+
+# a queue name with "/" in a path segment, percent-encoded
+api POST /api/jobs '{"name":"a/b"}'
+api GET /api/queues/a%2Fb/counts
+expect 200 '"waiting": 1' "a percent-encoded queue name"
+
+# a client that reads slowly holds one batch in the server, not the backlog:
+# 40 MB of events for a client reading 2 KB/s
+rss() { awk '/VmRSS/ {print $2}' "/proc/$run_pid/status"; }
+curl -s -N --limit-rate 2k "$base/api/events/stream?stream=slow:*" >"$dir/slow" &
+slow=$!
+pids+=("$slow")
+wait_for "$dir/slow" 'subscribed' || fail "slow client: not subscribed"
+rss0=$(rss)
+sql "SELECT count(*) FROM (SELECT $schema.append('slow:' || i, 'big',
+       jsonb_build_object('pad', repeat('x', 2000))) FROM generate_series(1, 20000) i) x" >/dev/null
+for _ in $(seq 1 30); do [ "$(stat -c %s "$dir/slow")" -gt 10000 ] && break; sleep 0.1; done
+sleep 2
+grown=$(( $(rss) - rss0 ))
+[ "$grown" -lt 20000 ] || fail "slow client: the server grew by $grown KB while 40 MB waited"
+[ "$(stat -c %s "$dir/slow")" -lt 1000000 ] || fail "slow client: it was not slow"
+kill "$slow"
+
+# every route of src/http_api.c is in docs/openapi.yaml
+routes=$(grep -o '{"\(GET\|POST\|DELETE\)", "/api[^"]*"' "$MOONQ_SOURCE_DIR/src/http_api.c" |
+  sed 's/{"\([A-Z]*\)", "\([^"]*\)"/\1 \2/' | sort)
+documented=$(awk '/^  \/api/ { path = $1; sub(/:$/, "", path) }
+  /^    (get|post|delete):/ { m = toupper($1); sub(/:$/, "", m); gsub(/\{[a-z_]+\}/, "{}", path); print m, path }' \
+  "$MOONQ_SOURCE_DIR/docs/openapi.yaml" | sort)
+[ "$routes" = "$documented" ] || fail "openapi.yaml and the routes differ: $(diff <(echo "$routes") <(echo "$documented"))"
+[ "$(wc -l <<<"$routes")" -ge 17 ] || fail "routes not found in http_api.c: $routes"
 
 # ---- a non-loopback bind needs a token ---------------------------------------
 cat >"$dir/open.lua" <<EOF
