@@ -414,7 +414,8 @@ static int check_headers(mq_http_req *req) {
   }
   int rc = route(req);
   if (rc == 404) {
-    mq_http_reply_error(req, 404, "no route for %s", req->method);
+    mq_http_reply_error(req, 404, "no route for %s %.200s", req->method,
+                        req->path);
     return rc;
   }
   if (rc == 405) {

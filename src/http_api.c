@@ -410,9 +410,10 @@ static void h_send(mq_http_req *req, void *data) {
   if (read_body(api, req, f, 3, v) != 0)
     return;
   char err[512];
-  if (mq_queue_send(api->queue, v[0].text, v[1].text, v[2].text, sent, req,
-                    err, sizeof err) != 0)
-    mq_http_reply_error(req, 400, "%s", err);
+  int rc = mq_queue_send(api->queue, v[0].text, v[1].text, v[2].text, sent,
+                         req, err, sizeof err);
+  if (rc != 0)
+    mq_http_reply_error(req, queue_status(rc), "%s", err);
   values_free(v, 3);
 }
 
@@ -433,9 +434,10 @@ static void h_send_many(mq_http_req *req, void *data) {
   if (read_body(api, req, f, 3, v) != 0)
     return;
   char err[512];
-  if (mq_queue_send_many(api->queue, v[0].text, v[1].text, v[2].text,
-                         sent_many, req, err, sizeof err) != 0)
-    mq_http_reply_error(req, 400, "%s", err);
+  int rc = mq_queue_send_many(api->queue, v[0].text, v[1].text, v[2].text,
+                              sent_many, req, err, sizeof err);
+  if (rc != 0)
+    mq_http_reply_error(req, queue_status(rc), "%s", err);
   values_free(v, 3);
 }
 
@@ -785,12 +787,13 @@ static void h_append(mq_http_req *req, void *data) {
   for (int i = 0; c->in && i < c->n; i++)
     c->in[i].stream = v[0].text;
   char err[1024];
-  if (!c->in) {
-    mq_http_reply_error(req, 500, "out of memory");
-    append_free(c);
-  } else if (mq_events_append(api->events, c->in, c->n, appended, c, err,
-                              sizeof err) != 0) {
-    mq_http_reply_error(req, 400, "%s", err);
+  int rc = c->in ? mq_events_append(api->events, c->in, c->n, appended, c,
+                                    err, sizeof err)
+                 : MQ_EVENTS_EDB;
+  if (rc != 0) {
+    if (!c->in)
+      snprintf(err, sizeof err, "out of memory");
+    mq_http_reply_error(req, rc == MQ_EVENTS_EINVAL ? 400 : 503, "%s", err);
     append_free(c);
   }
 }
