@@ -624,12 +624,17 @@ static void set_reply(mq_http_req *req, int status, struct MHD_Response *r) {
   run_soon(req->h);
 }
 
-void mq_http_reply_json(mq_http_req *req, int status, const char *json) {
+void mq_http_reply(mq_http_req *req, int status, const char *content_type,
+                   const char *body, size_t len) {
   struct MHD_Response *r = MHD_create_response_from_buffer(
-      strlen(json), (void *)json, MHD_RESPMEM_MUST_COPY);
+      len, (void *)body, MHD_RESPMEM_MUST_COPY);
   if (r)
-    MHD_add_response_header(r, "Content-Type", "application/json");
+    MHD_add_response_header(r, "Content-Type", content_type);
   set_reply(req, status, r);
+}
+
+void mq_http_reply_json(mq_http_req *req, int status, const char *json) {
+  mq_http_reply(req, status, "application/json", json, strlen(json));
 }
 
 void mq_http_reply_error(mq_http_req *req, int status, const char *fmt, ...) {

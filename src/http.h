@@ -114,7 +114,12 @@ const char *mq_http_body(const mq_http_req *req, size_t *len);
 /* A request header, or NULL. */
 const char *mq_http_header(mq_http_req *req, const char *name);
 
-/* Replies with JSON text `json` (copied). Every request replies once. */
+/* Replies with body[0..len) (copied) of type content_type. Every request
+ * replies once, with this or one of the calls below. */
+void mq_http_reply(mq_http_req *req, int status, const char *content_type,
+                   const char *body, size_t len);
+
+/* Replies with JSON text `json` (copied). */
 void mq_http_reply_json(mq_http_req *req, int status, const char *json);
 
 /* Replies with {"error": message} (message formatted as printf). */
