@@ -607,6 +607,23 @@ static void queue_op(mq_http_req *req, mq_http_api *api, enum mq_queue_op op,
     reply_pool_closed(req);
 }
 
+static void queues_listed(int status, const char *error, const char *json,
+                          void *data) {
+  if (status < 0)
+    mq_http_reply_error(data, queue_status(status), "%s", error);
+  else
+    reply_wrapped(data, 200, "queues", json);
+}
+
+/* GET /api/queues -> {queues: [{name, paused, counts}]} */
+static void h_queues(mq_http_req *req, void *data) {
+  mq_http_api *api = data;
+  static const char *const known[] = {NULL};
+  if (only_args(req, known) == 0 &&
+      mq_queue_call(api->queue, MQ_QUEUE_QUEUES, NULL, queues_listed, req) != 0)
+    reply_pool_closed(req);
+}
+
 /* GET /api/queues/{queue}/counts -> {waiting, paused, delayed, ...} */
 static void h_counts(mq_http_req *req, void *data) {
   static const char *const known[] = {NULL};
@@ -1042,6 +1059,7 @@ static const struct mq_http_route routes[] = {
     {"GET", "/api/jobs/{}", h_get, 0},
     {"POST", "/api/jobs/{}/cancel", h_cancel, 0},
     {"POST", "/api/jobs/{}/retry", h_retry, 0},
+    {"GET", "/api/queues", h_queues, 0},
     {"GET", "/api/queues/{}/counts", h_counts, 0},
     {"POST", "/api/queues/{}/pause", h_pause, 0},
     {"POST", "/api/queues/{}/resume", h_resume, 0},

@@ -154,8 +154,10 @@ enum mq_queue_op {
   MQ_QUEUE_MAINTAIN,  /* -> {recovered, expired, deleted, ...} or null */
   MQ_QUEUE_NEXT_DUE,  /* a1 = queue -> seconds until its next delayed job
                          is due, or null */
-  MQ_QUEUE_RELEASE    /* a1 = "{id,id,...}" -> count: this process's active
+  MQ_QUEUE_RELEASE,   /* a1 = "{id,id,...}" -> count: this process's active
                          jobs go back to waiting, attempt not counted */
+  MQ_QUEUE_QUEUES     /* -> [{name, paused, counts}] of every queue with a
+                         row or jobs, by name (sql/016_queues.sql) */
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],

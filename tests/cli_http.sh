@@ -38,13 +38,21 @@ expect() {
   [ "$status" = "$1" ] && [[ "$body" == *"$2"* ]] ||
     fail "$3: expected $1 with '$2', got $status $body"
 }
-# jget PATH: a value of the last reply ("jobs.1.id"), integers printed as such.
+# jget PATH: a value of the last reply ("jobs.1.id"; "queues.@email.paused":
+# the element named email), integers printed as such.
 jget() {
   printf '%s' "$body" | JPATH=$1 lua5.4 -e '
     local v = require("cjson").decode(io.read("a"))
     for k in os.getenv("JPATH"):gmatch("[^.]+") do
       if type(v) ~= "table" then v = nil break end
-      v = v[tonumber(k) or k]
+      local name = k:match("^@(.*)")
+      if name then -- the element of an array whose name is NAME
+        local found
+        for _, e in ipairs(v) do if e.name == name then found = e end end
+        v = found
+      else
+        v = v[tonumber(k) or k]
+      end
     end
     if type(v) == "number" and math.tointeger(v) then v = math.tointeger(v) end
     if v == require("cjson").null then v = nil end
@@ -115,6 +123,10 @@ expect 200 '"state": "delayed"' "list by state"
 api GET "/api/jobs?queue=later&state=sleeping"
 expect 400 'unknown state \"sleeping\"' "list with a bad state"
 
+api GET /api/queues
+expect 200 '"name": "later"' "list queues"
+[ "$(jget queues.@later.counts.waiting)" = 3 ] && [ "$(jget queues.@echo.counts.completed)" = 1 ] &&
+  [ "$(jget queues.@later.paused)" = false ] || fail "list queues: later and echo with counts: $body"
 api GET /api/queues/later/counts
 expect 200 '"delayed": 1' "counts"
 [[ "$body" == *'"waiting": 3'* ]] || fail "counts: 3 waiting expected: $body"
@@ -322,7 +334,7 @@ documented=$(awk '/^  \/api/ { path = $1; sub(/:$/, "", path) }
   /^    (get|post|delete):/ { m = toupper($1); sub(/:$/, "", m); gsub(/\{[a-z_]+\}/, "{}", path); print m, path }' \
   "$MOONQ_SOURCE_DIR/docs/openapi.yaml" | sort)
 [ "$routes" = "$documented" ] || fail "openapi.yaml and the routes differ: $(diff <(echo "$routes") <(echo "$documented"))"
-[ "$(wc -l <<<"$routes")" -ge 17 ] || fail "routes not found in http_api.c: $routes"
+[ "$(wc -l <<<"$routes")" -ge 18 ] || fail "routes not found in http_api.c: $routes"
 
 # ---- a non-loopback bind needs a token ---------------------------------------
 cat >"$dir/open.lua" <<EOF
