@@ -98,6 +98,7 @@ struct mq_http {
   bool stopping;
   bool running;        /* inside MHD_run */
   size_t pending;      /* requests waiting for their handler's reply */
+  char last_error[256]; /* libmicrohttpd's latest message */
   LIST_HEAD(, mq_http_req) reqs;
   LIST_HEAD(, mq_http_req) streams;
 };
@@ -150,11 +151,13 @@ mq_http *mq_http_new(struct ev_loop *loop, const struct mq_config *cfg,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
       MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, h,
       MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
-      MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
       MHD_OPTION_END);
   if (!h->d) {
     snprintf(err, errlen, "http.listen: cannot listen on %s: %s",
-             cfg->http.listen, errno ? strerror(errno) : "failed");
+             cfg->http.listen,
+             h->last_error[0] ? h->last_error
+             : errno          ? strerror(errno)
+                              : "failed");
     free(h->tables);
     free(h);
     return NULL;
@@ -248,13 +251,15 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   run_mhd(w->data);
 }
 
+/* libmicrohttpd's messages (a client that went away, a bind that failed)
+ * are kept for mq_http_new's error and logged at debug level. */
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
-  char msg[512];
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  size_t n = strlen(msg);
-  while (n > 0 && msg[n - 1] == '\n')
-    msg[--n] = '\0';
-  mq_log_debug("http", "libmicrohttpd: %s", msg);
+  mq_http *h = cls;
+  vsnprintf(h->last_error, sizeof h->last_error, fmt, ap);
+  size_t n = strlen(h->last_error);
+  while (n > 0 && h->last_error[n - 1] == '\n')
+    h->last_error[--n] = '\0';
+  mq_log_debug("http", "libmicrohttpd: %s", h->last_error);
 }
 
 /* Paths and query arguments stay percent-encoded in MHD: a path is split

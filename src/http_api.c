@@ -125,7 +125,8 @@ static int read_list(lua_State *L, struct body *b, int idx, const char *name,
   lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
   char *buf = NULL;
   size_t len = 0, cap = 0;
-  mq_buf_add(&buf, &len, &cap, "[", 1);
+  if (mq_buf_add(&buf, &len, &cap, "[", 1) != 0)
+    return luaL_error(L, "out of memory");
   v->text = buf; /* owned from here on, freed with the values */
   for (lua_Integer i = 1; i <= n; i++) {
     char root[160];

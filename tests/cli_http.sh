@@ -345,6 +345,9 @@ out=$("$bin" --config "$dir/open.lua" web 2>&1)
   fail "non-loopback bind without a token: $out"
 out=$("$bin" --config "$dir/config.lua" web --http "0.0.0.0:$port2" 2>&1)
 [ $? -eq 1 ] && [[ "$out" == *'http.token: required'* ]] || fail "web --http 0.0.0.0 without a token: $out"
+out=$("$bin" --config "$dir/config.lua" web --http "127.0.0.1:$port" 2>&1)
+[ $? -eq 1 ] && [[ "$out" == *"http.listen: cannot listen on 127.0.0.1:$port: "*'in use'* ]] ||
+  fail "a port in use: $out"
 out=$("$bin" --config "$dir/config.lua" web --http "127.0.0.1:99999" 2>&1)
 [ $? -eq 1 ] && [[ "$out" == *'http.listen: port must be 1 to 65535'* ]] || fail "bad port: $out"
 token=s3cret-token-0123456789
