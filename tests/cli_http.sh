@@ -8,7 +8,8 @@
 # (config error naming http.token), answers 401 without it or with a wrong
 # one; event streams deliver history, then live events, then after a
 # reconnect with Last-Event-ID everything that was missed, an event whose
-# transaction committed late included, and nothing twice; SIGTERM ends the
+# transaction committed late included, and nothing twice; a job's progress
+# (ctx.emit with now = true) is followed live while it runs; SIGTERM ends the
 # streams and stops the process; a slow stream client does not grow the
 # server's memory; docs/openapi.yaml names every route. Run by ctest as sh_cli_http with MOONQ_BIN
 # and DATABASE_URL set.
@@ -70,6 +71,13 @@ return function(job, ctx) return { echoed = job.data } end
 LUA
 cat >"$dir/handlers/boom.lua" <<'LUA'
 return { retry = { limit = 0 }, handler = function(job, ctx) error("boom") end }
+LUA
+cat >"$dir/handlers/slow.lua" <<'LUA'
+return function(job, ctx)
+  ctx.emit("progress", { pct = 50 }, { now = true })
+  ctx.sleep(3)
+  return "done"
+end
 LUA
 cat >"$dir/handlers/hello.lua" <<'LUA'
 return {
@@ -276,6 +284,16 @@ api GET "/api/events/stream?from=yesterday"
 expect 400 'from must be' "stream with a bad from"
 api GET "/api/events/stream" '' -H 'Last-Event-ID: 5/x/y'
 expect 400 'Last-Event-ID' "stream with a bad Last-Event-ID"
+
+# a job's progress, followed live while it runs
+api POST /api/jobs '{"name":"slow"}'
+slow_id=$(jget id)
+curl -s -N "$base/api/events/stream?stream=job:slow:$slow_id&from=start" >"$dir/progress" &
+sse=$!
+wait_for "$dir/progress" 'event: progress' || fail "progress: not delivered: $(cat "$dir/progress")"
+api GET "/api/jobs/$slow_id"
+[ "$(jget state)" = active ] || fail "progress: the job should still run: $body"
+kill "$sse"; wait "$sse" 2>/dev/null
 
 # ---- flows, schedules, groups ----------------------------------------------------
 for _ in $(seq 1 100); do
