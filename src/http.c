@@ -71,6 +71,7 @@ struct mq_http_req {
   bool too_large;      /* the body went over max_body */
   bool started;        /* the handler ran */
   bool suspended;      /* waiting for the handler's reply */
+  bool counted;        /* in h->pending until MHD is done with it */
   struct MHD_Response *response; /* the reply, until queued */
   int status;
   ev_tstamp t0;
@@ -97,7 +98,8 @@ struct mq_http {
   ev_timer heartbeat;  /* comments on idle event streams */
   bool stopping;
   bool running;        /* inside MHD_run */
-  size_t pending;      /* requests waiting for their handler's reply */
+  size_t pending;      /* requests being answered: handled, their reply
+                          not yet sent (event streams not counted) */
   char last_error[256]; /* libmicrohttpd's latest message */
   LIST_HEAD(, mq_http_req) reqs;
   LIST_HEAD(, mq_http_req) streams;
@@ -272,6 +274,8 @@ static size_t keep_escaped(void *cls, struct MHD_Connection *c, char *s) {
 /* ---- requests ---------------------------------------------------------- */
 
 static void req_free(mq_http_req *req) {
+  if (req->counted)
+    req->h->pending--;
   if (req->stream) {
     mq_subscription_close(req->stream->sub);
     LIST_REMOVE(req, stream_link);
@@ -496,12 +500,14 @@ static enum MHD_Result handle(mq_http_req *req) {
     return queue_reply(req);
   }
   req->route->handler(req, req->route_data);
-  if (req->response)
-    return queue_reply(req);
   if (req->stream)
     return MHD_YES; /* queued by mq_http_reply_stream */
-  req->suspended = true;
+  /* Counted until its reply is sent, so that a stop waits for it. */
+  req->counted = true;
   req->h->pending++;
+  if (req->response)
+    return queue_reply(req);
+  req->suspended = true;
   MHD_suspend_connection(req->conn);
   return MHD_YES;
 }
@@ -617,7 +623,6 @@ static void set_reply(mq_http_req *req, int status, struct MHD_Response *r) {
   if (!req->suspended)
     return;
   req->suspended = false;
-  req->h->pending--;
   if (!r) {
     mq_log_error("http", "out of memory replying to %s %s", req->method,
                  req->path);

@@ -84,7 +84,8 @@ mq_http *mq_http_new(struct ev_loop *loop, const struct mq_config *cfg,
 /* Stops accepting (see above). Idempotent. */
 void mq_http_stop(mq_http *h);
 
-/* Requests being answered (event streams not counted). */
+/* Requests being answered: their handler ran and their reply is not sent
+ * yet (event streams not counted). The runtime's stop waits for 0. */
 size_t mq_http_pending(const mq_http *h);
 
 /* Stops (if not yet), closes every connection and frees the server.

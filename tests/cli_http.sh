@@ -10,7 +10,7 @@
 # reconnect with Last-Event-ID everything that was missed, an event whose
 # transaction committed late included, and nothing twice; a job's progress
 # (ctx.emit with now = true) is followed live while it runs; SIGTERM ends the
-# streams and stops the process; a slow stream client does not grow the
+# streams, answers a request that waits for PostgreSQL and stops the process; a slow stream client does not grow the
 # server's memory; docs/openapi.yaml names every route. Run by ctest as sh_cli_http with MOONQ_BIN
 # and DATABASE_URL set.
 set -u
@@ -392,11 +392,24 @@ grep -q "$token" "$dir/web.log" "$dir/run.log" && fail "the token was logged"
 kill -TERM "$web_pid"; wait "$web_pid" || fail "web: exit code $? after SIGTERM"
 
 # ---- SIGTERM ends the streams and stops ----------------------------------------
+# A request waiting for PostgreSQL when the stop begins (a pause held up by
+# a row lock for 2 s) is answered before the process exits.
+psql "$url" -qAtX -c "BEGIN; SELECT 1 FROM $schema.queue WHERE name = 'later' FOR UPDATE;
+                      SELECT pg_sleep(2); COMMIT;" >/dev/null &
+lock_pid=$!
+sleep 0.5
+base=http://127.0.0.1:$port
+curl -s -w ' %{http_code}' -X POST "$base/api/queues/later/pause" >"$dir/held" &
+held=$!
+sleep 0.5
 kill -TERM "$run_pid"
 for _ in $(seq 1 150); do kill -0 "$run_pid" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$run_pid" 2>/dev/null && fail "run: still running 15 s after SIGTERM"
 wait "$run_pid"; code=$?
 [ "$code" -eq 0 ] || fail "run: exit code $code after SIGTERM: $(cat "$dir/run.log")"
+wait "$held" "$lock_pid"
+[ "$(cat "$dir/held")" = '{"paused":true} 200' ] || fail "stop: the request in flight got: $(cat "$dir/held")"
+curl -s -o /dev/null "$base/api/schedules" && fail "stop: still accepting connections"
 for _ in $(seq 1 50); do kill -0 "$sse" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$sse" 2>/dev/null && fail "stream: still open after the server stopped"
 pids=()
