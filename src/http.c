@@ -148,11 +148,11 @@ mq_http *mq_http_new(struct ev_loop *loop, const struct mq_config *cfg,
   errno = 0;
   h->d = MHD_start_daemon(
       flags, 0, NULL, NULL, on_request, h,
+      MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, /* first: it logs the others */
       MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
       MHD_OPTION_CONNECTION_TIMEOUT, timeout,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
       MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, h,
-      MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
       MHD_OPTION_END);
   if (!h->d) {
     snprintf(err, errlen, "http.listen: cannot listen on %s: %s",
