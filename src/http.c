@@ -754,8 +754,9 @@ static int add_event(struct stream *st, const struct mq_event *e) {
   if (!json)
     return -1;
   int rc = add_id(st, e);
-  /* A type is one line (no line breaks in event types is not enforced by
-   * the store, so the SSE event name is taken up to the first). */
+  /* An `event:` field is one line, and the store accepts types with line
+   * breaks: the name is the type up to the first (data has it whole; JSON
+   * escapes line breaks, so data is one line too). */
   size_t tn = strcspn(e->type, "\r\n");
   rc = rc != 0 ? rc
        : stream_add(st, "event: ", 7) != 0 ? -1
