@@ -47,15 +47,8 @@ say() { echo "$*" | tee -a "$out/summary.txt"; }
 # neither always runs first.
 in_order() { if (( $1 % 2 )); then printf '%s\n' "${builds[@]}"; else printf '%s\n' "${builds[@]}" | tac; fi; }
 
-# PostgreSQL's CPU seconds so far: the postmaster, its live children, and
-# the children it has reaped (pgbench's backends exit before we look).
 pm_pid=$(head -1 "$(q "SHOW data_directory")/postmaster.pid" 2>/dev/null || echo 0)
-hz=$(getconf CLK_TCK)
-pgcpu() {
-  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm_pid" -v hz="$hz" '
-    $1 == pm { t += $14 + $15 + $16 + $17 } $4 == pm && $1 != pm { t += $14 + $15 }
-    END { printf "%.2f\n", t / hz }'
-}
+pgcpu() { bench_pg_cpu "$pm_pid"; }
 us_per() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", (b - a) / n * 1e6 }'; }
 # median and best of the numbers on stdin (best: the highest; with "low",
 # the lowest)

@@ -8,6 +8,12 @@
 # script exits with the build log's tail on failure); exports
 # DATABASE_URL, starting the private PostgreSQL in $build/pg when it is
 # not set.
+#
+#   bench_pg_cpu [POSTMASTER PID]
+#
+# Prints PostgreSQL's CPU seconds so far: the postmaster, its live children
+# and the children it has reaped (pgbench's backends exit before we look).
+# The postmaster is DATABASE_URL's unless given.
 bench_setup() {
   local name=$1
   shift
@@ -26,4 +32,12 @@ bench_setup() {
     DATABASE_URL=$("$repo/scripts/pg.sh" start "$build/pg")
   fi
   export DATABASE_URL
+}
+
+bench_pg_cpu() {
+  local pm=${1:-}
+  [ -n "$pm" ] || pm=$(head -1 "$(psql "$DATABASE_URL" -qAtX -c "SHOW data_directory")/postmaster.pid" 2>/dev/null || echo 0)
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" -v hz="$(getconf CLK_TCK)" '
+    $1 == pm { t += $14 + $15 + $16 + $17 } $4 == pm && $1 != pm { t += $14 + $15 }
+    END { printf "%.2f\n", t / hz }'
 }

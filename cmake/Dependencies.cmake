@@ -1,4 +1,4 @@
-# Finds libpq, Lua 5.4 and libev with pkg-config where a .pc file exists,
+# Finds libpq, Lua 5.4, libmicrohttpd and libev with pkg-config where a .pc file exists,
 # falling back to find_path/find_library (Debian's libev ships no .pc file).
 find_package(PkgConfig REQUIRED)
 
@@ -19,3 +19,6 @@ else()
   target_link_libraries(moonq_ev INTERFACE ${EV_LIBRARY})
   add_library(moonq::ev ALIAS moonq_ev)
 endif()
+
+pkg_check_modules(MHD REQUIRED IMPORTED_TARGET libmicrohttpd)
+add_library(moonq::mhd ALIAS PkgConfig::MHD)

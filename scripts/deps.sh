@@ -4,7 +4,8 @@
 set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config libpq-dev liblua5.4-dev lua5.4
-      lua-cjson libev-dev lua-busted postgresql postgresql-contrib)
+      lua-cjson libev-dev libmicrohttpd-dev lua-busted postgresql postgresql-contrib
+      curl)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,5 +1,5 @@
 -- Inspection and control of the job queue against the real PostgreSQL:
--- pause/resume, cancel, retry, purge, list, counts, get, and maintain()
+-- pause/resume, cancel, retry, purge, list, counts, queues, get, and maintain()
 -- (expiry, retention, process clean-up, the maintenance lock).
 local moonq = require "moonq"
 local H = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/queue_helper.lua")
@@ -164,6 +164,33 @@ describe("queue control", function()
       assert(Q.resume(q))
       assert.same({ waiting = 0, delayed = 0, active = 0, completed = 0, failed = 0,
                     cancelled = 0, paused = 0 }, Q.counts("empty_queue"))
+    end)
+
+    it("queues lists every queue with a row or jobs, with its counts", function()
+      assert(Q.pause("cq_row_only")) -- a row, no jobs
+      local by_name, names = {}, {}
+      for _, e in ipairs(assert(Q.queues())) do
+        by_name[e.name] = e
+        names[#names + 1] = e.name
+      end
+      assert.same({ waiting = 2, delayed = 1, active = 1, completed = 1, failed = 1,
+                    cancelled = 1, paused = 0 }, by_name[q].counts)
+      assert.is_false(by_name[q].paused)
+      assert.is_true(by_name.cq_row_only.paused)
+      assert.equal(0, by_name.cq_row_only.counts.waiting)
+      assert.is_nil(by_name[""]) -- the defaults row is no queue
+      local sorted = { table.unpack(names) }
+      table.sort(sorted)
+      assert.same(sorted, names)
+      -- a queue whose jobs all finished is still known
+      local done = assert(Q.send("cq_done", {}))
+      assert.is_true(Q.cancel(done))
+      local found
+      for _, e in ipairs(assert(Q.queues())) do
+        if e.name == "cq_done" then found = e end
+      end
+      assert.equal(1, found.counts.cancelled)
+      assert(Q.resume("cq_row_only"))
     end)
 
     it("get shows the generic state, stored state, attempt and result", function()

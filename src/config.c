@@ -19,8 +19,11 @@
 
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -86,6 +89,8 @@ struct ctx {
 #define QUEUE_NAME_MAX 255 /* sql/014_limits.sql */
 #define BACKFILL_SLOTS_MAX 1000
 #define BACKFILL_SECONDS_MAX (366 * 86400)
+#define HTTP_BODY_EXTRA 65536 /* http.max_body over max_payload by default */
+#define HTTP_TOKEN_MIN 16      /* bytes */
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 #define QOFF(m) offsetof(struct mq_queue_options, m)
 #define COFF(m) offsetof(struct mq_config, m)
@@ -124,6 +129,15 @@ static const struct field events_fields[] = {
     {.name = "retention", .kind = F_POS, .off = COFF(events.retention)},
 };
 
+static const struct field http_fields[] = {
+    {.name = "listen", .kind = F_STR, .off = COFF(http.listen)},
+    {.name = "token", .kind = F_STR, .off = COFF(http.token)},
+    {.name = "max_body", .kind = F_INT, .off = COFF(http.max_body),
+     .min = 1024, .max = INT_MAX},
+    {.name = "timeout", .kind = F_POS, .off = COFF(http.timeout)},
+    {.name = "heartbeat", .kind = F_POS, .off = COFF(http.heartbeat)},
+};
+
 static const struct field log_fields[] = {
     {.name = "level", .kind = F_LEVEL, .off = COFF(log.level)},
 };
@@ -157,6 +171,7 @@ static const struct field top_fields[] = {
     TABLE("events", 0, events_fields),
     {.name = "schedules", .kind = F_FUNC, .fn = read_schedules},
     TABLE("log", 0, log_fields),
+    TABLE("http", 0, http_fields),
 };
 
 static const struct mq_queue_options default_queue = {
@@ -182,6 +197,7 @@ static void validate(struct ctx *c, int idx);
 static void check_fields(struct ctx *c, int t, const char *prefix,
                          const struct field *f, size_t n, char *base);
 static void check_duplicates(struct ctx *c);
+static void check_http(struct ctx *c);
 static char *xstrdup(lua_State *L, const char *s);
 static void add_errorv(struct errbuf *eb, const char *fmt, va_list ap)
     __attribute__((format(printf, 2, 0)));
@@ -257,6 +273,7 @@ struct mq_config *mq_config_defaults(void) {
   const char *url = getenv("DATABASE_URL");
   if (url && *url && !(cfg->database = strdup(url)))
     goto fail;
+  cfg->http.max_body = cfg->max_payload + HTTP_BODY_EXTRA;
   return cfg;
 fail:
   mq_config_free(cfg);
@@ -298,6 +315,8 @@ void mq_config_free(struct mq_config *cfg) {
     free(s->backfill);
   }
   free(cfg->schedules);
+  free(cfg->http.listen);
+  free(cfg->http.token);
   free(cfg);
 }
 
@@ -450,6 +469,9 @@ static bool set_defaults(struct mq_config *cfg) {
   cfg->events.pool_size = 4;
   cfg->events.max_size = 1048576;
   cfg->log.level = MQ_LOG_INFO;
+  cfg->http.max_body = -1; /* max_payload + 64 KiB, once that is known */
+  cfg->http.timeout = 30;
+  cfg->http.heartbeat = 15;
   cfg->schema = strdup("moonq");
   cfg->handlers = strdup("handlers");
   return cfg->schema && cfg->handlers;
@@ -464,6 +486,7 @@ static void validate(struct ctx *c, int idx) {
   c->cfg->path = xstrdup(L, c->origin);
   check_fields(c, idx, "", top_fields, COUNT(top_fields), (char *)c->cfg);
   check_duplicates(c);
+  check_http(c);
   const char *url = getenv("DATABASE_URL");
   if (url && *url) {
     free(c->cfg->database);
@@ -984,6 +1007,95 @@ static void check_duplicates(struct ctx *c) {
                 s[i].name, j + 1);
         break;
       }
+}
+
+/* `http`: max_body's default, then the table as a whole. */
+static void check_http(struct ctx *c) {
+  struct mq_config *cfg = c->cfg;
+  if (cfg->http.max_body < 0)
+    cfg->http.max_body = cfg->max_payload > INT_MAX - HTTP_BODY_EXTRA
+                             ? INT_MAX
+                             : cfg->max_payload + HTTP_BODY_EXTRA;
+  char err[512];
+  if (mq_config_check_http(cfg, err, sizeof err) != 0)
+    add_error(&c->eb, "%s: %s", c->origin, err);
+}
+
+int mq_config_parse_listen(const char *listen, struct sockaddr *addr,
+                           unsigned *addrlen, bool *loopback, char *err,
+                           size_t errlen) {
+  const char *colon = strrchr(listen, ':');
+  char host[64];
+  size_t hn = colon ? (size_t)(colon - listen) : 0;
+  if (!colon || hn == 0 || hn >= sizeof host) {
+    snprintf(err, errlen, "expected \"host:port\", got \"%.80s\"", listen);
+    return -1;
+  }
+  memcpy(host, listen, hn);
+  host[hn] = '\0';
+  char *end;
+  errno = 0;
+  long port = strtol(colon + 1, &end, 10);
+  if (!isdigit((unsigned char)colon[1]) || *end || port < 1 || port > 65535) {
+    snprintf(err, errlen, "port must be 1 to 65535, got \"%.20s\"", colon + 1);
+    return -1;
+  }
+  if (host[0] == '[' && host[hn - 1] == ']') {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)addr;
+    host[hn - 1] = '\0';
+    memset(a, 0, sizeof *a);
+    if (inet_pton(AF_INET6, host + 1, &a->sin6_addr) == 1) {
+      a->sin6_family = AF_INET6;
+      a->sin6_port = htons((uint16_t)port);
+      *addrlen = sizeof *a;
+      *loopback = IN6_IS_ADDR_LOOPBACK(&a->sin6_addr);
+      return 0;
+    }
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)addr;
+    memset(a, 0, sizeof *a);
+    if (strcmp(host, "localhost") == 0)
+      snprintf(host, sizeof host, "127.0.0.1");
+    if (inet_pton(AF_INET, host, &a->sin_addr) == 1) {
+      a->sin_family = AF_INET;
+      a->sin_port = htons((uint16_t)port);
+      *addrlen = sizeof *a;
+      *loopback = (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+      return 0;
+    }
+  }
+  snprintf(err, errlen,
+           "host must be an IP address (IPv6 in brackets) or \"localhost\", "
+           "got \"%.*s\"", (int)hn, listen);
+  return -1;
+}
+
+int mq_config_check_http(const struct mq_config *cfg, char *err,
+                         size_t errlen) {
+  if (!cfg->http.listen)
+    return 0;
+  struct sockaddr_in6 addr;
+  unsigned len;
+  bool loopback;
+  char why[256];
+  if (mq_config_parse_listen(cfg->http.listen, (struct sockaddr *)&addr, &len,
+                             &loopback, why, sizeof why) != 0) {
+    snprintf(err, errlen, "http.listen: %s", why);
+    return -1;
+  }
+  if (cfg->http.token && strlen(cfg->http.token) < HTTP_TOKEN_MIN) {
+    snprintf(err, errlen, "http.token: expected at least %d bytes, got %zu",
+             HTTP_TOKEN_MIN, strlen(cfg->http.token));
+    return -1;
+  }
+  if (!loopback && !cfg->http.token) {
+    snprintf(err, errlen,
+             "http.token: required when http.listen (\"%s\") is not a "
+             "loopback address",
+             cfg->http.listen);
+    return -1;
+  }
+  return 0;
 }
 
 /* Reads a backfill ("1h", "3600", "5 slots"; NULL, "" or "0": none) as

@@ -91,6 +91,19 @@ struct mq_config {
   struct {
     int level; /* enum mq_log_level; default info */
   } log;
+
+  /* The HTTP API (docs/http.md); off unless `listen` is set. */
+  struct {
+    char *listen;     /* "host:port" (an IP address or "localhost"; IPv6
+                         in brackets); NULL: no HTTP server */
+    char *token;      /* bearer token every API call must carry; required
+                         unless listen is a loopback address; NULL: none */
+    int max_body;     /* largest request body in bytes; default
+                         max_payload + 64 KiB */
+    double timeout;   /* seconds an idle connection is kept; default 30 */
+    double heartbeat; /* seconds between comments on an idle event stream;
+                         default 15 */
+  } http;
 };
 
 /* Loads `path` as a Lua chunk (text only) in L, calls it and validates the
@@ -124,6 +137,22 @@ const struct mq_queue_options *mq_config_queue(const struct mq_config *cfg,
  * message in err. */
 const char *mq_config_check_schedule(const struct mq_schedule_config *s,
                                      char *err, size_t errlen);
+
+/* Parses an HTTP listen address "host:port": an IPv4 address, an IPv6
+ * address in brackets ("[::1]:8080") or "localhost" (127.0.0.1), and a
+ * port from 1 to 65535. Fills addr (room for a sockaddr_in6; its length
+ * in *addrlen) and *loopback. Returns 0, or -1 with a message in err. */
+struct sockaddr;
+int mq_config_parse_listen(const char *listen, struct sockaddr *addr,
+                           unsigned *addrlen, bool *loopback, char *err,
+                           size_t errlen);
+
+/* Checks cfg's `http` table as a whole: the listen address parses, and
+ * one that is not a loopback address has a token of at least 16 bytes.
+ * Used after loading and after `--http ADDR` replaced http.listen.
+ * Returns 0, or -1 with a message naming the key in err. */
+int mq_config_check_http(const struct mq_config *cfg, char *err,
+                         size_t errlen);
 
 void mq_config_free(struct mq_config *cfg);
 

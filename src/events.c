@@ -537,6 +537,23 @@ int mq_events_query(mq_events *ev, const char *pattern,
   return 0;
 }
 
+char *mq_event_json(const struct mq_event *e, char *err, size_t errlen) {
+  mq_json_object *o = mq_json_object_new();
+  mq_json_object_int(o, "id", e->id);
+  mq_json_object_string(o, "stream", e->stream);
+  mq_json_object_string(o, "type", e->type);
+  mq_json_object_string(o, "ts", e->ts);
+  mq_json_object_raw(o, "data", e->data ? e->data : "{}");
+  const char *opt[] = {e->run_id, e->flow_name, e->step_name, e->step_id};
+  const char *names[] = {"run_id", "flow_name", "step_name", "step_id"};
+  for (int i = 0; i < 4; i++)
+    if (opt[i])
+      mq_json_object_string(o, names[i], opt[i]);
+  if (e->attempt >= 0)
+    mq_json_object_int(o, "attempt", e->attempt);
+  return mq_json_object_finish(o, err, errlen);
+}
+
 /* ---- subscriptions ------------------------------------------------------- */
 
 static void sub_free(mq_subscription *s) {
@@ -622,8 +639,14 @@ static void read_done(const struct mq_pg_reply *r, void *data) {
     return;
   }
   fill(res, n, events);
+  /* A step read up to a snapshot taken earlier (a position given to
+   * subscribe_at, or a step that filled batches) may be followed by events
+   * whose wake-up came before the subscription was there or the read
+   * began: read on to now once the step is complete. */
+  bool had_target = s->target != NULL;
   free(s->target);
   if (n < s->batch) { /* the step is complete: move to its snapshot */
+    s->more = s->more || had_target;
     free(s->read_base);
     s->read_base = s->base;
     s->base = snapshot;
@@ -728,6 +751,18 @@ mq_subscription *mq_events_subscribe(mq_events *ev, const char *pattern,
     s->min_id = from == MQ_EVENTS_FROM_ID ? from_id : 0;
     consider_read(s);
   }
+  return s;
+}
+
+mq_subscription *mq_events_subscribe_at(mq_events *ev, const char *pattern,
+                                        const struct mq_event_position *from,
+                                        mq_events_cb cb, void *data,
+                                        char *err, size_t errlen) {
+  mq_subscription *s = sub_new(ev, pattern, from->base, from->target,
+                               from->target ? from->after_id : 0, cb, data,
+                               err, errlen);
+  if (s)
+    consider_read(s);
   return s;
 }
 

@@ -115,6 +115,16 @@ enum mq_events_from {
   MQ_EVENTS_FROM_ID     /* events with an id above from_id */
 };
 
+/* A reader position (sql/005_events.sql, "Gap safety"): every event
+ * visible in snapshot `base` was delivered, and of those visible in
+ * `target` (a step in progress; NULL: none) every one up to id after_id.
+ * Snapshots are pg_snapshot text. */
+struct mq_event_position {
+  const char *base;
+  const char *target;
+  long long after_id;
+};
+
 /* Subscribes cb to `pattern` (NULL: every stream). cb gets each batch;
  * after handling it the subscriber calls mq_subscription_next() (at once
  * or later), and only then is the next batch read. cb gets a status < 0
@@ -125,6 +135,15 @@ mq_subscription *mq_events_subscribe(mq_events *ev, const char *pattern,
                                      enum mq_events_from from,
                                      long long from_id, mq_events_cb cb,
                                      void *data, char *err, size_t errlen);
+
+/* As mq_events_subscribe, from a position an earlier subscription gave
+ * (mq_subscription_position): delivery goes on exactly where that one's
+ * subscriber was, missing and repeating nothing. The snapshots must be
+ * pg_snapshot text (a bad one fails every read). */
+mq_subscription *mq_events_subscribe_at(mq_events *ev, const char *pattern,
+                                        const struct mq_event_position *from,
+                                        mq_events_cb cb, void *data,
+                                        char *err, size_t errlen);
 
 /* For a subscription from the end: asks for fn(arg, error) once its
  * starting position is fixed (error NULL: every event committed from then
@@ -139,15 +158,6 @@ int mq_subscription_on_start(mq_subscription *s,
                              void (*fn)(void *arg, const char *error),
                              void *arg);
 
-/* A reader position (sql/005_events.sql, "Gap safety"): every event
- * visible in snapshot `base` was delivered, and of those visible in
- * `target` (a step in progress; NULL: none) every one up to id after_id.
- * Snapshots are pg_snapshot text. */
-struct mq_event_position {
-  const char *base;
-  const char *target;
-  long long after_id;
-};
 
 /* For consumer groups (event_groups.h): subscribes to partition `part` of
  * `parts` of pattern from a stored position, reading `batch` events at a
@@ -167,7 +177,8 @@ mq_subscription *mq_events_subscribe_partition(
 const char *mq_subscription_wake(mq_subscription *s, bool if_busy);
 
 /* While the subscriber holds a batch: the position just past its event
- * `last_id` (an id of the batch), to store as a checkpoint. The strings
+ * `last_id` (an id of the batch), to store as a checkpoint or to
+ * subscribe from again (mq_events_subscribe_at). The strings
  * are the subscription's, valid until mq_subscription_next. false when
  * there is none (out of memory earlier: store nothing this time). */
 bool mq_subscription_position(const mq_subscription *s, long long last_id,
@@ -184,6 +195,12 @@ const struct mq_config *mq_events_config(const mq_events *ev);
 struct ev_loop *mq_events_loop(const mq_events *ev);
 /* The wake-up channel ("<schema>_events"). */
 const char *mq_events_channel(const mq_events *ev);
+
+/* Event e as a JSON object, the shape the Lua API and the HTTP API show:
+ * {id, stream, type, ts, data, and run_id, flow_name, step_name, step_id,
+ * attempt when set}. Returns the text (caller frees) or NULL with a
+ * message in err. */
+char *mq_event_json(const struct mq_event *e, char *err, size_t errlen);
 
 /* Fills e from row `row` of res, whose columns from col0 on are id,
  * stream, ts, type, run_id, flow_name, step_name, step_id, attempt, data.

@@ -36,8 +36,13 @@ static const char usage_text[] =
     "usage: moonq [--config FILE] COMMAND [ARGS]\n"
     "\n"
     "commands:\n"
-    "  run        apply migrations, then run the handlers in config.lua's\n"
-    "             handlers directory until SIGINT/SIGTERM\n"
+    "  run [--http ADDR]\n"
+    "             apply migrations, then run the handlers in config.lua's\n"
+    "             handlers directory until SIGINT/SIGTERM; --http ADDR\n"
+    "             (host:port) serves the HTTP API there (config http.listen)\n"
+    "  web [--http ADDR]\n"
+    "             serve only the HTTP API (docs/http.md), on ADDR, config\n"
+    "             http.listen or 127.0.0.1:8080\n"
     "  migrate    apply database migrations and exit\n"
     "  enqueue NAME JSON [--delay S] [--priority N] [--queue Q]\n"
     "             [--start-after TIME] [--retry-limit N] [--retry-delay S]\n"
@@ -212,12 +217,58 @@ static bool is_lua_command(const char *c) {
   return false;
 }
 
+/* `run` and `web`: --http ADDR (or --http=ADDR) in *listen. Returns 0 or
+ * the usage exit code. */
+static int parse_http(const struct cli *cli, const char **listen) {
+  for (int i = 0; i < cli->argc; i++) {
+    const char *a = cli->argv[i];
+    if (strcmp(a, "--http") == 0) {
+      if (i + 1 >= cli->argc)
+        return usage_error("missing address after ", a);
+      *listen = cli->argv[++i];
+    } else if (strncmp(a, "--http=", 7) == 0) {
+      *listen = a + 7;
+    } else {
+      return usage_error("unexpected argument ", a);
+    }
+  }
+  return 0;
+}
+
+/* Puts `listen` (or, for `web` without an address anywhere, the default)
+ * into cfg->http.listen and checks the http table again. Returns 0, or 1
+ * after printing the error. */
+static int set_listen(struct mq_config *cfg, const char *listen, bool web) {
+  if (!listen && web && !cfg->http.listen)
+    listen = "127.0.0.1:8080";
+  if (listen) {
+    free(cfg->http.listen);
+    if (!(cfg->http.listen = strdup(listen))) {
+      fprintf(stderr, "moonq: out of memory\n");
+      return 1;
+    }
+  }
+  char err[512];
+  if (mq_config_check_http(cfg, err, sizeof err) != 0) {
+    fprintf(stderr, "moonq: %s\n", err);
+    return 1;
+  }
+  return 0;
+}
+
 /* Commands that need a config and a runtime. */
 static int with_runtime(const struct cli *cli) {
   bool run = strcmp(cli->command, "run") == 0;
+  bool web = strcmp(cli->command, "web") == 0;
   bool lua_cmd = is_lua_command(cli->command);
-  if (cli->argc > 0 && !lua_cmd)
+  const char *listen = NULL;
+  if (run || web) {
+    int rc = parse_http(cli, &listen);
+    if (rc != 0)
+      return rc;
+  } else if (cli->argc > 0 && !lua_cmd) {
     return usage_error("unexpected argument ", cli->argv[0]);
+  }
   lua_State *L = luaL_newstate();
   if (!L) {
     fprintf(stderr, "moonq: out of memory\n");
@@ -232,6 +283,10 @@ static int with_runtime(const struct cli *cli) {
   /* The runtime makes its own Lua state to serve handlers and the CLI;
    * the one that read the config is done. */
   lua_close(L);
+  if ((run || web) && set_listen(cfg, listen, web) != 0) {
+    mq_config_free(cfg);
+    return 1;
+  }
   mq_runtime *rt = mq_runtime_new(ev_default_loop(0), cfg, NULL);
   if (!rt) {
     fprintf(stderr, "moonq: out of memory\n");
@@ -240,6 +295,8 @@ static int with_runtime(const struct cli *cli) {
   int code;
   if (run)
     code = mq_runtime_serve(rt);
+  else if (web)
+    code = mq_runtime_serve_http(rt);
   else if (lua_cmd)
     code = cmd_lua(rt, cli);
   else
@@ -264,7 +321,8 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cli.command, "test") == 0)
     return mq_test_command_run(cli.config, cli.argc, cli.argv);
-  if (strcmp(cli.command, "run") == 0 || strcmp(cli.command, "migrate") == 0 ||
+  if (strcmp(cli.command, "run") == 0 || strcmp(cli.command, "web") == 0 ||
+      strcmp(cli.command, "migrate") == 0 ||
       is_lua_command(cli.command))
     return with_runtime(&cli);
   return usage_error("unknown command ", cli.command);

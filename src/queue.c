@@ -27,6 +27,7 @@ enum stmt {
   ST_GET,
   ST_LIST,
   ST_COUNTS,
+  ST_QUEUES,
   ST_PAUSE,
   ST_RESUME,
   ST_IS_PAUSED,
@@ -67,6 +68,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_LIST] = "SELECT %s.list_jobs($1, $2, $3::int, $4::bigint,"
                 " $5 = 'newest')::text",
     [ST_COUNTS] = "SELECT %s.counts($1)::text",
+    [ST_QUEUES] = "SELECT %s.queues()::text",
     [ST_PAUSE] = "SELECT %s.pause($1), 'true'",
     [ST_RESUME] = "SELECT %s.resume($1), 'true'",
     [ST_IS_PAUSED] = "SELECT to_jsonb(coalesce((SELECT paused FROM %s.queue"
@@ -711,7 +713,7 @@ static const struct {
     [MQ_QUEUE_CANCEL] = {ST_CANCEL, 1},   [MQ_QUEUE_RETRY] = {ST_RETRY, 1},
     [MQ_QUEUE_PURGE] = {ST_PURGE, 2},     [MQ_QUEUE_MAINTAIN] = {ST_MAINTAIN, 1},
     [MQ_QUEUE_NEXT_DUE] = {ST_NEXT_DUE, 1}, [MQ_QUEUE_RELEASE] = {ST_RELEASE, 2},
-    [MQ_QUEUE_READY] = {ST_READY, 1},
+    [MQ_QUEUE_READY] = {ST_READY, 1},     [MQ_QUEUE_QUEUES] = {ST_QUEUES, 0},
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],

@@ -156,9 +156,11 @@ enum mq_queue_op {
                          is due, or null */
   MQ_QUEUE_RELEASE,   /* a1 = "{id,id,...}" -> count: this process's active
                          jobs go back to waiting, attempt not counted */
-  MQ_QUEUE_READY      /* a1 = text[] literal of queue names -> array of the
+  MQ_QUEUE_READY,     /* a1 = text[] literal of queue names -> array of the
                          1-based positions of those with a job to run now
                          (one cheap statement for many idle queues) */
+  MQ_QUEUE_QUEUES     /* -> [{name, paused, counts}] of every queue with a
+                         row or jobs, by name (sql/016_queues.sql) */
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],

@@ -22,6 +22,8 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "http.h"
+#include "http_api.h"
 #include "log.h"
 #include "lua_bindings/bindings.h"
 #include "lua_host.h"
@@ -56,6 +58,8 @@ struct mq_runtime {
   mq_tasks *tasks;    /* coroutines of handlers and subscribers; made on
                          first use */
   mq_worker *worker;  /* when this process runs handlers */
+  mq_http_api *http_api; /* with http: the API's routes */
+  mq_http *http;      /* the HTTP server, when one is started */
   enum phase phase;
   bool serving;      /* mq_runtime_serve's loop runs */
   bool supervised;   /* a prefork child: the supervisor forwards signals */
@@ -406,17 +410,38 @@ void mq_runtime_stop_worker(mq_runtime *rt) {
     ev_run(rt->loop, EVRUN_ONCE);
 }
 
+int mq_runtime_start_http(mq_runtime *rt, char *err, size_t errlen) {
+  if (rt->phase != PHASE_OPEN) {
+    snprintf(err, errlen, "the runtime is not open");
+    return -1;
+  }
+  if (rt->http || !rt->cfg->http.listen)
+    return 0;
+  struct mq_http_api_deps deps = {rt->cfg, rt->pg, rt->queue, rt->events,
+                                  rt->schedules};
+  if (!(rt->http_api = mq_http_api_new(&deps))) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  struct mq_http_routes tables[] = {mq_http_api_routes(rt->http_api)};
+  rt->http = mq_http_new(rt->loop, rt->cfg, rt->events, tables, 1, err,
+                         errlen);
+  return rt->http ? 0 : -1;
+}
+
 /* ---- the stop sequence ---------------------------------------------------- */
 
 /* Step 3: in-flight requests complete, for at most DRAIN_MAX seconds. */
 static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   mq_runtime *rt = w->data;
-  bool idle = mq_pg_pending(rt->pg) == 0 && mq_queue_flushed(rt->queue);
+  bool idle = mq_pg_pending(rt->pg) == 0 && mq_queue_flushed(rt->queue) &&
+              mq_http_pending(rt->http) == 0;
   if (!idle && ev_now(loop) < rt->drain_deadline)
     return;
   if (!idle)
-    mq_log_warn("runtime", "stopping with requests in flight pending=%zu",
-                mq_pg_pending(rt->pg));
+    mq_log_warn("runtime", "stopping with requests in flight pending=%zu "
+                "http_pending=%zu", mq_pg_pending(rt->pg),
+                mq_http_pending(rt->http));
   ev_timer_stop(loop, w);
   rt->phase = PHASE_STOPPED;
   if (rt->serving)
@@ -449,6 +474,7 @@ void mq_runtime_stop(mq_runtime *rt, int exit_code) {
   rt->phase = PHASE_STOPPING;
   rt->exit_code = exit_code;
   mq_schedules_stop(rt->schedules); /* no new jobs while stopping */
+  mq_http_stop(rt->http);           /* no new requests, streams end */
   if (rt->worker)
     mq_worker_stop(rt->worker, worker_stopped, rt);
   else
@@ -493,6 +519,8 @@ void mq_runtime_close(mq_runtime *rt) {
    * handle alive; step 5: free in reverse order of opening. */
   if (rt->pg)
     mq_pg_close(rt->pg);
+  mq_http_close(rt->http);
+  mq_http_api_close(rt->http_api);
   mq_worker_close(rt->worker);
   mq_schedules_close(rt->schedules);
   mq_events_close(rt->events);
@@ -510,9 +538,11 @@ void mq_runtime_close(mq_runtime *rt) {
 
 /* ---- serving ----------------------------------------------------------- */
 
-/* Runs handlers in this process until stopped; the same in `moonq run`
- * and in each prefork child. Returns the exit code. */
-static int serve_here(mq_runtime *rt) {
+/* Runs handlers (with_worker) and the HTTP server (when configured; in a
+ * prefork group the first child's) in this process until stopped; the
+ * same in `moonq run`, each prefork child and `moonq web` (the server
+ * only). Returns the exit code. */
+static int serve_here(mq_runtime *rt, bool with_worker) {
   /* Signals are watched from the start, so one that comes while opening
    * stops the process once it is open. A prefork child leaves SIGINT to its
    * supervisor: a terminal's Ctrl-C reaches the whole process group, and the
@@ -531,14 +561,17 @@ static int serve_here(mq_runtime *rt) {
   char err[4096];
   int code = 0;
   if (mq_runtime_open(rt, err, sizeof err) != 0 ||
-      mq_runtime_start_worker(rt, err, sizeof err) != 0) {
+      (with_worker && mq_runtime_start_worker(rt, err, sizeof err) != 0) ||
+      (rt->child_index == 0 && mq_runtime_start_http(rt, err, sizeof err) != 0)) {
     fprintf(stderr, "moonq: %s\n", err);
     code = 1;
     goto done;
   }
-  mq_queue_start_maintenance(rt->queue);
-  if (rt->events)
-    mq_events_start_retention(rt->events);
+  if (with_worker) {
+    mq_queue_start_maintenance(rt->queue);
+    if (rt->events)
+      mq_events_start_retention(rt->events);
+  }
   mq_log_info("moonq", "running version=%s schema=%s handlers=%s pid=%d",
               MOONQ_VERSION, rt->cfg->schema, rt->cfg->handlers,
               (int)getpid());
@@ -564,7 +597,7 @@ static int serve_child(void *arg, int index, struct ev_loop *loop) {
   rt->own_loop = false;
   rt->supervised = true;
   rt->child_index = index;
-  int code = serve_here(rt);
+  int code = serve_here(rt, true);
   mq_runtime_close(rt);
   return code;
 }
@@ -578,5 +611,14 @@ int mq_runtime_serve(mq_runtime *rt) {
   if (rt->cfg->workers > 1)
     return mq_supervisor_run(rt->loop, rt->cfg->workers,
                              rt->cfg->shutdown_grace, serve_child, rt);
-  return serve_here(rt);
+  return serve_here(rt, true);
+}
+
+int mq_runtime_serve_http(mq_runtime *rt) {
+  char err[4096];
+  if (mq_runtime_prepare_db(rt, true, err, sizeof err) != 0) {
+    fprintf(stderr, "moonq: %s\n", err);
+    return 1;
+  }
+  return serve_here(rt, false);
 }

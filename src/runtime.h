@@ -11,24 +11,31 @@
  *   mq_runtime_open       pool, queue, scheduler, events, schedules
  *   mq_runtime_start_worker   handlers and the worker (jobs run); config
  *                         schedules stored, schedules fired
- *   mq_runtime_serve      open + worker + maintenance + the loop until a
- *                         signal; with `workers > 1` a supervisor forks
- *                         children that each serve
+ *   mq_runtime_start_http the HTTP server (config `http`), when listen
+ *                         is set
+ *   mq_runtime_serve      open + worker + maintenance + HTTP + the loop
+ *                         until a signal; with `workers > 1` a supervisor
+ *                         forks children that each serve (the first one
+ *                         serves HTTP)
+ *   mq_runtime_serve_http `moonq web`: open + HTTP + the loop
  *   mq_runtime_close      the stop sequence, then free
  *
  * The stop sequence, the same from a signal, moonq.close() or a script
- * that forgot to close: (1) the worker stops fetching and running jobs get
+ * that forgot to close: (1) the HTTP server stops accepting (requests
+ * being answered go on, event streams end), the worker stops fetching
+ * and running jobs get
  * shutdown_grace seconds (a second signal or a close without stop ends the
  * grace at once: running jobs go back to the queue) and schedules stop
  * firing; (2) the queue flushes
  * its batched completions and unregisters the process, the scheduler's
- * timers and the event store's reads stop (batched appends are sent); (3) in-flight requests get up to 10 s to complete; (4) the
+ * timers and the event store's reads stop (batched appends are sent); (3)
+ * in-flight requests (HTTP ones included) get up to 10 s to complete; (4) the
  * pool closes, failing what is left, every callback still finding its
  * handle alive; (5) the handles are freed, in reverse order of opening.
  * No step is skipped.
  *
  * Uses: config, log, pg, migrate, queue, scheduler, events, schedules,
- * task, worker, supervisor,
+ * task, worker, supervisor, http, http_api,
  * lua_host, bindings (to preload the Lua modules in its own Lua state).
  */
 #ifndef MQ_RUNTIME_H
@@ -82,6 +89,11 @@ int mq_runtime_open(mq_runtime *rt, char *err, size_t errlen);
  * handlers directory is unreadable, already started). */
 int mq_runtime_start_worker(mq_runtime *rt, char *err, size_t errlen);
 
+/* Starts the HTTP server on config http.listen serving the JSON API (rt
+ * open). No-op without http.listen or when started. Returns 0, or -1 with
+ * err (the address cannot be bound). */
+int mq_runtime_start_http(mq_runtime *rt, char *err, size_t errlen);
+
 /* Stops firing schedules and stops the worker, running the loop until its
  * jobs finished (within shutdown_grace) and their results are stored,
  * then frees it. No-op without a worker. */
@@ -92,6 +104,11 @@ void mq_runtime_stop_worker(mq_runtime *rt);
  * worker and maintenance and run the loop; otherwise does that itself.
  * Returns the exit code. Errors are printed to stderr. */
 int mq_runtime_serve(mq_runtime *rt);
+
+/* `moonq web`: prepares the database (waiting for it), opens and serves
+ * HTTP only (no handlers, no maintenance) in this process until a signal.
+ * Returns the exit code; errors are printed to stderr. */
+int mq_runtime_serve_http(mq_runtime *rt);
 
 /* Asks a runtime running its loop (serve) to stop: starts the stop
  * sequence; the loop returns when it is done. */

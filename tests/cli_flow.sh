@@ -7,20 +7,12 @@
 # sh_cli_flow with MOONQ_BIN and DATABASE_URL set.
 set -u
 
-bin=${MOONQ_BIN:?MOONQ_BIN is not set (run through ctest)}
-url=${DATABASE_URL:?DATABASE_URL is not set (run through ctest)}
-dir=$(mktemp -d)
-schema=t_cli_flow_$$
+source "$(dirname "$0")/lib.sh"
+mq_test_setup cli_flow
 run_pid=
-cleanup() {
+on_exit() {
   [ -n "$run_pid" ] && kill -INT "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null
-  psql "$url" -qAtX -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1
-  rm -rf "$dir"
 }
-trap cleanup EXIT
-failed=0
-fail() { echo "FAIL: $*" >&2; failed=1; }
-sql() { psql "$url" -qAtX -v ON_ERROR_STOP=1 -c "$1"; }
 moonq() { "$bin" --config "$dir/config.lua" "$@"; }
 
 mkdir -p "$dir/handlers/greet"

@@ -10,6 +10,7 @@
 #include "config.h"
 
 #include <limits.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -743,6 +744,79 @@ static void test_out_of_memory(void) {
   CHECK(loaded);
 }
 
+/* http: off by default; max_body follows max_payload; listen checked as an
+ * address; a non-loopback address needs a token of 16 bytes or more. */
+static void test_http(void) {
+  char err[1024], *path;
+  struct mq_config *cfg = load_text("return { max_payload = 1000 }", &path,
+                                    err, sizeof err);
+  REQUIRE(cfg != NULL);
+  CHECK(cfg->http.listen == NULL);
+  CHECK_INT(cfg->http.max_body, 1000 + 65536);
+  CHECK(cfg->http.timeout == 30 && cfg->http.heartbeat == 15);
+  mq_config_free(cfg);
+  free(path);
+  cfg = load_text("return { http = { listen = '[::1]:8081', max_body = 4096, "
+                  "timeout = 5, heartbeat = 2 } }",
+                  &path, err, sizeof err);
+  REQUIRE(cfg != NULL);
+  CHECK_STR(cfg->http.listen, "[::1]:8081");
+  CHECK_INT(cfg->http.max_body, 4096);
+  CHECK(cfg->http.timeout == 5 && cfg->http.heartbeat == 2);
+  mq_config_free(cfg);
+  free(path);
+  cfg = load_text("return { http = { listen = '10.1.2.3:80', token = "
+                  "'0123456789abcdef' } }", &path, err, sizeof err);
+  CHECK(cfg != NULL);
+  mq_config_free(cfg);
+  free(path);
+  expect_error("return { http = { listen = '0.0.0.0:8080' } }",
+               "http.token: required when http.listen (\"0.0.0.0:8080\") is "
+               "not a loopback address");
+  expect_error("return { http = { listen = 'localhost:8080', token = 'short' } }",
+               "http.token: expected at least 16 bytes, got 5");
+  expect_error("return { http = { listen = '127.0.0.1' } }",
+               "http.listen: expected \"host:port\", got \"127.0.0.1\"");
+  expect_error("return { http = { listen = '127.0.0.1:0' } }",
+               "http.listen: port must be 1 to 65535, got \"0\"");
+  expect_error("return { http = { listen = 'example.com:80' } }",
+               "http.listen: host must be an IP address (IPv6 in brackets) or "
+               "\"localhost\", got \"example.com\"");
+  expect_error("return { http = { listen = 8080 } }",
+               "http.listen: expected a string, got 8080");
+  expect_error("return { http = { lisen = '127.0.0.1:1' } }",
+               "unknown key \"http.lisen\" (did you mean \"http.listen\"?)");
+  expect_error("return { http = { max_body = 10 } }",
+               "http.max_body: expected an integer >= 1024, got 10");
+}
+
+/* mq_config_parse_listen: the loopback is told apart. */
+static void test_parse_listen(void) {
+  struct sockaddr_in6 addr;
+  unsigned len;
+  bool loopback;
+  char err[256];
+  const struct {
+    const char *text;
+    bool loopback;
+  } cases[] = {{"127.0.0.1:1", true},  {"127.9.9.9:80", true},
+               {"localhost:80", true}, {"[::1]:80", true},
+               {"0.0.0.0:80", false},  {"[::]:80", false},
+               {"192.168.1.1:80", false}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    CHECK_INT(mq_config_parse_listen(cases[i].text, (struct sockaddr *)&addr,
+                                     &len, &loopback, err, sizeof err),
+              0);
+    CHECK(loopback == cases[i].loopback);
+  }
+  CHECK_INT(mq_config_parse_listen("[::1:80", (struct sockaddr *)&addr, &len,
+                                   &loopback, err, sizeof err),
+            -1);
+  CHECK_INT(mq_config_parse_listen("1.2.3.4:80x", (struct sockaddr *)&addr,
+                                   &len, &loopback, err, sizeof err),
+            -1);
+}
+
 int main(void) {
   /* ctest sets DATABASE_URL; these cases control it themselves. */
   unsetenv("DATABASE_URL");
@@ -776,5 +850,7 @@ int main(void) {
   RUN(test_from_table);
   RUN(test_metatable_ignored);
   RUN(test_out_of_memory);
+  RUN(test_http);
+  RUN(test_parse_listen);
   return mq_test_done();
 }

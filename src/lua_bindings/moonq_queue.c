@@ -5,7 +5,7 @@
  *   jobs = moonq.queue.fetch(queue, n)
  *   moonq.queue.complete(id, output)   moonq.queue.fail(id, err)
  *   moonq.queue.get(id)  .list(queue, {state, limit, after, order})
- *   moonq.queue.counts(queue)  .pause(q)  .resume(q)  .is_paused(q)
+ *   moonq.queue.counts(queue)  .queues()  .pause(q)  .resume(q)  .is_paused(q)
  *   moonq.queue.cancel(id)  .retry(id)  .purge(queue, state)  .maintain()
  *
  * Every call returns its result, or nil and a message; arguments of the
@@ -334,6 +334,12 @@ static int queue_op(lua_State *L, enum mq_queue_op op) {
 }
 
 static int l_counts(lua_State *L) { return queue_op(L, MQ_QUEUE_COUNTS); }
+
+/* queues() -> {{name, paused, counts}, ...}: every queue with a row or jobs */
+static int l_queues(lua_State *L) {
+  const char *a[5] = {NULL};
+  return call_op(L, MQ_QUEUE_QUEUES, a);
+}
 static int l_pause(lua_State *L) { return queue_op(L, MQ_QUEUE_PAUSE); }
 static int l_resume(lua_State *L) { return queue_op(L, MQ_QUEUE_RESUME); }
 static int l_is_paused(lua_State *L) { return queue_op(L, MQ_QUEUE_IS_PAUSED); }
@@ -379,6 +385,7 @@ int luaopen_moonq_queue(lua_State *L) {
       {"fetch", l_fetch},       {"complete", l_complete},
       {"fail", l_fail},         {"get", l_get},
       {"list", l_list},         {"counts", l_counts},
+      {"queues", l_queues},
       {"pause", l_pause},       {"resume", l_resume},
       {"is_paused", l_is_paused}, {"cancel", l_cancel},
       {"retry", l_retry},       {"purge", l_purge},
