@@ -238,6 +238,8 @@ static int resolve_db(mq_runtime *rt, char *err, size_t errlen) {
   if (rt->conninfo)
     return 0;
   if (rt->cfg->database) {
+    if (mq_pg_check_conninfo(rt->cfg->database, err, errlen) != 0)
+      return -1;
     rt->conninfo = strdup(rt->cfg->database);
     return rt->conninfo ? 0 : -1;
   }
