@@ -85,6 +85,10 @@ void mq_queue_close(mq_queue *q);
 /* True when no completion or failure is waiting to be flushed. */
 bool mq_queue_flushed(const mq_queue *q);
 
+/* Batches of completions or failures gathering or in flight (0: every
+ * result given to this handle is stored or has failed). */
+int mq_queue_storing(const mq_queue *q);
+
 /* The process id (uuid text) this handle registered. */
 const char *mq_queue_process_id(const mq_queue *q);
 
@@ -138,7 +142,13 @@ int mq_queue_fail_attempt(mq_queue *q, long long id, int attempt,
                           const char *error_json, mq_queue_json_cb cb,
                           void *data);
 
-/* Inspection and control; each cb gets a JSON result. */
+/* Inspection and control; each cb gets a JSON result. Statements safe to
+ * run twice (reads, pause, resume, release, reclaim, maintenance, and the
+ * batched completions and failures above) are sent again after a lost
+ * connection; send, fetch, cancel, retry and purge fail with the pool's
+ * "may or may not have run" error instead. Batched completions and
+ * failures also outlast the pool's queue_timeout: they wait for the
+ * database as long as the pool is open. */
 enum mq_queue_op {
   MQ_QUEUE_GET,       /* a1 = id            -> job object or null */
   MQ_QUEUE_LIST,      /* a1 = queue, a2 = state or NULL, a3 = limit,
@@ -154,8 +164,12 @@ enum mq_queue_op {
   MQ_QUEUE_MAINTAIN,  /* -> {recovered, expired, deleted, ...} or null */
   MQ_QUEUE_NEXT_DUE,  /* a1 = queue -> seconds until its next delayed job
                          is due, or null */
-  MQ_QUEUE_RELEASE    /* a1 = "{id,id,...}" -> count: this process's active
+  MQ_QUEUE_RELEASE,   /* a1 = "{id,id,...}" -> count: this process's active
                          jobs go back to waiting, attempt not counted */
+  MQ_QUEUE_RECLAIM    /* a1 = "{id,id,...}" -> count: every active job of
+                         this process NOT in a1 goes back to waiting,
+                         attempt not counted (claims whose fetch reply a
+                         lost connection took) */
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],

@@ -79,6 +79,10 @@ struct mq_worker {
   ev_timer scan;
   ev_timer grace;
   int inflight;
+  bool lost_claims; /* a fetch's reply was lost: it may have claimed jobs
+                       that never arrived; reclaimed once no fetch or
+                       result is in flight */
+  bool reclaiming;  /* the reclaim is in flight: no fetch meanwhile */
   int ctx_ref; /* moonq.ctx.new */
   bool started;
   bool stopping;
@@ -88,6 +92,7 @@ struct mq_worker {
 };
 
 static void consider_fetch(struct consumer *c);
+static void maybe_reclaim(mq_worker *w);
 static void start_buffered(struct consumer *c);
 static void check_stopped(mq_worker *w);
 
@@ -220,7 +225,10 @@ static void failed_cb(int status, const char *error, const char *json,
   struct consumer *c = data;
   if (status < 0)
     mq_log_error("worker", "storing a job result failed error=\"%s\"", error);
-  if (!callback_live(c->w) || status != 0 || !strstr(json, "\"retry\""))
+  if (!callback_live(c->w))
+    return;
+  maybe_reclaim(c->w);
+  if (status != 0 || !strstr(json, "\"retry\""))
     return;
   /* The retry's start_after is committed now: wake when it is due. */
   mq_scheduler_wake_when_due(mq_runtime_scheduler(c->w->rt), c->queue, due_cb,
@@ -609,6 +617,69 @@ static void release_ids(mq_worker *w, const long long *ids, int n) {
   free(text);
 }
 
+static void reclaimed(int status, const char *error, const char *json,
+                      void *data) {
+  mq_worker *w = data;
+  w->inflight--;
+  w->reclaiming = false;
+  if (status != 0) {
+    mq_log_error("worker", "giving back jobs of a lost fetch failed "
+                 "error=\"%s\" (tried again)", error);
+    w->lost_claims = true;
+  } else if (strcmp(json, "0") != 0) {
+    mq_log_warn("worker", "gave back jobs claimed by a fetch whose reply was "
+                "lost count=%s", json);
+  }
+  if (!callback_live(w))
+    return;
+  if (w->lost_claims) {
+    maybe_reclaim(w);
+    return;
+  }
+  for (int i = 0; i < w->nconsumers; i++) {
+    w->consumers[i]->more = true;
+    consider_fetch(w->consumers[i]);
+  }
+}
+
+/* After a lost fetch reply, once no fetch, completion or failure is in
+ * flight (so every active job of this process in the database is one it
+ * knows of: running or buffered): gives the others back to the queue.
+ * Fetching waits for it; the poll timer looks again. */
+static void maybe_reclaim(mq_worker *w) {
+  if (!w->lost_claims || w->reclaiming || w->stopping || w->inflight > 0 ||
+      mq_queue_storing(w->q) > 0)
+    return;
+  size_t cap = 3, len = 0;
+  for (int i = 0; i < w->nconsumers; i++)
+    cap += (size_t)w->consumers[i]->nbuffer * 21;
+  cap += (size_t)w->nactive * 21;
+  char *text = malloc(cap);
+  if (!text)
+    return; /* tried again after the next result */
+  text[len++] = '{';
+  struct active *a;
+  LIST_FOREACH(a, &w->actives, link)
+    len += (size_t)snprintf(text + len, cap - len, "%s%lld",
+                            len > 1 ? "," : "", a->id);
+  for (int i = 0; i < w->nconsumers; i++) {
+    struct buffered *b;
+    STAILQ_FOREACH(b, &w->consumers[i]->buffer, link)
+      len += (size_t)snprintf(text + len, cap - len, "%s%lld",
+                              len > 1 ? "," : "", b->job.id);
+  }
+  snprintf(text + len, cap - len, "}");
+  const char *args[5] = {text};
+  w->lost_claims = false;
+  if (mq_queue_call(w->q, MQ_QUEUE_RECLAIM, args, reclaimed, w) == 0) {
+    w->reclaiming = true;
+    w->inflight++;
+  } else {
+    w->lost_claims = true;
+  }
+  free(text);
+}
+
 /* Copies a fetched job into the consumer's buffer. */
 static bool buffer_push(struct consumer *c, const struct mq_job *j) {
   size_t name = strlen(j->name) + 1, queue = strlen(j->queue) + 1,
@@ -665,7 +736,12 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
   if (status != 0) {
     mq_log_warn("worker", "fetch failed queue=%s error=\"%s\"", c->queue,
                 error);
+    /* A fetch that ran but whose reply was lost claimed jobs for this
+     * process that it will never run: give them back. */
+    if (strstr(error, "may or may not have run"))
+      w->lost_claims = true;
     check_stopped(w);
+    maybe_reclaim(w);
     return; /* the poll timer tries again */
   }
   if (w->stopping) { /* stopped while the fetch was in flight */
@@ -698,9 +774,11 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
  * for half of them, so batches stay large (unless nothing runs). */
 static void consider_fetch(struct consumer *c) {
   mq_worker *w = c->w;
+  maybe_reclaim(w);
   int room = c->slots + c->prefetch - c->running - c->nbuffer;
   int worth = c->prefetch / 2 > 0 ? c->prefetch / 2 : 1;
-  if (!w->started || w->stopping || !c->live || c->fetching || !c->more ||
+  if (!w->started || w->stopping || w->reclaiming || w->lost_claims ||
+      !c->live || c->fetching || !c->more ||
       room <= 0 || (room < worth && c->running + c->nbuffer > 0))
     return;
   c->more = false;
