@@ -144,12 +144,12 @@ static int init_lua(lua_State *L) {
 lua_State *mq_runtime_lua(mq_runtime *rt) {
   if (rt->L)
     return rt->L;
-  lua_State *L = luaL_newstate();
+  lua_State *L = mq_lua_newstate((size_t)rt->cfg->memory_limit << 20);
   if (!L)
     return NULL;
   if (mq_lua_protect(L, init_lua, rt, 0) != LUA_OK) {
     mq_log_error("runtime", "cannot set up Lua: %s", lua_tostring(L, -1));
-    lua_close(L);
+    mq_lua_close(L);
     return NULL;
   }
   rt->L = L;
@@ -487,7 +487,7 @@ void mq_runtime_close(mq_runtime *rt) {
   if (rt->own_loop)
     ev_loop_destroy(rt->loop);
   if (rt->own_lua)
-    lua_close(rt->L);
+    mq_lua_close(rt->L);
   mq_config_free(rt->cfg);
   free(rt->conninfo);
   free(rt);

@@ -78,6 +78,7 @@ struct mq_worker {
   int nactive;
   ev_timer scan;
   ev_timer grace;
+  ev_timer trim; /* after a job: give back memory a big one left */
   int inflight;
   bool lost_claims; /* a fetch's reply was lost: it may have claimed jobs
                        that never arrived; reclaimed once no fetch or
@@ -249,7 +250,8 @@ static void fail_job(struct consumer *c, long long id, int attempt,
 /* A failure's JSON: {message, traceback, ...fields of an error table}. */
 struct failure {
   lua_State *co;     /* the error value is on top, or NULL: */
-  const char *text;  /* the message (a timeout, a job that cannot start) */
+  const char *text;  /* the message (a timeout, a job that cannot start;
+                        with co: said instead of the error's) */
   char message[1024];
   char *json;        /* malloc'd */
 };
@@ -268,6 +270,8 @@ static int build_failure(lua_State *L) {
       snprintf(f->message, sizeof f->message, "%s",
                lua_isstring(L, 2) ? lua_tostring(L, 2) : "(error object)");
     }
+    if (f->text)
+      snprintf(f->message, sizeof f->message, "%s", f->text);
     luaL_traceback(L, f->co, f->message, 0); /* [f err traceback] */
   } else {
     snprintf(f->message, sizeof f->message, "%s", f->text);
@@ -447,6 +451,18 @@ static void outcome_returned(lua_State *L, lua_State *co, int nresults,
   out->effects = o.effects;
 }
 
+/* The message for an out-of-memory error on top of co that the memory
+ * limit caused ("memory limit of N MB reached", in buf), or NULL. */
+static const char *memory_error(lua_State *L, lua_State *co, char *buf,
+                                size_t len) {
+  if (!mq_lua_memory_reached(L) || lua_type(co, -1) != LUA_TSTRING ||
+      strcmp(lua_tostring(co, -1), "not enough memory") != 0)
+    return NULL;
+  snprintf(buf, len, "memory limit of %zu MB reached",
+           mq_lua_memory_limit(L) >> 20);
+  return buf;
+}
+
 /* What a task's end comes to; the caller frees it (outcome_free). */
 static void outcome_of(mq_runtime *rt, mq_task *task, enum mq_task_end how,
                        int nresults, int ctx_ref,
@@ -460,7 +476,10 @@ static void outcome_of(mq_runtime *rt, mq_task *task, enum mq_task_end how,
                      mq_runtime_events(rt), out);
     break;
   case MQ_TASK_RAISED:
-    outcome_failed(L, mq_task_thread(task), NULL, out);
+    outcome_failed(L, mq_task_thread(task),
+                   memory_error(L, mq_task_thread(task), message,
+                                sizeof message),
+                   out);
     break;
   case MQ_TASK_TIMED_OUT:
     snprintf(message, sizeof message, "timeout after %g s",
@@ -487,6 +506,8 @@ static void release_active(struct active *a) {
   luaL_unref(w->L, LUA_REGISTRYINDEX, a->ctx_ref);
   free(a->name);
   free(a);
+  if (!ev_is_active(&w->trim)) /* once the task's thread is gone */
+    ev_timer_start(w->loop, &w->trim);
   if (w->stopping) {
     check_stopped(w);
   } else {
@@ -855,6 +876,11 @@ static void rescan(mq_worker *w, bool force) {
   }
 }
 
+static void trim_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+  mq_worker *w = t->data;
+  mq_lua_memory_trim(w->L);
+}
+
 static void scan_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   rescan(t->data, false);
 }
@@ -907,6 +933,8 @@ mq_worker *mq_worker_new(struct mq_runtime *rt, char *err, size_t errlen) {
   }
   ev_timer_init(&w->scan, scan_cb, 0.5, 0.5);
   w->scan.data = w;
+  ev_timer_init(&w->trim, trim_cb, 0., 0.);
+  w->trim.data = w;
   sync_consumers(w);
   return w;
 }
@@ -1012,6 +1040,7 @@ void mq_worker_close(mq_worker *w) {
     return;
   }
   ev_timer_stop(w->loop, &w->grace);
+  ev_timer_stop(w->loop, &w->trim);
   if (ev_is_active(&w->scan)) {
     ev_ref(w->loop);
     ev_timer_stop(w->loop, &w->scan);
