@@ -139,7 +139,6 @@ struct mq_queue {
   int stmts[ST_COUNT];
   char process_id[37];
   char host[256];
-  ev_timer heartbeat;
   ev_timer maintenance;
   ev_prepare flush;
   struct batch *complete; /* gathering, or NULL */
@@ -235,8 +234,9 @@ static void log_debug(int status, const char *error, const char *json,
 
 /* ---- process registration and maintenance ------------------------------ */
 
-static void heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents) {
-  mq_queue *q = w->data;
+/* Registers the process; its heartbeat thread (heartbeat.h) keeps the row
+ * fresh from then on. */
+static void register_process(mq_queue *q) {
   char pid[16];
   snprintf(pid, sizeof pid, "%d", (int)getpid());
   const char *params[] = {q->process_id, q->host, pid, MOONQ_VERSION};
@@ -283,12 +283,7 @@ mq_queue *mq_queue_new(struct ev_loop *loop, mq_pg *pg,
   q->host[sizeof q->host - 1] = '\0';
   ev_prepare_init(&q->flush, flush_cb);
   q->flush.data = q;
-  double beat = cfg->stale_after / 6 < 0.5 ? 0.5 : cfg->stale_after / 6;
-  ev_timer_init(&q->heartbeat, heartbeat_cb, 0., beat);
-  q->heartbeat.data = q;
-  heartbeat_cb(loop, &q->heartbeat, 0); /* register now */
-  ev_timer_again(loop, &q->heartbeat);
-  ev_unref(loop); /* a heartbeat alone does not keep the loop running */
+  register_process(q);
   double every = cfg->stale_after / 2;
   every = every < 0.5 ? 0.5 : every > 15 ? 15 : every;
   ev_timer_init(&q->maintenance, maintenance_cb, every, every);
@@ -305,6 +300,8 @@ void mq_queue_start_maintenance(mq_queue *q) {
 
 const char *mq_queue_process_id(const mq_queue *q) { return q->process_id; }
 
+const char *mq_queue_host(const mq_queue *q) { return q->host; }
+
 bool mq_queue_flushed(const mq_queue *q) {
   return !q->complete && !q->fail && !q->wake_len;
 }
@@ -320,8 +317,6 @@ void mq_queue_stop(mq_queue *q) {
     return;
   q->stopped = true;
   flush_cb(q->loop, &q->flush, 0);
-  ev_ref(q->loop);
-  ev_timer_stop(q->loop, &q->heartbeat);
   if (ev_is_active(&q->maintenance)) {
     ev_ref(q->loop);
     ev_timer_stop(q->loop, &q->maintenance);

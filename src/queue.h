@@ -13,8 +13,9 @@
  * from an ev_prepare watcher: one statement per batch.
  *
  * A queue handle also registers this process (a random id in the process
- * table), moves its heartbeat forward every stale_after/6 seconds and runs a
- * maintenance pass every few seconds (expiry, crash recovery, retention);
+ * table; the runtime's heartbeat thread, heartbeat.h, keeps it fresh) and
+ * runs a maintenance pass every few seconds (expiry, crash recovery,
+ * retention);
  * PostgreSQL advisory locks make one process in the cluster do each pass.
  *
  * Uses: pg, config, json, buf, log.
@@ -89,8 +90,10 @@ bool mq_queue_flushed(const mq_queue *q);
  * result given to this handle is stored or has failed). */
 int mq_queue_storing(const mq_queue *q);
 
-/* The process id (uuid text) this handle registered. */
+/* The process id (uuid text) this handle registered, and the host name
+ * registered with it. */
 const char *mq_queue_process_id(const mq_queue *q);
+const char *mq_queue_host(const mq_queue *q);
 
 /* Checks and sends one job. data_json NULL means {}; opts_json NULL means
  * {}. cb gets the id, or MQ_QUEUE_EREFUSED with id 0 when the singleton key
