@@ -65,6 +65,10 @@ end
   end)
 
   it("gives the memory of a big job back", function()
+    if os.getenv("ASAN_OPTIONS") then
+      pending("AddressSanitizer keeps freed memory in quarantine: resident memory says nothing")
+      return
+    end
     W.wait_job(assert(Q.send("small", {})), nil, 20)
     local before = rss_mb(pid)
     local job = W.wait_job(assert(Q.send("big", { n = 400000 })), nil, 60) -- ~40 MB
