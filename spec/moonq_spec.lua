@@ -20,6 +20,23 @@ describe("moonq module", function()
     assert.is_true(moonq.is_open())
   end)
 
+  it("tells the wall-clock time as PostgreSQL does, to the microsecond, and a monotonic time", function()
+    local db = assert(moonq.db.query("SELECT extract(epoch FROM clock_timestamp())::float8 AS t"))[1].t
+    local now = moonq.now()
+    assert.is_true(math.abs(now - db) < 5, ("moonq.now() %f, PostgreSQL %f"):format(now, db))
+    -- sub-second precision: 50 readings are not all whole seconds
+    local fractional = false
+    for _ = 1, 50 do
+      local t = moonq.now()
+      if t ~= math.floor(t) then fractional = true end
+    end
+    assert.is_true(fractional)
+    local m0 = moonq.monotonic()
+    moonq.sleep(0.05)
+    local m1 = moonq.monotonic()
+    assert.is_true(m1 - m0 >= 0.03 and m1 - m0 < 5, tostring(m1 - m0))
+  end)
+
   it("refuses to open twice", function()
     assert.has_error(function() moonq.open({}) end,
       "moonq is already open (call moonq.close() first)")
@@ -64,6 +81,22 @@ describe("moonq module", function()
     assert(moonq.db.query("CREATE TABLE " .. schema .. ".t (v int)"))
     local _, n = assert(moonq.db.query("INSERT INTO " .. schema .. ".t SELECT generate_series(1, 5)"))
     assert.equal(5, n)
+  end)
+end)
+
+describe("moonq.open settings", function()
+  it("applies config log.level, as moonq run does; info when not given", function()
+    local schema = ("t_level_%d"):format(math.random(1, 1e9))
+    assert(moonq.open({ database = os.getenv("DATABASE_URL"), schema = schema, log = { level = "warn" } }))
+    local level = moonq.log.level()
+    moonq.db.query("DROP SCHEMA IF EXISTS " .. schema .. " CASCADE")
+    moonq.close()
+    assert.equal("warn", level)
+    assert(moonq.open({ database = os.getenv("DATABASE_URL"), schema = schema }))
+    level = moonq.log.level()
+    moonq.db.query("DROP SCHEMA IF EXISTS " .. schema .. " CASCADE")
+    moonq.close()
+    assert.equal("info", level)
   end)
 end)
 

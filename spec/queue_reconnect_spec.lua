@@ -63,7 +63,7 @@ end
   end
 
   it("retries a completion whose connection was lost", function()
-    local job = result_cut_off({ sleep = 1.5 }, "complete_jobs_with")
+    local job = result_cut_off({ sleep = 1.5 }, "complete_jobs_guarded")
     assert.equal("completed", job.state, W.read(log))
     assert.same({ ok = true }, job.output)
   end)
@@ -110,7 +110,7 @@ end
     hold_lock("SELECT 1 FROM @.job WHERE id = " .. id .. " FOR UPDATE", 4)
     W.sleep(0.3)
     W.signal(pid, "TERM") -- shutdown_grace = 1, then the job goes back
-    assert.is_truthy(terminate_waiting("release_jobs"),
+    assert.is_truthy(terminate_waiting("release_jobs_guarded"),
       "no release waited on the lock: " .. (W.read(log) or ""))
     assert.is_truthy(W.poll(exit_code, 30, 0.1), "moonq run did not exit")
     assert.equal(0, exit_code())

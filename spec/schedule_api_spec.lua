@@ -42,8 +42,9 @@ describe("schedules API", function()
       assert.equal("1h", s.backfill)
       assert.is_true(s.enabled)
       assert.equal("api", s.source)
-      assert.is_true(null(s.error))
-      assert.is_true(null(s.last))
+      -- fields without a value are nil, as documented (not moonq.null)
+      assert.is_nil(s.error)
+      assert.is_nil(s.last)
       -- 02:30 Berlin time (03:00 on the spring-forward day), within a day
       local date, hm, off = parts(s.next)
       assert.is_truthy(date, s.next)
@@ -68,7 +69,10 @@ describe("schedules API", function()
       assert.equal("5 slots", assert(moonq.schedule("a", "@hourly", nil, { backfill = "5 slots" })).backfill)
       assert.equal(5, W.row("SELECT backfill_slots FROM @.schedule WHERE name = 'a'").backfill_slots)
       assert.equal("1h30m", assert(moonq.schedule("b", "@hourly", nil, { backfill = 5400 })).backfill)
-      assert.is_true(null(assert(moonq.schedule("c", "@hourly", nil, { backfill = false })).backfill))
+      -- a float with an integral value is whole seconds, as in config.lua
+      assert.equal("1h", assert(moonq.schedule("b2", "@hourly", nil, { backfill = 3600.0 })).backfill)
+      assert.is_nil(assert(moonq.schedule("c", "@hourly", nil, { backfill = false })).backfill)
+      assert.is_nil(assert(moonq.schedule("c", "@hourly", nil, { backfill = 0 })).backfill)
       assert.equal("UTC", assert(moonq.schedule("c", "@hourly")).tz)
       -- UTC times end in Z; @every counts from the Unix epoch
       local s = assert(moonq.schedule("d", "@every 1h"))
@@ -112,6 +116,18 @@ describe("schedules API", function()
         { { "x", "* * * * *", nil, { run_id = "r" } }, 'option "run_id" cannot be given to a schedule (each fire sets it)' },
         { { "x", "* * * * *", nil, { priority = "high" } }, 'option "priority" must be an integer, got "high"' },
         { { "x", "* * * * *", { f = print } }, "data.f" },
+        { { "x", "* * * * *", nil, { backfill = 1.5 } }, 'backfill: expected a duration ("30m", "1h", "1d12h"), seconds or a count ("5 slots"), got "1.5"' },
+        { { "x", "* * * * *", nil, { tz = "" } }, 'tz: tz must be a time zone name such as "Europe/Berlin" (leave it out for UTC)' },
+        { { "x", "* * * * *", nil, { job = "" } }, "job: job must be a job name (leave it out to enqueue the schedule's name)" },
+        { { "x", "* * * * *", nil, { tz = "europe/berlin" } }, 'tz: unknown time zone "europe/berlin"' },
+        { { "x", "* * * * *", nil, { tz = "localtime" } }, "tz: " },
+        { { "x", "* * * * *", nil, { tz = "right/UTC" } }, "tz: " },
+        { { "a\0b", "* * * * *" }, "must not contain NUL bytes" },
+        { { "x", "* * * * *\0 junk" }, "must not contain NUL bytes" },
+        { { "x", "* * * * *", nil, { tz = "Europe/Berlin\0x" } }, "must not contain NUL bytes" },
+        { { "x", "* * * * *", nil, { job = "tick\0x" } }, "must not contain NUL bytes" },
+        { { "x", "* * * * *", nil, { backfill = "1h\0x" } }, "must not contain NUL bytes" },
+        { { "x", "* * * * *", nil, { backfill = "" } }, "backfill: an empty string is no backfill" },
       }
       for _, c in ipairs(cases) do
         local s, err = moonq.schedule(table.unpack(c[1], 1, 4))
@@ -119,11 +135,18 @@ describe("schedules API", function()
         assert.matches(c[2], err, 1, true)
       end
       assert.equal(0, W.row("SELECT count(*) AS n FROM @.schedule").n)
+      -- unschedule refuses a name with NUL instead of deleting "a"
+      assert(moonq.schedule("a", "@daily"))
+      local gone, err = moonq.unschedule("a\0b")
+      assert.is_nil(gone)
+      assert.matches("NUL", err)
+      assert.equal(1, W.row("SELECT count(*) AS n FROM @.schedule WHERE name = 'a'").n)
+      assert.is_true(moonq.unschedule("a"))
       -- wrong argument types raise
       assert.has_error(function() moonq.schedule(nil, "* * * * *") end)
       assert.has_error(function() moonq.schedule("x", "* * * * *", nil, "opts") end)
       assert.has_error(function() moonq.schedule("x", "* * * * *", nil, { tz = 1 }) end)
-      assert.has_error(function() moonq.schedule("x", "* * * * *", nil, { backfill = 1.5 }) end)
+      assert.has_error(function() moonq.schedule("x", "* * * * *", nil, { backfill = {} }) end)
     end)
   end)
 
@@ -137,8 +160,10 @@ describe("schedules API", function()
       assert.equal(2, #list)
       assert.equal("a", list[1].name)
       assert.is_false(list[1].enabled)
-      assert.is_true(null(list[1].next))
+      assert.is_nil(list[1].next)
+      assert.is_nil(list[1].backfill)
       assert.equal("off for a test", list[1].error)
+      assert.is_nil(list[2].error)
       assert.equal("b", list[2].name)
       assert.equal("2026-07-01T09:00:00-04:00", list[2].last)
       local date, hm, off = parts(list[2].next)
@@ -183,8 +208,37 @@ describe("schedules API", function()
       assert.matches('"every day": not a cron expression', err, 1, true)
       _, err = moonq.db.query(("SELECT %s.schedule('bad', '@hourly', '{}', '{\"backfill\": \"1 week\"}')"):format(schema))
       assert.matches("backfill: expected a duration", err, 1, true)
+      -- false is none, as in Lua; "" is refused
+      local none = W.row([[SELECT @.schedule('none', '@hourly', '{}', '{"backfill": false}') AS s]]).s
+      assert.equal(moonq.null, none.backfill)
+      _, err = moonq.db.query(("SELECT %s.schedule('bad', '@hourly', '{}', '{\"backfill\": \"\"}')"):format(schema))
+      assert.matches("backfill: an empty string is no backfill", err, 1, true)
       assert.is_true(W.row("SELECT @.unschedule('sql') AS ok").ok)
       assert.is_false(W.row("SELECT @.unschedule('sql') AS ok").ok)
+    end)
+
+    it("SQL accepts exactly the zones and names the processes accept", function()
+      -- each zone: does cron.c (moonq.schedule checks with it first) take
+      -- it, and does SQL's schedule() take it; they must agree
+      local zones = { "UTC", "Europe/Berlin", "America/New_York", "Etc/GMT+12", "EST5EDT",
+                      "Europe/berlin", "europe/berlin", "utc", "localtime", "right/UTC",
+                      "Etc/GMT+25", "GMT+3", "Mars/Olympus", "../etc/passwd", "/etc/localtime" }
+      local accepted = {}
+      for _, tz in ipairs(zones) do
+        local lua_ok = moonq.schedule("z", "@hourly", nil, { tz = tz }) ~= nil
+        local rows, err = moonq.db.query(("SELECT %s.schedule('z', '@hourly', '{}', $1)"):format(schema),
+          moonq.json.encode({ tz = tz }))
+        assert.equal(lua_ok, rows ~= nil, ("zone %q: Lua %s, SQL %s"):format(tz,
+          lua_ok and "accepts" or "refuses", rows and "accepts" or ("refuses: " .. tostring(err))))
+        if lua_ok then accepted[#accepted + 1] = tz end
+      end
+      assert.same({ "UTC", "Europe/Berlin", "America/New_York", "Etc/GMT+12", "EST5EDT" }, accepted)
+      -- empty tz and job are refused, not read as UTC and the name
+      local _, err = moonq.db.query(("SELECT %s.schedule('e', '@hourly', '{}', '{\"tz\": \"\"}')"):format(schema))
+      assert.matches('tz must be a time zone name', err, 1, true)
+      _, err = moonq.db.query(("SELECT %s.schedule('e', '@hourly', '{}', '{\"job\": \"\"}')"):format(schema))
+      assert.matches('job must be a job name', err, 1, true)
+      assert.equal(0, W.row("SELECT count(*) AS n FROM @.schedule WHERE name = 'e'").n)
     end)
 
     it("a schedule cron.c refuses is disabled, with the reason, by the first process that loads it", function()

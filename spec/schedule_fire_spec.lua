@@ -204,6 +204,34 @@ return {
         W.row("SELECT count(*) AS n FROM @.all_jobs WHERE run_id LIKE 'schedule:%'").n)
     end)
 
+    it("many schedules backfilling at once fire every missed slot (fires go oldest first, one at a time)", function()
+      -- 30 schedules x 1,000 missed slots: 60 statements of 500 slots. Sent
+      -- side by side on the pool's connections, a newer one committed
+      -- first and the database refused the older slots of its schedules.
+      local names = {}
+      for i = 1, 30 do
+        names[i] = ("bf%02d"):format(i)
+        assert(moonq.schedule(names[i], "* * * * * *", { schema = schema }, { job = "none", backfill = "1000 slots" }))
+      end
+      W.sql([[UPDATE @.schedule SET changed_at = now() - interval '1 day',
+                                    last_slot = date_trunc('second', now()) - interval '2 hours']])
+      assert(moonq.start())
+      local done = moonq.run_until(function()
+        return W.row("SELECT count(*) AS n FROM @.schedule_fire").n >= 30 * 1000
+      end, 120)
+      moonq.stop()
+      local rows = W.sql([[SELECT s.name, count(f.slot) AS n FROM @.schedule s
+                            LEFT JOIN @.schedule_fire f ON f.schedule_id = s.id
+                           GROUP BY s.name ORDER BY s.name]])
+      local short = {}
+      for _, r in ipairs(rows) do
+        if r.n < 1000 then short[#short + 1] = r.name .. "=" .. r.n end
+      end
+      assert.is_true(done, "fired slots per schedule: " .. table.concat(short, " "))
+      assert.same({}, short)
+      for _, name in ipairs(names) do assert_consecutive(slots(name), name) end
+    end)
+
     it("a second start finds nothing missed", function()
       assert(moonq.schedule("window", "*/5 * * * * *", { schema = schema }, { job = "tick", backfill = "1m" }))
       down_for(30)
@@ -271,6 +299,55 @@ return {
     assert.equal(0, fired)
     assert.equal(moonq.null, W.row("SELECT last_slot FROM @.schedule WHERE id = $1", id).last_slot)
     assert(moonq.unschedule("ahead"))
+  end)
+
+  it("config syncs, stored next slots and fires running at once never deadlock", function()
+    -- Four sessions write the same 12 schedules, each statement its own
+    -- transaction: config syncs in descending and in ascending id order
+    -- (two hosts starting with the schedules listed in different orders;
+    -- every sync changes the data), stored next slots and fires. Row locks
+    -- taken in different orders deadlocked (PostgreSQL aborts a session).
+    local defs = {}
+    for i = 12, 1, -1 do defs[#defs + 1] = { name = ("dl%02d"):format(i), cron = "@yearly", job = "dl" } end
+    W.sql("SELECT @.sync_config_schedules($1)", moonq.json.encode(defs))
+    local ids = {}
+    for _, r in ipairs(W.sql("SELECT id FROM @.schedule WHERE name LIKE 'dl%' ORDER BY id")) do ids[#ids + 1] = r.id end
+    local rounds, scripts = 150, { {}, {}, {}, {} }
+    local id_list = table.concat(ids, ",")
+    local ascending = {}
+    for i = #defs, 1, -1 do ascending[#ascending + 1] = defs[i] end
+    for n = 1, rounds do
+      for _, d in ipairs(defs) do d.data = { n = n } end
+      scripts[1][n] = ("SELECT %s.sync_config_schedules(%s);"):format(W.schema,
+        "'" .. moonq.json.encode(defs):gsub("'", "''") .. "'")
+      scripts[4][n] = ("SELECT %s.sync_config_schedules(%s);"):format(W.schema,
+        "'" .. moonq.json.encode(ascending):gsub("'", "''") .. "'")
+      scripts[2][n] = ("SELECT %s.store_schedule_next(ARRAY[%s]::bigint[], array_fill(extract(epoch FROM now())::float8 + %d, ARRAY[%d]), array_fill(NULL::text, ARRAY[%d]));")
+        :format(W.schema, id_list, n, #ids, #ids)
+      scripts[3][n] = ("SELECT %s.fire_schedules(ARRAY[%s]::bigint[], array_fill(extract(epoch FROM now())::float8 + %d * 0.1, ARRAY[%d]), array_fill(extract(epoch FROM now())::float8 + 3600, ARRAY[%d]));")
+        :format(W.schema, id_list, n, #ids, #ids)
+    end
+    local dir, rcs = W.tmpdir(), {}
+    for i, lines in ipairs(scripts) do
+      local script = ("%s/s%d.sql"):format(dir, i)
+      W.write(script, table.concat(lines, "\n") .. "\n")
+      rcs[i] = ("%s/rc%d"):format(dir, i)
+      W.own(W.bg(('psql "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 -f %s >/dev/null; echo $? > %s')
+        :format(W.shq(script), W.shq(rcs[i])), ("%s/log%d"):format(dir, i)))
+    end
+    assert.is_truthy(W.poll(function()
+      for _, rc in ipairs(rcs) do if not W.read(rc) then return false end end
+      return true
+    end, 120, 0.1), "the sessions did not finish")
+    for i, rc in ipairs(rcs) do
+      assert.equal("0", W.read(rc):match("%d+"), ("session %d: %s"):format(i, W.read(("%s/log%d"):format(dir, i)) or ""))
+    end
+    -- and what they wrote is there: the last sync's data, every slot fired once
+    assert.same({ n = rounds }, W.row("SELECT data FROM @.schedule WHERE name = 'dl01'").data)
+    assert.equal(rounds * #ids, W.row([[SELECT count(*) AS n FROM @.schedule_fire f
+                                          JOIN @.schedule s ON s.id = f.schedule_id
+                                         WHERE s.name LIKE 'dl%']]).n)
+    W.sql("SELECT @.unschedule(name) FROM @.schedule WHERE name LIKE 'dl%'")
   end)
 
   it("delete_old_fires deletes fired slots older than `keep` in batches, one process at a time", function()

@@ -166,6 +166,15 @@ describe("schedules in moonq run", function()
         'schedules[1].tz: unknown time zone "Mars/Olympus"' },
       { [[{ name = "a", cron = "@daily", backfill = "a while" }]],
         'schedules[1].backfill: expected a duration ("30m", "1h", "1d12h"), seconds or a count ("5 slots"), got "a while"' },
+      { [[{ name = "a", cron = "@daily", tz = "" }]],
+        'schedules[1].tz: expected a non-empty string, got string ""' },
+      { [[{ name = "a", cron = "@daily", job = "" }]],
+        'schedules[1].job: expected a non-empty string, got string ""' },
+      { [[{ name = "a", cron = "@daily", tz = "europe/berlin" }]],
+        'schedules[1].tz: unknown time zone "europe/berlin"' },
+      -- what only PostgreSQL checks names the schedule too
+      { [[{ name = "a", cron = "@daily" }, { name = "b", cron = "@daily", options = { prio = 1 } }]],
+        'schedules[2] (name "b"): unknown option "prio"' },
     }
     for _, c in ipairs(cases) do
       local path = config(schema, handlers, "schedules = { " .. c[1] .. " },")
@@ -174,9 +183,24 @@ describe("schedules in moonq run", function()
       local out = p:read("a")
       p:close()
       assert.matches("rc=1\n$", out)
-      assert.matches("moonq: " .. path .. ": " .. c[2], out, 1, true)
+      assert.matches(c[2], out, 1, true)
+      if not c[2]:find("(name", 1, true) then
+        assert.matches("moonq: " .. path .. ": " .. c[2], out, 1, true)
+      end
     end
     assert.equal(0, W.row("SELECT count(*) AS n FROM @.schedule").n)
+  end)
+
+  it("warns of a config.lua schedule whose job no handler of the process runs", function()
+    local path = config(schema, handlers, [[schedules = {
+    { name = "orphan", cron = "@yearly", job = "nobody" },
+    { name = "fine", cron = "@yearly", job = "tick" } },]])
+    local pid, log, rc = start(path)
+    stop(pid, rc, log)
+    local text = W.read(log)
+    assert.matches("no handler here for a schedule's job name=orphan job=nobody", text, 1, true)
+    assert.is_nil(text:find("name=fine job=tick", 1, true), text)
+    W.sql("DELETE FROM @.schedule")
   end)
 
   it("with workers = 2 only the first worker process fires", function()

@@ -15,4 +15,9 @@
  * NUL-terminated. Returns 0, or -1 when out of memory (*buf unchanged). */
 int mq_buf_add(char **buf, size_t *len, size_t *cap, const char *s, size_t n);
 
+/* A PostgreSQL text[] literal ("{\"a\",\"b\"}") of list[0..n), or of
+ * the NULL-terminated list when n < 0, each element quoted and escaped.
+ * Returns a string the caller frees, or NULL when out of memory. */
+char *mq_buf_text_array(const char *const *list, int n);
+
 #endif

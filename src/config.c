@@ -83,6 +83,7 @@ struct ctx {
 /* Limits of a schedule (sql/011_schedules.sql). */
 #define SCHEDULE_NAME_MAX 200
 #define JOB_NAME_MAX 255
+#define QUEUE_NAME_MAX 255 /* sql/014_limits.sql */
 #define BACKFILL_SLOTS_MAX 1000
 #define BACKFILL_SECONDS_MAX (366 * 86400)
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -693,7 +694,7 @@ static void set_int(struct ctx *c, const struct field *f, int v,
 static void set_num(struct ctx *c, const struct field *f, int v,
                     const char *path, double *dst) {
   const char *op = f->kind == F_POS ? ">" : ">=";
-  char what[64];
+  char what[96];
   snprintf(what, sizeof what, "a number %s 0", op);
   if (lua_type(c->L, v) != LUA_TNUMBER) {
     bad(c, path, what, v);
@@ -704,6 +705,10 @@ static void set_num(struct ctx *c, const struct field *f, int v,
     snprintf(what, sizeof what, "a finite number %s 0", op);
     bad(c, path, what, v);
   } else if (d < 0 || (d == 0 && f->kind == F_POS)) {
+    bad(c, path, what, v);
+  } else if (d > MQ_DURATION_MAX) {
+    snprintf(what, sizeof what, "seconds, at most %.0f (100 years)",
+             MQ_DURATION_MAX);
     bad(c, path, what, v);
   } else {
     *dst = d;
@@ -728,9 +733,14 @@ static void set_str(struct ctx *c, int v, const char *path, char **dst) {
   *dst = xstrdup(c->L, s);
 }
 
+/* The longest schema name: its notification channels ("<schema>_wake",
+ * "<schema>_events", "<schema>_schedules") must fit PostgreSQL's 63-byte
+ * identifiers. */
+#define SCHEMA_MAX (63 - (int)sizeof "_schedules" + 1)
+
 static bool is_identifier(const char *s) {
   size_t n = strlen(s);
-  if (n == 0 || n > 63 || !(islower((unsigned char)*s) || *s == '_'))
+  if (n == 0 || n > SCHEMA_MAX || !(islower((unsigned char)*s) || *s == '_'))
     return false;
   for (; *s; s++)
     if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) ||
@@ -742,8 +752,9 @@ static bool is_identifier(const char *s) {
 static void set_ident(struct ctx *c, int v, const char *path, char **dst) {
   if (lua_type(c->L, v) != LUA_TSTRING || !is_identifier(lua_tostring(c->L, v)))
     bad(c, path,
-        "a lowercase SQL identifier ([a-z_][a-z0-9_]*, at most 63 "
-        "characters)",
+        "a lowercase SQL identifier ([a-z_][a-z0-9_]*, at most 53 "
+        "characters, so that its notification channel <schema>_schedules "
+        "fits PostgreSQL's 63)",
         v);
   else
     set_str(c, v, path, dst);
@@ -858,8 +869,9 @@ static void collect_queues(struct ctx *c, int t, const char *path) {
     n++;
   cfg->queues = xcalloc(L, n, sizeof *cfg->queues);
   for (lua_pushnil(L); lua_next(L, t); lua_pop(L, 1)) {
-    if (lua_type(L, -2) != LUA_TSTRING || lua_rawlen(L, -2) == 0) {
-      bad(c, path, "queue names as keys", -2);
+    if (lua_type(L, -2) != LUA_TSTRING || lua_rawlen(L, -2) == 0 ||
+        lua_rawlen(L, -2) > QUEUE_NAME_MAX) {
+      bad(c, path, "queue names of 1 to 255 bytes as keys", -2);
       continue;
     }
     struct mq_queue_config *q = &cfg->queues[cfg->nqueues++];
@@ -1037,7 +1049,17 @@ const char *mq_config_check_schedule(const struct mq_schedule_config *s,
              SCHEDULE_NAME_MAX, n);
     return "name";
   }
-  const char *job = s->job && *s->job ? s->job : s->name;
+  if (s->job && !*s->job) {
+    snprintf(err, errlen, "job must be a job name (leave it out to enqueue "
+             "the schedule's name)");
+    return "job";
+  }
+  if (s->tz && !*s->tz) {
+    snprintf(err, errlen, "tz must be a time zone name such as "
+             "\"Europe/Berlin\" (leave it out for UTC)");
+    return "tz";
+  }
+  const char *job = s->job ? s->job : s->name;
   if (strlen(job) > JOB_NAME_MAX) {
     snprintf(err, errlen, "job name is %zu bytes, the limit is %d",
              strlen(job), JOB_NAME_MAX);

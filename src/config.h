@@ -19,6 +19,11 @@
 
 #include <lua.h>
 
+/* The longest duration anywhere (a delay, retry_delay, expire_in,
+ * retention, timeout...): 100 years of seconds, so that a time computed from
+ * one stays inside PostgreSQL's timestamps (sql/014_limits.sql). */
+#define MQ_DURATION_MAX 3155760000.0
+
 /* Defaults for the jobs of a queue; config `queue` sets them for every queue
  * and `queues.<name>` overrides them for one. Durations are in seconds. */
 struct mq_queue_options {

@@ -514,34 +514,6 @@ static void queried(const struct mq_pg_reply *r, void *data) {
   free(c);
 }
 
-/* A text[] literal of the NULL-terminated list (caller frees); "" when out
- * of memory. */
-static char *array_literal(const char *const *list) {
-  char *out = NULL;
-  size_t len = 0, cap = 0;
-  if (mq_buf_add(&out, &len, &cap, "{", 1) != 0)
-    return NULL;
-  for (int i = 0; list[i]; i++) {
-    if (i && mq_buf_add(&out, &len, &cap, ",", 1) != 0)
-      goto oom;
-    if (mq_buf_add(&out, &len, &cap, "\"", 1) != 0)
-      goto oom;
-    for (const char *p = list[i]; *p; p++) {
-      if ((*p == '"' || *p == '\\') && mq_buf_add(&out, &len, &cap, "\\", 1) != 0)
-        goto oom;
-      if (mq_buf_add(&out, &len, &cap, p, 1) != 0)
-        goto oom;
-    }
-    if (mq_buf_add(&out, &len, &cap, "\"", 1) != 0)
-      goto oom;
-  }
-  if (mq_buf_add(&out, &len, &cap, "}", 1) == 0)
-    return out;
-oom:
-  free(out);
-  return NULL;
-}
-
 int mq_events_query(mq_events *ev, const char *pattern,
                     const struct mq_events_query *q, mq_events_cb cb,
                     void *data) {
@@ -549,7 +521,7 @@ int mq_events_query(mq_events *ev, const char *pattern,
   snprintf(after, sizeof after, "%lld", q->after);
   snprintf(before, sizeof before, "%lld", q->before);
   snprintf(limit, sizeof limit, "%d", q->limit > 0 ? q->limit : 1000);
-  char *types = q->types ? array_literal(q->types) : NULL;
+  char *types = q->types ? mq_buf_text_array(q->types, -1) : NULL;
   if (q->types && !types)
     return MQ_EVENTS_EDB;
   struct query_call *c = malloc(sizeof *c);

@@ -62,6 +62,7 @@ struct enc {
   size_t nkeys, keycap;
   int mt_idx; /* stack index of the array metatable (or nil) */
   bool ok;
+  bool no_nul; /* a NUL character is an error (mq_json_encode_stored) */
   const char *root;
   char *err;
   size_t errlen;
@@ -74,7 +75,7 @@ struct dec {
   const char *start, *p, *end;
   char *scratch; /* malloc'd; freed by mq_json_decode */
   size_t scap;
-  int depth;
+  int depth, max_depth;
   char decpoint; /* the locale's decimal point, for strtod */
   bool ok;
   char *err;
@@ -123,11 +124,12 @@ static int encode_main(lua_State *L) {
   return 0;
 }
 
-char *mq_json_encode(lua_State *L, int idx, const char *root, size_t *len,
-                     char *err, size_t errlen) {
+static char *encode(lua_State *L, int idx, const char *root, size_t *len,
+                    char *err, size_t errlen, bool no_nul) {
   struct enc e;
   memset(&e, 0, sizeof e);
   e.L = L;
+  e.no_nul = no_nul;
   e.root = root ? root : "value";
   e.err = errlen ? err : NULL;
   e.errlen = errlen;
@@ -163,6 +165,16 @@ char *mq_json_encode(lua_State *L, int idx, const char *root, size_t *len,
   return e.out;
 }
 
+char *mq_json_encode(lua_State *L, int idx, const char *root, size_t *len,
+                     char *err, size_t errlen) {
+  return encode(L, idx, root, len, err, errlen, false);
+}
+
+char *mq_json_encode_stored(lua_State *L, int idx, const char *root,
+                            size_t *len, char *err, size_t errlen) {
+  return encode(L, idx, root, len, err, errlen, true);
+}
+
 /* Protected body of mq_json_decode: [dec] -> [value]. */
 static int decode_main(lua_State *L) {
   struct dec *d = lua_touserdata(L, 1);
@@ -184,9 +196,15 @@ static int decode_main(lua_State *L) {
 
 int mq_json_decode(lua_State *L, const char *text, size_t len, char *err,
                    size_t errlen) {
+  return mq_json_decode_wrapped(L, text, len, 0, err, errlen);
+}
+
+int mq_json_decode_wrapped(lua_State *L, const char *text, size_t len,
+                           int levels, char *err, size_t errlen) {
   struct dec d;
   memset(&d, 0, sizeof d);
   d.L = L;
+  d.max_depth = MAX_DEPTH + levels;
   d.start = d.p = text;
   d.end = text + len;
   d.decpoint = localeconv()->decimal_point[0];
@@ -501,6 +519,10 @@ static int enc_string(struct enc *e, const char *s, size_t n, int depth,
       i += k;
       continue;
     }
+    if (c == 0 && e->no_nul)
+      return enc_fail(e, depth, "%s holds a NUL character (\\u0000), which "
+                      "PostgreSQL's jsonb cannot store",
+                      key ? "an object key" : "string");
     if (put(e, s + run, i - run) != 0)
       return -1;
     char esc[6] = {'\\', 0, '0', '0', hex[c >> 4], hex[c & 15]};
@@ -755,10 +777,10 @@ static int grow_scratch(struct dec *d, size_t n) {
 }
 
 static int enter(struct dec *d) {
-  if (++d->depth > MAX_DEPTH) {
+  if (++d->depth > d->max_depth) {
     if (d->err)
-      snprintf(d->err, d->errlen, "JSON nested deeper than %d at byte %zu",
-               MAX_DEPTH, (size_t)(d->p - d->start));
+      snprintf(d->err, d->errlen, "JSON nested deeper than %d levels at byte %zu",
+               d->max_depth, (size_t)(d->p - d->start));
     return -1;
   }
   if (!lua_checkstack(d->L, 4))
@@ -1051,7 +1073,8 @@ static int dec_number(struct dec *d) {
     return syntax(d, s, "invalid number");
   if (isinf(v)) {
     if (d->err)
-      snprintf(d->err, d->errlen, "number out of range at byte %zu",
+      snprintf(d->err, d->errlen, "number beyond a 64-bit float's range "
+               "(1.7976931348623157e308) at byte %zu",
                (size_t)(s - d->start));
     return -1;
   }

@@ -46,10 +46,20 @@ void mq_json_push_array_mt(lua_State *L);
 char *mq_json_encode(lua_State *L, int idx, const char *root, size_t *len,
                      char *err, size_t errlen);
 
+/* mq_json_encode for a document PostgreSQL stores as jsonb: a string or
+ * key holding a NUL character is also an error naming its path. */
+char *mq_json_encode_stored(lua_State *L, int idx, const char *root,
+                            size_t *len, char *err, size_t errlen);
+
 /* Decodes text[0..len) and pushes the value. Returns 0, or -1 with nothing
  * pushed and a message with the byte offset in err. */
 int mq_json_decode(lua_State *L, const char *text, size_t len, char *err,
                    size_t errlen);
+
+/* mq_json_decode for a document that wraps values of the 128-level limit
+ * `levels` deep (a job inside a list: 2), so that they decode whole. */
+int mq_json_decode_wrapped(lua_State *L, const char *text, size_t len,
+                           int levels, char *err, size_t errlen);
 
 /* True when JSON text (as this unit encodes it) holds a NUL character
  * (\u0000) in a string, which PostgreSQL's jsonb refuses. */

@@ -169,9 +169,12 @@ void mq_lua_push_job(lua_State *L, const struct mq_job *j) {
   lua_pushstring(L, j->queue);
   lua_setfield(L, -2, "queue");
   char err[256];
-  if (mq_json_decode(L, j->data, strlen(j->data), err, sizeof err) != 0)
-    lua_pushstring(L, j->data);
-  lua_setfield(L, -2, "data");
+  if (mq_json_decode(L, j->data, strlen(j->data), err, sizeof err) == 0) {
+    lua_setfield(L, -2, "data");
+  } else { /* stored before such data was refused at send */
+    lua_pushfstring(L, "job data cannot be read in Lua: %s", err);
+    lua_setfield(L, -2, "data_error");
+  }
   lua_pushinteger(L, j->attempt);
   lua_setfield(L, -2, "attempt");
   lua_pushinteger(L, j->priority);

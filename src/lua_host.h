@@ -70,8 +70,10 @@ int mq_lua_pcall(lua_State *L, int nargs, int nresults);
 int mq_lua_protect(lua_State *L, lua_CFunction fn, void *arg, int nresults);
 
 /* Pushes a fetched job as handlers see it: id, name, queue, data
- * (decoded), attempt, priority, retry_limit, expire_in, run_id. Raises on
- * out of memory: call it from a protected function. */
+ * (decoded), attempt, priority, retry_limit, expire_in, run_id. Data that
+ * Lua cannot represent (a number beyond a double's range, nesting deeper
+ * than 128) leaves data nil and sets data_error to a message naming the
+ * problem. Raises on out of memory: call it from a protected function. */
 void mq_lua_push_job(lua_State *L, const struct mq_job *job);
 
 /* A coroutine the runtime schedules (a task). task.c owns it; lua_host

@@ -154,15 +154,26 @@ static int cmd_migrate(mq_runtime *rt) {
   return 0;
 }
 
-/* The queue commands live in lua/moonq/cli.lua: they run in the
- * runtime's Lua state, whose moonq calls drive the loop until done. */
-static int cmd_lua(mq_runtime *rt, const struct cli *cli) {
+/* open() for lua/moonq/cli.lua: migrates and opens the runtime (upvalue 1)
+ * -> true | nil, message. */
+static int open_db(lua_State *L) {
+  mq_runtime *rt = lua_touserdata(L, lua_upvalueindex(1));
   char err[4096];
   if (mq_runtime_prepare_db(rt, false, err, sizeof err) != 0 ||
       mq_runtime_open(rt, err, sizeof err) != 0) {
-    fprintf(stderr, "moonq: %s\n", err);
-    return 1;
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
   }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* The queue commands live in lua/moonq/cli.lua: they run in the
+ * runtime's Lua state, whose moonq calls drive the loop until done. A
+ * command checks its arguments before it opens the database (open_db), so
+ * wrong usage exits 2 without one. */
+static int cmd_lua(mq_runtime *rt, const struct cli *cli) {
   lua_State *L = mq_runtime_lua(rt);
   if (!L) {
     fprintf(stderr, "moonq: out of memory\n");
@@ -181,7 +192,9 @@ static int cmd_lua(mq_runtime *rt, const struct cli *cli) {
     lua_pushstring(L, cli->argv[i]);
     lua_rawseti(L, -2, i + 1);
   }
-  if (mq_lua_pcall(L, 2, 1) != LUA_OK) {
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, open_db, 1); /* [cli, main, command, args, open] */
+  if (mq_lua_pcall(L, 3, 1) != LUA_OK) {
     fprintf(stderr, "moonq: %s\n", lua_tostring(L, -1));
     return 1;
   }

@@ -41,6 +41,7 @@ enum stmt {
   ST_STORE_JOB_EVENTS,
   ST_STORE_FLOWS,
   ST_NEXT_DUE,
+  ST_READY,
   ST_RELEASE,
   ST_RECLAIM,
   ST_WAKE,
@@ -55,7 +56,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                      " to_jsonb(%s.send_many($1, $2::jsonb, $3::jsonb))::text",
     [ST_FETCH] = "SELECT id, name, data::text, attempt, priority, retry_limit,"
                  " expire_in, run_id FROM %s.fetch_jobs($1, $2::int, $3::uuid)",
-    [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_with($1::bigint[], $2::jsonb,"
+    [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_guarded($1::bigint[], $2::jsonb,"
                     " $3::uuid, $4::jsonb, $5::integer[]) AS c",
     [ST_FAIL] = "SELECT f.id, f.state::text, to_jsonb(f.start_after) #>> '{}'"
                 " FROM %s.fail_jobs_at("
@@ -84,8 +85,14 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_STORE_JOB_EVENTS] = "SELECT %s.store_job_events($1::boolean,"
                             " $2::boolean), 'true'",
     [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
-    [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs($1::bigint[], $2::uuid))::text",
-    [ST_RECLAIM] = "SELECT to_jsonb(%s.release_jobs(ARRAY(SELECT j.id FROM %s.job j"
+    /* one index probe per queue (job_due_idx), however many jobs wait */
+    [ST_READY] = "SELECT to_jsonb(coalesce(array_agg(u.n ORDER BY u.n),"
+                 " '{}'))::text FROM unnest($1::text[]) WITH ORDINALITY"
+                 " u(q, n) WHERE EXISTS (SELECT 1 FROM %s.job j WHERE"
+                 " j.queue = u.q AND j.state < 'active'"
+                 " AND j.start_after <= now())",
+    [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs_guarded($1::bigint[], $2::uuid))::text",
+    [ST_RECLAIM] = "SELECT to_jsonb(%s.release_jobs_guarded(ARRAY(SELECT j.id FROM %s.job j"
                    " WHERE j.state = 'active' AND j.process_id = $2::uuid"
                    " AND j.id <> ALL($1::bigint[])), $2::uuid))::text",
     [ST_WAKE] = "SELECT %s.wake($1)",
@@ -737,6 +744,7 @@ static const struct {
     [MQ_QUEUE_CANCEL] = {ST_CANCEL, 1},   [MQ_QUEUE_RETRY] = {ST_RETRY, 1},
     [MQ_QUEUE_PURGE] = {ST_PURGE, 2},     [MQ_QUEUE_MAINTAIN] = {ST_MAINTAIN, 1},
     [MQ_QUEUE_NEXT_DUE] = {ST_NEXT_DUE, 1}, [MQ_QUEUE_RELEASE] = {ST_RELEASE, 2},
+    [MQ_QUEUE_READY] = {ST_READY, 1},
     [MQ_QUEUE_RECLAIM] = {ST_RECLAIM, 2},
 };
 

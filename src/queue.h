@@ -169,10 +169,13 @@ enum mq_queue_op {
                          is due, or null */
   MQ_QUEUE_RELEASE,   /* a1 = "{id,id,...}" -> count: this process's active
                          jobs go back to waiting, attempt not counted */
-  MQ_QUEUE_RECLAIM    /* a1 = "{id,id,...}" -> count: every active job of
+  MQ_QUEUE_RECLAIM,   /* a1 = "{id,id,...}" -> count: every active job of
                          this process NOT in a1 goes back to waiting,
                          attempt not counted (claims whose fetch reply a
                          lost connection took) */
+  MQ_QUEUE_READY      /* a1 = text[] literal of queue names -> array of the
+                         1-based positions of those with a job to run now
+                         (one cheap statement for many idle queues) */
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],

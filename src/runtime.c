@@ -328,6 +328,22 @@ static int start_schedules(mq_runtime *rt, char *err, size_t errlen) {
   return done.status == 0 ? 0 : -1;
 }
 
+/* Warns, in the process that fires schedules, of config.lua schedules
+ * whose jobs no handler of this process runs: they queue up unless
+ * another process runs them. */
+static void warn_unhandled_schedules(mq_runtime *rt) {
+  if (rt->child_index != 0)
+    return;
+  for (size_t i = 0; i < rt->cfg->nschedules; i++) {
+    const struct mq_schedule_config *s = &rt->cfg->schedules[i];
+    const char *job = s->job ? s->job : s->name;
+    if (!mq_worker_handles(rt->worker, job))
+      mq_log_warn("schedules", "no handler here for a schedule's job "
+                  "name=%s job=%s (its jobs wait until a process with a "
+                  "handler of that job runs)", s->name, job);
+  }
+}
+
 int mq_runtime_open(mq_runtime *rt, char *err, size_t errlen) {
   if (rt->phase != PHASE_NEW)
     return 0;
@@ -383,6 +399,7 @@ int mq_runtime_start_worker(mq_runtime *rt, char *err, size_t errlen) {
     return -1;
   if (!(rt->worker = mq_worker_new(rt, err, errlen)))
     return -1;
+  warn_unhandled_schedules(rt);
   return mq_worker_start(rt->worker);
 }
 

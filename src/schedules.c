@@ -90,6 +90,13 @@ struct arrays {
   int rows;
 };
 
+/* A fire statement's arrays, waiting for the one before it. */
+struct fire {
+  struct fire *next;
+  char *a[3];
+  int rows;
+};
+
 struct mq_schedules {
   struct ev_loop *loop;
   mq_pg *pg;
@@ -109,6 +116,11 @@ struct mq_schedules {
   ev_timer check;     /* fallback check for changes; retries a load */
   ev_timer cleanup;
   struct arrays batch;
+  /* Fires go one at a time, in the order their slots came due: a newer
+   * slot committed first would make the database refuse the older ones
+   * (a slot at or before a schedule's last fired slot never fires). */
+  struct fire *fires, *fires_tail;
+  bool fire_inflight;
 };
 
 /* What a request of the firing side remembers of its handle. */
@@ -125,11 +137,13 @@ static void notify_cb(const char *channel, const char *payload, void *data);
 static void request_load(mq_schedules *s);
 static void arm(mq_schedules *s);
 static void flush_batch(mq_schedules *s);
+static void drop_fires(mq_schedules *s);
 static void entry_free(struct entry *e);
 static void forget_entries(mq_schedules *s);
 static int status_of(const struct mq_pg_reply *r);
 static struct call *call_new(mq_schedules *s);
 static void after(struct ev_loop *loop, ev_timer *t, double seconds);
+static bool format_time(double t, const char *tz, char *out, size_t len);
 static char *rows_json(const PGresult *res, bool array, char *err,
                        size_t errlen);
 
@@ -180,7 +194,7 @@ void mq_schedules_stop(mq_schedules *s) {
   ev_periodic_stop(s->loop, &s->timer);
   ev_timer_stop(s->loop, &s->check);
   ev_timer_stop(s->loop, &s->cleanup);
-  flush_batch(s);
+  flush_batch(s); /* the slots due so far still go, in order */
   forget_entries(s);
 }
 
@@ -190,6 +204,7 @@ void mq_schedules_close(mq_schedules *s) {
   if (!s)
     return;
   mq_schedules_stop(s);
+  drop_fires(s);
   for (int i = 0; i < 3; i++)
     free(s->batch.a[i]);
   free(s->entries);
@@ -309,18 +324,49 @@ static const char *time_element(double t, char *buf, size_t len) {
   return buf;
 }
 
+static void send_fire(mq_schedules *s);
+
+static void fire_free(struct fire *f) {
+  for (int i = 0; i < 3; i++)
+    free(f->a[i]);
+  free(f);
+}
+
+/* Forgets the fires not sent yet. */
+static void drop_fires(mq_schedules *s) {
+  struct fire *f = s->fires;
+  if (s->fire_inflight && f) /* its reply frees it */
+    f = f->next, s->fires->next = NULL, s->fires_tail = s->fires;
+  else
+    s->fires = s->fires_tail = NULL;
+  while (f) {
+    struct fire *next = f->next;
+    fire_free(f);
+    f = next;
+  }
+}
+
 static void fired(const struct mq_pg_reply *r, void *data) {
   struct call *c = data;
   mq_schedules *s = c->s;
+  struct fire *f = s->fires;
+  s->fires = f->next;
+  if (!s->fires)
+    s->fires_tail = NULL;
+  s->fire_inflight = false;
+  fire_free(f);
   if (r->status == MQ_PG_OK) {
     mq_log_debug("schedules", "fire slots=%d fired=%s", c->rows,
                  PQgetvalue(r->result, 0, 0));
+    send_fire(s);
   } else {
     char fields[512] = "";
     mq_log_field(fields, sizeof fields, "error", r->error);
     mq_log_warn("schedules", "fire failed slots=%d%s", c->rows, fields);
-    /* Fire again what the database does not hold as fired, by the rules
-     * of missed slots, once it answers. */
+    /* The later fires wait: once the database answers, a load starts every
+     * schedule again from what it holds as fired, and the slots at most
+     * MQ_SCHEDULES_GRACE late then (more with a backfill) fire. */
+    drop_fires(s);
     if (c->generation == s->generation && s->firing) {
       s->stale = true;
       after(s->loop, &s->check, RETRY_AFTER);
@@ -329,28 +375,51 @@ static void fired(const struct mq_pg_reply *r, void *data) {
   free(c);
 }
 
-/* Sends the batch gathered so far. */
+/* Sends the oldest fire when none is in flight. */
+static void send_fire(mq_schedules *s) {
+  struct fire *f = s->fires;
+  if (s->fire_inflight || !f)
+    return;
+  struct call *c = call_new(s);
+  const char *params[3] = {f->a[0], f->a[1], f->a[2]};
+  /* Safe to send again after a lost connection: a slot fires once. */
+  if (!c || mq_pg_exec(s->pg, s->stmts[ST_FIRE], 3, params, MQ_PG_RETRY,
+                       fired, c) != 0) {
+    mq_log_warn("schedules", "fire failed slots=%d error=\"%s\"", f->rows,
+                c ? "the connection pool is closed" : "out of memory");
+    free(c);
+    drop_fires(s);
+    return;
+  }
+  c->rows = f->rows;
+  s->fire_inflight = true;
+}
+
+/* Queues the batch gathered so far as a fire, after those queued before. */
 static void flush_batch(mq_schedules *s) {
   struct arrays *b = &s->batch;
   if (b->rows == 0)
     return;
-  struct call *c = call_new(s);
-  if (!c || arrays_end(b) != 0) {
+  struct fire *f = calloc(1, sizeof *f);
+  if (!f || arrays_end(b) != 0) {
     mq_log_error("schedules", "out of memory: %d slots not fired", b->rows);
-    free(c);
+    free(f);
     arrays_reset(b);
     return;
   }
-  c->rows = b->rows;
-  const char *params[3] = {b->a[0], b->a[1], b->a[2]};
-  /* Safe to send again after a lost connection: a slot fires once. */
-  if (mq_pg_exec(s->pg, s->stmts[ST_FIRE], 3, params, MQ_PG_RETRY, fired, c) !=
-      0) {
-    mq_log_warn("schedules", "fire failed slots=%d error=\"the connection pool "
-                "is closed\"", b->rows);
-    free(c);
+  f->rows = b->rows;
+  for (int i = 0; i < 3; i++) { /* the fire takes the buffers */
+    f->a[i] = b->a[i];
+    b->a[i] = NULL;
+    b->len[i] = b->cap[i] = 0;
   }
-  arrays_reset(b);
+  b->rows = 0;
+  if (s->fires_tail)
+    s->fires_tail->next = f;
+  else
+    s->fires = f;
+  s->fires_tail = f;
+  send_fire(s);
 }
 
 /* Adds slot t of e (whose next slot after the batch is `next`). */
@@ -391,8 +460,13 @@ static void timer_cb(struct ev_loop *loop, ev_periodic *w, int revents) {
   double now = ev_time(), earliest = now;
   for (size_t i = 0; i < s->n; i++) {
     struct entry *e = s->entries[i];
-    if (e->next <= now) {
-      earliest = e->next < earliest ? e->next : earliest;
+    if (e->next > now)
+      continue;
+    earliest = e->next < earliest ? e->next : earliest;
+    if (s->stale) { /* a fire failed: the next load fires these */
+      e->cursor = now;
+      e->next = next_after(e, now);
+    } else {
       catch_up(s, e, now, MQ_SCHEDULES_GRACE);
     }
   }
@@ -525,9 +599,11 @@ static void store_next(mq_schedules *s) {
     free(b.a[i]);
 }
 
-/* Logs a schedule that cannot fire, or the missed slots of one loaded. */
+/* Logs a schedule that cannot fire, or the missed slots of one loaded:
+ * since when, and how many slots are due now (sent to fire; a slot
+ * another process fired meanwhile fires no second time). */
 static void log_loaded(const struct entry *e, double since, double now,
-                       int fired) {
+                       int due) {
   char fields[1024] = "";
   mq_log_field(fields, sizeof fields, "name", e->name);
   if (e->error) {
@@ -538,11 +614,12 @@ static void log_loaded(const struct entry *e, double since, double now,
   double first = next_after(e, since);
   if (!(first <= now - MQ_SCHEDULES_GRACE))
     return; /* nothing older than the grace was missed */
-  char at[32];
-  snprintf(at, sizeof at, "%.0f", since);
+  char at[64];
+  if (!format_time(since, e->tz, at, sizeof at))
+    snprintf(at, sizeof at, "%.0f", since);
   mq_log_field(fields, sizeof fields, "missed_since", at);
-  snprintf(at, sizeof at, "%d", fired);
-  mq_log_field(fields, sizeof fields, "fired", at);
+  snprintf(at, sizeof at, "%d", due);
+  mq_log_field(fields, sizeof fields, "due", at);
   mq_log_info("schedules", "missed slots%s", fields);
 }
 
@@ -561,8 +638,10 @@ static struct entry *load_entry(mq_schedules *s, const PGresult *res, int row,
   if (old && !s->stale && old->cursor > e->cursor)
     e->cursor = old->cursor;
   entry_free(old);
-  int fired = catch_up(s, e, now, 0);
-  log_loaded(e, since, now, fired);
+  /* After a failed fire this process ran on: a slot at most
+   * MQ_SCHEDULES_GRACE late is on time, as it would have been. */
+  int due = catch_up(s, e, now, s->stale ? MQ_SCHEDULES_GRACE : 0);
+  log_loaded(e, since, now, due);
   return e;
 }
 

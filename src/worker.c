@@ -21,6 +21,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "buf.h"
 #include "handlers.h"
 #include "json.h"
 #include "log.h"
@@ -46,6 +47,7 @@ struct consumer {
   bool fetching;
   bool more;
   bool live;    /* some handler still names this queue */
+  bool poll_due; /* its poll timer fired: check it at the next probe */
   ev_timer poll;
   STAILQ_HEAD(, buffered) buffer;
   int nbuffer;
@@ -79,6 +81,8 @@ struct mq_worker {
   ev_timer scan;
   ev_timer grace;
   ev_timer trim; /* after a job: give back memory a big one left */
+  ev_prepare probe; /* polls of idle queues, checked together */
+  bool probing;     /* a probe is in flight */
   int inflight;
   bool lost_claims; /* a fetch's reply was lost: it may have claimed jobs
                        that never arrived; reclaimed once no fetch or
@@ -99,18 +103,104 @@ static void check_stopped(mq_worker *w);
 
 /* ---- consumers ---------------------------------------------------------- */
 
+/* A queue's fallback poll (a wake-up may have been lost). Polls that come
+ * due in the same loop turn are checked together (probe_cb). */
 static void poll_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   struct consumer *c = t->data;
+  c->poll_due = true;
+  if (!ev_is_active(&c->w->probe))
+    ev_prepare_start(loop, &c->w->probe);
+}
+
+/* A consumer asked to fetch again. */
+static void fetch_again(struct consumer *c) {
   c->more = true;
   consider_fetch(c);
 }
 
-/* A delayed job of the consumer's queue is due. */
-static void due_cb(const char *queue, void *data) {
-  struct consumer *c = data;
-  c->more = true;
-  consider_fetch(c);
+struct probe {
+  mq_worker *w;
+  int n;
+  struct consumer *list[]; /* the idle consumers asked about */
+};
+
+static void probed(int status, const char *error, const char *json,
+                   void *data) {
+  struct probe *p = data;
+  mq_worker *w = p->w;
+  w->inflight--;
+  w->probing = false;
+  if (status != MQ_QUEUE_OK) { /* fetch as if there had been no probe */
+    mq_log_debug("worker", "probing idle queues failed error=\"%s\"", error);
+    for (int i = 0; i < p->n; i++)
+      fetch_again(p->list[i]);
+  } else { /* json: [1, 5, ...], positions in p->list */
+    for (const char *s = json; *s; s++) {
+      if (*s < '0' || *s > '9')
+        continue;
+      char *end;
+      long k = strtol(s, &end, 10);
+      if (k >= 1 && k <= p->n)
+        fetch_again(p->list[k - 1]);
+      s = end - 1;
+    }
+  }
+  free(p);
+  check_stopped(w);
 }
+
+/* The polls of this loop turn: a busy consumer fetches as before; idle
+ * ones (nothing running or claimed) are first checked together in one
+ * statement, and only those with a job to run fetch, so a thousand idle
+ * queues cost one statement per poll interval instead of a thousand. */
+static void probe_cb(struct ev_loop *loop, ev_prepare *pw, int revents) {
+  mq_worker *w = pw->data;
+  ev_prepare_stop(loop, pw);
+  struct probe *p = malloc(sizeof *p + sizeof p->list[0] * (size_t)w->nconsumers);
+  int n = 0;
+  for (int i = 0; i < w->nconsumers; i++) {
+    struct consumer *c = w->consumers[i];
+    if (!c->poll_due)
+      continue;
+    c->poll_due = false;
+    if (p && !w->probing && c->live && !c->fetching && c->running == 0 &&
+        c->nbuffer == 0)
+      p->list[n++] = c;
+    else
+      fetch_again(c);
+  }
+  if (n < 2) { /* nothing to save */
+    for (int i = 0; i < n; i++)
+      fetch_again(p->list[i]);
+    free(p);
+    return;
+  }
+  p->w = w;
+  p->n = n;
+  const char **names = malloc(sizeof *names * (size_t)n);
+  char *literal = NULL;
+  if (names) {
+    for (int i = 0; i < n; i++)
+      names[i] = p->list[i]->queue;
+    literal = mq_buf_text_array(names, n);
+  }
+  free(names);
+  const char *args[5] = {literal};
+  if (!literal || mq_queue_call(w->q, MQ_QUEUE_READY, args, probed, p) != 0) {
+    for (int i = 0; i < n; i++)
+      fetch_again(p->list[i]);
+    free(p);
+  } else {
+    w->probing = true;
+    w->inflight++;
+  }
+  free(literal);
+}
+
+static void fetch_again(struct consumer *c);
+
+/* A delayed job of the consumer's queue is due. */
+static void due_cb(const char *queue, void *data) { fetch_again(data); }
 
 static struct consumer *find_consumer(mq_worker *w, const char *queue) {
   for (int i = 0; i < w->nconsumers; i++)
@@ -252,11 +342,35 @@ struct failure {
   lua_State *co;     /* the error value is on top, or NULL: */
   const char *text;  /* the message (a timeout, a job that cannot start;
                         with co: said instead of the error's) */
+  bool final;        /* no retry: {"retry": false} (sql/014_limits.sql) */
   char message[1024];
   char *json;        /* malloc'd */
 };
 
-/* [] -> []: builds the failure's JSON document from the error value. */
+/* [.. doc key value] -> [.. doc]: doc[key] = value when JSON can carry it,
+ * else a description of it ("function: 0x... (not stored)", "table: 0x...
+ * (not stored: <why>)"). */
+static void set_error_field(lua_State *L, int doc) {
+  char err[200];
+  char *json = mq_json_encode(L, -1, "error field", NULL, err, sizeof err);
+  if (json) {
+    free(json);
+  } else {
+    const char *desc = luaL_tolstring(L, -1, NULL); /* [.. key value desc] */
+    if (lua_type(L, -2) == LUA_TTABLE)
+      lua_pushfstring(L, "%s (not stored: %s)", desc, err);
+    else
+      lua_pushfstring(L, "%s (not stored)", desc);
+    lua_replace(L, -3); /* [.. key desc' desc] */
+    lua_pop(L, 1);
+  }
+  lua_rawset(L, doc);
+}
+
+/* [] -> []: builds the failure's JSON document from the error value. The
+ * string-keyed fields of an error table are kept (those JSON cannot carry
+ * are described), its message becomes the message, and the traceback is
+ * always there for a handler's error. */
 static int build_failure(lua_State *L) {
   struct failure *f = lua_touserdata(L, 1);
   if (f->co) {
@@ -281,22 +395,32 @@ static int build_failure(lua_State *L) {
   lua_createtable(L, 0, 4); /* [f err traceback doc] */
   if (lua_type(L, 2) == LUA_TTABLE) {
     lua_pushnil(L);
-    while (lua_next(L, 2)) {
+    while (lua_next(L, 2)) { /* [.. doc key value] */
+      if (lua_type(L, -2) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        continue;
+      }
       lua_pushvalue(L, -2);
-      lua_insert(L, -2);
-      lua_rawset(L, 4);
+      lua_insert(L, -2); /* [.. doc key key value] */
+      set_error_field(L, 4);
     }
   }
   lua_pushstring(L, f->message);
   lua_setfield(L, 4, "message");
   lua_pushvalue(L, 3);
   lua_setfield(L, 4, "traceback");
+  if (f->final) {
+    lua_pushboolean(L, 0);
+    lua_setfield(L, 4, "retry");
+  }
   char err[256];
   f->json = mq_json_encode(L, 4, "error", NULL, err, sizeof err);
-  if (!f->json) { /* the error table held something JSON cannot carry */
-    lua_createtable(L, 0, 1);
+  if (!f->json) { /* out of memory, or a key that is not UTF-8 */
+    lua_createtable(L, 0, 2);
     lua_pushstring(L, f->message);
     lua_setfield(L, -2, "message");
+    lua_pushvalue(L, 3);
+    lua_setfield(L, -2, "traceback");
     f->json = mq_json_encode(L, -1, "error", NULL, err, sizeof err);
   }
   return 0;
@@ -391,7 +515,7 @@ static void build_effects(lua_State *L, struct output *o) {
     }
   }
   if (any) {
-    o->effects = mq_json_encode(L, 3, "ctx", NULL, o->err, sizeof o->err);
+    o->effects = mq_json_encode_stored(L, 3, "ctx", NULL, o->err, sizeof o->err);
     o->bad = !o->effects;
   }
   lua_pop(L, 1);
@@ -407,7 +531,7 @@ static int build_output(lua_State *L) {
   lua_xmove(o->co, L, 1);
   if (lua_isnil(L, -1))
     return 0;
-  o->json = mq_json_encode(L, -1, "output", NULL, o->err, sizeof o->err);
+  o->json = mq_json_encode_stored(L, -1, "output", NULL, o->err, sizeof o->err);
   o->bad = !o->json;
   return 0;
 }
@@ -426,18 +550,8 @@ static void outcome_returned(lua_State *L, lua_State *co, int nresults,
     o.bad = true;
   }
   /* A NUL character in what is stored with the completion would make
-   * PostgreSQL refuse the whole batch of completions it goes in: this job
-   * fails instead, alone. */
-  const char *where = o.bad                                   ? NULL
-                      : o.json && mq_json_has_nul(o.json)       ? "its output"
-                      : o.effects && mq_json_has_nul(o.effects) ? "what it "
-                          "emitted, enqueued or wrote to ctx.state"
-                                                                : NULL;
-  if (where) {
-    snprintf(o.err, sizeof o.err, "%s holds a NUL character (\\u0000), "
-             "which PostgreSQL's jsonb cannot store", where);
-    o.bad = true;
-  }
+   * PostgreSQL refuse it: build_output's encoding (mq_json_encode_stored)
+   * refuses it first, naming where it is, and this job fails alone. */
   if (o.bad) {
     char message[700];
     snprintf(message, sizeof message,
@@ -541,13 +655,20 @@ struct start {
   const struct mq_job *job;
   int fn_ref;
   int ctx_ref; /* out: a reference to the ctx made */
+  char unreadable[300]; /* out: why the job's data cannot be read (then
+                           push_start raised), or "" */
 };
 
-/* [] -> [fn job ctx] */
+/* [] -> [fn job ctx]; raises when the job's data cannot be read in Lua. */
 static int push_start(lua_State *L) {
   struct start *s = lua_touserdata(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->fn_ref);
   mq_lua_push_job(L, s->job);
+  if (lua_getfield(L, -1, "data_error") != LUA_TNIL) {
+    snprintf(s->unreadable, sizeof s->unreadable, "%s", lua_tostring(L, -1));
+    return lua_error(L);
+  }
+  lua_pop(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->new_ctx_ref);
   lua_pushvalue(L, -2);
   lua_call(L, 1, 1);
@@ -556,11 +677,12 @@ static int push_start(lua_State *L) {
   return 3;
 }
 
-/* Fails a job that cannot start with {message}. */
+/* Fails a job that cannot start with {message}; without a retry when
+ * `final` (it cannot succeed). */
 static void refuse(struct consumer *c, const struct mq_job *job,
-                   const char *message) {
+                   const char *message, bool final) {
   lua_State *L = c->w->L;
-  struct failure f = {.text = message};
+  struct failure f = {.text = message, .final = final};
   if (mq_lua_protect(L, build_failure, &f, 0) != LUA_OK)
     lua_pop(L, 1);
   fail_job(c, job->id, job->attempt, job->name, message,
@@ -574,7 +696,7 @@ static void run_job(struct consumer *c, const struct mq_job *job) {
   const struct mq_handler *h = mq_handlers_find(w->handlers, job->name);
   if (!h) {
     mq_handlers_missing(w->handlers, job->name, err, sizeof err);
-    refuse(c, job, err);
+    refuse(c, job, err, false);
     return;
   }
   struct active *a = calloc(1, sizeof *a);
@@ -599,7 +721,10 @@ static void run_job(struct consumer *c, const struct mq_job *job) {
     luaL_unref(w->L, LUA_REGISTRYINDEX, a->ctx_ref);
     free(a->name);
     free(a);
-    refuse(c, job, err);
+    if (s.unreadable[0])
+      refuse(c, job, s.unreadable, true);
+    else
+      refuse(c, job, err, false);
     return;
   }
   LIST_INSERT_HEAD(&w->actives, a, link);
@@ -820,12 +945,15 @@ static bool names(const char *list, const char *queue) {
   return false;
 }
 
-/* NOTIFY payload: comma-separated queue names; NULL: maybe missed some. */
+/* NOTIFY payload: comma-separated queue names, or "*" (every queue: the
+ * names did not fit a payload, sql/014_limits.sql); NULL: maybe missed
+ * some. */
 static void wake_cb(const char *channel, const char *payload, void *data) {
   mq_worker *w = data;
+  bool all = !payload || strcmp(payload, "*") == 0;
   for (int i = 0; i < w->nconsumers; i++) {
     struct consumer *c = w->consumers[i];
-    if (payload && !names(payload, c->queue))
+    if (!all && !names(payload, c->queue))
       continue;
     c->more = true;
     consider_fetch(c);
@@ -932,11 +1060,17 @@ mq_worker *mq_worker_new(struct mq_runtime *rt, char *err, size_t errlen) {
     return NULL;
   }
   ev_timer_init(&w->scan, scan_cb, 0.5, 0.5);
+  ev_prepare_init(&w->probe, probe_cb);
+  w->probe.data = w;
   w->scan.data = w;
   ev_timer_init(&w->trim, trim_cb, 0., 0.);
   w->trim.data = w;
   sync_consumers(w);
   return w;
+}
+
+bool mq_worker_handles(const mq_worker *w, const char *name) {
+  return mq_handlers_find(w->handlers, name) != NULL;
 }
 
 int mq_worker_start(mq_worker *w) {
@@ -998,6 +1132,7 @@ void mq_worker_stop(mq_worker *w, void (*done)(void *arg), void *arg) {
     return;
   }
   w->stopping = true;
+  ev_prepare_stop(w->loop, &w->probe);
   for (int i = 0; i < w->nconsumers; i++) {
     struct consumer *c = w->consumers[i];
     ev_timer_stop(w->loop, &c->poll);
@@ -1041,6 +1176,7 @@ void mq_worker_close(mq_worker *w) {
   }
   ev_timer_stop(w->loop, &w->grace);
   ev_timer_stop(w->loop, &w->trim);
+  ev_prepare_stop(w->loop, &w->probe);
   if (ev_is_active(&w->scan)) {
     ev_ref(w->loop);
     ev_timer_stop(w->loop, &w->scan);
@@ -1128,6 +1264,8 @@ int mq_worker_run_once(mq_runtime *rt, const char *dir,
   mq_task *task = mq_task_start(tasks, push_start, &s, timeout, once_ended, o,
                                 err, errlen);
   o->ctx_ref = s.ctx_ref;
+  if (!task && s.unreadable[0])
+    snprintf(err, errlen, "%s", s.unreadable);
   if (!task)
     goto fail;
   return 0;

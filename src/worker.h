@@ -49,6 +49,9 @@ typedef void (*mq_worker_once_cb)(const struct mq_worker_outcome *out,
  * handlers directory cannot be read or memory runs out. */
 mq_worker *mq_worker_new(struct mq_runtime *rt, char *err, size_t errlen);
 
+/* True when a handler of job `name` is loaded. */
+bool mq_worker_handles(const mq_worker *w, const char *name);
+
 /* Starts the consumers, the NOTIFY subscription and the reload watcher,
  * and stores the handlers' retry settings as their queues' settings. */
 int mq_worker_start(mq_worker *w);

@@ -67,7 +67,7 @@ out=$("$bin" --config "$dir/config.lua" events replay g1 2)
 [ $? -eq 2 ] || fail "tail --group --from: expected exit code 2"
 
 "$bin" --config "$dir/config.lua" events replay g1 abc >/dev/null 2>"$dir/err"
-[ $? -eq 2 ] && grep -q 'event ids are integers, got "abc"' "$dir/err" || fail "replay abc: $(cat "$dir/err")"
+[ $? -eq 2 ] && grep -q 'event ID expects an integer, got "abc"' "$dir/err" || fail "replay abc: $(cat "$dir/err")"
 # a member taken over by another process under its name ends (exit 1)
 "$bin" --config "$dir/config.lua" events tail 'orders:*' --group g2 --consumer m >/dev/null 2>"$dir/first.err" &
 first=$!

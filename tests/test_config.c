@@ -307,15 +307,19 @@ static void test_strings(void) {
                "database: expected a non-empty string, got string \"\"");
   expect_error("return { schema = '1abc' }",
                "schema: expected a lowercase SQL identifier "
-               "([a-z_][a-z0-9_]*, at most 63 characters), got string "
+               "([a-z_][a-z0-9_]*, at most 53 characters, so that its "
+               "notification channel <schema>_schedules fits PostgreSQL's "
+               "63), got string "
                "\"1abc\"");
-  expect_error("return { schema = string.rep('a', 64) }",
+  expect_error("return { schema = string.rep('a', 54) }",
                "schema: expected a lowercase SQL identifier "
-               "([a-z_][a-z0-9_]*, at most 63 characters), got string "
+               "([a-z_][a-z0-9_]*, at most 53 characters, so that its "
+               "notification channel <schema>_schedules fits PostgreSQL's "
+               "63), got string "
                "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"...");
   char err[256], *path;
   struct mq_config *cfg = load_text(
-      "return { schema = '_a9' .. string.rep('z', 60) }", &path, err,
+      "return { schema = '_a9' .. string.rep('z', 50) }", &path, err,
       sizeof err);
   CHECK(cfg != NULL);
   mq_config_free(cfg);
@@ -495,7 +499,7 @@ static void test_queues_errors(void) {
   expect_error("return { queues = { emails = 3 } }",
                "queues.emails: expected a table, got 3");
   expect_error("return { queues = { { concurrency = 1 } } }",
-               "queues: expected queue names as keys, got 1");
+               "queues: expected queue names of 1 to 255 bytes as keys, got 1");
   expect_error("return { queues = { emails = { concurrency = 0 } } }",
                "queues.emails.concurrency: expected an integer >= 1, got 0");
   expect_error("return { queues = 'emails' }",

@@ -1,6 +1,7 @@
 /* test_migrate.c -- migrations: first run, rerun, concurrent runs, a bad
  * connection, a database newer than the binary, a schema name that needs
- * quoting, an upgrade of a database holding jobs. Each case uses its own
+ * quoting, an upgrade of a database holding jobs, an upgrade that brings
+ * durations within 014's limits. Each case uses its own
  * schema and drops it at the end. */
 #include "test.h"
 
@@ -296,6 +297,38 @@ static void upgrade_keeps_jobs(void) {
   drop_schema(schema);
 }
 
+/* A database at version 12 holding a job and a queue whose durations
+ * overflow a timestamp (retention and expire_in of 1e13 seconds, accepted
+ * then) is brought within 014's limits: the job completes in one batch with
+ * a good one, and the queue's setting is clamped too. */
+static void upgrade_clamps_durations(void) {
+  const char *schema = mq_test_schema("migrate_limits");
+  drop_schema(schema);
+  REQUIRE(mq_migrate_to(mq_test_db_url(), schema, 12, err, sizeof err) == 12);
+  free(sqlf("SET search_path = %s; SET moonq.no_wake = on;"
+            " INSERT INTO process (id, host, pid, version)"
+            "   VALUES (" PROCESS ", 'h', 1, 'x');"
+            " SELECT store_queue_settings('slow', '{\"expire_in\": 1e13}');"
+            " SELECT send('big', '{}', '{\"retention\": 1e13, \"queue\": \"q\"}');"
+            " SELECT send('good', '{}', '{\"queue\": \"q\"}');"
+            " SELECT fetch_jobs('q', 2, " PROCESS ")",
+            schema));
+  CHECK(mq_migrate(mq_test_db_url(), schema, err, sizeof err) > 0);
+  char *s = sqlf("SELECT string_agg(c::text, ',' ORDER BY c) FROM"
+                 " %s.complete_jobs_guarded('{1,2}', '[null, null]', " PROCESS ") c",
+                 schema);
+  CHECK_STR(s, "1,2");
+  free(s);
+  s = sqlf("SELECT string_agg(retention::text, ',' ORDER BY id) FROM %s.job_archive",
+           schema);
+  CHECK_STR(s, "3155760000,604800");
+  free(s);
+  s = sqlf("SELECT expire_in FROM %s.queue WHERE name = 'slow'", schema);
+  CHECK_STR(s, "3155760000");
+  free(s);
+  drop_schema(schema);
+}
+
 int main(void) {
   mq_test_db_url();
   RUN(first_run_applies_everything);
@@ -305,5 +338,6 @@ int main(void) {
   RUN(newer_database_is_refused);
   RUN(schema_name_is_quoted);
   RUN(upgrade_keeps_jobs);
+  RUN(upgrade_clamps_durations);
   return mq_test_done();
 }

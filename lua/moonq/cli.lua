@@ -17,22 +17,72 @@
 --   moonq schedule NAME CRON [JSON] [--tz Z] [--job J] [--backfill B] [send options]
 --   moonq unschedule NAME
 --
+-- A JSON argument may be given as is, as "-" (read from standard input) or
+-- as "@FILE" (read from FILE), for payloads too long for a command line.
+--
 -- main() returns the process exit code: 0 success, 1 runtime error, 2 usage.
+-- A command checks its arguments before it calls connect(), so wrong usage
+-- is exit 2 whether or not the database can be reached.
 local moonq = require "moonq"
 
 local M = {}
 
+-- The longest duration a send accepts (sql/014_limits.sql): 100 years.
+local DURATION_MAX = 3155760000
+
+-- A number of seconds from 0 to DURATION_MAX.
 local function number(flag, s)
   local n = tonumber(s)
-  if not n then error({ usage = ("--%s expects a number, got %q"):format(flag, s) }) end
+  if not n or n ~= n then error({ usage = ("--%s expects a number, got %q"):format(flag, s) }) end
+  if n < 0 or n > DURATION_MAX then
+    error({ usage = ("--%s must be 0 to %d seconds, got %s"):format(flag, DURATION_MAX, s) })
+  end
   return n
 end
 
-local function integer(flag, s)
+-- An integer in [min, max] (default: a 32-bit integer). `flag` names a
+-- flag ("limit": "--limit") or, with a space or capitals, an argument.
+local function integer(flag, s, min, max)
+  min, max = min or -2147483648, max or 2147483647
+  local name = flag:find("^[%l%-]+$") and "--" .. flag or flag
   local n = math.tointeger(tonumber(s))
-  if not n then error({ usage = ("--%s expects an integer, got %q"):format(flag, s) }) end
+  if not n then error({ usage = ("%s expects an integer, got %q"):format(name, s) }) end
+  if n < min or n > max then
+    error({ usage = ("%s must be %d to %d, got %s"):format(name, min, max, s) })
+  end
   return n
 end
+
+-- A job or event id: a positive 64-bit integer.
+local function id(what, s)
+  return integer(what, s, 1, math.maxinteger)
+end
+
+-- The text of a JSON argument: itself, standard input for "-", or the
+-- content of FILE for "@FILE". A file that cannot be read is a runtime
+-- error.
+local function json_text(arg)
+  if arg == "-" then
+    return io.stdin:read("a") or ""
+  elseif arg:sub(1, 1) == "@" then
+    local f, err = io.open(arg:sub(2), "rb")
+    if not f then error({ runtime = ("cannot read %s"):format(err) }) end
+    local text = f:read("a")
+    f:close()
+    return text
+  end
+  return arg
+end
+
+-- The decoded JSON argument, or a runtime error naming `what`.
+local function json_arg(arg, what)
+  local v, err = moonq.json.decode(json_text(arg))
+  if err then error({ runtime = ("%s is not valid JSON: %s"):format(what, err) }) end
+  return v
+end
+
+-- Set by main(): opens the database (or raises a runtime error).
+local connect
 
 local function boolean(flag, s)
   if s == "true" then return true elseif s == "false" then return false end
@@ -44,10 +94,10 @@ local function text(_, s) return s end
 -- enqueue flags -> send option names and their parsers
 local send_flags = {
   delay = { "delay", number },
-  priority = { "priority", integer },
+  priority = { "priority", function(f, v) return integer(f, v) end },
   queue = { "queue", text },
   ["start-after"] = { "start_after", text },
-  ["retry-limit"] = { "retry_limit", integer },
+  ["retry-limit"] = { "retry_limit", function(f, v) return integer(f, v, 0) end },
   ["retry-delay"] = { "retry_delay", number },
   ["retry-backoff"] = { "retry_backoff", boolean },
   ["retry-delay-max"] = { "retry_delay_max", number },
@@ -108,16 +158,16 @@ local commands = {}
 function commands.enqueue(args)
   local pos, flags = parse(args, send_flags)
   need(pos, 2, "NAME JSON")
-  local data, err = moonq.json.decode(pos[2])
-  if err then error({ runtime = "job data is not valid JSON: " .. err }) end
   local opts = {}
   for flag, value in pairs(flags) do
     local spec = send_flags[flag]
     opts[spec[1]] = spec[2](flag, value)
   end
-  local id, serr = moonq.queue.send(pos[1], data, opts)
-  if id == nil then error({ runtime = serr }) end
-  print(id)
+  local data = json_arg(pos[2], "job data")
+  connect()
+  local new_id, serr = moonq.queue.send(pos[1], data, opts)
+  if new_id == nil then error({ runtime = serr }) end
+  print(new_id)
 end
 
 local function fmt_job(j)
@@ -129,12 +179,14 @@ function commands.jobs(args)
   local pos, flags = parse(args, { state = true, limit = true, after = true },
     { oldest = true })
   need(pos, 1, "QUEUE")
-  local list = check(moonq.queue.list(pos[1], {
+  local opts = {
     state = flags.state,
-    limit = flags.limit and integer("limit", flags.limit) or 50,
-    after = flags.after and integer("after", flags.after) or nil,
+    limit = flags.limit and integer("limit", flags.limit, 1, 100000) or 50,
+    after = flags.after and id("after", flags.after) or nil,
     order = flags.oldest and "oldest" or "newest",
-  }))
+  }
+  connect()
+  local list = check(moonq.queue.list(pos[1], opts))
   print(("%-10s %-9s %-24s %3s  %s"):format("ID", "STATE", "NAME", "TRY", "CREATED"))
   for _, j in ipairs(list) do print(fmt_job(j)) end
 end
@@ -142,13 +194,15 @@ end
 function commands.job(args)
   local pos = parse(args, {})
   need(pos, 1, "ID")
-  local id = integer("id", pos[1])
-  print(moonq.json.encode(check(moonq.queue.get(id))))
+  local job_id = id("ID", pos[1])
+  connect()
+  print(moonq.json.encode(check(moonq.queue.get(job_id))))
 end
 
 function commands.counts(args)
   local pos = parse(args, {})
   need(pos, 1, "QUEUE")
+  connect()
   local c = check(moonq.queue.counts(pos[1]))
   for _, k in ipairs({ "waiting", "delayed", "paused", "active", "completed", "failed", "cancelled" }) do
     print(("%-10s %d"):format(k, c[k]))
@@ -158,6 +212,7 @@ end
 function commands.pause(args)
   local pos = parse(args, {})
   need(pos, 1, "QUEUE")
+  connect()
   check(moonq.queue.pause(pos[1]))
   print(("queue %s paused"):format(pos[1]))
 end
@@ -165,6 +220,7 @@ end
 function commands.resume(args)
   local pos = parse(args, {})
   need(pos, 1, "QUEUE")
+  connect()
   check(moonq.queue.resume(pos[1]))
   print(("queue %s resumed"):format(pos[1]))
 end
@@ -182,6 +238,7 @@ end
 function commands.schedules(args)
   local pos = parse(args, {})
   need(pos, 0, "no arguments")
+  connect()
   local list = check(moonq.schedules())
   local fmt = "%-24s %-18s %-18s %-26s %s"
   print(fmt:format("NAME", "CRON", "TZ", "NEXT", "LAST"))
@@ -203,17 +260,13 @@ end
 function commands.schedule(args)
   local pos, flags = parse(args, schedule_flags)
   if #pos ~= 2 and #pos ~= 3 then error({ usage = "expected NAME CRON [JSON]" }) end
-  local data
-  if pos[3] then
-    local err
-    data, err = moonq.json.decode(pos[3])
-    if err then error({ runtime = "schedule data is not valid JSON: " .. err }) end
-  end
   local opts = {}
   for flag, value in pairs(flags) do
     local spec = schedule_flags[flag]
     opts[spec[1]] = spec[2](flag, value)
   end
+  local data = pos[3] and json_arg(pos[3], "schedule data")
+  connect()
   local s = check(moonq.schedule(pos[1], pos[2], data, opts))
   print(("schedule %s stored; next %s"):format(s.name, present(s.next) or "-"))
 end
@@ -221,6 +274,7 @@ end
 function commands.unschedule(args)
   local pos = parse(args, {})
   need(pos, 1, "NAME")
+  connect()
   if not check(moonq.unschedule(pos[1])) then
     error({ runtime = ("no schedule %q"):format(pos[1]) })
   end
@@ -231,22 +285,20 @@ end
 local events = {}
 
 local function limit(s)
-  local n = integer("limit", s)
-  if n < 1 or n > 100000 then
-    error({ usage = ("--limit must be 1 to 100000, got %d"):format(n) })
-  end
-  return n
+  return integer("limit", s, 1, 100000)
 end
 
 function events.query(args)
   local pos, flags = parse(args, { type = "many", run = true, after = true, limit = true })
   need(pos, 1, "STREAM")
-  local list = check(moonq.events.query(pos[1], {
+  local opts = {
     types = flags.type,
     run_id = flags.run,
-    after = flags.after and integer("after", flags.after) or nil,
+    after = flags.after and integer("after", flags.after, 0, math.maxinteger) or nil,
     limit = flags.limit and limit(flags.limit) or 100,
-  }))
+  }
+  connect()
+  local list = check(moonq.events.query(pos[1], opts))
   for _, e in ipairs(list) do print(moonq.json.encode(e)) end
 end
 
@@ -268,6 +320,7 @@ function events.tail(args)
     if not flags.consumer then
       error({ usage = "--group needs --consumer NAME (this member's name in the group)" })
     end
+    connect()
     sub = check(moonq.events.subscribe_group(pos[1], flags.group, flags.consumer, print_event))
     if not moonq.run_until_signal(function() return not sub:is_open() end) then
       error({ runtime = ("member %s of group %s ended (another process joined under its name?)")
@@ -279,7 +332,8 @@ function events.tail(args)
     error({ usage = "--consumer needs --group" })
   else
     local from = flags.from or "end"
-    if from ~= "start" and from ~= "end" then from = integer("from", from) end
+    if from ~= "start" and from ~= "end" then from = integer("from", from, 0, math.maxinteger) end
+    connect()
     sub = check(moonq.events.subscribe(pos[1], print_event, { from = from }))
   end
   moonq.run_until_signal()
@@ -290,6 +344,7 @@ end
 function events.groups(args)
   local pos = parse(args, {})
   if #pos > 1 then error({ usage = "expected at most one GROUP" }) end
+  connect()
   local list = check(moonq.events.groups(pos[1]))
   print(("%-24s %-24s %5s %-30s %10s %8s %7s"):format(
     "GROUP", "PATTERN", "PARTS", "MEMBERS (PARTITIONS)", "HANDLED", "LAG", "PARKED"))
@@ -309,8 +364,9 @@ end
 function events.parked(args)
   local pos, flags = parse(args, { limit = true })
   need(pos, 1, "GROUP")
-  local list = check(moonq.events.parked(pos[1],
-    { limit = flags.limit and limit(flags.limit) or 1000 }))
+  local opts = { limit = flags.limit and limit(flags.limit) or 1000 }
+  connect()
+  local list = check(moonq.events.parked(pos[1], opts))
   for _, p in ipairs(list) do print(moonq.json.encode(p)) end
 end
 
@@ -321,10 +377,9 @@ function events.replay(args)
   local ids
   for i = 2, #pos do
     ids = ids or {}
-    local id = math.tointeger(tonumber(pos[i]))
-    if not id then error({ usage = ("event ids are integers, got %q"):format(pos[i]) }) end
-    ids[#ids + 1] = id
+    ids[#ids + 1] = id("event ID", pos[i])
   end
+  connect()
   local n = check(moonq.events.replay(pos[1], ids))
   print(("%d parked events of group %s marked for a replay"):format(n, pos[1]))
 end
@@ -344,12 +399,8 @@ local flow = {}
 function flow.start(args)
   local pos, flags = parse(args, { ["run-id"] = true })
   if #pos < 1 or #pos > 2 then error({ usage = "expected NAME [JSON]" }) end
-  local data = {}
-  if pos[2] then
-    local v, err = moonq.json.decode(pos[2])
-    if err then error({ runtime = "run data is not valid JSON: " .. err }) end
-    data = v
-  end
+  local data = pos[2] and json_arg(pos[2], "run data") or {}
+  connect()
   print(check(moonq.flow.start(pos[1], data, { run_id = flags["run-id"] })))
 end
 
@@ -361,8 +412,9 @@ function flow.runs(args)
     error({ usage = ("--status must be running, completed, failed or cancelled, got %q")
       :format(flags.status) })
   end
-  local runs = check(moonq.flow.list(pos[1], { status = flags.status,
-    limit = flags.limit and limit(flags.limit) or 20 }))
+  local opts = { status = flags.status, limit = flags.limit and limit(flags.limit) or 20 }
+  connect()
+  local runs = check(moonq.flow.list(pos[1], opts))
   print(("%-36s %-10s %-32s %-32s %s"):format("RUN", "STATUS", "STARTED", "COMPLETED", "FAILED STEP"))
   for _, r in ipairs(runs) do
     print(("%-36s %-10s %-32s %-32s %s"):format(r.run_id, r.status, r.started_at,
@@ -374,6 +426,7 @@ end
 function flow.show(args)
   local pos = parse(args, {})
   need(pos, 1, "RUN_ID")
+  connect()
   local run, err = moonq.flow.get(pos[1])
   if err then error({ runtime = err }) end
   if run == nil then error({ runtime = ("no run %q"):format(pos[1]) }) end
@@ -387,6 +440,7 @@ end
 function flow.cancel(args)
   local pos = parse(args, {})
   need(pos, 1, "RUN_ID")
+  connect()
   if check(moonq.flow.cancel(pos[1])) then
     print(("run %s cancelled"):format(pos[1]))
   else
@@ -405,11 +459,17 @@ function commands.flow(args)
 end
 
 -- Runs `command` with its argument list; returns the exit code.
-function M.main(command, args)
+-- open() opens the database: true, or nil and a message (called once the
+-- arguments are checked).
+function M.main(command, args, open)
   local fn = commands[command]
   if not fn then
     io.stderr:write(("moonq: unknown command %q\n"):format(command))
     return 2
+  end
+  connect = function()
+    local ok, err = open()
+    if not ok then error({ runtime = err }) end
   end
   local ok, err = pcall(fn, args)
   if ok then return 0 end

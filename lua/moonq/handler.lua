@@ -54,6 +54,18 @@ local function check(where, key, v, want)
   end
 end
 
+-- Limits shared with config.lua and SQL (sql/014_limits.sql).
+local DURATION_MAX = 3155760000 -- seconds: 100 years
+local QUEUE_NAME_MAX = 255      -- bytes
+
+-- Raises unless v (seconds, may be nil) is finite and at most DURATION_MAX.
+local function duration(file, key, v)
+  if v and not (v <= DURATION_MAX) then
+    error(("%s: %s must be at most %d seconds (100 years), got %s")
+      :format(file, key, DURATION_MAX, v), 0)
+  end
+end
+
 -- Returns the normalised spec { handler, queue, concurrency, timeout,
 -- retry, flow } for job `name` from the value a file returned, or raises
 -- a message naming `file`.
@@ -82,10 +94,14 @@ function M.normalise(name, value, file)
   if spec.concurrency and spec.concurrency < 1 then
     error(("%s: concurrency must be >= 1, got %d"):format(file, spec.concurrency), 0)
   end
-  if spec.timeout and spec.timeout <= 0 then
+  if spec.timeout and not (spec.timeout > 0) then
     error(("%s: timeout must be > 0, got %s"):format(file, spec.timeout), 0)
   end
+  duration(file, "timeout", spec.timeout)
   if spec.queue == "" then error(("%s: queue must not be empty"):format(file), 0) end
+  if #spec.queue > QUEUE_NAME_MAX then
+    error(("%s: queue is %d bytes, the limit is %d"):format(file, #spec.queue, QUEUE_NAME_MAX), 0)
+  end
   if value.retry then
     for k, v in pairs(value.retry) do
       if type(k) ~= "string" or not retry_fields[k] then
@@ -98,6 +114,11 @@ function M.normalise(name, value, file)
     if r.delay and r.delay < 0 then error(("%s: retry.delay must be >= 0"):format(file), 0) end
     if r.delay_max and r.delay_max < 0 then
       error(("%s: retry.delay_max must be >= 0"):format(file), 0)
+    end
+    duration(file, "retry.delay", r.delay)
+    duration(file, "retry.delay_max", r.delay_max)
+    if r.limit and r.limit > 2147483647 then
+      error(("%s: retry.limit must be <= 2147483647, got %s"):format(file, r.limit), 0)
     end
     spec.retry = { limit = r.limit and math.tointeger(r.limit), delay = r.delay,
                    backoff = r.backoff, delay_max = r.delay_max }

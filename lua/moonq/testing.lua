@@ -139,8 +139,6 @@ function t.open(config)
   cfg.schema = random_schema()
   handlers_dir = normalise(absolute(cfg.handlers or "handlers", dir))
   cfg.handlers = handlers_dir
-  -- (moonq.open leaves the log level as it is)
-  if type(cfg.log) == "table" and cfg.log.level then moonq.log.level(cfg.log.level) end
   local ok, err = moonq.open(cfg)
   if not ok then error("moonq.testing: " .. tostring(err), 2) end
   opened, url, t.schema = true, cfg.database, cfg.schema

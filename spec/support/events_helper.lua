@@ -35,9 +35,9 @@ function V.record(pattern, opts)
 end
 
 -- Runs the loop until rec holds at least n events or `timeout` seconds
--- pass; returns true when it does.
+-- pass (30 by default); returns true when it does.
 function V.wait_events(rec, n, timeout)
-  return (moonq.run_until(function() return #rec.events >= n end, timeout or 10))
+  return (moonq.run_until(function() return #rec.events >= n end, timeout or 30))
 end
 
 -- A live subscription to `pattern` from "end": subscribes, appends a
@@ -52,7 +52,7 @@ function V.live(pattern, marker)
     for _, e in ipairs(rec.events) do
       if e.id == rec.marker.id then return true end
     end
-  end, 10), "the marker event was not delivered")
+  end, 30), "the marker event was not delivered")
   assert(#rec.events == 1, "events before the marker of a subscription from \"end\"")
   rec.events = {}
   return rec

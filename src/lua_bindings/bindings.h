@@ -26,7 +26,9 @@ int luaopen_moonq_schedule(lua_State *L);
  * the event store of L's runtime (raises when moonq is not open or events
  * are disabled), an event as a Lua table {id, stream, type, ts, data,
  * run_id, flow_name, step_name, step_id, attempt} (raises on out of
- * memory), and the group functions added to the module table on top. */
+ * memory; data Lua cannot represent leaves data nil and sets data_error
+ * to what is wrong), and the group functions added to the module table on
+ * top. */
 struct mq_events;
 struct mq_event;
 struct mq_runtime;

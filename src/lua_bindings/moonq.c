@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -15,6 +16,7 @@
 
 #include "config.h"
 #include "json.h"
+#include "log.h"
 #include "lua_bindings/bindings.h"
 #include "lua_host.h"
 #include "runtime.h"
@@ -66,6 +68,7 @@ static int l_open(lua_State *L) {
     lua_pushstring(L, err);
     return 2;
   }
+  mq_log_set_level(cfg->log.level); /* as `moonq run` does */
   struct rt_box *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->rt = NULL;
   luaL_setmetatable(L, RUNTIME_MT);
@@ -259,6 +262,25 @@ static void sleep_cancelled(void *arg) {
   mq_lua_wait_finish(w, NULL, NULL);
 }
 
+/* Pushes clock `id` as seconds (a float, nanoseconds kept to what a double
+ * holds: microseconds for wall-clock times). */
+static int push_clock(lua_State *L, clockid_t id) {
+  struct timespec ts;
+  if (clock_gettime(id, &ts) != 0)
+    return luaL_error(L, "clock_gettime failed");
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+/* moonq.now() -> wall-clock time, Unix seconds as a float (µs precision):
+ * the time to store or compare with PostgreSQL's. It may jump when the
+ * clock is set. */
+static int l_now(lua_State *L) { return push_clock(L, CLOCK_REALTIME); }
+
+/* moonq.monotonic() -> seconds since an arbitrary start, as a float; never
+ * goes back: the clock for measuring how long something took. */
+static int l_monotonic(lua_State *L) { return push_clock(L, CLOCK_MONOTONIC); }
+
 /* moonq.sleep(seconds): in a job it yields (other jobs run meanwhile); in a
  * script it runs the loop for that long. */
 static int l_sleep(lua_State *L) {
@@ -282,6 +304,8 @@ static int l_sleep(lua_State *L) {
 
 static const luaL_Reg moonq_funcs[] = {
     {"sleep", l_sleep},
+    {"now", l_now},
+    {"monotonic", l_monotonic},
     {"start", l_start},
     {"stop", l_stop},
     {"run_until", l_run_until},

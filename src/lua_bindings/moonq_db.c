@@ -35,10 +35,14 @@ enum {
   OID_JSONB = 3802
 };
 
-static void push_value(lua_State *L, const PGresult *res, int row, int col) {
+/* Pushes the value at (row, col); a JSON value Lua cannot represent (a
+ * number beyond a double, nesting deeper than 128) pushes nothing and
+ * returns -1 with why in err. */
+static int push_value(lua_State *L, const PGresult *res, int row, int col,
+                      char *err, size_t errlen) {
   if (PQgetisnull(res, row, col)) {
     lua_pushlightuserdata(L, NULL);
-    return;
+    return 0;
   }
   const char *v = PQgetvalue(res, row, col);
   int len = PQgetlength(res, row, col);
@@ -57,15 +61,12 @@ static void push_value(lua_State *L, const PGresult *res, int row, int col) {
     lua_pushnumber(L, (lua_Number)strtod(v, NULL));
     break;
   case OID_JSON:
-  case OID_JSONB: {
-    char err[256];
-    if (mq_json_decode(L, v, (size_t)len, err, sizeof err) != 0)
-      lua_pushlstring(L, v, (size_t)len);
-    break;
-  }
+  case OID_JSONB:
+    return mq_json_decode(L, v, (size_t)len, err, errlen);
   default:
     lua_pushlstring(L, v, (size_t)len);
   }
+  return 0;
 }
 
 /* [reply] -> [rows count] or [nil err]; runs protected (lua_host). */
@@ -87,7 +88,13 @@ static int push_reply(lua_State *L) {
   for (int r = 0; r < nrows; r++) {
     lua_createtable(L, 0, ncols);
     for (int c = 0; c < ncols; c++) {
-      push_value(L, res, r, c);
+      char err[256];
+      if (push_value(L, res, r, c, err, sizeof err) != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "column \"%s\" of row %d cannot be read in Lua: %s",
+                        PQfname(res, c), r + 1, err);
+        return 2;
+      }
       lua_setfield(L, -2, PQfname(res, c));
     }
     lua_rawseti(L, -2, r + 1);

@@ -55,10 +55,15 @@ void mq_lua_push_event(lua_State *L, const struct mq_event *e) {
   lua_pushstring(L, e->ts);
   lua_setfield(L, -2, "ts");
   char err[256];
-  if (!e->data ||
-      mq_json_decode(L, e->data, strlen(e->data), err, sizeof err) != 0)
-    lua_pushstring(L, e->data ? e->data : "{}");
-  lua_setfield(L, -2, "data");
+  if (!e->data) {
+    lua_newtable(L);
+    lua_setfield(L, -2, "data");
+  } else if (mq_json_decode(L, e->data, strlen(e->data), err, sizeof err) == 0) {
+    lua_setfield(L, -2, "data");
+  } else { /* stored before such data was refused at append */
+    lua_pushfstring(L, "event data cannot be read in Lua: %s", err);
+    lua_setfield(L, -2, "data_error");
+  }
   const char *opt[] = {e->run_id, e->flow_name, e->step_name, e->step_id};
   const char *names[] = {"run_id", "flow_name", "step_name", "step_id"};
   for (int i = 0; i < 4; i++) {

@@ -49,7 +49,7 @@ const char *mq_lua_json_arg(lua_State *L, int idx, const char *root,
     return lua_pushstring(L, dflt);
   char err[512];
   size_t len;
-  char *json = mq_json_encode(L, idx, root, &len, err, sizeof err);
+  char *json = mq_json_encode_stored(L, idx, root, &len, err, sizeof err);
   if (!json) {
     lua_pushstring(L, err);
     return NULL;
@@ -78,7 +78,8 @@ static int push_json(lua_State *L) {
     lua_pushstring(L, r->error ? r->error : "failed");
     return 2;
   }
-  if (mq_json_decode(L, r->json, strlen(r->json), err, sizeof err) != 0) {
+  /* a job in a list: job data two levels down */
+  if (mq_json_decode_wrapped(L, r->json, strlen(r->json), 2, err, sizeof err) != 0) {
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;
@@ -163,7 +164,7 @@ static int l_send_many(lua_State *L) {
     snprintf(root, sizeof root, "list[%lld]", (long long)i);
     lua_geti(L, 2, i);
     size_t len;
-    char *json = mq_json_encode(L, -1, root, &len, err, sizeof err);
+    char *json = mq_json_encode_stored(L, -1, root, &len, err, sizeof err);
     lua_pop(L, 1);
     if (json && len > (size_t)mq_runtime_config(rt)->max_payload)
       snprintf(err, sizeof err, "%s is %zu bytes, more than max_payload (%d)",
