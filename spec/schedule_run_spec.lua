@@ -175,6 +175,8 @@ describe("schedules in moonq run", function()
       -- what only PostgreSQL checks names the schedule too
       { [[{ name = "a", cron = "@daily" }, { name = "b", cron = "@daily", options = { prio = 1 } }]],
         'schedules[2] (name "b"): unknown option "prio"' },
+      { [[{ name = "a", cron = "@daily", options = { priority = "high" } }]],
+        'schedules[1] (name "a"): option "priority" must be an integer' },
     }
     for _, c in ipairs(cases) do
       local path = config(schema, handlers, "schedules = { " .. c[1] .. " },")
@@ -184,6 +186,7 @@ describe("schedules in moonq run", function()
       p:close()
       assert.matches("rc=1\n$", out)
       assert.matches(c[2], out, 1, true)
+      assert.is_nil(out:find("(hint: )", 1, true), out)
       if not c[2]:find("(name", 1, true) then
         assert.matches("moonq: " .. path .. ": " .. c[2], out, 1, true)
       end

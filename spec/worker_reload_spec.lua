@@ -2,7 +2,10 @@
 -- PostgreSQL: a changed file takes effect within about a second while the
 -- job that was running finishes with the code it started with; a broken
 -- version is refused and the previous one keeps running; an added file is
--- picked up (its waiting jobs run); a deleted file's job name is unknown.
+-- picked up (its waiting jobs run); a deleted file's job name is unknown;
+-- a handler that changes its queue (by a reload, a removal and a new file,
+-- or a restart of `moonq run`) takes the jobs already sent to its old queue
+-- along: they run.
 local moonq = require "moonq"
 local W = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/worker_helper.lua")
 local Q = moonq.queue
@@ -33,6 +36,18 @@ local BROKEN_LOOP = [[
 while true do end
 return function() return "never" end
 ]]
+
+-- Waits for each job of `ids` and checks that it completed with `output`
+-- in queue `queue` (`log`: a file shown when one did not).
+local function assert_ran(ids, output, queue, log)
+  for _, id in ipairs(ids) do
+    local job = W.wait_job(id, nil, 15)
+    assert.equal("completed", job.state,
+                 "job " .. id .. " was left in the old queue\n" .. (log and W.read(log) or ""))
+    assert.equal(output, job.output)
+    assert.equal(queue, job.queue)
+  end
+end
 
 describe("worker hot reload", function()
   local dir
@@ -128,5 +143,80 @@ describe("worker hot reload", function()
     -- putting it back runs the waiting job
     W.write(dir .. "/gone.lua", [[return function(job) return "back" end]])
     assert.equal("back", W.wait_job(after, nil, 5).output)
+  end)
+
+  -- Jobs sent to a queue whose handler moved to another queue were never
+  -- fetched again: the old queue's consumer was gone.
+  it("a handler that changes its queue takes the jobs waiting in the old one along", function()
+    local V = [[
+return { queue = "%s", concurrency = 1,
+         handler = function(job, ctx) if job.data.slow then ctx.sleep(1.5) end return "%s" end }
+]]
+    W.write(dir .. "/mover.lua", V:format("mover.before", "before"))
+    W.run_for(SETTLE)
+    local opts = { queue = "mover.before" }
+    local slow = assert(Q.send("mover", { slow = true }, opts))
+    assert.equal("active", W.wait_job(slow, "active", 5).state)
+    -- the one slot is taken: these wait, one of them delayed
+    local waiting = { assert(Q.send("mover", { n = 1 }, opts)), assert(Q.send("mover", { n = 2 }, opts)) }
+    local delayed = assert(Q.send("mover", { n = 3 }, { queue = "mover.before", delay = 2 }))
+    W.write(dir .. "/mover.lua", V:format("mover.after", "after"))
+    assert.equal("before", W.wait_job(slow, nil, 5).output)
+    assert_ran({ waiting[1], waiting[2], delayed }, "after", "mover.after")
+  end)
+
+  it("a removed handler added again under another queue runs the jobs sent meanwhile", function()
+    W.write(dir .. "/back.lua", [[return { queue = "back.first", handler = function() return "first" end }]])
+    W.run_for(SETTLE)
+    local first = assert(Q.send("back", {}, { queue = "back.first" }))
+    assert.equal("first", W.wait_job(first, nil, 5).output)
+    assert(os.remove(dir .. "/back.lua"))
+    W.run_for(SETTLE)
+    local sent = { assert(Q.send("back", { n = 1 }, { queue = "back.first" })),
+                   assert(Q.send("back", { n = 2 }, { queue = "back.first" })) }
+    W.run_for(0.5)
+    assert.equal("waiting", Q.get(sent[1]).state)
+    W.write(dir .. "/back.lua", [[return { queue = "back.second", handler = function() return "second" end }]])
+    assert_ran(sent, "second", "back.second")
+  end)
+
+  it("a job sent to the old queue after the change is moved by maintenance", function()
+    W.write(dir .. "/late.lua", [[return { queue = "late.one", handler = function() return "one" end }]])
+    W.run_for(SETTLE)
+    W.write(dir .. "/late.lua", [[return { queue = "late.two", handler = function() return "two" end }]])
+    W.run_for(SETTLE)
+    -- a sender that still follows the old file
+    local id = assert(Q.send("late", {}, { queue = "late.one" }))
+    assert(Q.maintain())
+    local job = W.wait_job(id, nil, 5)
+    assert.equal("completed", job.state)
+    assert.equal("two", job.output)
+  end)
+end)
+
+describe("moonq run restarted with a handler on another queue", function()
+  setup(function()
+    assert.is_string(W.bin, "MOONQ_BIN is not set")
+    W.open({ handlers = W.handlers_dir({}), hot_reload = false })
+  end)
+  teardown(W.close)
+
+  it("runs the jobs sent to the old queue while it was down", function()
+    local dir = W.handlers_dir({
+      ["resize.lua"] = [[return { queue = "images", handler = function() return "old" end }]],
+    })
+    local config = W.config_file({ schema = W.schema, handlers = dir, hot_reload = false,
+                                   log = { level = "info" } })
+    local pid, log, rc = W.moonq_run(config)
+    local first = assert(Q.send("resize", {}, { queue = "images" }))
+    assert.equal("old", W.wait_job(first, nil, 10).output, W.read(log))
+    W.signal(pid, "TERM")
+    assert(W.poll(rc, 10), "moonq run did not stop")
+    local sent = { assert(Q.send("resize", { n = 1 }, { queue = "images" })),
+                   assert(Q.send("resize", { n = 2 }, { queue = "images", delay = 1 })) }
+    W.write(dir .. "/resize.lua", [[return { queue = "thumbnails", handler = function() return "new" end }]])
+    local pid2, log2 = W.moonq_run(config)
+    assert_ran(sent, "new", "thumbnails", log2)
+    W.signal(pid2, "TERM")
   end)
 end)

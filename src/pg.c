@@ -229,6 +229,8 @@ static void complete(struct req *r, int status, const char *msg) {
     /* The server's primary message, then its hint; no "ERROR:" prefix. */
     const char *primary = PQresultErrorField(r->error, PG_DIAG_MESSAGE_PRIMARY);
     const char *hint = PQresultErrorField(r->error, PG_DIAG_MESSAGE_HINT);
+    if (hint && !*hint) /* an empty hint passed on by a handler */
+      hint = NULL;
     char raw[1024];
     if (primary)
       snprintf(raw, sizeof raw, "%s%s%s", primary, hint ? " (hint: " : "",

@@ -40,6 +40,7 @@ enum stmt {
   ST_STORE_NEW_SETTINGS,
   ST_STORE_JOB_EVENTS,
   ST_STORE_FLOWS,
+  ST_STORE_HANDLER_QUEUES,
   ST_NEXT_DUE,
   ST_READY,
   ST_RELEASE,
@@ -74,7 +75,11 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_CANCEL] = "SELECT to_jsonb(%s.cancel($1::bigint))::text",
     [ST_RETRY] = "SELECT to_jsonb(%s.retry($1::bigint))::text",
     [ST_PURGE] = "SELECT to_jsonb(%s.purge($1, $2))::text",
-    [ST_MAINTAIN] = "SELECT %s.maintain($1::float8)::text",
+    /* A pass also moves jobs left in a queue their handler no longer
+     * consumes (sql/013), under maintain's lock. */
+    [ST_MAINTAIN] = "SELECT (CASE WHEN m IS NULL THEN NULL ELSE m ||"
+                    " jsonb_build_object('moved', %s.move_handler_jobs())"
+                    " END)::text FROM %s.maintain($1::float8) AS m",
     [ST_HEARTBEAT] = "SELECT %s.heartbeat($1::uuid, $2, $3::int, $4)",
     [ST_UNREGISTER] = "DELETE FROM %s.process WHERE id = $1::uuid",
     [ST_STORE_SETTINGS] = "SELECT %s.store_queue_settings($1, $2::jsonb),"
@@ -82,6 +87,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_STORE_NEW_SETTINGS] = "SELECT %s.store_new_queue_settings($1,"
                               " $2::jsonb), 'true'",
     [ST_STORE_FLOWS] = "SELECT %s.store_flows($1::jsonb), 'true'",
+    [ST_STORE_HANDLER_QUEUES] = "SELECT %s.store_handler_queues($1::jsonb)::text",
     [ST_STORE_JOB_EVENTS] = "SELECT %s.store_job_events($1::boolean,"
                             " $2::boolean), 'true'",
     [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
@@ -900,6 +906,22 @@ int mq_queue_store_flows(mq_queue *q, const char *flows_json) {
   const char *params[] = {flows_json};
   return exec_json(q, ST_STORE_FLOWS, 1, params, log_failure,
                    (void *)"storing flows");
+}
+
+static void handler_queues_stored(int status, const char *error,
+                                  const char *json, void *data) {
+  if (status < 0)
+    mq_log_warn("queue", "storing the handlers' queues failed error=\"%s\"",
+                error);
+  else if (strcmp(json, "[]") != 0)
+    mq_log_info("queue", "moved jobs to their handlers' new queues moves=%s",
+                json);
+}
+
+int mq_queue_store_handler_queues(mq_queue *q, const char *handlers_json) {
+  const char *params[] = {handlers_json};
+  return exec_json(q, ST_STORE_HANDLER_QUEUES, 1, params,
+                   handler_queues_stored, NULL);
 }
 
 int mq_queue_configure(mq_queue *q, bool only_new, mq_queue_json_cb cb,

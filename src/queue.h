@@ -220,6 +220,15 @@ int mq_queue_store_settings(mq_queue *q, const char *queue,
  * negative status. */
 int mq_queue_store_flows(mq_queue *q, const char *flows_json);
 
+/* Stores which queue each handler of this process consumes,
+ * handlers_json a JSON object {"<job name>": "<queue>", ...}
+ * (sql/013 store_handler_queues). Jobs of a name whose handler consumed
+ * another queue before, waiting, delayed or retrying there, move to its
+ * queue now (and at every maintenance pass after), so a handler that
+ * changes its queue leaves no job behind. Moves are logged, a failure
+ * too. Returns 0 or a negative status. */
+int mq_queue_store_handler_queues(mq_queue *q, const char *handlers_json);
+
 /* Stores config.lua's settings (`queue` as the "" row, each `queues.<name>`
  * merged with it as that queue's row), every field set, so config.lua is
  * what holds until handlers store their retry options, and

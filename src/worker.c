@@ -996,11 +996,40 @@ static void store_flows(mq_worker *w) {
   free(fj.json);
 }
 
+/* Stores the queue each handler consumes (sql/013): jobs already sent to
+ * a queue a handler consumed before, which no consumer here fetches any
+ * more, move to the queue it consumes now. */
+static void store_queues(mq_worker *w) {
+  size_t n = mq_handlers_count(w->handlers);
+  if (n == 0)
+    return;
+  mq_json_object *o = mq_json_object_new();
+  for (size_t i = 0; i < n; i++) {
+    const struct mq_handler *h = mq_handlers_at(w->handlers, i);
+    mq_json_object_string(o, h->name, h->queue);
+  }
+  char err[256];
+  char *json = mq_json_object_finish(o, err, sizeof err);
+  if (!json) {
+    mq_log_error("worker", "cannot list the handlers' queues error=\"%s\"",
+                 err);
+    return;
+  }
+  mq_queue_store_handler_queues(w->q, json);
+  free(json);
+}
+
+/* What the handlers declare, stored where other processes and SQL see it. */
+static void store_handlers(mq_worker *w) {
+  sync_retry(w);
+  store_flows(w);
+  store_queues(w);
+}
+
 static void rescan(mq_worker *w, bool force) {
   if (mq_handlers_scan(w->handlers, force) > 0) {
     sync_consumers(w);
-    sync_retry(w);
-    store_flows(w);
+    store_handlers(w);
   }
 }
 
@@ -1081,8 +1110,7 @@ int mq_worker_start(mq_worker *w) {
   mq_pg_listen(mq_runtime_pg(w->rt), mq_runtime_channel(w->rt), wake_cb, w);
   w->started = true;
   sync_consumers(w);
-  sync_retry(w);
-  store_flows(w);
+  store_handlers(w);
   mq_log_info("worker", "started handlers=%zu queues=%d dir=%s",
               mq_handlers_count(w->handlers), w->nconsumers, w->dir);
   return 0;

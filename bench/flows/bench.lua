@@ -32,7 +32,7 @@ for _ = 1, 200 do
                       AND s.step_name = CASE c.step_name WHEN 'a' THEN 'b' WHEN 'b' THEN 'c' END
                     WHERE c.stream = 'flow:bench:' || $1 AND c.type = 'step.completed'
                       AND c.step_name IN ('a', 'b')]], id)
-  for _, r in ipairs(rows) do lat[#lat + 1] = r.ms end
+  for _, r in ipairs(rows) do lat[#lat + 1] = tonumber(r.ms) end
   moonq.sleep(0.01)
 end
 print(("step_to_step_ms_p50 %.2f"):format(pct(lat, 0.5)))
