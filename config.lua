@@ -20,5 +20,6 @@ return {
     { name = "nightly-report", cron = "0 3 * * *", tz = "Europe/Berlin",
       job = "send-email", data = { to = "ops@example.com" }, backfill = "6h" },
   },
+  memory_limit = 256, -- MB of Lua memory per process (docs/config.md)
   log = { level = "info" },
 }

@@ -166,6 +166,8 @@ static const struct field top_fields[] = {
     {.name = "stale_after", .kind = F_POS, .off = COFF(stale_after)},
     {.name = "max_payload", .kind = F_INT, .off = COFF(max_payload),
      .min = 1, .max = INT_MAX},
+    {.name = "memory_limit", .kind = F_INT, .off = COFF(memory_limit),
+     .min = 16, .max = 1048576},
     TABLE("queue", COFF(queue), queue_fields),
     {.name = "queues", .kind = F_FUNC, .fn = read_queues},
     TABLE("events", 0, events_fields),
@@ -463,6 +465,7 @@ static bool set_defaults(struct mq_config *cfg) {
   cfg->shutdown_grace = 30;
   cfg->stale_after = 30;
   cfg->max_payload = 1048576;
+  cfg->memory_limit = 256;
   cfg->queue = default_queue;
   cfg->events.enabled = true;
   cfg->events.job_events = false;

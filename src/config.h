@@ -72,6 +72,8 @@ struct mq_config {
   double shutdown_grace; /* seconds running jobs get on SIGTERM; 30 */
   double stale_after;    /* a process silent this long is dead; 30 */
   int max_payload;       /* largest job data in bytes; default 1 MiB */
+  int memory_limit;      /* MB of Lua memory per `moonq run` process;
+                            default 256 */
 
   struct mq_queue_options queue; /* defaults for every queue */
   struct mq_queue_config *queues; /* per-queue overrides, merged */

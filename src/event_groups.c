@@ -236,7 +236,10 @@ static int exec(mq_group_member *m, enum stmt st, int n,
   if (m->stopped)
     return MQ_EVENTS_ECLOSED;
   int id = mq_events_stmt(m->ev, stmt_sql[st]);
-  if (id < 0 || mq_pg_exec(m->pg, id, n, params, 0, cb, data) != 0)
+  /* A checkpoint write only moves the member's own partitions (epoch
+   * checked): after a lost connection it is sent again at once. */
+  int flags = st == ST_CHECKPOINT ? MQ_PG_RETRY : 0;
+  if (id < 0 || mq_pg_exec(m->pg, id, n, params, flags, cb, data) != 0)
     return MQ_EVENTS_EDB;
   m->requests++;
   return 0;

@@ -400,6 +400,12 @@ static void appended(const struct mq_pg_reply *r, void *data) {
   long long *ids = NULL;
   const char **ts = NULL;
   const char *error = r->status != MQ_PG_OK ? r->error : NULL;
+  /* An append is not safe to run twice (the events would be stored
+   * twice), so it is not sent again: the caller is told plainly. */
+  if (r->status == MQ_PG_ECONNLOST)
+    error = "the connection to PostgreSQL was lost before the append was "
+            "confirmed: the events may or may not be stored (query the "
+            "stream before appending them again)";
   int status = r->status == MQ_PG_ESQL && strncmp(r->sqlstate, "22", 2) == 0
                    ? MQ_EVENTS_EINVAL : MQ_EVENTS_EDB;
   if (!error && PQntuples(r->result) != 1)

@@ -98,11 +98,28 @@ static const char *escape_of(char c) {
 }
 
 /* A bounded string being built: at most len-1 bytes, always terminated. */
+/* Where the masked passwords of a connection string are: each secret is
+ * len bytes at at[i] of the input. */
+#define MAX_SECRETS 8
+struct secrets {
+  const char *at[MAX_SECRETS];
+  size_t len[MAX_SECRETS];
+  int n;
+};
+
 struct sink {
   char *buf;
   size_t len, n;
   bool truncated;
+  struct secrets *found; /* NULL, or where masked spans are noted */
 };
+
+static void note_secret(struct sink *o, const char *at, size_t len) {
+  if (o->found && o->found->n < MAX_SECRETS && len > 0) {
+    o->found->at[o->found->n] = at;
+    o->found->len[o->found->n++] = len;
+  }
+}
 
 /* Appends k bytes of s, or as many as fit. */
 static void put(struct sink *o, const char *s, size_t k) {
@@ -119,7 +136,7 @@ static void put(struct sink *o, const char *s, size_t k) {
 size_t mq_log_field(char *buf, size_t len, const char *key, const char *value) {
   if (len == 0)
     return 0;
-  struct sink o = {buf, len, strnlen(buf, len - 1), false};
+  struct sink o = {buf, len, strnlen(buf, len - 1), false, NULL};
   buf[o.n] = '\0';
   bool quote = needs_quotes(value);
   put(&o, " ", 1);
@@ -177,6 +194,7 @@ static void mask_keyvalue(const char *in, struct sink *o) {
     const char *value = p;
     p = skip_value(p);
     if (keylen == 8 && strncmp(key, "password", 8) == 0) {
+      note_secret(o, value, (size_t)(p - value));
       put(o, copied, (size_t)(value - copied));
       put(o, "***", 3);
       copied = p;
@@ -195,6 +213,7 @@ static void mask_uri(const char *in, struct sink *o) {
   const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
   const char *p = in;
   if (colon) {
+    note_secret(o, colon + 1, (size_t)(at - colon - 1));
     put(o, in, (size_t)(colon + 1 - in));
     put(o, "***", 3);
     p = at;
@@ -204,6 +223,7 @@ static void mask_uri(const char *in, struct sink *o) {
     bool param = query && p > query && (p[-1] == '?' || p[-1] == '&');
     if (param && strncmp(p, "password=", 9) == 0) {
       put(o, "password=***", 12);
+      note_secret(o, p + 9, strcspn(p + 9, "&"));
       p += 9 + strcspn(p + 9, "&");
       if (!*p)
         break;
@@ -212,17 +232,48 @@ static void mask_uri(const char *in, struct sink *o) {
   }
 }
 
+/* Masks conninfo into o (noting where its secrets are when o->found). */
+static void mask(const char *conninfo, struct sink *o) {
+  if (!conninfo)
+    put(o, "(none)", 6);
+  else if (strncmp(conninfo, "postgres://", 11) == 0 ||
+           strncmp(conninfo, "postgresql://", 13) == 0)
+    mask_uri(conninfo, o);
+  else
+    mask_keyvalue(conninfo, o);
+}
+
 char *mq_log_mask_conninfo(const char *conninfo, char *out, size_t outlen) {
   if (outlen == 0)
     return out;
-  struct sink o = {out, outlen, 0, false};
+  struct sink o = {out, outlen, 0, false, NULL};
   out[0] = '\0';
-  if (!conninfo)
-    put(&o, "(none)", 6);
-  else if (strncmp(conninfo, "postgres://", 11) == 0 ||
-           strncmp(conninfo, "postgresql://", 13) == 0)
-    mask_uri(conninfo, &o);
-  else
-    mask_keyvalue(conninfo, &o);
+  mask(conninfo, &o);
+  return out;
+}
+
+char *mq_log_scrub(const char *text, const char *conninfo, char *out,
+                   size_t outlen) {
+  if (outlen == 0)
+    return out;
+  char scratch[64];
+  struct secrets found = {0};
+  struct sink m = {scratch, sizeof scratch, 0, false, &found};
+  scratch[0] = '\0';
+  mask(conninfo, &m);
+  struct sink o = {out, outlen, 0, false, NULL};
+  out[0] = '\0';
+  for (const char *p = text ? text : ""; *p && !o.truncated;) {
+    int hit = -1;
+    for (int i = 0; i < found.n && hit < 0; i++)
+      if (strncmp(p, found.at[i], found.len[i]) == 0)
+        hit = i;
+    if (hit >= 0) {
+      put(&o, "***", 3);
+      p += found.len[hit];
+    } else {
+      put(&o, p++, 1);
+    }
+  }
   return out;
 }

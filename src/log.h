@@ -60,4 +60,12 @@ size_t mq_log_field(char *buf, size_t len, const char *key, const char *value);
  * Returns out. */
 char *mq_log_mask_conninfo(const char *conninfo, char *out, size_t outlen);
 
+/* Copies text (a message that may quote conninfo, such as libpq's own
+ * errors, which quote a malformed URI whole) into out with every password
+ * that conninfo holds replaced by "***", wherever it appears. The
+ * passwords are found as mq_log_mask_conninfo() finds them, in a
+ * malformed string too. Always NUL-terminates. Returns out. */
+char *mq_log_scrub(const char *text, const char *conninfo, char *out,
+                   size_t outlen);
+
 #endif

@@ -2,6 +2,8 @@
 #include "lua_host.h"
 
 #include <assert.h>
+#include <malloc.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +36,97 @@ struct mq_runtime *mq_lua_runtime(lua_State *L) {
   lua_pop(L, 1);
   return rt;
 }
+
+/* ---- memory ------------------------------------------------------------ */
+
+#define TRIM_GROWTH (16u << 20) /* bytes of growth that make a trim worth it */
+
+/* The allocator's state: bytes held by Lua now, after the last trim and
+ * at most since, and the limit. */
+struct memory {
+  size_t used, base, peak, limit;
+  bool reached; /* an allocation was refused for the limit */
+};
+
+/* lua_Alloc over malloc: frees and shrinks always succeed; growth that
+ * would take `used` past `limit` fails. */
+static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  struct memory *m = ud;
+  size_t old = ptr ? osize : 0; /* without ptr, osize is a type tag */
+  if (nsize == 0) {
+    free(ptr);
+    m->used -= old;
+    return NULL;
+  }
+  if (nsize > old && m->limit && m->used - old + nsize > m->limit) {
+    m->reached = true;
+    return NULL;
+  }
+  void *p = realloc(ptr, nsize);
+  if (!p)
+    return NULL;
+  m->used = m->used - old + nsize;
+  if (m->used > m->peak)
+    m->peak = m->used;
+  return p;
+}
+
+/* The allocator state of L, or NULL when L was not made here. */
+static struct memory *memory_of(lua_State *L) {
+  void *ud = NULL;
+  return lua_getallocf(L, &ud) == limited_alloc ? ud : NULL;
+}
+
+static int panic(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  fprintf(stderr, "moonq: unprotected error in Lua: %s\n",
+          msg ? msg : "(not a string)");
+  return 0; /* Lua aborts */
+}
+
+lua_State *mq_lua_newstate(size_t limit_bytes) {
+  struct memory *m = calloc(1, sizeof *m);
+  if (!m)
+    return NULL;
+  m->limit = limit_bytes;
+  lua_State *L = lua_newstate(limited_alloc, m);
+  if (!L) {
+    free(m);
+    return NULL;
+  }
+  lua_atpanic(L, panic);
+  return L;
+}
+
+void mq_lua_close(lua_State *L) {
+  struct memory *m = memory_of(L);
+  lua_close(L);
+  free(m);
+}
+
+size_t mq_lua_memory_limit(lua_State *L) {
+  struct memory *m = memory_of(L);
+  return m ? m->limit : 0;
+}
+
+bool mq_lua_memory_reached(lua_State *L) {
+  struct memory *m = memory_of(L);
+  bool reached = m && m->reached;
+  if (m)
+    m->reached = false;
+  return reached;
+}
+
+void mq_lua_memory_trim(lua_State *L) {
+  struct memory *m = memory_of(L);
+  if (!m || m->peak < m->base + TRIM_GROWTH)
+    return;
+  lua_gc(L, LUA_GCCOLLECT);
+  malloc_trim(0);
+  m->base = m->peak = m->used;
+}
+
+/* ---- protected calls ---------------------------------------------------- */
 
 /* The message handler: the error with a traceback of where it was raised. */
 static int traceback(lua_State *L) {

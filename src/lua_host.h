@@ -34,6 +34,30 @@ struct mq_job;
 void mq_lua_set_runtime(lua_State *L, struct mq_runtime *rt);
 struct mq_runtime *mq_lua_runtime(lua_State *L);
 
+/* A Lua state whose allocator keeps the memory it holds under
+ * `limit_bytes` (0: no limit): an allocation that would cross it fails,
+ * which Lua raises as an out-of-memory error (LUA_ERRMEM, "not enough
+ * memory") in the code that asked. Returns NULL when out of memory. Close
+ * it with mq_lua_close(). */
+lua_State *mq_lua_newstate(size_t limit_bytes);
+
+/* Closes a state made by mq_lua_newstate() (or any other: lua_close). */
+void mq_lua_close(lua_State *L);
+
+/* The memory limit of L in bytes (0: none). */
+size_t mq_lua_memory_limit(lua_State *L);
+
+/* True when the allocator of L refused an allocation for the limit since
+ * the last call (which clears it): an out-of-memory error raised since
+ * then is the limit's. */
+bool mq_lua_memory_reached(lua_State *L);
+
+/* After a job: when L's memory grew by more than 16 MiB over what it held
+ * after the last trim, a full garbage collection, then the C allocator gives free memory
+ * back to the system (malloc_trim), so a big job does not leave the
+ * process big. Call it outside any Lua call. */
+void mq_lua_memory_trim(lua_State *L);
+
 /* lua_pcall with a traceback handler. On error the message (traceback
  * included; "not enough memory" for LUA_ERRMEM) is on top of the stack;
  * returns the Lua status. */

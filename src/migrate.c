@@ -19,6 +19,7 @@
 #include <libpq-fe.h>
 
 #include "log.h"
+#include "pg.h"
 
 #define MODULE "migrate"
 
@@ -144,13 +145,17 @@ int mq_migrate_latest(void) {
  * UTF-8 like the migration files. The message never shows `conninfo`: it
  * may hold a password. */
 static int connect_db(struct run *r, const char *conninfo) {
+  if (mq_pg_check_conninfo(conninfo, r->err, r->errlen) != 0)
+    return -1; /* not "cannot connect": trying again cannot help */
   r->conn = PQconnectdb(conninfo ? conninfo : "");
   if (!r->conn) {
     set_err(r, "cannot connect to PostgreSQL: out of memory");
     return -1;
   }
   if (PQstatus(r->conn) != CONNECTION_OK) {
-    set_err(r, "cannot connect to PostgreSQL: %s", PQerrorMessage(r->conn));
+    char msg[1024];
+    mq_log_scrub(PQerrorMessage(r->conn), conninfo, msg, sizeof msg);
+    set_err(r, "cannot connect to PostgreSQL: %s", msg);
     return -1;
   }
   PQsetNoticeReceiver(r->conn, on_notice, r);

@@ -719,8 +719,10 @@ static void conn_start(struct conn *c) {
  * reconnect. */
 static void conn_fail(struct conn *c, const char *why) {
   mq_pg *pg = c->pg;
-  char msg[512];
+  char msg[512], scrubbed[512];
   set_error(msg, sizeof msg, why);
+  mq_log_scrub(msg, pg->conninfo, scrubbed, sizeof scrubbed);
+  memcpy(msg, scrubbed, sizeof msg);
   bool was_ready = c->state == CONN_READY;
   if (ev_is_active(&c->io))
     ev_io_stop(pg->loop, &c->io);
@@ -890,6 +892,21 @@ int mq_pg_unlisten(mq_pg *pg, const char *channel, mq_pg_notify_cb cb,
 }
 
 /* ---- the pool ---------------------------------------------------------- */
+
+int mq_pg_check_conninfo(const char *conninfo, char *err, size_t errlen) {
+  char *why = NULL;
+  PQconninfoOption *opts = PQconninfoParse(conninfo ? conninfo : "", &why);
+  if (opts) {
+    PQconninfoFree(opts);
+    return 0;
+  }
+  char line[512], scrubbed[512];
+  set_error(line, sizeof line, why ? why : "out of memory");
+  PQfreemem(why);
+  mq_log_scrub(line, conninfo, scrubbed, sizeof scrubbed);
+  snprintf(err, errlen, "invalid database connection string: %s", scrubbed);
+  return -1;
+}
 
 mq_pg *mq_pg_new(struct ev_loop *loop, const struct mq_pg_options *opts) {
   mq_pg *pg = calloc(1, sizeof *pg);

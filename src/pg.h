@@ -75,8 +75,16 @@ struct mq_pg_options {
                             session settings (copied); NULL: none */
 };
 
+/* Checks that libpq can parse conninfo (a key=value string or a URI):
+ * a malformed URI, an unknown parameter or keyword is an error no retry
+ * can mend. Returns 0, or -1 with "invalid database connection string: "
+ * and libpq's reason in err, every password replaced by "***" (libpq
+ * quotes a malformed URI whole). */
+int mq_pg_check_conninfo(const char *conninfo, char *err, size_t errlen);
+
 /* Creates the pool and starts connecting (it does not wait). Returns NULL
- * only when out of memory. */
+ * only when out of memory. Every message it logs or returns (connection
+ * errors included) has conninfo's passwords masked. */
 mq_pg *mq_pg_new(struct ev_loop *loop, const struct mq_pg_options *opts);
 
 /* Queues `sql` with nparams text parameters (NULL entries are SQL NULL;

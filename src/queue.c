@@ -45,6 +45,7 @@ enum stmt {
   ST_NEXT_DUE,
   ST_READY,
   ST_RELEASE,
+  ST_RECLAIM,
   ST_WAKE,
   ST_COUNT
 };
@@ -99,8 +100,27 @@ static const char *const stmt_sql[ST_COUNT] = {
                  " j.queue = u.q AND j.state < 'active'"
                  " AND j.start_after <= now())",
     [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs_guarded($1::bigint[], $2::uuid))::text",
+    [ST_RECLAIM] = "SELECT to_jsonb(%s.release_jobs_guarded(ARRAY(SELECT j.id FROM %s.job j"
+                   " WHERE j.state = 'active' AND j.process_id = $2::uuid"
+                   " AND j.id <> ALL($1::bigint[])), $2::uuid))::text",
     [ST_WAKE] = "SELECT %s.wake($1)",
 };
+
+/* Statements that may run twice with the effect of once (each checks the
+ * state it changes: a completion or failure only of the active attempt of
+ * this process, a release only of its active jobs) or that only read:
+ * after a lost connection they are sent again instead of failing with
+ * "may or may not have run". Sends and fetches are not: a second run
+ * would send or claim again. */
+static int flags_of(enum stmt st) {
+  switch (st) {
+  case ST_SEND: case ST_SEND_MANY: case ST_FETCH: case ST_CANCEL:
+  case ST_RETRY: case ST_PURGE:
+    return 0;
+  default:
+    return MQ_PG_RETRY;
+  }
+}
 
 /* One caller waiting in a batch. */
 struct waiter {
@@ -134,11 +154,11 @@ struct mq_queue {
   int stmts[ST_COUNT];
   char process_id[37];
   char host[256];
-  ev_timer heartbeat;
   ev_timer maintenance;
   ev_prepare flush;
   struct batch *complete; /* gathering, or NULL */
   struct batch *fail;
+  int storing;            /* batches sent and not yet answered */
   char *wake;             /* "q1,q2" sent to this turn, or NULL */
   size_t wake_len, wake_cap;
   bool stopped;           /* mq_queue_stop ran */
@@ -207,7 +227,8 @@ static int exec_json(mq_queue *q, enum stmt st, int nparams,
     return MQ_QUEUE_EDB;
   c->cb = cb;
   c->data = data;
-  if (mq_pg_exec(q->pg, q->stmts[st], nparams, params, 0, call_done, c) != 0) {
+  if (mq_pg_exec(q->pg, q->stmts[st], nparams, params, flags_of(st), call_done,
+                 c) != 0) {
     free(c);
     return MQ_QUEUE_EDB;
   }
@@ -228,8 +249,9 @@ static void log_debug(int status, const char *error, const char *json,
 
 /* ---- process registration and maintenance ------------------------------ */
 
-static void heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents) {
-  mq_queue *q = w->data;
+/* Registers the process; its heartbeat thread (heartbeat.h) keeps the row
+ * fresh from then on. */
+static void register_process(mq_queue *q) {
   char pid[16];
   snprintf(pid, sizeof pid, "%d", (int)getpid());
   const char *params[] = {q->process_id, q->host, pid, MOONQ_VERSION};
@@ -276,12 +298,7 @@ mq_queue *mq_queue_new(struct ev_loop *loop, mq_pg *pg,
   q->host[sizeof q->host - 1] = '\0';
   ev_prepare_init(&q->flush, flush_cb);
   q->flush.data = q;
-  double beat = cfg->stale_after / 6 < 0.5 ? 0.5 : cfg->stale_after / 6;
-  ev_timer_init(&q->heartbeat, heartbeat_cb, 0., beat);
-  q->heartbeat.data = q;
-  heartbeat_cb(loop, &q->heartbeat, 0); /* register now */
-  ev_timer_again(loop, &q->heartbeat);
-  ev_unref(loop); /* a heartbeat alone does not keep the loop running */
+  register_process(q);
   double every = cfg->stale_after / 2;
   every = every < 0.5 ? 0.5 : every > 15 ? 15 : every;
   ev_timer_init(&q->maintenance, maintenance_cb, every, every);
@@ -298,8 +315,14 @@ void mq_queue_start_maintenance(mq_queue *q) {
 
 const char *mq_queue_process_id(const mq_queue *q) { return q->process_id; }
 
+const char *mq_queue_host(const mq_queue *q) { return q->host; }
+
 bool mq_queue_flushed(const mq_queue *q) {
   return !q->complete && !q->fail && !q->wake_len;
+}
+
+int mq_queue_storing(const mq_queue *q) {
+  return q->storing + (q->complete != NULL) + (q->fail != NULL);
 }
 
 static void batch_send(struct batch *b);
@@ -309,8 +332,6 @@ void mq_queue_stop(mq_queue *q) {
     return;
   q->stopped = true;
   flush_cb(q->loop, &q->flush, 0);
-  ev_ref(q->loop);
-  ev_timer_stop(q->loop, &q->heartbeat);
   if (ev_is_active(&q->maintenance)) {
     ev_ref(q->loop);
     ev_timer_stop(q->loop, &q->maintenance);
@@ -585,8 +606,20 @@ static int find_row(const PGresult *res, long long id) {
   return -1;
 }
 
+static void batch_exec(struct batch *b);
+
 static void batch_done(const struct mq_pg_reply *r, void *data) {
   struct batch *b = data;
+  if (r->status == MQ_PG_EUNAVAILABLE) {
+    /* No connection for queue_timeout: the results are kept and sent
+     * again, so a finished job never stays active while this process
+     * lives (stopping, the pool's close ends this with ECLOSED). */
+    mq_log_warn("queue", "storing job results waits for the database "
+                "count=%d error=\"%s\"", b->n, r->error);
+    batch_exec(b);
+    return;
+  }
+  b->q->storing--;
   for (int i = 0; i < b->n; i++) {
     struct waiter *w = &b->waiters[i];
     if (!w->cb)
@@ -619,6 +652,7 @@ static void batch_done(const struct mq_pg_reply *r, void *data) {
 }
 
 static void batch_send(struct batch *b) {
+  b->q->storing++; /* until batch_done has told every waiter */
   if (mq_buf_add(&b->ids, &b->ids_len, &b->ids_cap, "}", 1) != 0 ||
       mq_buf_add(&b->attempts, &b->attempts_len, &b->attempts_cap, "}", 1) != 0 ||
       mq_buf_add(&b->json, &b->json_len, &b->json_cap, "]", 1) != 0) {
@@ -634,13 +668,18 @@ static void batch_send(struct batch *b) {
     batch_done(&oom, b);
     return;
   }
+  batch_exec(b);
+}
+
+/* Sends a finished batch (again, after EUNAVAILABLE). */
+static void batch_exec(struct batch *b) {
   const char *complete[] = {b->ids, b->json, b->q->process_id,
                             b->has_effects ? b->effects : NULL, b->attempts};
   const char *fail[] = {b->ids, b->json, b->q->process_id, b->attempts};
   const char *const *params = b->stmt == ST_COMPLETE ? complete : fail;
   int nparams = b->stmt == ST_COMPLETE ? 5 : 4;
-  if (mq_pg_exec(b->q->pg, b->q->stmts[b->stmt], nparams, params, 0,
-                 batch_done, b) != 0) {
+  if (mq_pg_exec(b->q->pg, b->q->stmts[b->stmt], nparams, params,
+                 flags_of(b->stmt), batch_done, b) != 0) {
     struct mq_pg_reply closed = {.status = MQ_PG_ECLOSED,
                                  .error = "the connection pool is closed",
                                  .sqlstate = ""};
@@ -714,6 +753,7 @@ static const struct {
     [MQ_QUEUE_PURGE] = {ST_PURGE, 2},     [MQ_QUEUE_MAINTAIN] = {ST_MAINTAIN, 1},
     [MQ_QUEUE_NEXT_DUE] = {ST_NEXT_DUE, 1}, [MQ_QUEUE_RELEASE] = {ST_RELEASE, 2},
     [MQ_QUEUE_READY] = {ST_READY, 1},     [MQ_QUEUE_QUEUES] = {ST_QUEUES, 0},
+    [MQ_QUEUE_RECLAIM] = {ST_RECLAIM, 2},
 };
 
 int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],
@@ -725,7 +765,7 @@ int mq_queue_call(mq_queue *q, enum mq_queue_op op, const char *const args[5],
   if (op == MQ_QUEUE_MAINTAIN) {
     snprintf(stale, sizeof stale, "%g", q->cfg->stale_after);
     params[0] = stale;
-  } else if (op == MQ_QUEUE_RELEASE) {
+  } else if (op == MQ_QUEUE_RELEASE || op == MQ_QUEUE_RECLAIM) {
     params[0] = args[0];
     params[1] = q->process_id;
   } else {

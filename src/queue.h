@@ -13,8 +13,9 @@
  * from an ev_prepare watcher: one statement per batch.
  *
  * A queue handle also registers this process (a random id in the process
- * table), moves its heartbeat forward every stale_after/6 seconds and runs a
- * maintenance pass every few seconds (expiry, crash recovery, retention);
+ * table; the runtime's heartbeat thread, heartbeat.h, keeps it fresh) and
+ * runs a maintenance pass every few seconds (expiry, crash recovery,
+ * retention);
  * PostgreSQL advisory locks make one process in the cluster do each pass.
  *
  * Uses: pg, config, json, buf, log.
@@ -85,8 +86,14 @@ void mq_queue_close(mq_queue *q);
 /* True when no completion or failure is waiting to be flushed. */
 bool mq_queue_flushed(const mq_queue *q);
 
-/* The process id (uuid text) this handle registered. */
+/* Batches of completions or failures gathering or in flight (0: every
+ * result given to this handle is stored or has failed). */
+int mq_queue_storing(const mq_queue *q);
+
+/* The process id (uuid text) this handle registered, and the host name
+ * registered with it. */
 const char *mq_queue_process_id(const mq_queue *q);
+const char *mq_queue_host(const mq_queue *q);
 
 /* Checks and sends one job. data_json NULL means {}; opts_json NULL means
  * {}. cb gets the id, or MQ_QUEUE_EREFUSED with id 0 when the singleton key
@@ -138,7 +145,13 @@ int mq_queue_fail_attempt(mq_queue *q, long long id, int attempt,
                           const char *error_json, mq_queue_json_cb cb,
                           void *data);
 
-/* Inspection and control; each cb gets a JSON result. */
+/* Inspection and control; each cb gets a JSON result. Statements safe to
+ * run twice (reads, pause, resume, release, reclaim, maintenance, and the
+ * batched completions and failures above) are sent again after a lost
+ * connection; send, fetch, cancel, retry and purge fail with the pool's
+ * "may or may not have run" error instead. Batched completions and
+ * failures also outlast the pool's queue_timeout: they wait for the
+ * database as long as the pool is open. */
 enum mq_queue_op {
   MQ_QUEUE_GET,       /* a1 = id            -> job object or null */
   MQ_QUEUE_LIST,      /* a1 = queue, a2 = state or NULL, a3 = limit,
@@ -156,6 +169,10 @@ enum mq_queue_op {
                          is due, or null */
   MQ_QUEUE_RELEASE,   /* a1 = "{id,id,...}" -> count: this process's active
                          jobs go back to waiting, attempt not counted */
+  MQ_QUEUE_RECLAIM,   /* a1 = "{id,id,...}" -> count: every active job of
+                         this process NOT in a1 goes back to waiting,
+                         attempt not counted (claims whose fetch reply a
+                         lost connection took) */
   MQ_QUEUE_READY,     /* a1 = text[] literal of queue names -> array of the
                          1-based positions of those with a job to run now
                          (one cheap statement for many idle queues) */

@@ -22,6 +22,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "heartbeat.h"
 #include "http.h"
 #include "http_api.h"
 #include "log.h"
@@ -52,6 +53,7 @@ struct mq_runtime {
   /* Handles, in order of opening; closed in reverse. */
   mq_pg *pg;
   mq_queue *queue;
+  mq_heartbeat *heartbeat; /* keeps the queue's process row fresh */
   mq_scheduler *scheduler;
   mq_events *events;  /* NULL with events.enabled = false */
   mq_schedules *schedules; /* fires only where handlers run (start_worker) */
@@ -66,7 +68,11 @@ struct mq_runtime {
   int child_index;   /* which prefork child (0..workers-1); 0 otherwise */
   bool stop_asked;   /* a signal came before the loop ran */
   int exit_code;
-  ev_signal sigint, sigterm, sighup;
+  ev_signal sighup;
+  pid_t supervisor;      /* a prefork child's parent */
+  ev_timer orphan;       /* a prefork child: looks for its supervisor */
+  ev_async stop_signal;  /* SIGINT or SIGTERM came (stop_signals counts) */
+  sig_atomic_t handled;  /* of stop_signals, those acted on */
   ev_timer drain;          /* polls for idle while draining */
   ev_tstamp drain_deadline;
   char channel[80];        /* "<schema>_wake" */
@@ -148,12 +154,12 @@ static int init_lua(lua_State *L) {
 lua_State *mq_runtime_lua(mq_runtime *rt) {
   if (rt->L)
     return rt->L;
-  lua_State *L = luaL_newstate();
+  lua_State *L = mq_lua_newstate((size_t)rt->cfg->memory_limit << 20);
   if (!L)
     return NULL;
   if (mq_lua_protect(L, init_lua, rt, 0) != LUA_OK) {
     mq_log_error("runtime", "cannot set up Lua: %s", lua_tostring(L, -1));
-    lua_close(L);
+    mq_lua_close(L);
     return NULL;
   }
   rt->L = L;
@@ -242,6 +248,8 @@ static int resolve_db(mq_runtime *rt, char *err, size_t errlen) {
   if (rt->conninfo)
     return 0;
   if (rt->cfg->database) {
+    if (mq_pg_check_conninfo(rt->cfg->database, err, errlen) != 0)
+      return -1;
     rt->conninfo = strdup(rt->cfg->database);
     return rt->conninfo ? 0 : -1;
   }
@@ -365,6 +373,12 @@ int mq_runtime_open(mq_runtime *rt, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
+  struct mq_heartbeat_options beat = {
+      .conninfo = rt->conninfo, .schema = rt->cfg->schema,
+      .process_id = mq_queue_process_id(rt->queue),
+      .host = mq_queue_host(rt->queue), .stale_after = rt->cfg->stale_after};
+  if (!(rt->heartbeat = mq_heartbeat_start(rt->loop, &beat, err, errlen)))
+    return -1;
   rt->phase = PHASE_OPEN;
   return store_settings(rt, true, err, errlen);
 }
@@ -456,6 +470,8 @@ static void worker_stopped(void *arg) {
   mq_scheduler_stop(rt->scheduler);
   if (rt->events)
     mq_events_stop(rt->events);
+  mq_heartbeat_stop(rt->heartbeat); /* before the process row goes */
+  rt->heartbeat = NULL;
   mq_queue_stop(rt->queue);
   rt->drain_deadline = ev_now(rt->loop) + DRAIN_MAX;
   ev_timer_init(&rt->drain, drain_cb, 0., 0.02);
@@ -481,25 +497,82 @@ void mq_runtime_stop(mq_runtime *rt, int exit_code) {
     worker_stopped(rt);
 }
 
-static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+static void sighup_cb(struct ev_loop *loop, ev_signal *w, int revents) {
   mq_runtime *rt = w->data;
-  if (w->signum == SIGHUP) {
-    mq_log_info("runtime", "SIGHUP: reloading handlers");
-    if (rt->worker)
-      mq_worker_reload(rt->worker);
-    return;
+  mq_log_info("runtime", "SIGHUP: reloading handlers");
+  if (rt->worker)
+    mq_worker_reload(rt->worker);
+}
+
+/* SIGINT and SIGTERM are counted by their own handler rather than by an
+ * ev_signal: while a handler holds the loop, a second signal would merge
+ * with the first one still pending, and the running jobs would wait out
+ * the whole grace period. The handler only counts and wakes the loop
+ * (ev_async_send is async-signal-safe). One serving runtime a process. */
+static volatile sig_atomic_t stop_signals, last_stop_signal;
+static struct ev_loop *stop_loop;
+static ev_async *stop_async;
+
+static void on_stop_signal(int signum) {
+  int saved = errno;
+  stop_signals++;
+  last_stop_signal = signum;
+  ev_async_send(stop_loop, stop_async);
+  errno = saved;
+}
+
+/* Acts on each stop signal counted since the last call: the first stops,
+ * a second gives running jobs back to the queue now. */
+static void stop_signal_cb(struct ev_loop *loop, ev_async *w, int revents) {
+  mq_runtime *rt = w->data;
+  while (rt->handled < stop_signals) {
+    rt->handled++;
+    const char *name = last_stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
+    if (!rt->serving) { /* still starting: stop once running */
+      rt->stop_asked = true;
+      continue;
+    }
+    if (rt->phase == PHASE_OPEN)
+      mq_log_info("runtime", "stopping signal=%s", name);
+    else
+      mq_log_warn("runtime", "second signal=%s: running jobs go back to the "
+                  "queue now", name);
+    mq_runtime_stop(rt, 0);
   }
-  const char *name = w->signum == SIGINT ? "SIGINT" : "SIGTERM";
-  if (!rt->serving) { /* still starting: stop once running */
-    rt->stop_asked = true;
+}
+
+/* A prefork child whose supervisor died (the SIGTERM it asked for at
+ * death, supervisor.c, may be lost) stops as on SIGTERM. */
+static void orphan_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  mq_runtime *rt = w->data;
+  if (getppid() == rt->supervisor || rt->phase != PHASE_OPEN || !rt->serving)
     return;
-  }
-  if (rt->phase == PHASE_OPEN)
-    mq_log_info("runtime", "stopping signal=%s", name);
-  else
-    mq_log_warn("runtime", "second signal=%s: running jobs go back to the "
-                "queue now", name);
+  mq_log_warn("runtime", "the supervisor is gone: stopping");
   mq_runtime_stop(rt, 0);
+}
+
+/* Installs (on) or removes the SIGINT (unless supervised: a terminal's
+ * Ctrl-C reaches the whole process group and the supervisor forwards it as
+ * SIGTERM, which must not count as a second signal) and SIGTERM handlers. */
+static void watch_stop_signals(mq_runtime *rt, bool on) {
+  struct sigaction sa = {.sa_handler = on ? on_stop_signal : SIG_DFL};
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  if (on) {
+    ev_async_init(&rt->stop_signal, stop_signal_cb);
+    rt->stop_signal.data = rt;
+    ev_async_start(rt->loop, &rt->stop_signal);
+    stop_loop = rt->loop;
+    stop_async = &rt->stop_signal;
+    rt->handled = stop_signals;
+  }
+  sigaction(SIGTERM, &sa, NULL);
+  if (rt->supervised)
+    signal(SIGINT, SIG_IGN);
+  else
+    sigaction(SIGINT, &sa, NULL);
+  if (!on)
+    ev_async_stop(rt->loop, &rt->stop_signal);
 }
 
 void mq_runtime_close(mq_runtime *rt) {
@@ -519,6 +592,7 @@ void mq_runtime_close(mq_runtime *rt) {
    * handle alive; step 5: free in reverse order of opening. */
   if (rt->pg)
     mq_pg_close(rt->pg);
+  mq_heartbeat_stop(rt->heartbeat); /* opened, then failed before OPEN */
   mq_http_close(rt->http);
   mq_http_api_close(rt->http_api);
   mq_worker_close(rt->worker);
@@ -530,7 +604,7 @@ void mq_runtime_close(mq_runtime *rt) {
   if (rt->own_loop)
     ev_loop_destroy(rt->loop);
   if (rt->own_lua)
-    lua_close(rt->L);
+    mq_lua_close(rt->L);
   mq_config_free(rt->cfg);
   free(rt->conninfo);
   free(rt);
@@ -544,19 +618,16 @@ void mq_runtime_close(mq_runtime *rt) {
  * only). Returns the exit code. */
 static int serve_here(mq_runtime *rt, bool with_worker) {
   /* Signals are watched from the start, so one that comes while opening
-   * stops the process once it is open. A prefork child leaves SIGINT to its
-   * supervisor: a terminal's Ctrl-C reaches the whole process group, and the
-   * supervisor forwards it as SIGTERM, which must not count as a second
-   * signal. */
-  ev_signal *sigs[] = {&rt->sigint, &rt->sigterm, &rt->sighup};
-  int nums[] = {SIGINT, SIGTERM, SIGHUP};
-  for (int i = 0; i < 3; i++) {
-    ev_signal_init(sigs[i], signal_cb, nums[i]);
-    sigs[i]->data = rt;
-    if (nums[i] == SIGINT && rt->supervised)
-      signal(SIGINT, SIG_IGN);
-    else
-      ev_signal_start(rt->loop, sigs[i]);
+   * stops the process once it is open. */
+  watch_stop_signals(rt, true);
+  ev_signal_init(&rt->sighup, sighup_cb, SIGHUP);
+  rt->sighup.data = rt;
+  ev_signal_start(rt->loop, &rt->sighup);
+  if (rt->supervised) {
+    ev_timer_init(&rt->orphan, orphan_cb, 1., 1.);
+    rt->orphan.data = rt;
+    ev_timer_start(rt->loop, &rt->orphan);
+    ev_unref(rt->loop);
   }
   char err[4096];
   int code = 0;
@@ -584,8 +655,12 @@ static int serve_here(mq_runtime *rt, bool with_worker) {
   code = rt->exit_code;
   mq_log_info("moonq", "stopped");
 done:
-  for (int i = 0; i < 3; i++)
-    ev_signal_stop(rt->loop, sigs[i]);
+  watch_stop_signals(rt, false);
+  ev_signal_stop(rt->loop, &rt->sighup);
+  if (rt->supervised) {
+    ev_ref(rt->loop);
+    ev_timer_stop(rt->loop, &rt->orphan);
+  }
   return code;
 }
 
@@ -597,6 +672,7 @@ static int serve_child(void *arg, int index, struct ev_loop *loop) {
   rt->own_loop = false;
   rt->supervised = true;
   rt->child_index = index;
+  rt->supervisor = getppid();
   int code = serve_here(rt, true);
   mq_runtime_close(rt);
   return code;

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -76,6 +77,7 @@ static void spawn(struct child *c) {
   struct sup *s = c->sup;
   struct ev_loop *loop = s->loop;
   fflush(NULL);
+  pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) {
     mq_log_error("supervisor", "fork failed index=%d", c->index);
@@ -84,6 +86,11 @@ static void spawn(struct child *c) {
     return;
   }
   if (pid == 0) {
+    /* A worker stops (gracefully: its running jobs go back to the queue)
+     * when the supervisor dies, even by SIGKILL; one whose supervisor died
+     * before this line does not start. */
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)
+      _exit(1);
     /* The child drops the supervisor's watchers and loop and builds its
      * own (signal watchers are global in libev: stop them first). */
     ev_signal_stop(loop, &s->sigint);

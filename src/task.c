@@ -14,6 +14,7 @@
 
 #include <lauxlib.h>
 
+#include "heartbeat.h"
 #include "log.h"
 #include "lua_host.h"
 
@@ -255,7 +256,9 @@ static void step(mq_task *t) {
   t->nargs = 0;
   current = t;
   mq_lua_set_current(&t->lt);
+  mq_heartbeat_busy_until(t->deadline); /* the loop waits for this resume */
   int status = lua_resume(co, t->ts->L, nargs, &nres);
+  mq_heartbeat_busy_until(0);
   mq_lua_set_current(NULL);
   current = NULL;
   if (status == LUA_YIELD && t->timed_out) { /* the deadline hook */

@@ -13,7 +13,8 @@
  * keeps raising on every instruction, so a pcall in the handler cannot
  * swallow the timeout.
  *
- * Uses: lua_host, log.
+ * Uses: lua_host, heartbeat (tells it how long a resume may hold the
+ * loop), log.
  */
 #ifndef MQ_TASK_H
 #define MQ_TASK_H

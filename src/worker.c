@@ -80,9 +80,14 @@ struct mq_worker {
   int nactive;
   ev_timer scan;
   ev_timer grace;
+  ev_timer trim; /* after a job: give back memory a big one left */
   ev_prepare probe; /* polls of idle queues, checked together */
   bool probing;     /* a probe is in flight */
   int inflight;
+  bool lost_claims; /* a fetch's reply was lost: it may have claimed jobs
+                       that never arrived; reclaimed once no fetch or
+                       result is in flight */
+  bool reclaiming;  /* the reclaim is in flight: no fetch meanwhile */
   int ctx_ref; /* moonq.ctx.new */
   bool started;
   bool stopping;
@@ -92,6 +97,7 @@ struct mq_worker {
 };
 
 static void consider_fetch(struct consumer *c);
+static void maybe_reclaim(mq_worker *w);
 static void start_buffered(struct consumer *c);
 static void check_stopped(mq_worker *w);
 
@@ -310,7 +316,10 @@ static void failed_cb(int status, const char *error, const char *json,
   struct consumer *c = data;
   if (status < 0)
     mq_log_error("worker", "storing a job result failed error=\"%s\"", error);
-  if (!callback_live(c->w) || status != 0 || !strstr(json, "\"retry\""))
+  if (!callback_live(c->w))
+    return;
+  maybe_reclaim(c->w);
+  if (status != 0 || !strstr(json, "\"retry\""))
     return;
   /* The retry's start_after is committed now: wake when it is due. */
   mq_scheduler_wake_when_due(mq_runtime_scheduler(c->w->rt), c->queue, due_cb,
@@ -331,7 +340,8 @@ static void fail_job(struct consumer *c, long long id, int attempt,
 /* A failure's JSON: {message, traceback, ...fields of an error table}. */
 struct failure {
   lua_State *co;     /* the error value is on top, or NULL: */
-  const char *text;  /* the message (a timeout, a job that cannot start) */
+  const char *text;  /* the message (a timeout, a job that cannot start;
+                        with co: said instead of the error's) */
   bool final;        /* no retry: {"retry": false} (sql/014_limits.sql) */
   char message[1024];
   char *json;        /* malloc'd */
@@ -374,6 +384,8 @@ static int build_failure(lua_State *L) {
       snprintf(f->message, sizeof f->message, "%s",
                lua_isstring(L, 2) ? lua_tostring(L, 2) : "(error object)");
     }
+    if (f->text)
+      snprintf(f->message, sizeof f->message, "%s", f->text);
     luaL_traceback(L, f->co, f->message, 0); /* [f err traceback] */
   } else {
     snprintf(f->message, sizeof f->message, "%s", f->text);
@@ -553,6 +565,18 @@ static void outcome_returned(lua_State *L, lua_State *co, int nresults,
   out->effects = o.effects;
 }
 
+/* The message for an out-of-memory error on top of co that the memory
+ * limit caused ("memory limit of N MB reached", in buf), or NULL. */
+static const char *memory_error(lua_State *L, lua_State *co, char *buf,
+                                size_t len) {
+  if (!mq_lua_memory_reached(L) || lua_type(co, -1) != LUA_TSTRING ||
+      strcmp(lua_tostring(co, -1), "not enough memory") != 0)
+    return NULL;
+  snprintf(buf, len, "memory limit of %zu MB reached",
+           mq_lua_memory_limit(L) >> 20);
+  return buf;
+}
+
 /* What a task's end comes to; the caller frees it (outcome_free). */
 static void outcome_of(mq_runtime *rt, mq_task *task, enum mq_task_end how,
                        int nresults, int ctx_ref,
@@ -566,7 +590,10 @@ static void outcome_of(mq_runtime *rt, mq_task *task, enum mq_task_end how,
                      mq_runtime_events(rt), out);
     break;
   case MQ_TASK_RAISED:
-    outcome_failed(L, mq_task_thread(task), NULL, out);
+    outcome_failed(L, mq_task_thread(task),
+                   memory_error(L, mq_task_thread(task), message,
+                                sizeof message),
+                   out);
     break;
   case MQ_TASK_TIMED_OUT:
     snprintf(message, sizeof message, "timeout after %g s",
@@ -593,6 +620,8 @@ static void release_active(struct active *a) {
   luaL_unref(w->L, LUA_REGISTRYINDEX, a->ctx_ref);
   free(a->name);
   free(a);
+  if (!ev_is_active(&w->trim)) /* once the task's thread is gone */
+    ev_timer_start(w->loop, &w->trim);
   if (w->stopping) {
     check_stopped(w);
   } else {
@@ -734,6 +763,69 @@ static void release_ids(mq_worker *w, const long long *ids, int n) {
   free(text);
 }
 
+static void reclaimed(int status, const char *error, const char *json,
+                      void *data) {
+  mq_worker *w = data;
+  w->inflight--;
+  w->reclaiming = false;
+  if (status != 0) {
+    mq_log_error("worker", "giving back jobs of a lost fetch failed "
+                 "error=\"%s\" (tried again)", error);
+    w->lost_claims = true;
+  } else if (strcmp(json, "0") != 0) {
+    mq_log_warn("worker", "gave back jobs claimed by a fetch whose reply was "
+                "lost count=%s", json);
+  }
+  if (!callback_live(w))
+    return;
+  if (w->lost_claims) {
+    maybe_reclaim(w);
+    return;
+  }
+  for (int i = 0; i < w->nconsumers; i++) {
+    w->consumers[i]->more = true;
+    consider_fetch(w->consumers[i]);
+  }
+}
+
+/* After a lost fetch reply, once no fetch, completion or failure is in
+ * flight (so every active job of this process in the database is one it
+ * knows of: running or buffered): gives the others back to the queue.
+ * Fetching waits for it; the poll timer looks again. */
+static void maybe_reclaim(mq_worker *w) {
+  if (!w->lost_claims || w->reclaiming || w->stopping || w->inflight > 0 ||
+      mq_queue_storing(w->q) > 0)
+    return;
+  size_t cap = 3, len = 0;
+  for (int i = 0; i < w->nconsumers; i++)
+    cap += (size_t)w->consumers[i]->nbuffer * 21;
+  cap += (size_t)w->nactive * 21;
+  char *text = malloc(cap);
+  if (!text)
+    return; /* tried again after the next result */
+  text[len++] = '{';
+  struct active *a;
+  LIST_FOREACH(a, &w->actives, link)
+    len += (size_t)snprintf(text + len, cap - len, "%s%lld",
+                            len > 1 ? "," : "", a->id);
+  for (int i = 0; i < w->nconsumers; i++) {
+    struct buffered *b;
+    STAILQ_FOREACH(b, &w->consumers[i]->buffer, link)
+      len += (size_t)snprintf(text + len, cap - len, "%s%lld",
+                              len > 1 ? "," : "", b->job.id);
+  }
+  snprintf(text + len, cap - len, "}");
+  const char *args[5] = {text};
+  w->lost_claims = false;
+  if (mq_queue_call(w->q, MQ_QUEUE_RECLAIM, args, reclaimed, w) == 0) {
+    w->reclaiming = true;
+    w->inflight++;
+  } else {
+    w->lost_claims = true;
+  }
+  free(text);
+}
+
 /* Copies a fetched job into the consumer's buffer. */
 static bool buffer_push(struct consumer *c, const struct mq_job *j) {
   size_t name = strlen(j->name) + 1, queue = strlen(j->queue) + 1,
@@ -790,7 +882,12 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
   if (status != 0) {
     mq_log_warn("worker", "fetch failed queue=%s error=\"%s\"", c->queue,
                 error);
+    /* A fetch that ran but whose reply was lost claimed jobs for this
+     * process that it will never run: give them back. */
+    if (strstr(error, "may or may not have run"))
+      w->lost_claims = true;
     check_stopped(w);
+    maybe_reclaim(w);
     return; /* the poll timer tries again */
   }
   if (w->stopping) { /* stopped while the fetch was in flight */
@@ -823,9 +920,11 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
  * for half of them, so batches stay large (unless nothing runs). */
 static void consider_fetch(struct consumer *c) {
   mq_worker *w = c->w;
+  maybe_reclaim(w);
   int room = c->slots + c->prefetch - c->running - c->nbuffer;
   int worth = c->prefetch / 2 > 0 ? c->prefetch / 2 : 1;
-  if (!w->started || w->stopping || !c->live || c->fetching || !c->more ||
+  if (!w->started || w->stopping || w->reclaiming || w->lost_claims ||
+      !c->live || c->fetching || !c->more ||
       room <= 0 || (room < worth && c->running + c->nbuffer > 0))
     return;
   c->more = false;
@@ -934,6 +1033,11 @@ static void rescan(mq_worker *w, bool force) {
   }
 }
 
+static void trim_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+  mq_worker *w = t->data;
+  mq_lua_memory_trim(w->L);
+}
+
 static void scan_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   rescan(t->data, false);
 }
@@ -988,6 +1092,8 @@ mq_worker *mq_worker_new(struct mq_runtime *rt, char *err, size_t errlen) {
   ev_prepare_init(&w->probe, probe_cb);
   w->probe.data = w;
   w->scan.data = w;
+  ev_timer_init(&w->trim, trim_cb, 0., 0.);
+  w->trim.data = w;
   sync_consumers(w);
   return w;
 }
@@ -1097,6 +1203,7 @@ void mq_worker_close(mq_worker *w) {
     return;
   }
   ev_timer_stop(w->loop, &w->grace);
+  ev_timer_stop(w->loop, &w->trim);
   ev_prepare_stop(w->loop, &w->probe);
   if (ev_is_active(&w->scan)) {
     ev_ref(w->loop);

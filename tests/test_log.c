@@ -96,6 +96,27 @@ static void masking_truncates_safely(void) {
   CHECK_STR(mq_log_mask_conninfo(NULL, none, sizeof none), "(none)");
 }
 
+/* Messages that quote a connection string, as libpq's parse errors do,
+ * lose every password it holds, wherever it appears. */
+static void scrubs_passwords_from_messages(void) {
+  char out[256];
+  CHECK_STR(mq_log_scrub("in URI: \"postgresql://app:SECRET@[bad/db\"",
+                         "postgresql://app:SECRET@[bad/db", out, sizeof out),
+            "in URI: \"postgresql://app:***@[bad/db\"");
+  CHECK_STR(mq_log_scrub("bad: 'x&password=SECRET&y' SECRET",
+                         "postgres://h/db?a=x&password=SECRET&y=1", out,
+                         sizeof out),
+            "bad: 'x&password=***&y' ***");
+  CHECK_STR(mq_log_scrub("unterminated: password='SECRET",
+                         "host=h password='SECRET", out, sizeof out),
+            "unterminated: password=***");
+  CHECK_STR(mq_log_scrub("no secret here", "host=h user=u", out, sizeof out),
+            "no secret here");
+  char small[8];
+  mq_log_scrub("SECRET SECRET SECRET", "password=SECRET", small, sizeof small);
+  CHECK(!strstr(small, "SEC"));
+}
+
 /* CHECKs that appending key=value to "" gives `want`. */
 #define CHECK_FIELD(key, value, want)                                      \
   do {                                                                     \
@@ -261,6 +282,7 @@ int main(void) {
   RUN(masks_uri_passwords);
   RUN(leaves_other_uris_alone);
   RUN(masking_truncates_safely);
+  RUN(scrubs_passwords_from_messages);
   RUN(fields_quote_when_needed);
   RUN(fields_truncate);
   RUN(level_names);

@@ -132,14 +132,15 @@ end
 
 -- Starts "$MOONQ_BIN run --config <config>" in the background (its own
 -- process group, killed at W.close() if still running) with DATABASE_URL
--- set to the test database. Returns moonq's pid, its log file (stdout and
--- stderr) and a function that returns its exit status once it has exited
--- (nil before): a shell waits for it and records the status.
-function W.moonq_run(config)
+-- set to `url` (default: the test database). Returns moonq's pid, its log
+-- file (stdout and stderr) and a function that returns its exit status
+-- once it has exited (nil before): a shell waits for it and records the
+-- status.
+function W.moonq_run(config, url)
   local dir = W.tmpdir()
   local log, rcfile, pidfile = dir .. "/moonq.log", dir .. "/rc", dir .. "/pid"
   local cmd = ("DATABASE_URL=%s %s run --config %s & echo $! > %s; wait $!; echo $? > %s")
-    :format(H.shq(H.url), H.shq(W.bin), H.shq(config), H.shq(pidfile), H.shq(rcfile))
+    :format(H.shq(url or H.url), H.shq(W.bin), H.shq(config), H.shq(pidfile), H.shq(rcfile))
   W.own(H.bg(cmd, log))
   logs[#logs + 1] = log
   local pid = H.wait_for(function()

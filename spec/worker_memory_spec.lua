@@ -1,0 +1,82 @@
+-- The Lua memory limit of a `moonq run` process (config `memory_limit`,
+-- MB): a handler that allocates past it fails with "memory limit of N MB
+-- reached" (growing a table, or one big allocation in a C function), the
+-- process goes on running jobs, and the memory a big job used goes back
+-- to the system once it ends.
+local moonq = require "moonq"
+local W = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/worker_helper.lua")
+local Q = moonq.queue
+
+-- Resident memory of process pid, in MB.
+local function rss_mb(pid)
+  local status = W.read(("/proc/%d/status"):format(pid)) or ""
+  return tonumber(status:match("VmRSS:%s*(%d+)")) / 1024
+end
+
+describe("memory_limit", function()
+  local pid, log
+
+  setup(function()
+    local dir = W.handlers_dir({
+      -- about 160 MB of strings if nothing stops it
+      ["hog.lua"] = [[
+return function(job)
+  local t = {}
+  for i = 1, 1500000 do t[i] = ("x"):rep(64) .. i end
+  return #t
+end
+]],
+      ["rep.lua"] = [[return function(job) return #string.rep("x", job.data.mb * 1048576) end]],
+      ["big.lua"] = [[
+return function(job)
+  local t = {}
+  for i = 1, job.data.n do t[i] = ("y"):rep(64) .. i end
+  return #t
+end
+]],
+      ["small.lua"] = [[return function(job) return { ok = true } end]],
+    })
+    local schema = W.open({ hot_reload = false })
+    local config = W.config_file({ schema = schema, handlers = dir, hot_reload = false,
+                                   memory_limit = 64, queue = { retry_limit = 0 } })
+    pid, log = W.moonq_run(config)
+    assert.is_truthy(W.poll(function()
+      return W.row("SELECT count(*) AS n FROM @.process WHERE pid = $1", pid).n == 1
+    end, 20, 0.1), "moonq run did not start: " .. (W.read(log) or ""))
+  end)
+  teardown(W.close)
+
+  it("fails the job that crosses it, and the process goes on", function()
+    local id = assert(Q.send("hog", {}, { retry_limit = 0 }))
+    local job = W.wait_job(id, nil, 60)
+    assert.equal("failed", job.state, W.read(log))
+    assert.equal("memory limit of 64 MB reached", job.error.message)
+    assert.is_string(job.error.traceback)
+    assert.is_true(W.alive(pid))
+    local ok = W.wait_job(assert(Q.send("small", {})), nil, 20)
+    assert.equal("completed", ok.state, W.read(log))
+  end)
+
+  it("fails one allocation over it made by a C function", function()
+    local job = W.wait_job(assert(Q.send("rep", { mb = 100 }, { retry_limit = 0 })), nil, 30)
+    assert.equal("failed", job.state, W.read(log))
+    assert.equal("memory limit of 64 MB reached", job.error.message)
+    assert.equal("completed", W.wait_job(assert(Q.send("small", {})), nil, 20).state)
+  end)
+
+  it("gives the memory of a big job back", function()
+    if os.getenv("ASAN_OPTIONS") then
+      pending("AddressSanitizer keeps freed memory in quarantine: resident memory says nothing")
+      return
+    end
+    W.wait_job(assert(Q.send("small", {})), nil, 20)
+    local before = rss_mb(pid)
+    local job = W.wait_job(assert(Q.send("big", { n = 400000 })), nil, 60) -- ~40 MB
+    assert.equal("completed", job.state, W.read(log))
+    assert.equal(400000, job.output)
+    W.sleep(1)
+    local after = rss_mb(pid)
+    assert.is_true(after < before + 15,
+      ("resident memory %.0f MB before the big job, %.0f MB after"):format(before, after))
+  end)
+end)
