@@ -128,6 +128,7 @@ describe("schedules API", function()
         { { "x", "* * * * *", nil, { job = "tick\0x" } }, "must not contain NUL bytes" },
         { { "x", "* * * * *", nil, { backfill = "1h\0x" } }, "must not contain NUL bytes" },
         { { "x", "* * * * *", nil, { backfill = "" } }, "backfill: an empty string is no backfill" },
+        { { "two\nlines", "* * * * *" }, "name: a schedule name must not contain control characters" },
       }
       for _, c in ipairs(cases) do
         local s, err = moonq.schedule(table.unpack(c[1], 1, 4))
@@ -213,6 +214,8 @@ describe("schedules API", function()
       assert.equal(moonq.null, none.backfill)
       _, err = moonq.db.query(("SELECT %s.schedule('bad', '@hourly', '{}', '{\"backfill\": \"\"}')"):format(schema))
       assert.matches("backfill: an empty string is no backfill", err, 1, true)
+      _, err = moonq.db.query(("SELECT %s.schedule(E'two\\nlines', '@hourly')"):format(schema))
+      assert.matches("must not contain control characters", err, 1, true)
       assert.is_true(W.row("SELECT @.unschedule('sql') AS ok").ok)
       assert.is_false(W.row("SELECT @.unschedule('sql') AS ok").ok)
     end)

@@ -1161,6 +1161,12 @@ const char *mq_config_check_schedule(const struct mq_schedule_config *s,
              SCHEDULE_NAME_MAX, n);
     return "name";
   }
+  for (const unsigned char *p = (const unsigned char *)s->name; *p; p++)
+    if (*p < 0x20 || *p == 0x7f) {
+      snprintf(err, errlen, "a schedule name must not contain control "
+               "characters (a newline, a tab, ...)");
+      return "name";
+    }
   if (s->job && !*s->job) {
     snprintf(err, errlen, "job must be a job name (leave it out to enqueue "
              "the schedule's name)");
