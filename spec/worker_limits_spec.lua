@@ -33,6 +33,19 @@ return function(job)
   error({ code = 1, fn = print, detail = { when = "now", co = co }, list = { 1, 2 } })
 end
 ]],
+  -- fails with a NUL character in its error: as a field, in the message,
+  -- in a key, nested
+  ["nul_error.lua"] = [[
+return function(job, ctx)
+  ctx.sleep(0.2) -- the jobs of one send fail together: one batch
+  local k = job.data.k
+  if k == "field" then error({ detail = "resp\0bin" }) end
+  if k == "message" then error("bad\0message") end
+  if k == "key" then error({ ["a\0b"] = 1 }) end
+  if k == "nested" then error({ deep = { list = { "x\0y" } } }) end
+  error("plain failure")
+end
+]],
   ["woken.lua"] = [[
 return function() return true end
 ]],
@@ -103,6 +116,21 @@ describe("worker limits", function()
     local bad = Q.get(ids[2])
     assert.matches("poison", bad.error.message, 1, true)
     assert.matches("storing this failure with a retry failed: ", bad.error.store_error, 1, true)
+  end)
+
+  it("an error with a NUL character fails its job; the other failures of its batch are stored too", function()
+    local ids = assert(Q.send_many("nul_error", { { k = "plain" }, { k = "field" }, { k = "plain" },
+                                                  { k = "message" }, { k = "key" }, { k = "nested" },
+                                                  { k = "plain" } }))
+    local states = {}
+    for i, id in ipairs(ids) do states[i] = W.wait_job(id, { "failed" }, 30).state end
+    assert.same({ "failed", "failed", "failed", "failed", "failed", "failed", "failed" }, states)
+    assert.equal("resp\\u0000bin", Q.get(ids[2]).error.detail)
+    assert.matches("nul_error.lua:%d+: bad", Q.get(ids[4]).error.message)
+    assert.equal(1, Q.get(ids[5]).error["a\\u0000b"])
+    assert.same({ list = { "x\\u0000y" } }, Q.get(ids[6]).error.deep)
+    assert.matches("plain failure", Q.get(ids[7]).error.message, 1, true)
+    assert.equal(0, W.row("SELECT count(*) AS n FROM @.job WHERE state = 'active'").n)
   end)
 
   it("an error table keeps its fields; what JSON cannot carry is described; the traceback is there", function()

@@ -288,6 +288,34 @@ bool mq_json_has_nul(const char *json) {
   return false;
 }
 
+char *mq_json_nul_visible(const char *json) {
+  size_t n = 0;
+  for (const char *p = json; (p = strchr(p, '\\')); p += 2) {
+    if (p[1] == 'u' && strncmp(p + 2, "0000", 4) == 0)
+      n++;
+    if (!p[1])
+      break;
+  }
+  char *out = malloc(strlen(json) + n + 1), *o = out;
+  if (!out)
+    return NULL;
+  for (const char *p = json; *p;) {
+    if (p[0] == '\\' && p[1] == 'u' && strncmp(p + 2, "0000", 4) == 0) {
+      *o++ = '\\'; /* \\u0000: the six characters, not a NUL */
+      memcpy(o, p, 6);
+      o += 6;
+      p += 6;
+    } else if (p[0] == '\\' && p[1]) {
+      *o++ = *p++;
+      *o++ = *p++;
+    } else {
+      *o++ = *p++;
+    }
+  }
+  *o = '\0';
+  return out;
+}
+
 size_t mq_json_utf8_check(const char *s, size_t n) {
   const unsigned char *u = (const unsigned char *)s;
   size_t i = 0;

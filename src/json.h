@@ -65,6 +65,12 @@ int mq_json_decode_wrapped(lua_State *L, const char *text, size_t len,
  * (\u0000) in a string, which PostgreSQL's jsonb refuses. */
 bool mq_json_has_nul(const char *json);
 
+/* A copy of json (caller frees; NULL when out of memory) whose NUL
+ * characters (\u0000, which PostgreSQL's jsonb refuses) are the six
+ * characters "\u0000" instead: for documents that must be stored whatever
+ * they hold, such as a handler's error. */
+char *mq_json_nul_visible(const char *json);
+
 /* Offset of the first byte of s[0..n) that does not start a valid UTF-8
  * sequence (the rule JSON strings follow here), or n when all are valid. */
 size_t mq_json_utf8_check(const char *s, size_t n);

@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <stdbool.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -53,8 +54,13 @@ void mq_logv(int level, const char *module, const char *fmt, va_list ap) {
                    level_tags[level], tag, module);
   if (n < 0)
     return;
-  if ((size_t)n < sizeof line)
-    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+  if ((size_t)n < sizeof line) {
+    /* a connection string anywhere in the message (a handler's log line,
+     * an error quoting one) loses its password */
+    char msg[4096];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    mq_log_mask_text(msg, line + n, sizeof line - (size_t)n);
+  }
   /* One fputs per record keeps lines whole when processes share stderr. */
   size_t len = strlen(line);
   if (len > sizeof line - 2)
@@ -249,6 +255,62 @@ char *mq_log_mask_conninfo(const char *conninfo, char *out, size_t outlen) {
   struct sink o = {out, outlen, 0, false, NULL};
   out[0] = '\0';
   mask(conninfo, &o);
+  return out;
+}
+
+/* The length of the connection-string token at p (up to white space or a
+ * quote). */
+static size_t token_len(const char *p) {
+  size_t k = 0;
+  while (p[k] && !isspace((unsigned char)p[k]) && p[k] != '"' &&
+         p[k] != '\'' && p[k] != '\\')
+    k++;
+  return k;
+}
+
+char *mq_log_mask_text(const char *text, char *out, size_t outlen) {
+  if (outlen == 0)
+    return out;
+  struct sink o = {out, outlen, 0, false, NULL};
+  out[0] = '\0';
+  const char *p = text ? text : "";
+  while (*p && !o.truncated) {
+    bool word = p == text || !isalnum((unsigned char)p[-1]);
+    size_t scheme = !word ? 0
+                    : strncmp(p, "postgresql://", 13) == 0 ? 13
+                    : strncmp(p, "postgres://", 11) == 0   ? 11
+                                                            : 0;
+    if (scheme) { /* a URI: mask it as a connection string */
+      size_t k = token_len(p);
+      char uri[2048], masked[2048];
+      if (k >= sizeof uri)
+        k = sizeof uri - 1;
+      memcpy(uri, p, k);
+      uri[k] = '\0';
+      struct sink m = {masked, sizeof masked, 0, false, NULL};
+      masked[0] = '\0';
+      mask_uri(uri, &m);
+      put(&o, masked, strlen(masked));
+      p += k;
+    } else if (word && strncasecmp(p, "password", 8) == 0) {
+      /* password=VALUE, password = 'VALUE' */
+      const char *q = p + 8;
+      while (*q == ' ')
+        q++;
+      if (*q != '=') {
+        put(&o, p++, 1);
+        continue;
+      }
+      q++;
+      while (*q == ' ')
+        q++;
+      put(&o, p, (size_t)(q - p));
+      put(&o, "***", 3);
+      p = *q == '\'' ? skip_value(q) : q + token_len(q);
+    } else {
+      put(&o, p++, 1);
+    }
+  }
   return out;
 }
 

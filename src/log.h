@@ -60,6 +60,13 @@ size_t mq_log_field(char *buf, size_t len, const char *key, const char *value);
  * Returns out. */
 char *mq_log_mask_conninfo(const char *conninfo, char *out, size_t outlen);
 
+/* Copies text into out with the password of every connection string in it
+ * replaced by "***": user:PASSWORD@ and password=... of each postgres:// or
+ * postgresql:// URI, and the value of each password=VALUE (key=value
+ * strings, quoted or not). Every log line goes through it. Always
+ * NUL-terminates. Returns out. */
+char *mq_log_mask_text(const char *text, char *out, size_t outlen);
+
 /* Copies text (a message that may quote conninfo, such as libpq's own
  * errors, which quote a malformed URI whole) into out with every password
  * that conninfo holds replaced by "***", wherever it appears. The

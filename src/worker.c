@@ -333,8 +333,15 @@ static void fail_job(struct consumer *c, long long id, int attempt,
   mq_worker *w = c->w;
   mq_log_warn("worker", "job failed id=%lld job=%s error=\"%s\"", id, name,
               message);
-  if (mq_queue_fail_attempt(w->q, id, attempt, error_json, failed_cb, c) == 0)
+  /* A NUL character anywhere in the error would make PostgreSQL refuse
+   * the whole batch of failures: it is stored as the text \u0000. */
+  char *visible = mq_json_has_nul(error_json)
+                      ? mq_json_nul_visible(error_json)
+                      : NULL;
+  if (mq_queue_fail_attempt(w->q, id, attempt, visible ? visible : error_json,
+                            failed_cb, c) == 0)
     w->inflight++;
+  free(visible);
 }
 
 /* A failure's JSON: {message, traceback, ...fields of an error table}. */

@@ -263,6 +263,26 @@ static void record_format(void) {
   mq_log_error("m", "x");
   CHECK_STR(drain(f) + 25, "ERROR m: x\n");
 
+  /* A connection string anywhere in a message loses its password: a
+   * handler's log line, an error that quotes one, its fields. */
+  mq_log_info("lua", "connecting to postgresql://u:SECRET1@h/db now");
+  CHECK_STR(drain(f) + 25, "INFO  lua: connecting to postgresql://u:***@h/db now\n");
+  mq_log_error("worker", "job failed error=\"could not connect to "
+               "postgres://u:SECRET2@h:5432/db?password=SECRET3&x=1\"");
+  out = drain(f);
+  CHECK(strstr(out, "SECRET") == NULL);
+  CHECK(strstr(out, "postgres://u:***@h:5432/db?password=***&x=1\"") != NULL);
+  mq_log_info("lua", "dsn=\"host=h password=SECRET4 dbname=d\" other "
+              "PASSWORD = 'SE CRET5' end");
+  out = drain(f);
+  CHECK(strstr(out, "SECRET") == NULL && strstr(out, "CRET5") == NULL);
+  CHECK(strstr(out, "host=h password=*** dbname=d") != NULL);
+  CHECK(strstr(out, " end\n") != NULL);
+  /* the word alone is left as it is */
+  mq_log_warn("pg", "password authentication failed for user \"app\"");
+  CHECK_STR(drain(f) + 25,
+            "WARN  pg: password authentication failed for user \"app\"\n");
+
   /* An overlong message stays one line, newline included. */
   static char big[10000];
   memset(big, 'a', sizeof big - 1);

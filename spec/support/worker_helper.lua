@@ -71,7 +71,8 @@ function W.close()
 end
 
 -- Runs the loop until job `id` is in one of `states` (a string or a list;
--- default the finished states) or `timeout` seconds pass; returns the job.
+-- default the finished states) or `timeout` seconds (30) pass; returns the
+-- job.
 function W.wait_job(id, states, timeout)
   if type(states) == "string" then states = { states } end
   states = states or { "completed", "failed", "cancelled" }
@@ -81,7 +82,7 @@ function W.wait_job(id, states, timeout)
   moonq.run_until(function()
     job = moonq.queue.get(id)
     return job and want[job.state]
-  end, timeout or 10)
+  end, timeout or 30)
   return job
 end
 
