@@ -276,3 +276,26 @@ describe("limits of config.lua and handler files", function()
     end
   end)
 end)
+
+describe("a NUL byte in a queue or job name", function()
+  setup(function() H.open() end)
+  teardown(H.close)
+
+  it("is refused naming the argument, and nothing is written or paused", function()
+    local before = job_count()
+    for _, call in ipairs({
+      function() return Q.send("a\0b", {}) end,
+      function() return Q.send_many("a\0b", { {} }) end,
+      function() return Q.pause("p\0x") end,
+      function() return Q.resume("p\0x") end,
+      function() return Q.counts("p\0x") end,
+      function() return Q.purge("p\0x") end,
+    }) do
+      local ok, err = pcall(call)
+      assert.is_false(ok)
+      assert.matches("bad argument #1 .*contains a NUL byte", tostring(err))
+    end
+    assert.equal(before, job_count())
+    assert.equal(0, H.row("SELECT count(*) AS n FROM @.queue WHERE name IN ('a', 'p')").n)
+  end)
+end)

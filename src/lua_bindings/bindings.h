@@ -42,6 +42,12 @@ void mq_lua_event_groups_register(lua_State *L);
 const char *mq_lua_json_arg(lua_State *L, int idx, const char *root,
                             const char *dflt);
 
+/* The string argument at idx; raises as luaL_checkstring does, and names
+ * the argument when it holds a NUL byte (C would read it cut there, and
+ * "a\0b" would name "a"). Shared by moonq.queue (moonq_queue.c). */
+const char *mq_lua_check_text(lua_State *L, int idx);
+const char *mq_lua_opt_text(lua_State *L, int idx, const char *dflt);
+
 /* Registers every luaopen_moonq_* above in package.preload. */
 void mq_bindings_preload(lua_State *L);
 

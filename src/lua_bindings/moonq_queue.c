@@ -43,6 +43,18 @@ static int fail_with(lua_State *L, const char *msg) {
   return 2;
 }
 
+const char *mq_lua_check_text(lua_State *L, int idx) {
+  size_t len;
+  const char *s = luaL_checklstring(L, idx, &len);
+  if (strlen(s) != len)
+    luaL_argerror(L, idx, "contains a NUL byte");
+  return s;
+}
+
+const char *mq_lua_opt_text(lua_State *L, int idx, const char *dflt) {
+  return lua_isnoneornil(L, idx) ? dflt : mq_lua_check_text(L, idx);
+}
+
 const char *mq_lua_json_arg(lua_State *L, int idx, const char *root,
                             const char *dflt) {
   if (lua_isnoneornil(L, idx))
@@ -124,7 +136,7 @@ static void id_done(int status, const char *error, long long id, void *data) {
 /* send(name, data, opts) -> id | nil, err */
 static int l_send(lua_State *L) {
   mq_runtime *rt = runtime(L);
-  const char *name = luaL_checkstring(L, 1);
+  const char *name = mq_lua_check_text(L, 1);
   luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_istable(L, 3), 3,
                 "options must be a table");
   lua_settop(L, 3);
@@ -147,7 +159,7 @@ static int l_send(lua_State *L) {
 /* send_many(name, list, opts) -> {ids} | nil, err */
 static int l_send_many(lua_State *L) {
   mq_runtime *rt = runtime(L);
-  const char *name = luaL_checkstring(L, 1);
+  const char *name = mq_lua_check_text(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_argcheck(L, lua_isnoneornil(L, 3) || lua_istable(L, 3), 3,
                 "options must be a table");
@@ -219,7 +231,7 @@ static void fetch_done(int status, const char *error, const struct mq_job *jobs,
 /* fetch(queue, n) -> {jobs} | nil, err */
 static int l_fetch(lua_State *L) {
   mq_runtime *rt = runtime(L);
-  const char *queue = luaL_checkstring(L, 1);
+  const char *queue = mq_lua_check_text(L, 1);
   lua_Integer n = luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 1 && n <= 100000, 2, "expected 1 to 100000 jobs");
   struct mq_lua_wait *w = new_wait(L, rt);
@@ -309,7 +321,7 @@ static int l_get(lua_State *L) {
 
 /* list(queue, {state, limit, after, order = "newest"|"oldest"}) -> jobs */
 static int l_list(lua_State *L) {
-  const char *queue = luaL_checkstring(L, 1);
+  const char *queue = mq_lua_check_text(L, 1);
   const char *a[5] = {queue, NULL, "100", NULL, "newest"};
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -329,7 +341,7 @@ static int l_list(lua_State *L) {
 }
 
 static int queue_op(lua_State *L, enum mq_queue_op op) {
-  const char *a[5] = {luaL_checkstring(L, 1)};
+  const char *a[5] = {mq_lua_check_text(L, 1)};
   return call_op(L, op, a);
 }
 
@@ -356,7 +368,7 @@ static int l_retry(lua_State *L) {
 
 /* purge(queue, state) -> count; state nil purges every state but active. */
 static int l_purge(lua_State *L) {
-  const char *a[5] = {luaL_checkstring(L, 1), luaL_optstring(L, 2, NULL)};
+  const char *a[5] = {mq_lua_check_text(L, 1), mq_lua_opt_text(L, 2, NULL)};
   return call_op(L, MQ_QUEUE_PURGE, a);
 }
 
