@@ -60,7 +60,7 @@ struct field {
   const char *name;
   enum kind kind;
   size_t off; /* of the C member from the level's base */
-  int min, max;
+  int min, max; /* F_INT bounds; F_POS/F_NUM: min in milliseconds */
   bool required;
   const struct field *sub; /* F_TABLE */
   size_t nsub;
@@ -108,7 +108,9 @@ static const struct field queue_fields[] = {
     {.name = "retry_backoff", .kind = F_BOOL, .off = QOFF(retry_backoff)},
     {.name = "expire_in", .kind = F_POS, .off = QOFF(expire_in)},
     {.name = "retention", .kind = F_NONNEG, .off = QOFF(retention)},
-    {.name = "poll_interval", .kind = F_POS, .off = QOFF(poll_interval)},
+    /* min: milliseconds (a tighter poll is a storm of statements) */
+    {.name = "poll_interval", .kind = F_POS, .off = QOFF(poll_interval),
+     .min = 10},
     {.name = "concurrency", .kind = F_INT, .off = QOFF(concurrency),
      .min = 1, .max = INT_MAX},
     {.name = "timeout", .kind = F_POS, .off = QOFF(timeout)},
@@ -163,7 +165,9 @@ static const struct field top_fields[] = {
      .max = 64},
     {.name = "hot_reload", .kind = F_BOOL, .off = COFF(hot_reload)},
     {.name = "shutdown_grace", .kind = F_POS, .off = COFF(shutdown_grace)},
-    {.name = "stale_after", .kind = F_POS, .off = COFF(stale_after)},
+    /* min: milliseconds (a live process must get to beat in time) */
+    {.name = "stale_after", .kind = F_POS, .off = COFF(stale_after),
+     .min = 2000},
     {.name = "max_payload", .kind = F_INT, .off = COFF(max_payload),
      .min = 1, .max = INT_MAX},
     {.name = "memory_limit", .kind = F_INT, .off = COFF(memory_limit),
@@ -732,6 +736,9 @@ static void set_num(struct ctx *c, const struct field *f, int v,
   } else if (d > MQ_DURATION_MAX) {
     snprintf(what, sizeof what, "seconds, at most %.0f (100 years)",
              MQ_DURATION_MAX);
+    bad(c, path, what, v);
+  } else if (f->min > 0 && d < f->min / 1000.0) {
+    snprintf(what, sizeof what, "seconds, at least %g", f->min / 1000.0);
     bad(c, path, what, v);
   } else {
     *dst = d;

@@ -294,6 +294,14 @@ static void test_numbers(void) {
                "queue.retry_delay: expected a number >= 0, got -1");
   expect_error("return { stale_after = math.huge }",
                "stale_after: expected a finite number > 0, got inf");
+  /* durations too short to work: a process declared dead while it lives,
+   * a poll that is a storm of statements */
+  expect_error("return { stale_after = 0.01 }",
+               "stale_after: expected seconds, at least 2, got 0.01");
+  expect_error("return { queue = { poll_interval = 0.000001 } }",
+               "queue.poll_interval: expected seconds, at least 0.01, got 1e-06");
+  expect_error("return { queues = { q = { poll_interval = 0.001 } } }",
+               "queues.q.poll_interval: expected seconds, at least 0.01, got 0.001");
   char err2[512];
   struct mq_config *nan =
       load_text("return { stale_after = 0/0 }", &path, err2, sizeof err2);
