@@ -35,6 +35,23 @@ return function(job)
 end
 ]],
       ["small.lua"] = [[return function(job) return { ok = true } end]],
+      -- holds its (big) data a while, so many are decoded at once
+      ["hold.lua"] = [[return function(job) return #job.data.s end]],
+      -- takes the memory up to the limit for a while (what is left is less
+      -- than a megabyte), then lets it go
+      ["fill.lua"] = [[
+local FILL
+return function(job, ctx)
+  FILL = {}
+  for _, size in ipairs({ 1048576, 65536, 4096 }) do
+    while pcall(function() FILL[#FILL + 1] = ("f"):rep(size - 32 - #FILL) end) do end
+  end
+  ctx.sleep(job.data.hold)
+  FILL = nil
+  collectgarbage()
+  return "released"
+end
+]],
     })
     local schema = W.open({ hot_reload = false })
     local config = W.config_file({ schema = schema, handlers = dir, hot_reload = false,
@@ -62,6 +79,19 @@ end
     assert.equal("failed", job.state, W.read(log))
     assert.equal("memory limit of 64 MB reached", job.error.message)
     assert.equal("completed", W.wait_job(assert(Q.send("small", {})), nil, 20).state)
+  end)
+
+  it("data too big for the memory left now is a retried failure, not unreadable data", function()
+    local fill = assert(Q.send("fill", { hold = 3 }, { retry_limit = 0 }))
+    assert.is_truthy(W.wait_job(fill, { "active" }, 20))
+    moonq.sleep(1) -- the memory is taken
+    local id = assert(Q.send("hold", { s = ("z"):rep(1000000) }, { retry_limit = 20, retry_delay = 0.3 }))
+    local job = W.wait_job(id, { "completed", "failed" }, 60)
+    assert.equal("completed", job.state, job.error and job.error.message)
+    local f = Q.get(fill)
+    assert.is_true(job.attempt > 1, "the data was read at once: the limit was not reached; fill: "
+      .. f.state .. " " .. require("moonq").json.encode(f.error or f.output or {}))
+    assert.equal("completed", W.wait_job(fill).state)
   end)
 
   it("gives the memory of a big job back", function()

@@ -171,6 +171,11 @@ void mq_lua_push_job(lua_State *L, const struct mq_job *j) {
   char err[256];
   if (mq_json_decode(L, j->data, strlen(j->data), err, sizeof err) == 0) {
     lua_setfield(L, -2, "data");
+  } else if (strstr(err, "out of memory")) { /* now, not the data's fault */
+    if (mq_lua_memory_reached(L))
+      luaL_error(L, "memory limit of %d MB reached (reading the job's data)",
+                 (int)(mq_lua_memory_limit(L) >> 20));
+    luaL_error(L, "not enough memory to read the job's data");
   } else { /* stored before such data was refused at send */
     lua_pushfstring(L, "job data cannot be read in Lua: %s", err);
     lua_setfield(L, -2, "data_error");
