@@ -46,8 +46,8 @@ BEGIN
 END $$;
 
 -- schedule() (011), the SQL API, becomes store_api_schedule; the new
--- schedule() checks the name (no control characters), tz, job and
--- backfill first (backfill false is none,
+-- schedule() checks the name (no control characters), the data (what
+-- Lua can read, 014), tz, job and backfill first (backfill false is none,
 -- as in Lua; "" is refused). Same arguments and result.
 ALTER FUNCTION @schema@.schedule(text, text, jsonb, jsonb) RENAME TO store_api_schedule;
 
@@ -59,6 +59,8 @@ BEGIN
     RAISE EXCEPTION 'a schedule name must not contain control characters (a newline, a tab, ...)'
       USING ERRCODE = '22023';
   END IF;
+  -- each fire sends it: data Lua cannot read would fail every job
+  PERFORM @schema@.check_readable('data', data);
   IF jsonb_typeof(options) = 'object' THEN
     IF options ->> 'tz' = '' THEN
       RAISE EXCEPTION 'tz must be a time zone name such as "Europe/Berlin" (leave it out for UTC)'
