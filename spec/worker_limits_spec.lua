@@ -43,6 +43,8 @@ return function(job, ctx)
   if k == "message" then error("bad\0message") end
   if k == "key" then error({ ["a\0b"] = 1 }) end
   if k == "nested" then error({ deep = { list = { "x\0y" } } }) end
+  if k == "latin1" then error("bad \xff byte") end
+  if k == "latin1_field" then error({ message = "caf\xe9 down", detail = "caf\xe9" }) end
   error("plain failure")
 end
 ]],
@@ -131,6 +133,16 @@ describe("worker limits", function()
     assert.same({ list = { "x\\u0000y" } }, Q.get(ids[6]).error.deep)
     assert.matches("plain failure", Q.get(ids[7]).error.message, 1, true)
     assert.equal(0, W.row("SELECT count(*) AS n FROM @.job WHERE state = 'active'").n)
+  end)
+
+  it("an error whose text is not UTF-8 keeps its message, fields and traceback, the bytes as '?'", function()
+    local ids = assert(Q.send_many("nul_error", { { k = "latin1" }, { k = "latin1_field" } }))
+    local a, b = W.wait_job(ids[1], { "failed" }), W.wait_job(ids[2], { "failed" })
+    assert.matches("bad ? byte", a.error.message, 1, true)
+    assert.matches("stack traceback", a.error.traceback, 1, true)
+    assert.equal("caf? down", b.error.message)
+    assert.matches("^caf%? %(not stored", b.error.detail)
+    assert.matches("stack traceback", b.error.traceback, 1, true)
   end)
 
   it("an error table keeps its fields; what JSON cannot carry is described; the traceback is there", function()

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "json.h"
 #include "log.h"
 
 #define DEFAULT_LEASE 10.0    /* seconds */
@@ -819,31 +820,10 @@ static void parked(const struct mq_pg_reply *r, void *data) {
 /* A copy of s whose bytes that are not UTF-8 are '?' (text columns take
  * only UTF-8); NULL when out of memory. */
 static char *utf8_clean(const char *s) {
-  size_t n = strlen(s);
-  unsigned char *out = malloc(n + 1);
-  if (!out)
-    return NULL;
-  const unsigned char *u = (const unsigned char *)s;
-  for (size_t i = 0; i < n;) {
-    int len = u[i] < 0x80 ? 1 : (u[i] & 0xe0) == 0xc0 && u[i] >= 0xc2 ? 2
-              : (u[i] & 0xf0) == 0xe0 ? 3
-              : (u[i] & 0xf8) == 0xf0 && u[i] <= 0xf4 ? 4 : 0;
-    bool ok = len > 0 && i + (size_t)len <= n;
-    for (int k = 1; ok && k < len; k++)
-      ok = (u[i + k] & 0xc0) == 0x80;
-    if (ok && len == 3) /* no overlong forms, no surrogates */
-      ok = !(u[i] == 0xe0 && u[i + 1] < 0xa0) && !(u[i] == 0xed && u[i + 1] >= 0xa0);
-    if (ok && len == 4)
-      ok = !(u[i] == 0xf0 && u[i + 1] < 0x90) && !(u[i] == 0xf4 && u[i + 1] >= 0x90);
-    if (!ok) {
-      out[i++] = '?';
-      continue;
-    }
-    memcpy(out + i, u + i, (size_t)len);
-    i += (size_t)len;
-  }
-  out[n] = '\0';
-  return (char *)out;
+  char *out = strdup(s);
+  if (out)
+    mq_json_utf8_repair(out);
+  return out;
 }
 
 int mq_group_park(mq_group_member *m, int partition, long long event_id,

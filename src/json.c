@@ -316,6 +316,30 @@ char *mq_json_nul_visible(const char *json) {
   return out;
 }
 
+void mq_json_utf8_repair(char *s) {
+  size_t n = strlen(s);
+  unsigned char *u = (unsigned char *)s;
+  for (size_t i = 0; i < n;) {
+    int len = u[i] < 0x80 ? 1 : (u[i] & 0xe0) == 0xc0 && u[i] >= 0xc2 ? 2
+              : (u[i] & 0xf0) == 0xe0 ? 3
+              : (u[i] & 0xf8) == 0xf0 && u[i] <= 0xf4 ? 4 : 0;
+    bool ok = len > 0 && i + (size_t)len <= n;
+    for (int k = 1; ok && k < len; k++)
+      ok = (u[i + k] & 0xc0) == 0x80;
+    if (ok && len == 3) /* no overlong forms, no surrogates */
+      ok = !(u[i] == 0xe0 && u[i + 1] < 0xa0) &&
+           !(u[i] == 0xed && u[i + 1] >= 0xa0);
+    if (ok && len == 4)
+      ok = !(u[i] == 0xf0 && u[i + 1] < 0x90) &&
+           !(u[i] == 0xf4 && u[i + 1] >= 0x90);
+    if (!ok) {
+      u[i++] = '?';
+      continue;
+    }
+    i += (size_t)len;
+  }
+}
+
 size_t mq_json_utf8_check(const char *s, size_t n) {
   const unsigned char *u = (const unsigned char *)s;
   size_t i = 0;

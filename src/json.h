@@ -71,6 +71,11 @@ bool mq_json_has_nul(const char *json);
  * they hold, such as a handler's error. */
 char *mq_json_nul_visible(const char *json);
 
+/* Replaces, in place, every byte of s that is not part of valid UTF-8 with
+ * '?' (the length stays): for text that must be stored whatever it holds
+ * (an error message, a traceback). */
+void mq_json_utf8_repair(char *s);
+
 /* Offset of the first byte of s[0..n) that does not start a valid UTF-8
  * sequence (the rule JSON strings follow here), or n when all are valid. */
 size_t mq_json_utf8_check(const char *s, size_t n);

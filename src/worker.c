@@ -357,6 +357,18 @@ struct failure {
 /* [.. doc key value] -> [.. doc]: doc[key] = value when JSON can carry it,
  * else a description of it ("function: 0x... (not stored)", "table: 0x...
  * (not stored: <why>)"). */
+/* Pushes the string at idx with its bytes that are not UTF-8 as '?'. */
+static void push_utf8(lua_State *L, int idx) {
+  size_t len;
+  const char *s = lua_tolstring(L, idx, &len);
+  luaL_Buffer b;
+  char *copy = luaL_buffinitsize(L, &b, len + 1);
+  memcpy(copy, s, len);
+  copy[len] = '\0';
+  mq_json_utf8_repair(copy); /* stops at a NUL: the rest is kept as is */
+  luaL_pushresultsize(&b, len);
+}
+
 static void set_error_field(lua_State *L, int doc) {
   char err[200];
   char *json = mq_json_encode(L, -1, "error field", NULL, err, sizeof err);
@@ -368,8 +380,9 @@ static void set_error_field(lua_State *L, int doc) {
       lua_pushfstring(L, "%s (not stored: %s)", desc, err);
     else
       lua_pushfstring(L, "%s (not stored)", desc);
-    lua_replace(L, -3); /* [.. key desc' desc] */
-    lua_pop(L, 1);
+    push_utf8(L, -1); /* a string that is not UTF-8 keeps the rest */
+    lua_replace(L, -4); /* [.. key desc' desc desc''] */
+    lua_pop(L, 2);
   }
   lua_rawset(L, doc);
 }
@@ -393,7 +406,10 @@ static int build_failure(lua_State *L) {
     }
     if (f->text)
       snprintf(f->message, sizeof f->message, "%s", f->text);
+    mq_json_utf8_repair(f->message); /* error("bad \xff byte") */
     luaL_traceback(L, f->co, f->message, 0); /* [f err traceback] */
+    push_utf8(L, -1);
+    lua_replace(L, -2);
   } else {
     snprintf(f->message, sizeof f->message, "%s", f->text);
     lua_pushnil(L);
