@@ -268,7 +268,11 @@ int mq_runtime_prepare_db(mq_runtime *rt, bool wait_for_db, char *err,
     int n = mq_migrate(rt->conninfo, rt->cfg->schema, err, errlen);
     if (n >= 0)
       return 0;
-    if (!wait_for_db || strncmp(err, "cannot connect", 14) != 0)
+    /* libpq checks some settings only when it connects ("invalid sslmode
+     * value", "invalid port number", "invalid integer value ... for
+     * connection option"): those never get better by waiting */
+    if (!wait_for_db || strncmp(err, "cannot connect", 14) != 0 ||
+        strstr(err, ": invalid ") || strstr(err, "\ninvalid "))
       return -1;
     mq_log_warn("runtime", "database not reachable attempt=%d retry_in_s=%.1f "
                 "error=\"%s\"", attempt, delay, err);

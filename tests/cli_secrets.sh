@@ -77,6 +77,11 @@ check "unknown keyword: run" "host=/nonexistent password=SECRET bogus=1" \
 check "unterminated quote: enqueue" "host=/nonexistent password='SECRET" \
   'invalid database connection string: unterminated quoted string' \
   enqueue j '{}'
+# settings libpq checks only when it connects are permanent too
+check "bad sslmode value: run" 'postgresql://app:SECRET@/db?host=/x&sslmode=bogus' \
+  'cannot connect to PostgreSQL: invalid sslmode value: "bogus"' run --config config.lua
+check "port out of range: run" 'postgresql://app:SECRET@localhost:99999/db' \
+  'cannot connect to PostgreSQL: invalid port number: "99999"' run --config config.lua
 
 # A connection failure is retried (moonq run waits for the database) and
 # logged at every attempt, the password masked in libpq's message too.
