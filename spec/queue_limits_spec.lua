@@ -298,4 +298,13 @@ describe("a NUL byte in a queue or job name", function()
     assert.equal(before, job_count())
     assert.equal(0, H.row("SELECT count(*) AS n FROM @.queue WHERE name IN ('a', 'p')").n)
   end)
+
+  it("list's limit is 1 to 100000, raised naming it", function()
+    for _, limit in ipairs({ -1, 0, 1e12 }) do
+      local ok, err = pcall(Q.list, "q", { limit = limit })
+      assert.is_false(ok)
+      assert.matches("limit must be 1 to 100000", tostring(err))
+    end
+    assert.same({}, assert(Q.list("q", { limit = 100000 })))
+  end)
 end)

@@ -310,6 +310,10 @@ int main(int argc, char **argv) {
   int rc = parse_args(argc, argv, &cli);
   if (rc != 0)
     return rc;
+  bool plain = strcmp(cli.command, "help") == 0 ||
+               strcmp(cli.command, "version") == 0;
+  if (plain && cli.argc > 0)
+    return usage_error("unexpected argument ", cli.argv[0]);
   if (strcmp(cli.command, "help") == 0) {
     fputs(usage_text, stdout);
     return 0;

@@ -67,8 +67,11 @@ local function json_text(arg)
   elseif arg:sub(1, 1) == "@" then
     local f, err = io.open(arg:sub(2), "rb")
     if not f then error({ runtime = ("cannot read %s"):format(err) }) end
-    local text = f:read("a")
+    local text, rerr = f:read("a")
     f:close()
+    if not text then -- a directory opens, but does not read
+      error({ runtime = ("cannot read %s: %s"):format(arg:sub(2), rerr or "not a file") })
+    end
     return text
   end
   return arg

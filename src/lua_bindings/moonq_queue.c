@@ -327,8 +327,12 @@ static int l_list(lua_State *L) {
     luaL_checktype(L, 2, LUA_TTABLE);
     if (lua_getfield(L, 2, "state") != LUA_TNIL)
       a[1] = luaL_checkstring(L, -1);
-    if (lua_getfield(L, 2, "limit") != LUA_TNIL)
-      a[2] = lua_pushfstring(L, "%I", luaL_checkinteger(L, -1));
+    if (lua_getfield(L, 2, "limit") != LUA_TNIL) {
+      lua_Integer limit = luaL_checkinteger(L, -1);
+      luaL_argcheck(L, limit >= 1 && limit <= 100000, 2,
+                    "limit must be 1 to 100000");
+      a[2] = lua_pushfstring(L, "%I", limit);
+    }
     if (lua_getfield(L, 2, "after") != LUA_TNIL)
       a[3] = lua_pushfstring(L, "%I", luaL_checkinteger(L, -1));
     if (lua_getfield(L, 2, "order") != LUA_TNIL) {
