@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config libpq-dev liblua5.4-dev lua5.4
       lua-cjson libev-dev libmicrohttpd-dev lua-busted postgresql postgresql-contrib
-      curl)
+      curl prometheus)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -345,10 +345,10 @@ grown=$(( $(rss) - rss0 ))
 [ "$(stat -c %s "$dir/slow")" -lt 1000000 ] || fail "slow client: it was not slow"
 kill "$slow"
 
-# every route of src/http_api.c is in docs/openapi.yaml
-routes=$(grep -o '{"\(GET\|POST\|DELETE\)", "/api[^"]*"' "$MOONQ_SOURCE_DIR/src/http_api.c" |
-  sed 's/{"\([A-Z]*\)", "\([^"]*\)"/\1 \2/' | sort)
-documented=$(awk '/^  \/api/ { path = $1; sub(/:$/, "", path) }
+# every route of src/http_api.c and src/http_metrics.c is in docs/openapi.yaml
+routes=$(grep -ho '{"\(GET\|POST\|DELETE\)", "/[^"]*"' "$MOONQ_SOURCE_DIR/src/http_api.c" \
+  "$MOONQ_SOURCE_DIR/src/http_metrics.c" | sed 's/{"\([A-Z]*\)", "\([^"]*\)"/\1 \2/' | sort)
+documented=$(awk '/^  \// { path = $1; sub(/:$/, "", path) }
   /^    (get|post|delete):/ { m = toupper($1); sub(/:$/, "", m); gsub(/\{[a-z_]+\}/, "{}", path); print m, path }' \
   "$MOONQ_SOURCE_DIR/docs/openapi.yaml" | sort)
 [ "$routes" = "$documented" ] || fail "openapi.yaml and the routes differ: $(diff <(echo "$routes") <(echo "$documented"))"
