@@ -26,6 +26,7 @@
 #include "http.h"
 #include "http_api.h"
 #include "http_metrics.h"
+#include "http_web.h"
 #include "log.h"
 #include "lua_bindings/bindings.h"
 #include "lua_host.h"
@@ -456,8 +457,9 @@ int mq_runtime_start_http(mq_runtime *rt, char *err, size_t errlen) {
     return -1;
   }
   struct mq_http_routes tables[] = {mq_http_api_routes(rt->http_api),
-                                    mq_http_metrics_routes(rt->http_metrics)};
-  rt->http = mq_http_new(rt->loop, rt->cfg, rt->events, tables, 2, err,
+                                    mq_http_metrics_routes(rt->http_metrics),
+                                    mq_http_web_routes()};
+  rt->http = mq_http_new(rt->loop, rt->cfg, rt->events, tables, 3, err,
                          errlen);
   return rt->http ? 0 : -1;
 }

@@ -11,10 +11,6 @@ set -u
 
 source "$(dirname "$0")/lib.sh"
 mq_test_setup cli_metrics
-port=$((20000 + ($$ + 7919) % 20000))
-base=http://127.0.0.1:$port
-run_pid=
-on_exit() { [ -n "$run_pid" ] && kill -INT "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null; }
 
 scrape() { curl -s -o "$dir/metrics" -w '%{http_code}' "$base/metrics"; }
 # value SERIES: the value of the series line that starts with SERIES (a name
@@ -36,13 +32,7 @@ LUA
 cat >"$dir/handlers/boom.lua" <<'LUA'
 return { retry = { limit = 1, delay = 0 }, handler = function(job, ctx) error("boom") end }
 LUA
-cat >"$dir/config.lua" <<EOF
-return { schema = "$schema", handlers = "$dir/handlers", log = { level = "warn" } }
-EOF
-
-"$bin" --config "$dir/config.lua" run --http "127.0.0.1:$port" >"$dir/run.log" 2>&1 &
-run_pid=$!
-for _ in $(seq 1 100); do curl -s -o /dev/null "$base/api/queues" && break; sleep 0.1; done
+mq_serve_http
 
 send() { curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary "$1" "$base/api/jobs"; }
 for i in 1 2 3 4 5; do send "{\"name\":\"ok\",\"data\":{\"i\":$i}}"; done

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# cli_dashboard.sh -- the dashboard in a real browser: headless Chromium,
+# driven by tests/dashboard_browser.js with puppeteer-core, against
+# `moonq run --http` with jobs: the queues and their counts; Pause; a
+# failed job's error and traceback; Retry changes its state; a live event
+# arrives on the events page; job data holding <script> and a queue named
+# with <b> render as text; groups, flows and schedules pages render; the
+# page fits a phone's width. The database is checked too (the queue is
+# paused, the job waits again). Also: the files are served without the
+# token, with a Content-Security-Policy; /ui/<unknown> is 404.
+#
+# Needs chromium and node (scripts/deps.sh installs them) and
+# puppeteer-core, which this script installs with npm into
+# $MOONQ_TEST_CACHE (default ~/.cache/moonq-test) once. Exits 77 (ctest:
+# skipped) with a message when Chromium or node is not installed.
+# Screenshots are left in $MOONQ_BINARY_DIR/test-artifacts/.
+# Run by ctest as sh_cli_dashboard with MOONQ_BIN and DATABASE_URL set.
+set -u
+
+PUPPETEER_VERSION=24.43.1
+
+chromium=$(command -v chromium || command -v chromium-browser || true)
+if [ -z "$chromium" ] || ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "SKIP: the dashboard browser test needs chromium, node and npm (scripts/deps.sh installs them)" >&2
+  exit 77
+fi
+cache=${MOONQ_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moonq-test}/puppeteer-$PUPPETEER_VERSION
+if [ ! -f "$cache/node_modules/puppeteer-core/package.json" ]; then
+  mkdir -p "$cache"
+  (cd "$cache" && npm install --no-audit --no-fund --silent "puppeteer-core@$PUPPETEER_VERSION" >npm.log 2>&1) || {
+    echo "FAIL: npm could not install puppeteer-core@$PUPPETEER_VERSION into $cache: $(tail -5 "$cache/npm.log")" >&2
+    exit 1
+  }
+fi
+
+source "$(dirname "$0")/lib.sh"
+mq_test_setup cli_dashboard
+shots=${MOONQ_BINARY_DIR:-$dir}/test-artifacts
+mkdir -p "$shots"
+
+mkdir -p "$dir/handlers"
+cat >"$dir/handlers/ok.lua" <<'LUA'
+return function(job, ctx) return { seen = job.data } end
+LUA
+cat >"$dir/handlers/boom.lua" <<'LUA'
+return { retry = { limit = 0 }, handler = function(job, ctx) error("boom on purpose") end }
+LUA
+mq_serve_http
+
+# post PATH BODY: prints the reply.
+post() { curl -s -H 'Content-Type: application/json' --data-binary "$2" "$base$1"; }
+for i in 1 2 3; do post /api/jobs "{\"name\":\"ok\",\"data\":{\"i\":$i}}" >/dev/null; done
+failed_id=$(post /api/jobs '{"name":"boom"}' | sed 's/[^0-9]//g')
+xss_queue='<b>bold</b>'
+xss_id=$(post /api/jobs '{"name":"nobody","data":{"x":"<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"},"options":{"queue":"<b>bold</b>"}}' |
+  sed 's/[^0-9]//g')
+"$bin" --config "$dir/config.lua" schedule nightly '0 3 * * *' >/dev/null || fail "setup: schedule"
+for _ in $(seq 1 100); do
+  [ "$(sql "SELECT count(*) FROM $schema.job_archive")" = 4 ] && break
+  sleep 0.1
+done
+[ "$(sql "SELECT state FROM $schema.job_archive WHERE id = $failed_id")" = failed ] ||
+  fail "setup: job $failed_id did not fail: $(cat "$dir/run.log")"
+
+# The files: public, under a CSP; an unknown one is 404.
+headers=$(curl -s -D - -o "$dir/index.html" "$base/")
+[[ "$headers" == *"Content-Security-Policy: default-src 'none'; script-src 'self'"* ]] ||
+  fail "GET /: no Content-Security-Policy: $headers"
+grep -q '<script src="/ui/app.js"' "$dir/index.html" || fail "GET /: not the dashboard"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$base/ui/app.js")" = 200 ] || fail "GET /ui/app.js"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$base/ui/nothing.js")" = 404 ] || fail "GET /ui/nothing.js is not 404"
+grep -n 'innerHTML\|outerHTML\|insertAdjacentHTML\|document.write' "$MOONQ_SOURCE_DIR/web/app.js" &&
+  fail "web/app.js writes HTML: it must build the page from text nodes"
+
+BASE=$base CHROMIUM=$chromium SHOTS=$shots FAILED_ID=$failed_id XSS_ID=$xss_id XSS_QUEUE=$xss_queue \
+  APPEND="curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary '{\"stream\":\"dash:live\",\"type\":\"dash.ping\",\"data\":{\"n\":1}}' $base/api/events" \
+  NODE_PATH=$cache/node_modules timeout 120 node "$MOONQ_SOURCE_DIR/tests/dashboard_browser.js" ||
+  fail "the browser checks failed (screenshots in $shots)"
+
+# What the clicks changed.
+[ "$(sql "SELECT paused FROM $schema.queue WHERE name = 'boom'")" = t ] || fail "Pause: queue boom is not paused"
+[ "$(sql "SELECT state < 'active' FROM $schema.job WHERE id = $failed_id")" = t ] ||
+  fail "Retry: job $failed_id does not wait again: $(sql "SELECT state FROM $schema.all_jobs WHERE id = $failed_id")"
+ls "$shots"/dashboard-queues.png >/dev/null 2>&1 || fail "no screenshot in $shots"
+
+exit $failed
