@@ -3,9 +3,12 @@
 # driven by tests/dashboard_browser.js with puppeteer-core, against
 # `moonq run --http` with jobs: the queues and their counts; Pause; a
 # failed job's error and traceback; Retry changes its state; a live event
-# arrives on the events page; job data holding <script> and a queue named
+# arrives on the events page; a consumer group with its lag; a flow, its
+# run (with markup in its id) and the run's step; job data holding <script> and a queue named
 # with <b> render as text; groups, flows and schedules pages render; the
-# page fits a phone's width. The database is checked too (the queue is
+# page fits a phone's width; 10,000 waiting jobs page 50 at a time; a
+# server with http.token asks for it once and keeps it for the tab. The
+# database is checked too (the queue is
 # paused, the job waits again). Also: the files are served without the
 # token, with a Content-Security-Policy; /ui/<unknown> is 404.
 #
@@ -45,6 +48,12 @@ LUA
 cat >"$dir/handlers/boom.lua" <<'LUA'
 return { retry = { limit = 0 }, handler = function(job, ctx) error("boom on purpose") end }
 LUA
+cat >"$dir/handlers/hello.lua" <<'LUA'
+return {
+  flow = { name = "greet", step = "hello", entry = true },
+  handler = function(job, ctx) return "hello " .. job.data.to end,
+}
+LUA
 mq_serve_http
 
 # post PATH BODY: prints the reply.
@@ -54,13 +63,39 @@ failed_id=$(post /api/jobs '{"name":"boom"}' | sed 's/[^0-9]//g')
 xss_queue='<b>bold</b>'
 xss_id=$(post /api/jobs '{"name":"nobody","data":{"x":"<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"},"options":{"queue":"<b>bold</b>"}}' |
   sed 's/[^0-9]//g')
+sql "SELECT * FROM $schema.join_group('g<i>1</i>', 'dash:*', 4, 'm1', 't1', NULL, 10, true, '{}')" >/dev/null
+for _ in $(seq 1 100); do
+  [ "$(sql "SELECT count(*) FROM $schema.queue_flow_steps WHERE flow_name = 'greet'")" = 1 ] && break; sleep 0.1
+done
+post /api/flows/greet/runs '{"data":{"to":"ann"},"options":{"run_id":"run<i>1</i>"}}' >/dev/null
 "$bin" --config "$dir/config.lua" schedule nightly '0 3 * * *' >/dev/null || fail "setup: schedule"
 for _ in $(seq 1 100); do
-  [ "$(sql "SELECT count(*) FROM $schema.job_archive")" = 4 ] && break
+  [ "$(sql "SELECT count(*) FROM $schema.job_archive")" = 5 ] &&
+    [ "$(sql "SELECT status FROM $schema.queue_flow_index WHERE run_id = 'run<i>1</i>'")" = completed ] && break
   sleep 0.1
 done
 [ "$(sql "SELECT state FROM $schema.job_archive WHERE id = $failed_id")" = failed ] ||
   fail "setup: job $failed_id did not fail: $(cat "$dir/run.log")"
+
+# 10,000 waiting jobs in queue "bulk" (no handler), for paging.
+bulk_first=$(sql "SELECT max(x) FROM unnest($schema.send_many('bulk',
+  (SELECT jsonb_agg(jsonb_build_object('i', g)) FROM generate_series(1, 10000) g), '{}')) x")
+
+# A second server, with a token.
+token=dashboard-test-token-0123456789
+port2=$((port + 1))
+cat >"$dir/token.lua" <<EOF
+return { schema = "$schema", handlers = "$dir/handlers", log = { level = "warn" },
+         http = { token = "$token" } }
+EOF
+"$bin" --config "$dir/token.lua" web --http "127.0.0.1:$port2" >"$dir/web.log" 2>&1 &
+web_pid=$!
+on_exit() { kill -INT "$web_pid" 2>/dev/null && wait "$web_pid" 2>/dev/null; }
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port2/" && break; sleep 0.1; done
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port2/api/queues")" = 401 ] ||
+  fail "the token server answers /api/queues without the token"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port2/ui/app.js")" = 200 ] ||
+  fail "the token server does not serve /ui/app.js without the token"
 
 # The files: public, under a CSP; an unknown one is 404.
 headers=$(curl -s -D - -o "$dir/index.html" "$base/")
@@ -73,6 +108,7 @@ grep -n 'innerHTML\|outerHTML\|insertAdjacentHTML\|document.write' "$MOONQ_SOURC
   fail "web/app.js writes HTML: it must build the page from text nodes"
 
 BASE=$base CHROMIUM=$chromium SHOTS=$shots FAILED_ID=$failed_id XSS_ID=$xss_id XSS_QUEUE=$xss_queue \
+  BULK_FIRST=$bulk_first TOKEN_BASE=http://127.0.0.1:$port2 TOKEN=$token \
   APPEND="curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary '{\"stream\":\"dash:live\",\"type\":\"dash.ping\",\"data\":{\"n\":1}}' $base/api/events" \
   NODE_PATH=$cache/node_modules timeout 120 node "$MOONQ_SOURCE_DIR/tests/dashboard_browser.js" ||
   fail "the browser checks failed (screenshots in $shots)"

@@ -4,7 +4,9 @@
 // executable), SHOTS (a directory for screenshots), FAILED_ID (a failed
 // job), XSS_ID (a job whose data holds markup), XSS_QUEUE (a queue named
 // with markup), APPEND (a shell command that appends one event to stream
-// "dash:live"). Prints "ok: ..." per check; exits 1 on the first failure.
+// "dash:live"), BULK_FIRST (the newest id of queue "bulk", 10,000 waiting
+// jobs), TOKEN_BASE and TOKEN (a server with http.token). Prints "ok: ..."
+// per check; exits 1 on the first failure.
 "use strict";
 const puppeteer = require("puppeteer-core");
 const {execSync} = require("child_process");
@@ -54,6 +56,7 @@ const texts = (page, selector) => page.$$eval(selector, (els) => els.map((e) => 
     check(await page.$("main b") === null, "no <b> element comes from a queue name");
     const wide = await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1);
     check(wide, "the page fits a phone's width (tables scroll inside their box)");
+    check(await page.$("main svg.spark") !== null, "queues have a throughput sparkline");
     await page.screenshot({path: path.join(SHOTS, "dashboard-queues.png"), fullPage: true});
 
     // Pause queue boom (so that the retried job stays to be seen).
@@ -84,6 +87,21 @@ const texts = (page, selector) => page.$$eval(selector, (els) => els.map((e) => 
     await page.waitForFunction(() => (document.querySelector("main h1 .state") || {}).textContent === "paused", WAIT);
     check(true, "after Retry the job waits again (paused: its queue is paused)");
 
+    // 10,000 waiting jobs page on the server, 50 at a time.
+    await page.goto(BASE + "/#/queue/bulk/waiting", {waitUntil: "domcontentloaded"});
+    const firstIds = () => page.$$eval('main tbody a[href^="#/job/"]', (as) => as.map((a) => Number(a.textContent)));
+    await page.waitForFunction(() => document.querySelectorAll('main tbody a[href^="#/job/"]').length === 50, WAIT);
+    let ids = await firstIds();
+    const newest = Number(env("BULK_FIRST"));
+    check(ids[0] === newest && ids[49] === newest - 49, "the first page shows the newest 50 of 10,000 jobs");
+    const tab = await page.$eval('.tabs a.on', (a) => a.textContent);
+    check(tab === "waiting 10000", "the state tab counts 10,000 waiting (" + tab + ")");
+    await page.click("main a.next");
+    await page.waitForFunction((n) => (document.querySelector('main tbody a[href^="#/job/"]') || {}).textContent ===
+      String(n), WAIT, newest - 50);
+    ids = await firstIds();
+    check(ids.length === 50 && ids[49] === newest - 99, "Next page shows the following 50");
+
     // Markup in job data renders as text.
     await page.goto(BASE + "/#/job/" + env("XSS_ID"), {waitUntil: "domcontentloaded"});
     await page.waitForFunction((id) => ((document.querySelector("main h1") || {}).textContent || "")
@@ -103,15 +121,50 @@ const texts = (page, selector) => page.$$eval(selector, (els) => els.map((e) => 
     check(streams.includes("dash:live"), "a live event arrived: " + streams.join(", "));
     await page.screenshot({path: path.join(SHOTS, "dashboard-events.png"), fullPage: true});
 
-    // Groups, flows, schedules render.
-    for (const [hash, heading] of [["#/groups", "Consumer groups"], ["#/flows", "Flows"], ["#/schedules", "Schedules"]]) {
-      await page.goto(BASE + "/" + hash, {waitUntil: "domcontentloaded"});
-      await page.waitForFunction((t) => (document.querySelector("main h1") || {}).textContent === t, WAIT, heading);
-      console.log("ok: " + hash + " renders");
-    }
-    const schedules = await texts(page, "main td");
-    check(schedules.includes("nightly"), "the schedule is listed");
+    // A consumer group with its lag (the event above is one it has not
+    // handled).
+    await page.goto(BASE + "/#/groups", {waitUntil: "domcontentloaded"});
+    await page.waitForFunction(() => [...document.querySelectorAll("main td")].some((td) => td.textContent === "g<i>1</i>"),
+      WAIT);
+    const lag = await page.$eval("main .lag", (e) => e.textContent);
+    check(lag === "1", "group g<i>1</i> is listed as text with lag 1 (got " + lag + ")");
+    check(await page.$("main i") === null, "no <i> element comes from a group name");
+
+    // A flow, its runs, a run and its step.
+    await page.goto(BASE + "/#/flows", {waitUntil: "domcontentloaded"});
+    await page.waitForSelector('main a[href="#/flows/greet"]', WAIT);
+    await page.click('main a[href="#/flows/greet"]');
+    await page.waitForSelector('main a[href^="#/run/"]', WAIT);
+    const runs = await texts(page, 'main a[href^="#/run/"]');
+    check(runs.includes("run<i>1</i>"), "the flow's run is listed as text: " + runs.join(", "));
+    await page.click('main a[href^="#/run/"]');
+    await page.waitForFunction(() => ((document.querySelector("main h1") || {}).textContent || "").startsWith("Run run<i>1</i>"),
+      WAIT);
+    const status = await page.$eval("main h1 .state", (e) => e.textContent);
+    check(status === "completed", "the run page shows its status (" + status + ")");
+    const steps = await texts(page, "main td");
+    check(steps.includes("hello") && steps.includes("completed"), "the run's step is listed with its state");
+
+    await page.goto(BASE + "/#/schedules", {waitUntil: "domcontentloaded"});
+    await page.waitForFunction(() => [...document.querySelectorAll("main td")].some((td) => td.textContent === "nightly"),
+      WAIT);
+    check(true, "the schedule is listed");
     check(problems.length === 0, "no page errors, console errors or dialogs: " + problems.join("; "));
+
+    // With http.token: the token is asked once, kept for the tab, sent as
+    // a Bearer header.
+    await page.goto(env("TOKEN_BASE") + "/", {waitUntil: "domcontentloaded"});
+    await page.waitForSelector("#login:not([hidden])", WAIT);
+    check(await page.$("a.queue-name") === null, "without the token no queue is shown");
+    await page.type("#token", env("TOKEN"));
+    await page.click('#login button[type="submit"]');
+    await page.waitForSelector("a.queue-name", WAIT);
+    check(await page.$eval("#login", (f) => f.hidden), "with the token the queues are shown");
+    check(await page.evaluate(() => sessionStorage.getItem("moonq.token")) === env("TOKEN"),
+      "the token is kept in sessionStorage");
+    await page.reload({waitUntil: "domcontentloaded"});
+    await page.waitForSelector("a.queue-name", WAIT);
+    check(await page.$eval("#login", (f) => f.hidden), "after a reload the token is not asked again");
   } catch (e) {
     if (page) await page.screenshot({path: path.join(SHOTS, "dashboard-failure.png"), fullPage: true}).catch(() => {});
     console.error("FAIL: " + e.message);

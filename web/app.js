@@ -146,12 +146,46 @@ async function show(fill, refreshMs) {
   if (refreshMs && my === generation) timer = setInterval(draw, refreshMs);
 }
 
+// Jobs finished (completed, failed, cancelled) per queue, sampled at each
+// refresh of the queues page since the dashboard was opened: the
+// throughput sparklines (jobs per second between samples).
+const finished = new Map();
+const SPARK_POINTS = 40;
+
+function sparkline(queue, counts) {
+  const done = counts.completed + counts.failed + counts.cancelled;
+  const seen = finished.get(queue) || [];
+  seen.push({t: Date.now(), done});
+  if (seen.length > SPARK_POINTS + 1) seen.shift();
+  finished.set(queue, seen);
+  // Finished jobs leave with their retention, so a drop counts as 0.
+  const rates = seen.slice(1).map((v, i) =>
+    Math.max(0, v.done - seen[i].done) / Math.max(0.001, (v.t - seen[i].t) / 1000));
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("viewBox", "0 0 " + SPARK_POINTS + " 10");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const title = document.createElementNS(ns, "title");
+  title.textContent = (rates.length ? rates[rates.length - 1].toFixed(1) : "0") + " jobs/s finished";
+  svg.appendChild(title);
+  if (rates.length > 1) {
+    const top = Math.max(1, ...rates);
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", rates.map((r, i) =>
+      (SPARK_POINTS - rates.length + 1 + i) + "," + (10 - (r / top) * 9.5).toFixed(2)).join(" "));
+    svg.appendChild(line);
+  }
+  return svg;
+}
+
 async function queuesPage(box) {
   const {queues} = await api("GET", "/api/queues");
   box.append(h("h1", {}, "Queues"));
-  box.append(table(["Queue"].concat(STATES, [""]), queues.map((q) => [
+  box.append(table(["Queue"].concat(STATES, ["Throughput", ""]), queues.map((q) => [
     h("a", {href: "#/queue/" + enc(q.name), class: "queue-name"}, q.name),
     ...STATES.map((s) => h("a", {href: "#/queue/" + enc(q.name) + "/" + s, "data-state": s}, q.counts[s])),
+    sparkline(q.name, q.counts),
     q.paused ? button("Resume", () => control(q.name, "resume"), "primary")
              : button("Pause", () => control(q.name, "pause")),
   ]), STATES.map((_, i) => i + 1)));
