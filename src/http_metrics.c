@@ -218,9 +218,12 @@ static void h_metrics(mq_http_req *req, void *data) {
     return;
   }
   s->pending++; /* held until the group read has started or failed to */
-  if (m->d.events &&
-      mq_group_list(m->d.events, NULL, groups_read, s) == 0)
-    s->pending++;
+  if (m->d.events) {
+    if (mq_group_list(m->d.events, NULL, groups_read, s) == 0)
+      s->pending++;
+    else
+      snprintf(s->err, sizeof s->err, "the connection pool is closed");
+  }
   read_done(s);
 }
 
