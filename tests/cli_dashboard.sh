@@ -40,6 +40,7 @@ source "$(dirname "$0")/lib.sh"
 mq_test_setup cli_dashboard
 shots=${MOONQ_BINARY_DIR:-$dir}/test-artifacts
 mkdir -p "$shots"
+rm -f "$shots"/dashboard-*.png
 
 mkdir -p "$dir/handlers"
 cat >"$dir/handlers/ok.lua" <<'LUA'

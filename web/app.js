@@ -258,10 +258,13 @@ async function jobPage(box, id) {
     if (Object.keys(rest).length) box.append(h("h2", {}, "Error fields"), json(rest));
   }
   try {
-    const {events} = await api("GET", "/api/events?stream=" + enc("job:" + job.name + ":" + job.id) + "&limit=200");
-    box.append(h("h2", {}, "Attempts and events"), table(["Event", "Type", "Time", "Attempt", "Data"],
-      events.map((e) => [e.id, e.type, time(e.ts), e.data && e.data.attempt,
-        h("td", {class: "wrap"}, JSON.stringify(e.data))]), [0, 3]));
+    const stream = "job:" + job.name + ":" + job.id;
+    const {events} = await api("GET", "/api/events?stream=" + enc(stream) + "&limit=200");
+    box.append(h("h2", {}, "Attempts and events"), events.length
+      ? table(["Event", "Type", "Time", "Attempt", "Data"], events.map((e) => [e.id, e.type, time(e.ts),
+        e.data && e.data.attempt, h("td", {class: "wrap"}, JSON.stringify(e.data))]), [0, 3])
+      : h("p", {class: "muted"}, "No event in stream " + stream + " (each attempt's events are stored with " +
+        "events.job_events on; what the handler emits is stored there too)."));
   } catch (e) {
     if (e instanceof Unauthorized) throw e;
     // The event store may be disabled; the job is shown without its events.
