@@ -3,7 +3,7 @@
 # driven by tests/dashboard_browser.js with puppeteer-core, against
 # `moonq run --http` with jobs: the queues and their counts; Pause; a
 # failed job's error and traceback; Retry changes its state; a live event
-# arrives on the events page; a consumer group with its lag; a flow, its
+# arrives on the events page; the queues page refreshes itself; a consumer group with its lag; a flow, its
 # run (with markup in its id) and the run's step; job data holding <script> and a queue named
 # with <b> render as text; groups, flows and schedules pages render; the
 # page fits a phone's width; 10,000 waiting jobs page 50 at a time; a
@@ -109,6 +109,7 @@ grep -n 'innerHTML\|outerHTML\|insertAdjacentHTML\|document.write' "$MOONQ_SOURC
   fail "web/app.js writes HTML: it must build the page from text nodes"
 
 BASE=$base CHROMIUM=$chromium SHOTS=$shots FAILED_ID=$failed_id XSS_ID=$xss_id XSS_QUEUE=$xss_queue \
+  SEND_OK="curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary '{\"name\":\"ok\"}' $base/api/jobs" \
   BULK_FIRST=$bulk_first TOKEN_BASE=http://127.0.0.1:$port2 TOKEN=$token \
   APPEND="curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary '{\"stream\":\"dash:live\",\"type\":\"dash.ping\",\"data\":{\"n\":1}}' $base/api/events" \
   NODE_PATH=$cache/node_modules timeout 120 node "$MOONQ_SOURCE_DIR/tests/dashboard_browser.js" ||

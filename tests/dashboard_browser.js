@@ -4,7 +4,7 @@
 // executable), SHOTS (a directory for screenshots), FAILED_ID (a failed
 // job), XSS_ID (a job whose data holds markup), XSS_QUEUE (a queue named
 // with markup), APPEND (a shell command that appends one event to stream
-// "dash:live"), BULK_FIRST (the newest id of queue "bulk", 10,000 waiting
+// "dash:live"), SEND_OK (one that sends a job to queue "ok"), BULK_FIRST (the newest id of queue "bulk", 10,000 waiting
 // jobs), TOKEN_BASE and TOKEN (a server with http.token). Prints "ok: ..."
 // per check; exits 1 on the first failure.
 "use strict";
@@ -149,6 +149,17 @@ const texts = (page, selector) => page.$$eval(selector, (els) => els.map((e) => 
     await page.waitForFunction(() => [...document.querySelectorAll("main td")].some((td) => td.textContent === "nightly"),
       WAIT);
     check(true, "the schedule is listed");
+    // The queues page refreshes itself: a job finished now shows up, and
+    // the sparkline gets a line.
+    await page.goto(BASE + "/#/", {waitUntil: "domcontentloaded"});
+    await page.waitForSelector('a[href="#/queue/ok/completed"]', WAIT);
+    execSync(env("SEND_OK"));
+    await page.waitForFunction(() => (document.querySelector('a[href="#/queue/ok/completed"]') || {}).textContent === "4",
+      WAIT);
+    check(true, "the queues page shows a job completed after it opened, without a reload");
+    await page.waitForSelector("main svg.spark polyline", WAIT);
+    check(true, "the sparkline draws after two refreshes");
+
     check(problems.length === 0, "no page errors, console errors or dialogs: " + problems.join("; "));
 
     // With http.token: the token is asked once, kept for the tab, sent as

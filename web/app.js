@@ -121,29 +121,34 @@ let timer = null;     // the page's refresh timer
 let stream = null;    // the events page's AbortController
 
 function stopTimers() {
-  if (timer) clearInterval(timer);
+  if (timer) clearTimeout(timer);
   timer = null;
   if (stream) stream.abort();
   stream = null;
 }
 
-// Runs fill(main) for the current page; a refresh re-runs it in place.
+// Runs fill(main) for the current page. With refreshMs it runs again
+// refreshMs after each draw ends, or five times as long as the draw took
+// when that is longer: a slow database is not asked more often than it
+// can answer.
 async function show(fill, refreshMs) {
   const my = ++generation;
   const draw = async () => {
+    const began = Date.now();
     const box = h("div", {});
     try {
       await fill(box);
+      if (my !== generation) return;
+      notice("");
+      $("main").replaceChildren(box);
     } catch (e) {
-      if (my === generation && !(e instanceof Unauthorized)) notice(e.message);
-      return;
+      if (e instanceof Unauthorized) return;
+      if (my === generation) notice(e.message);
     }
-    if (my !== generation) return;
-    notice("");
-    $("main").replaceChildren(box);
+    if (refreshMs && my === generation)
+      timer = setTimeout(draw, Math.max(refreshMs, 5 * (Date.now() - began)));
   };
   await draw();
-  if (refreshMs && my === generation) timer = setInterval(draw, refreshMs);
 }
 
 // Jobs finished (completed, failed, cancelled) per queue, sampled at each
