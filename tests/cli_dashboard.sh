@@ -10,7 +10,9 @@
 # server with http.token asks for it once and keeps it for the tab. The
 # database is checked too (the queue is
 # paused, the job waits again). Also: the files are served without the
-# token, with a Content-Security-Policy; /ui/<unknown> is 404.
+# token, with a Content-Security-Policy; /ui/<unknown> is 404; with a
+# token, /api and /metrics are 401 without it; `moonq web`'s /metrics has
+# the database figures and no Lua memory.
 #
 # Needs chromium and node (scripts/deps.sh installs them) and
 # puppeteer-core, which this script installs with npm into
@@ -97,6 +99,16 @@ for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port2/" && bre
   fail "the token server answers /api/queues without the token"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port2/ui/app.js")" = 200 ] ||
   fail "the token server does not serve /ui/app.js without the token"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port2/metrics")" = 401 ] ||
+  fail "the token server answers /metrics without the token"
+# /metrics of `moonq web` (no handlers): the database figures, no Lua memory.
+curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$port2/metrics" >"$dir/web.metrics"
+grep -q '^moonq_jobs{queue="bulk",state="waiting"} 10000$' "$dir/web.metrics" ||
+  fail "moonq web /metrics: no count of bulk: $(head -c 600 "$dir/web.metrics")"
+grep -q '^moonq_lua_memory_bytes' "$dir/web.metrics" && fail "moonq web /metrics: Lua memory without handlers"
+if command -v promtool >/dev/null; then
+  promtool check metrics <"$dir/web.metrics" >/dev/null 2>&1 || fail "moonq web /metrics: promtool check metrics"
+fi
 
 # The files: public, under a CSP; an unknown one is 404.
 headers=$(curl -s -D - -o "$dir/index.html" "$base/")
@@ -112,7 +124,10 @@ BASE=$base CHROMIUM=$chromium SHOTS=$shots FAILED_ID=$failed_id XSS_ID=$xss_id X
   SEND_OK="curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary '{\"name\":\"ok\"}' $base/api/jobs" \
   BULK_FIRST=$bulk_first TOKEN_BASE=http://127.0.0.1:$port2 TOKEN=$token \
   APPEND="curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary '{\"stream\":\"dash:live\",\"type\":\"dash.ping\",\"data\":{\"n\":1}}' $base/api/events" \
-  NODE_PATH=$cache/node_modules timeout 120 node "$MOONQ_SOURCE_DIR/tests/dashboard_browser.js" ||
+  NODE_PATH=$cache/node_modules timeout 120 node "$MOONQ_SOURCE_DIR/tests/dashboard_browser.js" \
+  >"$dir/browser.out" 2>&1
+cat "$dir/browser.out"
+grep -q '^all [0-9]* browser checks passed$' "$dir/browser.out" ||
   fail "the browser checks failed (screenshots in $shots)"
 
 # What the clicks changed.

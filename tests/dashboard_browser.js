@@ -6,7 +6,8 @@
 // with markup), APPEND (a shell command that appends one event to stream
 // "dash:live"), SEND_OK (one that sends a job to queue "ok"), BULK_FIRST (the newest id of queue "bulk", 10,000 waiting
 // jobs), TOKEN_BASE and TOKEN (a server with http.token). Prints "ok: ..."
-// per check; exits 1 on the first failure.
+// per check and "all N browser checks passed" at the end; exits 1 on the
+// first failure.
 "use strict";
 const puppeteer = require("puppeteer-core");
 const {execSync} = require("child_process");
@@ -20,8 +21,10 @@ const BASE = env("BASE");
 const SHOTS = env("SHOTS");
 const WAIT = {timeout: 15000};
 
+let passed = 0;
 function check(cond, what) {
   if (!cond) throw new Error(what);
+  passed++;
   console.log("ok: " + what);
 }
 
@@ -176,6 +179,7 @@ const texts = (page, selector) => page.$$eval(selector, (els) => els.map((e) => 
     await page.reload({waitUntil: "domcontentloaded"});
     await page.waitForSelector("a.queue-name", WAIT);
     check(await page.$eval("#login", (f) => f.hidden), "after a reload the token is not asked again");
+    console.log("all " + passed + " browser checks passed");
   } catch (e) {
     if (page) await page.screenshot({path: path.join(SHOTS, "dashboard-failure.png"), fullPage: true}).catch(() => {});
     console.error("FAIL: " + e.message);
