@@ -5,7 +5,10 @@ set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config libpq-dev liblua5.4-dev lua5.4
       lua-cjson libev-dev libmicrohttpd-dev lua-busted postgresql postgresql-contrib
-      curl)
+      curl prometheus chromium nodejs)
+# The dashboard's browser test installs puppeteer-core with npm: Debian's
+# nodejs needs the npm package beside it; other builds of nodejs bring it.
+command -v npm >/dev/null || pkgs+=(npm)
 
 missing=()
 for p in "${pkgs[@]}"; do

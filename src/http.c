@@ -47,6 +47,13 @@
 #define MAX_PARAMS 4     /* "{}" segments in a route */
 #define MAX_SEGMENTS 16  /* segments of a path that can match a route */
 #define STREAM_BLOCK 16384 /* bytes MHD asks the stream's reader for */
+/* Static files (the dashboard) may load scripts, styles and data from this
+ * server only, run no inline script and be framed by no page: data that
+ * slipped into markup could not run. */
+#define STATIC_CSP                                                          \
+  "default-src 'none'; script-src 'self'; style-src 'self'; "              \
+  "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "            \
+  "form-action 'none'; frame-ancestors 'none'"
 
 struct stream {
   mq_subscription *sub;
@@ -673,6 +680,7 @@ void mq_http_reply_static(mq_http_req *req, int status,
   if (r) {
     char value[64];
     MHD_add_response_header(r, "Content-Type", content_type);
+    MHD_add_response_header(r, "Content-Security-Policy", STATIC_CSP);
     if (cache > 0) {
       snprintf(value, sizeof value, "max-age=%d", cache);
       MHD_del_response_header(r, "Cache-Control", "no-store");

@@ -129,7 +129,9 @@ void mq_http_reply_error(mq_http_req *req, int status, const char *fmt, ...)
 
 /* Replies with bytes[0..len) that live as long as the program (a file
  * compiled in), of type content_type, with `cache` seconds of caching
- * (0: no-store). */
+ * (0: no-store), under a Content-Security-Policy that lets a page load
+ * scripts, styles and API calls from this server only (no inline script,
+ * no framing). */
 void mq_http_reply_static(mq_http_req *req, int status,
                           const char *content_type, const void *bytes,
                           size_t len, int cache);

@@ -35,7 +35,7 @@ struct mq_http_api {
   mq_events *events;
   mq_schedules *schedules;
   lua_State *L;        /* decodes request bodies (json.c) */
-  int st_start_flow, st_get_flow;
+  int st_start_flow, st_get_flow, st_list_flows, st_list_runs;
 };
 
 /* ---- request bodies ------------------------------------------------------ */
@@ -994,6 +994,59 @@ static void h_get_run(mq_http_req *req, void *data) {
     reply_pool_closed(req);
 }
 
+/* The single JSON value of a row as it is. */
+static void got_json(const struct mq_pg_reply *r, void *data) {
+  mq_http_req *req = data;
+  if (r->status != MQ_PG_OK)
+    mq_http_reply_error(req, sql_status(r), "%s", r->error);
+  else
+    mq_http_reply_json(req, 200, PQgetvalue(r->result, 0, 0));
+}
+
+/* GET /api/flows -> {flows: [{flow, steps: [{step, job, queue, entry}]}]}:
+ * the flows processes have stored, by name. */
+static void h_list_flows(mq_http_req *req, void *data) {
+  mq_http_api *api = data;
+  static const char *const known[] = {NULL};
+  if (only_args(req, known) == 0 &&
+      mq_pg_exec(api->pg, api->st_list_flows, 0, NULL, 0, got_json, req) != 0)
+    reply_pool_closed(req);
+}
+
+/* GET /api/runs?flow=F&status=S&limit=N&before=T -> {runs: [...], next}:
+ * runs of flow F newest first, as moonq.flow.list returns them; a full
+ * page's `next` is the `before` of the following page. */
+static void h_list_runs(mq_http_req *req, void *data) {
+  mq_http_api *api = data;
+  static const char *const known[] = {"flow", "status", "limit", "before",
+                                      NULL};
+  static const char *const statuses[] = {"running", "completed", "failed",
+                                         "cancelled", NULL};
+  long long limit = 100;
+  if (only_args(req, known) != 0 ||
+      int_arg(req, "limit", 1, LIST_MAX, &limit) != 0)
+    return;
+  const char *flow = mq_http_arg(req, "flow");
+  const char *status = mq_http_arg(req, "status");
+  if (!flow) {
+    mq_http_reply_error(req, 400, "flow is required");
+    return;
+  }
+  bool known_status = !status;
+  for (const char *const *k = statuses; status && *k; k++)
+    known_status = known_status || strcmp(*k, status) == 0;
+  if (!known_status) {
+    mq_http_reply_error(req, 400, "unknown status \"%.40s\" (hint: running, "
+                        "completed, failed or cancelled)", status);
+    return;
+  }
+  char n[24];
+  snprintf(n, sizeof n, "%lld", limit);
+  const char *params[] = {flow, status, n, mq_http_arg(req, "before")};
+  if (mq_pg_exec(api->pg, api->st_list_runs, 4, params, 0, got_json, req) != 0)
+    reply_pool_closed(req);
+}
+
 static void schedules_listed(int status, const char *error, const char *json,
                              void *data) {
   if (status != 0)
@@ -1069,6 +1122,8 @@ static const struct mq_http_route routes[] = {
     {"GET", "/api/events", h_query, 0},
     {"GET", "/api/events/stream", h_stream, 0},
     {"POST", "/api/flows/{}/runs", h_start_flow, 0},
+    {"GET", "/api/flows", h_list_flows, 0},
+    {"GET", "/api/runs", h_list_runs, 0},
     {"GET", "/api/runs/{}", h_get_run, 0},
     {"GET", "/api/schedules", h_schedules, 0},
     {"GET", "/api/groups", h_groups, 0},
@@ -1089,7 +1144,26 @@ mq_http_api *mq_http_api_new(const struct mq_http_api_deps *deps) {
   api->st_get_flow =
       mq_pg_prepare_in(deps->pg, "SELECT %s.get_flow($1)::text",
                        deps->cfg->schema);
+  api->st_list_flows = mq_pg_prepare_in(
+      deps->pg,
+      "SELECT jsonb_build_object('flows', coalesce(jsonb_agg(jsonb_build_object("
+      "'flow', f.flow_name, 'steps', f.steps) ORDER BY f.flow_name), '[]'))::text"
+      " FROM (SELECT flow_name, jsonb_agg(jsonb_build_object('step', step_name,"
+      " 'job', job_name, 'queue', queue, 'entry', entry) ORDER BY step_name)"
+      " AS steps FROM %s.queue_flow_steps GROUP BY flow_name) f",
+      deps->cfg->schema);
+  api->st_list_runs = mq_pg_prepare_in(
+      deps->pg,
+      "SELECT jsonb_build_object('runs', coalesce(jsonb_agg(jsonb_build_object("
+      "'flow', r.flow_name, 'run_id', r.run_id, 'status', r.status,"
+      " 'started_at', r.started_at, 'completed_at', r.completed_at,"
+      " 'failed_step', r.failed_step, 'error', r.error)"
+      " ORDER BY r.started_at DESC), '[]'),"
+      " 'next', CASE WHEN count(*) = $3::integer THEN min(r.started_at) END)::text"
+      " FROM %s.list_flows($1, $2, $3::integer, $4::timestamptz) r",
+      deps->cfg->schema);
   if (api->st_start_flow < 0 || api->st_get_flow < 0 ||
+      api->st_list_flows < 0 || api->st_list_runs < 0 ||
       !(api->L = luaL_newstate())) {
     free(api);
     return NULL;

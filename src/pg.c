@@ -98,6 +98,7 @@ struct mq_pg {
   uint64_t rng;
   int depth;    /* > 0 while inside a loop callback of this pool */
   bool closing; /* mq_pg_close() was called */
+  long long reconnects; /* connections made again after being lost */
 };
 
 static void conn_start(struct conn *c);
@@ -633,6 +634,8 @@ static void conn_ready(struct conn *c) {
   c->backoff = 0;
   bool again = c->was_up;
   c->was_up = true;
+  if (again)
+    pg->reconnects++;
   if (c->attempts > 1 || again)
     mq_log_info("pg", "connected conn=%d attempts=%d", c->index, c->attempts);
   else
@@ -952,6 +955,19 @@ void mq_pg_on_state(mq_pg *pg, void (*cb)(bool up, void *data), void *data) {
 }
 
 bool mq_pg_is_up(const mq_pg *pg) { return pg->up; }
+
+void mq_pg_stats(const mq_pg *pg, struct mq_pg_stats *out) {
+  *out = (struct mq_pg_stats){.reconnects = pg->reconnects};
+  for (int i = 0; i < pg->nconns; i++) {
+    const struct conn *c = &pg->conns[i];
+    if (c->state != CONN_READY)
+      out->down++;
+    else if (c->sent.head)
+      out->busy++;
+    else
+      out->idle++;
+  }
+}
 
 size_t mq_pg_pending(const mq_pg *pg) {
   size_t n = pg->waiting.n;

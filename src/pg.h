@@ -129,6 +129,16 @@ bool mq_pg_is_up(const mq_pg *pg);
 /* Number of requests queued or in flight. */
 size_t mq_pg_pending(const mq_pg *pg);
 
+/* The pool's connections now (the LISTEN connection not counted): busy
+ * ones have requests in flight, idle ones none, down ones are connecting
+ * or waiting to reconnect; reconnects counts connections (the LISTEN one
+ * too) made again after one was lost, since mq_pg_new. */
+struct mq_pg_stats {
+  int busy, idle, down;
+  long long reconnects;
+};
+void mq_pg_stats(const mq_pg *pg, struct mq_pg_stats *out);
+
 /* The most recent connection error, "" if none. */
 const char *mq_pg_last_error(const mq_pg *pg);
 

@@ -52,6 +52,7 @@ struct mq_job {
   int priority;
   int retry_limit;
   double expire_in;
+  double waited;      /* seconds from its send to this fetch */
 };
 
 /* Result callbacks. `error` is NULL unless status < 0 (and for the refused

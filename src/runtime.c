@@ -25,6 +25,8 @@
 #include "heartbeat.h"
 #include "http.h"
 #include "http_api.h"
+#include "http_metrics.h"
+#include "http_web.h"
 #include "log.h"
 #include "lua_bindings/bindings.h"
 #include "lua_host.h"
@@ -61,7 +63,9 @@ struct mq_runtime {
                          first use */
   mq_worker *worker;  /* when this process runs handlers */
   mq_http_api *http_api; /* with http: the API's routes */
+  mq_http_metrics *http_metrics; /* with http: GET /metrics */
   mq_http *http;      /* the HTTP server, when one is started */
+  mq_metrics *metrics; /* this process's job counters (owned) */
   enum phase phase;
   bool serving;      /* mq_runtime_serve's loop runs */
   bool supervised;   /* a prefork child: the supervisor forwards signals */
@@ -93,6 +97,13 @@ mq_runtime *mq_runtime_new(struct ev_loop *loop, struct mq_config *cfg,
     return NULL;
   }
   rt->cfg = cfg;
+  if (!(rt->metrics = mq_metrics_new())) {
+    if (rt->own_loop)
+      ev_loop_destroy(rt->loop);
+    mq_config_free(cfg);
+    free(rt);
+    return NULL;
+  }
   if (L) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     rt->L = lua_tothread(L, -1);
@@ -117,6 +128,7 @@ mq_schedules *mq_runtime_schedules(const mq_runtime *rt) {
   return rt->schedules;
 }
 bool mq_runtime_has_worker(const mq_runtime *rt) { return rt->worker != NULL; }
+mq_metrics *mq_runtime_metrics(const mq_runtime *rt) { return rt->metrics; }
 
 mq_tasks *mq_runtime_tasks(mq_runtime *rt) {
   if (!rt->tasks && mq_runtime_lua(rt))
@@ -441,8 +453,17 @@ int mq_runtime_start_http(mq_runtime *rt, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  struct mq_http_routes tables[] = {mq_http_api_routes(rt->http_api)};
-  rt->http = mq_http_new(rt->loop, rt->cfg, rt->events, tables, 1, err,
+  struct mq_http_metrics_deps mdeps = {rt->loop, rt->cfg, rt->pg,
+                                       rt->events, rt->metrics,
+                                       rt->worker ? rt->L : NULL};
+  if (!(rt->http_metrics = mq_http_metrics_new(&mdeps))) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  struct mq_http_routes tables[] = {mq_http_api_routes(rt->http_api),
+                                    mq_http_metrics_routes(rt->http_metrics),
+                                    mq_http_web_routes()};
+  rt->http = mq_http_new(rt->loop, rt->cfg, rt->events, tables, 3, err,
                          errlen);
   return rt->http ? 0 : -1;
 }
@@ -599,6 +620,7 @@ void mq_runtime_close(mq_runtime *rt) {
   mq_heartbeat_stop(rt->heartbeat); /* opened, then failed before OPEN */
   mq_http_close(rt->http);
   mq_http_api_close(rt->http_api);
+  mq_http_metrics_close(rt->http_metrics);
   mq_worker_close(rt->worker);
   mq_schedules_close(rt->schedules);
   mq_events_close(rt->events);
@@ -610,6 +632,7 @@ void mq_runtime_close(mq_runtime *rt) {
   if (rt->own_lua)
     mq_lua_close(rt->L);
   mq_config_free(rt->cfg);
+  mq_metrics_free(rt->metrics);
   free(rt->conninfo);
   free(rt);
 }

@@ -49,6 +49,7 @@
 
 #include "config.h"
 #include "events.h"
+#include "metrics.h"
 #include "pg.h"
 #include "queue.h"
 #include "scheduler.h"
@@ -131,6 +132,7 @@ mq_schedules *mq_runtime_schedules(const mq_runtime *rt);
  * the Lua state on first use; NULL when out of memory. */
 mq_tasks *mq_runtime_tasks(mq_runtime *rt);
 bool mq_runtime_has_worker(const mq_runtime *rt);
+mq_metrics *mq_runtime_metrics(const mq_runtime *rt); /* job counters */
 /* The NOTIFY channel jobs wake workers on: "<schema>_wake". */
 const char *mq_runtime_channel(const mq_runtime *rt);
 

@@ -26,6 +26,7 @@
 #include "json.h"
 #include "log.h"
 #include "lua_host.h"
+#include "metrics.h"
 #include "queue.h"
 #include "runtime.h"
 #include "scheduler.h"
@@ -40,6 +41,7 @@ struct buffered {
 struct consumer {
   mq_worker *w;
   char *queue;
+  mq_metrics_queue *metrics; /* the runtime's counters of this queue */
   int slots;    /* concurrency */
   int prefetch; /* jobs claimed ahead (config queue.prefetch) */
   int running;
@@ -61,6 +63,7 @@ struct active {
                    is stored only while the job is still at it */
   char *name;
   mq_task *task;
+  ev_tstamp started; /* when its handler started (the loop's clock) */
   int ctx_ref; /* the handler's ctx: its `emitted` events are stored with
                   the completion */
   LIST_ENTRY(active) link;
@@ -222,6 +225,7 @@ static struct consumer *add_consumer(mq_worker *w, const char *queue) {
   }
   c->w = w;
   c->more = true;
+  c->metrics = mq_metrics_queue_of(mq_runtime_metrics(w->rt), queue);
   STAILQ_INIT(&c->buffer);
   const struct mq_queue_options *o = mq_config_queue(w->cfg, queue);
   c->prefetch = o->prefetch;
@@ -300,6 +304,15 @@ static void log_result(int status, const char *error, const char *json,
     mq_log_error("worker", "storing a job result failed error=\"%s\"", error);
 }
 
+/* A completion was stored (data: the queue's mq_metrics_queue, which
+ * outlives the worker). */
+static void completed_cb(int status, const char *error, const char *json,
+                         void *data) {
+  if (status == MQ_QUEUE_OK)
+    mq_metrics_ended(data, MQ_METRICS_COMPLETED);
+  log_result(status, error, json, NULL);
+}
+
 /* Every callback holding a consumer starts here: false when the worker is
  * stopping (and may now be stopped). */
 static bool callback_live(mq_worker *w) {
@@ -316,6 +329,10 @@ static void failed_cb(int status, const char *error, const char *json,
   struct consumer *c = data;
   if (status < 0)
     mq_log_error("worker", "storing a job result failed error=\"%s\"", error);
+  if (status == MQ_QUEUE_OK)
+    mq_metrics_ended(c->metrics, strstr(json, "\"retry\"")
+                                     ? MQ_METRICS_RETRIED
+                                     : MQ_METRICS_FAILED);
   if (!callback_live(c->w))
     return;
   maybe_reclaim(c->w);
@@ -660,13 +677,14 @@ static void task_ended(mq_task *task, enum mq_task_end how, int nresults,
   struct active *a = data;
   struct mq_worker_outcome out;
   outcome_of(a->w->rt, task, how, nresults, a->ctx_ref, &out);
+  mq_metrics_ran(a->c->metrics, ev_now(a->w->loop) - a->started);
   if (out.failed) {
     fail_job(a->c, a->id, a->attempt, a->name, out.message,
              out.error ? out.error : "{\"message\":\"error\"}");
   } else {
     mq_log_debug("worker", "job completed id=%lld job=%s", a->id, a->name);
     mq_queue_complete_with(a->w->q, a->id, a->attempt, out.output, out.effects,
-                           log_result, NULL);
+                           completed_cb, a->c->metrics);
   }
   outcome_free(&out);
   a->task = NULL;
@@ -733,6 +751,9 @@ static void run_job(struct consumer *c, const struct mq_job *job) {
   a->c = c;
   a->id = job->id;
   a->attempt = job->attempt;
+  a->started = ev_now(w->loop);
+  if (job->attempt == 1)
+    mq_metrics_waited(c->metrics, job->waited);
   double timeout = h->timeout > 0 ? h->timeout
                                   : mq_config_queue(w->cfg, job->queue)->timeout;
   struct start s = {.new_ctx_ref = w->ctx_ref, .job = job,

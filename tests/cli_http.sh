@@ -309,6 +309,24 @@ api POST /api/flows/nope/runs '{}'
 expect 400 'unknown flow \"nope\"' "start an unknown flow"
 api GET /api/runs/none
 expect 404 'run none not found' "get a missing run"
+api POST /api/flows/greet/runs '{"data":{"to":"bob"},"options":{"run_id":"run-2"}}'
+api GET /api/flows
+expect 200 '"flow": "greet"' "list flows"
+[ "$(jget flows.1.steps.1.step)" = hello ] || fail "list flows: the step: $body"
+api GET "/api/runs?flow=greet&limit=1"
+expect 200 '"runs":' "list runs"
+[ "$(jget runs.1.run_id)" = run-2 ] && [ "$(jget next)" != nil ] || fail "list runs: newest first with a next: $body"
+next=$(jget next)
+api GET "/api/runs?flow=greet&limit=1&before=$(printf %s "$next" | sed 's/+/%2B/g; s/ /%20/g')"
+[ "$(jget runs.1.run_id)" = run-1 ] || fail "list runs: the second page: $body"
+api GET "/api/runs?flow=greet&status=completed&limit=10"
+[ "$(jget next)" = nil ] && [ "$(jget runs.1.status)" = completed ] || fail "list runs by status: $body"
+api GET "/api/runs?flow=greet&status=sleeping"
+expect 400 'unknown status \"sleeping\"' "list runs with a bad status"
+api GET "/api/runs?flow=greet&before=yesterday-ish"
+expect 400 'yesterday-ish' "list runs with a bad before"
+api GET "/api/runs"
+expect 400 'flow is required' "list runs without a flow"
 
 "$bin" --config "$dir/config.lua" schedule nightly '0 3 * * *' >/dev/null || fail "schedule: cli"
 api GET /api/schedules
@@ -345,10 +363,10 @@ grown=$(( $(rss) - rss0 ))
 [ "$(stat -c %s "$dir/slow")" -lt 1000000 ] || fail "slow client: it was not slow"
 kill "$slow"
 
-# every route of src/http_api.c is in docs/openapi.yaml
-routes=$(grep -o '{"\(GET\|POST\|DELETE\)", "/api[^"]*"' "$MOONQ_SOURCE_DIR/src/http_api.c" |
-  sed 's/{"\([A-Z]*\)", "\([^"]*\)"/\1 \2/' | sort)
-documented=$(awk '/^  \/api/ { path = $1; sub(/:$/, "", path) }
+# every route of src/http_api.c and src/http_metrics.c is in docs/openapi.yaml
+routes=$(grep -ho '{"\(GET\|POST\|DELETE\)", "/[^"]*"' "$MOONQ_SOURCE_DIR/src/http_api.c" \
+  "$MOONQ_SOURCE_DIR/src/http_metrics.c" | sed 's/{"\([A-Z]*\)", "\([^"]*\)"/\1 \2/' | sort)
+documented=$(awk '/^  \// { path = $1; sub(/:$/, "", path) }
   /^    (get|post|delete):/ { m = toupper($1); sub(/:$/, "", m); gsub(/\{[a-z_]+\}/, "{}", path); print m, path }' \
   "$MOONQ_SOURCE_DIR/docs/openapi.yaml" | sort)
 [ "$routes" = "$documented" ] || fail "openapi.yaml and the routes differ: $(diff <(echo "$routes") <(echo "$documented"))"
