@@ -308,3 +308,22 @@ describe("a NUL byte in a queue or job name", function()
     assert.same({}, assert(Q.list("q", { limit = 100000 })))
   end)
 end)
+
+describe("start_after", function()
+  setup(function() H.open() end)
+  teardown(H.close)
+
+  it("infinity is refused at send, from Lua and SQL (the job would never run)", function()
+    local before = job_count()
+    for _, t in ipairs({ "infinity", "-infinity" }) do
+      local id, err = Q.send("q", {}, { start_after = t })
+      assert.is_nil(id)
+      assert.matches('option "start_after" must be a finite timestamp', err, 1, true)
+      local out, ok = psql(("SELECT @.send('q', '{}', '{\"start_after\": \"%s\"}')"):format(t))
+      assert.is_false(ok)
+      assert.matches('must be a finite timestamp', out, 1, true)
+    end
+    assert.equal(before, job_count())
+    assert.is_number(assert(Q.send("q", {}, { start_after = "2030-01-01T00:00:00Z" })))
+  end)
+end)

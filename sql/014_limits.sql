@@ -220,6 +220,10 @@ BEGIN
         RAISE EXCEPTION 'option "start_after" must be a timestamp, got %', v
           USING ERRCODE = '22023';
       END;
+      IF NOT isfinite(start) THEN -- "infinity": a job that never runs
+        RAISE EXCEPTION 'option "start_after" must be a finite timestamp, got %', v
+          USING ERRCODE = '22023';
+      END IF;
       timed := true;
     WHEN 'retry_limit' THEN rlimit := @schema@.opt_int(k, v, 0);
     WHEN 'retry_delay' THEN rdelay := @schema@.opt_num(k, v, 0);
