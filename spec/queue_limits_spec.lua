@@ -70,6 +70,24 @@ describe("queue limits", function()
       assert.equal(job.data_error, list[1].data_error)
     end)
 
+    it("a finished job whose output or error Lua cannot read is shown with output_error and error_error", function()
+      local id = assert(Q.send("old_out", {}))
+      local done = assert(Q.fetch("old_out", 1))[1]
+      assert(Q.complete(done.id, { fine = true }))
+      H.sql([[UPDATE @.job_archive SET output = '{"huge":1e400}',
+                                       error = (repeat('[', 130) || '1' || repeat(']', 130))::jsonb
+               WHERE id = $1]], id)
+      local job = assert(Q.get(id))
+      assert.is_nil(job.output)
+      assert.matches("job output holds a number beyond", job.output_error, 1, true)
+      assert.matches('"huge"', job.output_text, 1, true)
+      assert.is_nil(job.error)
+      assert.matches("job error is nested deeper than 128 levels", job.error_error, 1, true)
+      local list = assert(Q.list("old_out"))
+      assert.equal(1, #list)
+      assert.equal(job.output_error, list[1].output_error)
+    end)
+
     it("moonq.db.query names a JSON column it cannot read instead of returning its text", function()
       local rows, err = moonq.db.query([[SELECT 1 AS n, '{"h":1e400}'::jsonb AS j]])
       assert.is_nil(rows)

@@ -307,9 +307,16 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
     'started_at', j.started_at, 'completed_at', j.completed_at,
     'keep_until', j.keep_until,
     'singleton_key', j.singleton_key, 'dead_letter', j.dead_letter,
-    'run_id', j.run_id, 'process_id', j.process_id, 'output', j.output,
-    'error', j.error))
-    FROM (SELECT @schema@.unreadable(j.data) AS problem) u
+    'run_id', j.run_id, 'process_id', j.process_id,
+    'output', CASE WHEN u.output_problem IS NULL THEN j.output END,
+    'output_error', 'job output ' || u.output_problem,
+    'output_text', CASE WHEN u.output_problem IS NOT NULL THEN j.output::text END,
+    'error', CASE WHEN u.error_problem IS NULL THEN j.error END,
+    'error_error', 'job error ' || u.error_problem,
+    'error_text', CASE WHEN u.error_problem IS NOT NULL THEN j.error::text END))
+    FROM (SELECT @schema@.unreadable(j.data) AS problem,
+                 @schema@.unreadable(j.output) AS output_problem,
+                 @schema@.unreadable(j.error) AS error_problem) u
 $$;
 
 ALTER FUNCTION @schema@.check_event(text, text, jsonb) RENAME TO check_event_names;
