@@ -44,6 +44,9 @@ return function(job, ctx)
   if k == "key" then error({ ["a\0b"] = 1 }) end
   if k == "nested" then error({ deep = { list = { "x\0y" } } }) end
   if k == "latin1" then error("bad \xff byte") end
+  if k == "tostring" then
+    error(setmetatable({ code = 9 }, { __tostring = function() return "custom failure" end }))
+  end
   if k == "latin1_field" then error({ message = "caf\xe9 down", detail = "caf\xe9" }) end
   error("plain failure")
 end
@@ -133,6 +136,14 @@ describe("worker limits", function()
     assert.same({ list = { "x\\u0000y" } }, Q.get(ids[6]).error.deep)
     assert.matches("plain failure", Q.get(ids[7]).error.message, 1, true)
     assert.equal(0, W.row("SELECT count(*) AS n FROM @.job WHERE state = 'active'").n)
+  end)
+
+  it("an error object with __tostring and no message is stored with what it says", function()
+    local id = assert(Q.send("nul_error", { k = "tostring" }))
+    local job = W.wait_job(id, { "failed" })
+    assert.equal("custom failure", job.error.message)
+    assert.equal(9, job.error.code)
+    assert.matches("stack traceback", job.error.traceback, 1, true)
   end)
 
   it("an error whose text is not UTF-8 keeps its message, fields and traceback, the bytes as '?'", function()

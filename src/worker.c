@@ -414,12 +414,23 @@ static int build_failure(lua_State *L) {
     lua_xmove(f->co, L, 1); /* [f err] */
     if (lua_type(L, 2) == LUA_TTABLE) {
       lua_getfield(L, 2, "message");
+      if (!lua_isstring(L, -1) &&
+          luaL_getmetafield(L, 2, "__tostring") != LUA_TNIL) {
+        lua_pop(L, 2); /* an error object that says what it is */
+        luaL_tolstring(L, 2, NULL);
+      }
       snprintf(f->message, sizeof f->message, "%s",
                lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
       lua_pop(L, 1);
-    } else {
+    } else if (lua_isstring(L, 2)) {
+      snprintf(f->message, sizeof f->message, "%s", lua_tostring(L, 2));
+    } else if (luaL_getmetafield(L, 2, "__tostring") != LUA_TNIL) {
+      lua_pop(L, 1);
       snprintf(f->message, sizeof f->message, "%s",
-               lua_isstring(L, 2) ? lua_tostring(L, 2) : "(error object)");
+               luaL_tolstring(L, 2, NULL));
+      lua_pop(L, 1);
+    } else {
+      snprintf(f->message, sizeof f->message, "(error object)");
     }
     if (f->text)
       snprintf(f->message, sizeof f->message, "%s", f->text);
