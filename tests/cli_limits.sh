@@ -109,6 +109,14 @@ expect 2 "usage without a database" "--limit must be 1 to 100000" -- \
 expect 2 "missing argument without a database" "expected NAME JSON" -- \
   env -u DATABASE_URL "$bin" --config "$dir/nodb.lua" enqueue x
 expect 1 "no database" "moonq jobs: " -- env -u DATABASE_URL "$bin" --config "$dir/nodb.lua" jobs q
+# values the database would refuse are usage errors too, found first
+expect 2 "--expire-in 0 without a database" "--expire-in must be more than 0 seconds" -- \
+  env -u DATABASE_URL "$bin" --config "$dir/nodb.lua" enqueue x '{}' --expire-in 0
+expect 2 "empty --queue without a database" "--queue must be 1 to 255 bytes, got 0" -- \
+  env -u DATABASE_URL "$bin" --config "$dir/nodb.lua" enqueue x '{}' --queue ''
+expect 2 "300-byte --dead-letter without a database" "--dead-letter must be 1 to 255 bytes, got 300" -- \
+  env -u DATABASE_URL "$bin" --config "$dir/nodb.lua" enqueue x '{}' --dead-letter "$(printf 'd%.0s' $(seq 300))"
+expect 2 "version with an argument" "unexpected argument extra" -- "$bin" version extra
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

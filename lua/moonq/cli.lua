@@ -94,20 +94,35 @@ end
 
 local function text(_, s) return s end
 
+-- A duration that must be above 0 (expire_in: a job must get some time).
+local function positive(flag, s)
+  local n = number(flag, s)
+  if n == 0 then error({ usage = ("--%s must be more than 0 seconds"):format(flag) }) end
+  return n
+end
+
+-- A name: 1 to 255 bytes (queues, dead-letter queues).
+local function name_text(flag, s)
+  if #s == 0 or #s > 255 then
+    error({ usage = ("--%s must be 1 to 255 bytes, got %d"):format(flag, #s) })
+  end
+  return s
+end
+
 -- enqueue flags -> send option names and their parsers
 local send_flags = {
   delay = { "delay", number },
   priority = { "priority", function(f, v) return integer(f, v) end },
-  queue = { "queue", text },
+  queue = { "queue", name_text },
   ["start-after"] = { "start_after", text },
   ["retry-limit"] = { "retry_limit", function(f, v) return integer(f, v, 0) end },
   ["retry-delay"] = { "retry_delay", number },
   ["retry-backoff"] = { "retry_backoff", boolean },
   ["retry-delay-max"] = { "retry_delay_max", number },
-  ["expire-in"] = { "expire_in", number },
+  ["expire-in"] = { "expire_in", positive },
   retention = { "retention", number },
   ["singleton-key"] = { "singleton_key", text },
-  ["dead-letter"] = { "dead_letter", text },
+  ["dead-letter"] = { "dead_letter", name_text },
   ["run-id"] = { "run_id", text },
 }
 
