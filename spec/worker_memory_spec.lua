@@ -35,6 +35,14 @@ return function(job)
 end
 ]],
       ["small.lua"] = [[return function(job) return { ok = true } end]],
+      -- grows without bound, small strings at a time: the limit is reached
+      -- with the memory full of live data
+      ["grow.lua"] = [[
+return function(job)
+  local t = {}
+  while true do t[#t + 1] = ("x"):rep(100) .. #t end
+end
+]],
       -- holds its (big) data a while, so many are decoded at once
       ["hold.lua"] = [[return function(job) return #job.data.s end]],
       -- takes the memory up to the limit for a while (what is left is less
@@ -72,6 +80,16 @@ end
     assert.is_true(W.alive(pid))
     local ok = W.wait_job(assert(Q.send("small", {})), nil, 20)
     assert.equal("completed", ok.state, W.read(log))
+  end)
+
+  it("a job that fills the memory with live data fails naming the limit, with a traceback", function()
+    for _ = 1, 3 do
+      local id = assert(Q.send("grow", {}, { retry_limit = 0 }))
+      local job = W.wait_job(id, nil, 60)
+      assert.equal("failed", job.state)
+      assert.matches("memory limit of 64 MB reached", job.error.message, 1, true)
+      assert.is_string(job.error.traceback)
+    end
   end)
 
   it("fails one allocation over it made by a C function", function()

@@ -482,8 +482,17 @@ static void outcome_failed(lua_State *L, lua_State *co, const char *text,
                            struct mq_worker_outcome *out) {
   struct failure f = {.co = co, .text = text};
   if (mq_lua_protect(L, build_failure, &f, 0) != LUA_OK) {
-    snprintf(f.message, sizeof f.message, "%s", lua_tostring(L, -1));
+    /* building it in Lua failed (the memory is still full): say at least
+     * why, written without Lua */
+    snprintf(f.message, sizeof f.message, "%s",
+             text ? text : lua_tostring(L, -1));
     lua_pop(L, 1);
+    mq_json_utf8_repair(f.message);
+    mq_json_object *o = mq_json_object_new();
+    mq_json_object_string(o, "message", f.message);
+    mq_json_object_string(o, "traceback", "(no traceback: no memory left to "
+                                          "make one)");
+    f.json = mq_json_object_finish(o, NULL, 0);
   }
   out->failed = true;
   snprintf(out->message, sizeof out->message, "%s", f.message);
