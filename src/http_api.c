@@ -133,7 +133,7 @@ static int read_list(lua_State *L, struct body *b, int idx, const char *name,
     size_t elen;
     snprintf(root, sizeof root, "%s[%lld]", name, (long long)i);
     lua_rawgeti(L, idx, i);
-    char *json = mq_json_encode(L, -1, root, &elen, b->err, sizeof b->err);
+    char *json = mq_json_encode_stored(L, -1, root, &elen, b->err, sizeof b->err);
     lua_pop(L, 1);
     if (!json)
       return -1;
@@ -202,7 +202,7 @@ static int read_value(lua_State *L, struct body *b, int idx, const char *path,
     v->text = xstrdup(L, s);
     return 0;
   case K_JSON:
-    v->text = mq_json_encode(L, idx, path, NULL, b->err, sizeof b->err);
+    v->text = mq_json_encode_stored(L, idx, path, NULL, b->err, sizeof b->err);
     return v->text ? 0 : -1;
   case K_LIST:
   case K_EVENTS:

@@ -191,6 +191,12 @@ api POST /api/jobs '{"name":"echo","options":{"prority":1}}'
 expect 400 'unknown option \"prority\"' "unknown send option"
 api POST /api/jobs '{"data":{}}'
 expect 400 'name is required' "missing name"
+api POST /api/jobs '{"name":"echo","options":{"queue":"a\u0000b"}}'
+expect 400 'options.queue' "a NUL in a send option, named"
+api POST /api/jobs '{"name":"echo","data":{"k\u0000":1}}'
+expect 400 'data' "a NUL in a data key, named"
+api POST /api/jobs/batch '{"name":"echo","list":[{},{"s":"x\u0000"}]}'
+expect 400 'list[2].s' "a NUL in a batch element, named"
 api POST /api/jobs '{"name":"echo","data":{"s":"'"$(head -c 5000 /dev/zero | tr '\0' a)"'"}}'
 expect 400 'max_payload' "data over max_payload"
 api POST /api/jobs/batch '{"name":"echo","list":[{},{"s":"'"$(head -c 5000 /dev/zero | tr '\0' a)"'"}]}'
