@@ -181,6 +181,9 @@ function commands.enqueue(args)
     local spec = send_flags[flag]
     opts[spec[1]] = spec[2](flag, value)
   end
+  if opts.delay and opts.start_after then
+    error({ usage = "give either --delay or --start-after, not both" })
+  end
   local data = json_arg(pos[2], "job data")
   connect()
   local new_id, serr = moonq.queue.send(pos[1], data, opts)
