@@ -117,6 +117,8 @@ expect 2 "empty --queue without a database" "--queue must be 1 to 255 bytes, got
 expect 2 "300-byte --dead-letter without a database" "--dead-letter must be 1 to 255 bytes, got 300" -- \
   env -u DATABASE_URL "$bin" --config "$dir/nodb.lua" enqueue x '{}' --dead-letter "$(printf 'd%.0s' $(seq 300))"
 expect 2 "version with an argument" "unexpected argument extra" -- "$bin" version extra
+expect 2 "201-byte --group without a database" "--group must be 1 to 200 bytes, got 201" -- \
+  env -u DATABASE_URL "$bin" --config "$dir/nodb.lua" events tail 'x:*' --group "$(printf 'g%.0s' $(seq 201))" --consumer c
 expect 2 "--delay with --start-after without a database" "give either --delay or --start-after, not both" -- \
   env -u DATABASE_URL "$bin" --config "$dir/nodb.lua" enqueue x '{}' --delay 5 --start-after 2030-01-01
 

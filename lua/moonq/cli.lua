@@ -346,6 +346,11 @@ function events.tail(args)
     if not flags.consumer then
       error({ usage = "--group needs --consumer NAME (this member's name in the group)" })
     end
+    for _, flag in ipairs({ "group", "consumer" }) do -- as event_groups.c bounds them
+      if #flags[flag] == 0 or #flags[flag] > 200 then
+        error({ usage = ("--%s must be 1 to 200 bytes, got %d"):format(flag, #flags[flag]) })
+      end
+    end
     connect()
     sub = check(moonq.events.subscribe_group(pos[1], flags.group, flags.consumer, print_event))
     if not moonq.run_until_signal(function() return not sub:is_open() end) then
