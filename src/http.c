@@ -421,12 +421,39 @@ static bool same_origin(const char *origin, const char *host) {
 
 /* The checks made on the headers, before any body is read. Returns 0, or
  * an HTTP status after replying. */
+/* True when s, still percent-encoded, holds an encoded NUL ("%00"),
+ * which C strings would cut the name at. */
+static bool encoded_nul(const char *s) {
+  for (const char *p = s; (p = strchr(p, '%')); p++)
+    if (p[1] == '0' && p[2] == '0')
+      return true;
+  return false;
+}
+
+static enum MHD_Result find_nul_arg(void *cls, enum MHD_ValueKind kind,
+                                    const char *key, const char *value) {
+  if (encoded_nul(key) || (value && encoded_nul(value))) {
+    *(bool *)cls = true;
+    return MHD_NO;
+  }
+  return MHD_YES;
+}
+
 static int check_headers(mq_http_req *req) {
   mq_http *h = req->h;
   const struct mq_config *cfg = h->cfg;
   if (h->stopping) {
     mq_http_reply_error(req, 503, "the server is stopping");
     return 503;
+  }
+  /* "ok%00evil" would name queue "ok": refused before any route runs */
+  bool nul = encoded_nul(req->path);
+  if (!nul)
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, find_nul_arg,
+                              &nul);
+  if (nul) {
+    mq_http_reply_error(req, 400, "the URL holds an encoded NUL (%%00)");
+    return 400;
   }
   int rc = route(req);
   if (rc == 404) {

@@ -191,6 +191,12 @@ api POST /api/jobs '{"name":"echo","options":{"prority":1}}'
 expect 400 'unknown option \"prority\"' "unknown send option"
 api POST /api/jobs '{"data":{}}'
 expect 400 'name is required' "missing name"
+api POST "/api/queues/later%00evil/pause"
+expect 400 'the URL holds an encoded NUL (%00)' "an encoded NUL in a path"
+api DELETE "/api/queues/later%00zzz/jobs?state=delayed"
+expect 400 'the URL holds an encoded NUL (%00)' "an encoded NUL in a purge path"
+api GET "/api/jobs?queue=later%00zz"
+expect 400 'the URL holds an encoded NUL (%00)' "an encoded NUL in a query argument"
 api POST /api/jobs '{"name":"echo","options":{"queue":"a\u0000b"}}'
 expect 400 'options.queue' "a NUL in a send option, named"
 api POST /api/jobs '{"name":"echo","data":{"k\u0000":1}}'
