@@ -63,7 +63,8 @@ struct active {
                    is stored only while the job is still at it */
   char *name;
   mq_task *task;
-  ev_tstamp started; /* when its handler started (the loop's clock) */
+  ev_tstamp started; /* when its handler started: the wall clock, since a
+                        handler that never yields keeps the loop's still */
   int ctx_ref; /* the handler's ctx: its `emitted` events are stored with
                   the completion */
   LIST_ENTRY(active) link;
@@ -697,7 +698,7 @@ static void task_ended(mq_task *task, enum mq_task_end how, int nresults,
   struct active *a = data;
   struct mq_worker_outcome out;
   outcome_of(a->w->rt, task, how, nresults, a->ctx_ref, &out);
-  mq_metrics_ran(a->c->metrics, ev_now(a->w->loop) - a->started);
+  mq_metrics_ran(a->c->metrics, ev_time() - a->started);
   if (out.failed) {
     fail_job(a->c, a->id, a->attempt, a->name, out.message,
              out.error ? out.error : "{\"message\":\"error\"}");
@@ -771,7 +772,7 @@ static void run_job(struct consumer *c, const struct mq_job *job) {
   a->c = c;
   a->id = job->id;
   a->attempt = job->attempt;
-  a->started = ev_now(w->loop);
+  a->started = ev_time();
   if (job->attempt == 1)
     mq_metrics_waited(c->metrics, job->waited);
   double timeout = h->timeout > 0 ? h->timeout

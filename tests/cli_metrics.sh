@@ -32,12 +32,20 @@ LUA
 cat >"$dir/handlers/boom.lua" <<'LUA'
 return { retry = { limit = 1, delay = 0 }, handler = function(job, ctx) error("boom") end }
 LUA
+# computes 0.3 s without yielding (the loop's clock stands still meanwhile)
+cat >"$dir/handlers/cpu.lua" <<'LUA'
+return function(job, ctx)
+  local t = os.clock()
+  while os.clock() - t < 0.3 do end
+end
+LUA
 mq_serve_http
 
 send() { curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary "$1" "$base/api/jobs"; }
 for i in 1 2 3 4 5; do send "{\"name\":\"ok\",\"data\":{\"i\":$i}}"; done
 send '{"name":"boom"}'
 send '{"name":"boom"}'
+send '{"name":"cpu"}'
 send '{"name":"nobody","options":{"queue":"we\"ird\\q"}}'
 sql "SELECT * FROM $schema.join_group('g1', 'orders:*', 4, 'm1', 't1', NULL, 10, true, '{}')" >/dev/null
 for i in 1 2 3; do
@@ -46,7 +54,7 @@ for i in 1 2 3; do
 done
 
 for _ in $(seq 1 150); do
-  [ "$(sql "SELECT count(*) FROM $schema.job_archive WHERE state IN ('completed', 'failed')")" = 7 ] && break
+  [ "$(sql "SELECT count(*) FROM $schema.job_archive WHERE state IN ('completed', 'failed')")" = 8 ] && break
   sleep 0.1
 done
 [ "$(sql "SELECT count(*) FROM $schema.job_archive WHERE state = 'failed'")" = 2 ] ||
@@ -73,6 +81,8 @@ check 'moonq_job_run_seconds_bucket{queue="ok",le="+Inf"}' 5 "run time"
 check 'moonq_job_wait_seconds_count{queue="ok"}' 5 "wait time"
 check 'moonq_job_wait_seconds_count{queue="boom"}' 2 "wait time: first attempts only"
 check 'moonq_job_run_seconds_bucket{queue="ok",le="10"}' 5 "run time: quick handlers"
+check 'moonq_job_run_seconds_count{queue="cpu"}' 1 "run time: a handler that never yields"
+check 'moonq_job_run_seconds_bucket{queue="cpu",le="0.1"}' 0 "run time: 0.3 s of computing counts"
 
 # Events, groups, the pool, Lua.
 check 'moonq_events_appended_total' \
