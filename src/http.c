@@ -34,6 +34,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/queue.h>
+#include <sys/resource.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -112,6 +113,27 @@ struct mq_http {
   LIST_HEAD(, mq_http_req) streams;
 };
 
+/* How many connections the server takes at once: what the process may
+ * open (its soft limit of descriptors raised to the hard one) less a
+ * reserve for the pool, the event store and files. Past it, new
+ * connections wait in the listen queue: running out of descriptors in
+ * accept() left the server taking none ever again. */
+static unsigned connection_limit(void) {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0)
+    return 900;
+  if (r.rlim_cur < r.rlim_max) {
+    rlim_t want = r.rlim_max == RLIM_INFINITY || r.rlim_max > 65536
+                      ? 65536
+                      : r.rlim_max;
+    struct rlimit raised = {want > r.rlim_cur ? want : r.rlim_cur, r.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
+      r.rlim_cur = raised.rlim_cur;
+  }
+  rlim_t reserve = 128;
+  return r.rlim_cur > reserve + 16 ? (unsigned)(r.rlim_cur - reserve) : 16;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
                                   const char *url, const char *method,
                                   const char *version, const char *upload,
@@ -149,6 +171,7 @@ mq_http *mq_http_new(struct ev_loop *loop, const struct mq_config *cfg,
   LIST_INIT(&h->reqs);
   LIST_INIT(&h->streams);
   unsigned timeout = (unsigned)(cfg->http.timeout + 0.999);
+  unsigned limit = connection_limit();
   unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                    MHD_USE_ERROR_LOG |
                    (addr.sin6_family == AF_INET6 ? MHD_USE_IPv6 : 0);
@@ -158,6 +181,7 @@ mq_http *mq_http_new(struct ev_loop *loop, const struct mq_config *cfg,
       MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, /* first: it logs the others */
       MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
       MHD_OPTION_CONNECTION_TIMEOUT, timeout,
+      MHD_OPTION_CONNECTION_LIMIT, limit,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
       MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, h,
       MHD_OPTION_END);

@@ -91,9 +91,11 @@ return { schema = "$schema", handlers = "$dir/handlers", log = { level = "warn" 
 EOF
 
 # (In a sanitizer build ASan's quarantine would keep every freed block in the
-# RSS that the slow client check below measures.)
-ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=0 \
-  "$bin" --config "$dir/config.lua" run --http "127.0.0.1:$port" >"$dir/run.log" 2>&1 &
+# RSS that the slow client check below measures. The soft limit of 1,024
+# descriptors, common on servers, is what the 1,100 streams below pass.)
+(ulimit -Sn 1024 2>/dev/null
+ ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=0 \
+   exec "$bin" --config "$dir/config.lua" run --http "127.0.0.1:$port") >"$dir/run.log" 2>&1 &
 run_pid=$!
 pids+=("$run_pid")
 for _ in $(seq 1 100); do curl -s -o /dev/null "$base/api/schedules" && break; sleep 0.1; done
@@ -374,6 +376,23 @@ grown=$(( $(rss) - rss0 ))
 [ "$grown" -lt 20000 ] || fail "slow client: the server grew by $grown KB while 40 MB waited"
 [ "$(stat -c %s "$dir/slow")" -lt 1000000 ] || fail "slow client: it was not slow"
 kill "$slow"
+
+# 1,100 event streams at once, then gone: more than a soft limit of 1,024
+# descriptors; the server raises it, and answers after
+python3 - "$port" <<'PY' || fail "1,100 streams: could not open them"
+import socket, sys, time
+socks = []
+for i in range(1100):
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+    s.sendall(b"GET /api/events/stream?stream=many HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    socks.append(s)
+time.sleep(2)
+for s in socks:
+    s.close()
+PY
+sleep 1
+api GET /api/queues '' -m 10
+expect 200 '"queues"' "an answer after 1,100 streams came and went"
 
 # every route of src/http_api.c and src/http_metrics.c is in docs/openapi.yaml
 routes=$(grep -ho '{"\(GET\|POST\|DELETE\)", "/[^"]*"' "$MOONQ_SOURCE_DIR/src/http_api.c" \
