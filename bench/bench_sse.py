@@ -8,7 +8,8 @@ for SECONDS; prints per-client counts and delivery latency p50/p99/max.
 Latency: the time a client read the event minus the event's data.t, the
 clock_timestamp() of its append (the appends of one tenth of a second are
 one transaction, so the figure includes up to that transaction's commit).
-Same machine, so one clock. Used by bench/bench_sse.sh."""
+Same machine, so one clock. HTTP/1.0, so the stream comes without
+chunked framing. Used by bench/bench_sse.sh."""
 import json, socket, subprocess, sys, threading, time, urllib.parse
 
 base, dburl, schema = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -20,7 +21,7 @@ stop = threading.Event()
 
 def reader(i):
     s = socket.create_connection((u.hostname, u.port))
-    s.sendall(b"GET /api/events/stream?stream=sse:* HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    s.sendall(b"GET /api/events/stream?stream=sse:* HTTP/1.0\r\nHost: 127.0.0.1\r\n"
               b"Accept: text/event-stream\r\n\r\n")
     f = s.makefile("rb")
     while not stop.is_set():
