@@ -12,12 +12,7 @@ local bin_dir = assert(os.getenv("MOONQ_BINARY_DIR"), "MOONQ_BINARY_DIR is not s
 local pgdir = bin_dir .. "/test-pg-events-restart"
 local pg = src .. "/scripts/pg.sh"
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok = p:close()
-  return out, ok
-end
+local sh = W.sh
 
 describe("a subscription across a PostgreSQL restart", function()
   local url, out, schema = nil, nil, "t_restart_" .. math.random(1, 1e9)

@@ -13,12 +13,7 @@ local pgdir = bin_dir .. "/test-pg-schedule-outage"
 local pg = src .. "/scripts/pg.sh"
 local OUTAGE = 40 -- seconds; more than the pool's 30 s wait for a connection
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok = p:close()
-  return out, ok
-end
+local sh = W.sh
 
 describe("a schedule across a PostgreSQL outage", function()
   local url, schema, log = nil, "t_outage_" .. math.random(1, 1e9), nil

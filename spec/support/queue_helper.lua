@@ -38,6 +38,14 @@ function H.shq(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
+-- Runs a shell command; returns its output (stderr included) and whether
+-- it exited 0.
+function H.sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("a")
+  return out, p:close()
+end
+
 -- Runs psql on DATABASE_URL with the SQL text; returns its output and ok.
 function H.psql(sql)
   local path = os.tmpname()

@@ -10,11 +10,7 @@ local N = 3000
 local pgdir = assert(os.getenv("MOONQ_BINARY_DIR")) .. "/test-pg-faults"
 local pg = F.src .. "/scripts/pg.sh"
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  return out, p:close()
-end
+local sh = F.sh
 
 describe("PostgreSQL restarts during a drain", function()
   local url, schema = nil, "t_faults_restart"
