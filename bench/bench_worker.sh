@@ -7,7 +7,7 @@
 #   BENCH_JOBS=N                    backlog to drain (default 50000)
 #   BENCH_TIMEOUT=S                 stop a drain after S seconds (default 25;
 #                                   the rate is then taken over what was done)
-#   BENCH_SETTINGS="w:c ..."        workers:concurrency pairs (default
+#   BENCH_SETTINGS="w:c ..."        workers:concurrency pairs ("" none; default
 #                                   "1:1 1:10 1:100 2:1 2:10 2:100")
 #   BENCH_EXTRA="w:c:e ..."         more drains, e = job_events (1/0)
 #   BENCH_PERF=w:c                  one more drain under perf record -a -g
@@ -33,7 +33,7 @@ out=$build/bench-out/worker-$(date -u +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 njobs=${BENCH_JOBS:-50000}
 timeout=${BENCH_TIMEOUT:-25}
-settings=${BENCH_SETTINGS:-"1:1 1:10 1:100 2:1 2:10 2:100"}
+settings=${BENCH_SETTINGS-"1:1 1:10 1:100 2:1 2:10 2:100"}
 say() { printf '%s\n' "$*" | tee -a "$out/summary.txt" >&2; }
 
 if [ ! -f "$build/CMakeCache.txt" ]; then
@@ -74,6 +74,8 @@ grpcpu() {
     $5 == g { t += $14 + $15 + $16 + $17 } END { printf "%.3f\n", t / hz }'
 }
 
+running=""
+trap '[ -z "$running" ] || kill -KILL -- "-$running" 2>/dev/null || true' EXIT
 start_moonq() { # workers concurrency job_events log [handlers] -> pid (own process group)
   BENCH_HANDLERS=${5:-${BENCH_HANDLERS:-$BENCH_WORKER_DIR/handlers}} BENCH_WORKERS=$1 BENCH_CONCURRENCY=$2 BENCH_JOB_EVENTS=$3 \
     setsid "$moonq" -c "$cfg" run >"$4" 2>&1 &
@@ -106,7 +108,7 @@ drain() {
   [ -z "${PGSS_NOW:-}" ] || q "SELECT pg_stat_statements_reset()" >/dev/null
   local c0; c0=$(pgcpu)
   local t0; t0=$(date +%s.%N)
-  local pid; pid=$(start_moonq "$w" "$c" "$e" "$out/moonq-$label.log")
+  local pid; pid=$(start_moonq "$w" "$c" "$e" "$out/moonq-$label.log"); running=$pid
   if [ -n "${PERF_NOW:-}" ]; then
     sleep 1
     perf record -a -g -o "$out/perf-$label.data" -- sleep 3 >"$out/perf-$label.log" 2>&1 || true
@@ -164,12 +166,12 @@ lat_report() { # mode
 }
 latency() { # mode: sql | moonq
   q "DELETE FROM $s.job; TRUNCATE $s.job_archive" >/dev/null
-  local pid; pid=$(start_moonq 1 10 1 "$out/moonq-lat-$1.log" "$BENCH_WORKER_DIR/lat_handlers")
+  local pid; pid=$(start_moonq 1 10 1 "$out/moonq-lat-$1.log" "$BENCH_WORKER_DIR/lat_handlers"); running=$pid
   sleep 2
   if [ "$1" = sql ]; then
     q "CALL bench_wutil.send_lat('$s', $lat_n, $lat_gap)" >/dev/null
   else
-    LUA_CPATH="$build/?.so;;" lua5.4 "$repo/bench/worker/send_lat.lua" "$cfg" "$lat_n" "$lat_gap" \
+    LUA_CPATH="$build/?.so;;" LUA_PATH="$repo/lua/?.lua;;" lua5.4 "$repo/bench/worker/send_lat.lua" "$cfg" "$lat_n" "$lat_gap" \
       >"$out/send_lat.log" 2>&1
   fi
   q "CALL bench_wutil.wait_empty('$s', 'lat', 10)" >/dev/null

@@ -61,6 +61,7 @@ struct field {
   enum kind kind;
   size_t off; /* of the C member from the level's base */
   int min, max; /* F_INT bounds; F_POS/F_NUM: min in milliseconds */
+  bool auto_ok;  /* F_INT: the string "auto" is allowed, stored as -1 */
   bool required;
   const struct field *sub; /* F_TABLE */
   size_t nsub;
@@ -116,7 +117,7 @@ static const struct field queue_fields[] = {
     {.name = "timeout", .kind = F_POS, .off = QOFF(timeout)},
     {.name = "dead_letter", .kind = F_STR, .off = QOFF(dead_letter)},
     {.name = "prefetch", .kind = F_INT, .off = QOFF(prefetch), .min = 0,
-     .max = 100000},
+     .max = 100000, .auto_ok = true},
 };
 
 /* Offsets of events and log are from struct mq_config (their structs are
@@ -190,7 +191,7 @@ static const struct mq_queue_options default_queue = {
     .concurrency = 10,
     .timeout = 300,
     .dead_letter = NULL,
-    .prefetch = 0,
+    .prefetch = MQ_PREFETCH_AUTO,
 };
 
 static int load_cb(lua_State *L);
@@ -703,11 +704,20 @@ static bool get_integer(lua_State *L, int idx, long long *out) {
 static void set_int(struct ctx *c, const struct field *f, int v,
                     const char *path, int *dst) {
   long long x;
-  char what[64];
+  char what[96];
   if (f->max == INT_MAX)
     snprintf(what, sizeof what, "an integer >= %d", f->min);
   else
     snprintf(what, sizeof what, "an integer from %d to %d", f->min, f->max);
+  if (f->auto_ok) {
+    if (lua_type(c->L, v) == LUA_TSTRING &&
+        strcmp(lua_tostring(c->L, v), "auto") == 0) {
+      *dst = -1;
+      return;
+    }
+    size_t n = strlen(what);
+    snprintf(what + n, sizeof what - n, " or \"auto\"");
+  }
   if (!get_integer(c->L, v, &x))
     bad(c, path, what, v);
   else if (x < f->min)

@@ -24,6 +24,13 @@
  * one stays inside PostgreSQL's timestamps (sql/014_limits.sql). */
 #define MQ_DURATION_MAX 3155760000.0
 
+/* queue.prefetch = "auto": the worker claims ahead about MQ_PREFETCH_HORIZON
+ * seconds of work, judged by the queue's recent handler run times, at most
+ * MQ_PREFETCH_AUTO_MAX jobs (worker.c). */
+#define MQ_PREFETCH_AUTO (-1)
+#define MQ_PREFETCH_HORIZON 0.05
+#define MQ_PREFETCH_AUTO_MAX 500
+
 /* Defaults for the jobs of a queue; config `queue` sets them for every queue
  * and `queues.<name>` overrides them for one. Durations are in seconds. */
 struct mq_queue_options {
@@ -35,7 +42,8 @@ struct mq_queue_options {
   double poll_interval; /* fallback poll when no NOTIFY arrives; 2 */
   int concurrency;      /* jobs of the queue run at once per process; 10 */
   int prefetch;         /* jobs claimed ahead of free slots, so the next
-                           batch is on its way while one runs; 0 */
+                           batch is on its way while one runs; default
+                           MQ_PREFETCH_AUTO (config "auto") */
   double timeout;       /* handler timeout; default 300 */
   char *dead_letter;    /* queue that receives finally failed jobs; NULL */
 };

@@ -43,7 +43,10 @@ struct consumer {
   char *queue;
   mq_metrics_queue *metrics; /* the runtime's counters of this queue */
   int slots;    /* concurrency */
-  int prefetch; /* jobs claimed ahead (config queue.prefetch) */
+  int prefetch; /* jobs claimed ahead (config queue.prefetch), or
+                   MQ_PREFETCH_AUTO: see buffer_target */
+  double avg_run; /* seconds a handler of this queue runs, a moving
+                     average; < 0 until one has ended */
   int running;
   int asked;    /* jobs the fetch in flight asked for */
   bool fetching;
@@ -230,6 +233,7 @@ static struct consumer *add_consumer(mq_worker *w, const char *queue) {
   STAILQ_INIT(&c->buffer);
   const struct mq_queue_options *o = mq_config_queue(w->cfg, queue);
   c->prefetch = o->prefetch;
+  c->avg_run = -1;
   ev_timer_init(&c->poll, poll_cb, o->poll_interval, o->poll_interval);
   c->poll.data = c;
   w->consumers[w->nconsumers++] = c;
@@ -698,7 +702,10 @@ static void task_ended(mq_task *task, enum mq_task_end how, int nresults,
   struct active *a = data;
   struct mq_worker_outcome out;
   outcome_of(a->w->rt, task, how, nresults, a->ctx_ref, &out);
-  mq_metrics_ran(a->c->metrics, ev_time() - a->started);
+  double ran = ev_time() - a->started;
+  mq_metrics_ran(a->c->metrics, ran);
+  struct consumer *c = a->c;
+  c->avg_run = c->avg_run < 0 ? ran : c->avg_run + 0.1 * (ran - c->avg_run);
   if (out.failed) {
     fail_job(a->c, a->id, a->attempt, a->name, out.message,
              out.error ? out.error : "{\"message\":\"error\"}");
@@ -980,14 +987,29 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
   consider_fetch(c);
 }
 
-/* Fetches free slots' worth of jobs; with `prefetch` up to that many more
- * are claimed ahead (buffered), and a fetch then waits until there is room
- * for half of them, so batches stay large (unless nothing runs). */
+/* Jobs the consumer claims ahead of its free slots: `prefetch`, or with
+ * "auto" what its slots get through in MQ_PREFETCH_HORIZON seconds at the
+ * handlers' recent run time (none until one has ended, so a queue of long
+ * jobs claims no more than it runs), at most MQ_PREFETCH_AUTO_MAX. */
+static int buffer_target(const struct consumer *c) {
+  if (c->prefetch != MQ_PREFETCH_AUTO)
+    return c->prefetch;
+  if (c->avg_run < 0)
+    return 0;
+  double n = c->slots * MQ_PREFETCH_HORIZON /
+             (c->avg_run > 1e-6 ? c->avg_run : 1e-6);
+  return n >= MQ_PREFETCH_AUTO_MAX ? MQ_PREFETCH_AUTO_MAX : (int)n;
+}
+
+/* Fetches free slots' worth of jobs and the buffer's (buffer_target); a
+ * fetch with jobs buffered or running waits until there is room for half
+ * the buffer, so batches stay large. */
 static void consider_fetch(struct consumer *c) {
   mq_worker *w = c->w;
   maybe_reclaim(w);
-  int room = c->slots + c->prefetch - c->running - c->nbuffer;
-  int worth = c->prefetch / 2 > 0 ? c->prefetch / 2 : 1;
+  int target = buffer_target(c);
+  int room = c->slots + target - c->running - c->nbuffer;
+  int worth = target / 2 > 0 ? target / 2 : 1;
   if (!w->started || w->stopping || w->reclaiming || w->lost_claims ||
       !c->live || c->fetching || !c->more ||
       room <= 0 || (room < worth && c->running + c->nbuffer > 0))

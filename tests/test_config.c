@@ -281,6 +281,20 @@ static void test_numbers(void) {
                "workers: expected an integer from 1 to 1024, got 1.5");
   expect_error("return { workers = 2000 }",
                "workers: expected an integer <= 1024, got 2000");
+  cfg = load_text("return { queue = { prefetch = 'auto' }, "
+                  "queues = { q = { prefetch = 0 } } }",
+                  &path, err, sizeof err);
+  REQUIRE(cfg != NULL);
+  CHECK_INT(cfg->queue.prefetch, MQ_PREFETCH_AUTO);
+  CHECK_INT(mq_config_queue(cfg, "q")->prefetch, 0);
+  CHECK_INT(mq_config_queue(cfg, "other")->prefetch, MQ_PREFETCH_AUTO);
+  mq_config_free(cfg);
+  free(path);
+  expect_error("return { queue = { prefetch = 'lots' } }",
+               "queue.prefetch: expected an integer from 0 to 100000 or "
+               "\"auto\", got string \"lots\"");
+  expect_error("return { queue = { prefetch = -1 } }",
+               "queue.prefetch: expected an integer >= 0, got -1");
   expect_error("return { pool_size = 65 }",
                "pool_size: expected an integer <= 64, got 65");
   expect_error("return { max_payload = 0 }",

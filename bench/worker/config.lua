@@ -10,7 +10,7 @@ return {
   hot_reload = false,
   queue = {
     concurrency = tonumber(env("BENCH_CONCURRENCY") or "10"),
-    prefetch = tonumber(env("BENCH_PREFETCH") or "0"),
+    prefetch = tonumber(env("BENCH_PREFETCH") or "") or "auto", -- BENCH_PREFETCH=N, else "auto"
     poll_interval = 2,
   },
   events = { job_events = env("BENCH_JOB_EVENTS") ~= "0" },
