@@ -596,14 +596,47 @@ static int batch_add(struct batch *b, long long id, int attempt,
   return 0;
 }
 
-/* The row of `id` in a complete/fail result, or -1. Results are small and
- * in id order is not promised, so a linear scan per waiter is fine for the
- * batch sizes one loop turn produces. */
-static int find_row(const PGresult *res, long long id) {
-  char key[32];
-  snprintf(key, sizeof key, "%lld", id);
-  for (int i = 0; i < PQntuples(res); i++)
-    if (strcmp(PQgetvalue(res, i, 0), key) == 0)
+/* A result row's id, for finding each waiter's row. */
+struct row_id {
+  long long id;
+  int row;
+};
+
+static int row_id_cmp(const void *a, const void *b) {
+  long long x = ((const struct row_id *)a)->id,
+            y = ((const struct row_id *)b)->id;
+  return (x > y) - (x < y);
+}
+
+/* The ids of a complete/fail result (column 0), sorted; NULL when the
+ * result is empty or memory is short (then find_row scans). Freed by the
+ * caller. */
+static struct row_id *index_rows(const PGresult *res) {
+  int n = PQntuples(res);
+  struct row_id *ix = n > 0 ? malloc(sizeof *ix * (size_t)n) : NULL;
+  if (!ix)
+    return NULL;
+  for (int i = 0; i < n; i++) {
+    ix[i].id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+    ix[i].row = i;
+  }
+  qsort(ix, (size_t)n, sizeof *ix, row_id_cmp);
+  return ix;
+}
+
+/* The row of `id` in a complete/fail result, or -1: a binary search of
+ * `ix` (index_rows), or a scan without it. */
+static int find_row(const PGresult *res, const struct row_id *ix,
+                    long long id) {
+  int n = PQntuples(res);
+  if (ix) {
+    struct row_id key = {.id = id};
+    const struct row_id *hit =
+        bsearch(&key, ix, (size_t)n, sizeof *ix, row_id_cmp);
+    return hit ? hit->row : -1;
+  }
+  for (int i = 0; i < n; i++)
+    if (strtoll(PQgetvalue(res, i, 0), NULL, 10) == id)
       return i;
   return -1;
 }
@@ -622,6 +655,7 @@ static void batch_done(const struct mq_pg_reply *r, void *data) {
     return;
   }
   b->q->storing--;
+  struct row_id *ix = r->status == MQ_PG_OK ? index_rows(r->result) : NULL;
   for (int i = 0; i < b->n; i++) {
     struct waiter *w = &b->waiters[i];
     if (!w->cb)
@@ -630,7 +664,7 @@ static void batch_done(const struct mq_pg_reply *r, void *data) {
       w->cb(reply_status(r), r->error, NULL, w->data);
       continue;
     }
-    int row = find_row(r->result, w->id);
+    int row = find_row(r->result, ix, w->id);
     if (row < 0) {
       w->cb(MQ_QUEUE_ENOTACTIVE, "the job is no longer active", NULL,
             w->data);
@@ -650,6 +684,7 @@ static void batch_done(const struct mq_pg_reply *r, void *data) {
       free(json);
     }
   }
+  free(ix);
   batch_free(b);
 }
 

@@ -17,6 +17,8 @@ local M = {}
 local Ctx = {}
 -- ctx -> function(level, msg, fields) told of every ctx.log line (see new)
 local log_hooks = setmetatable({}, { __mode = "k" })
+local closures -- (ctx): sets ctx.enqueue and ctx.emit; defined below
+local flows    -- moonq.flows, required at the first ctx
 Ctx.__index = function(ctx, key)
   local method = Ctx[key]
   if method then return method end
@@ -35,6 +37,10 @@ Ctx.__index = function(ctx, key)
     end
     rawset(ctx, "log", log)
     return log
+  end
+  if key == "enqueue" or key == "emit" then
+    closures(ctx)
+    return rawget(ctx, key)
   end
   if key == "emitted" or key == "enqueued" or key == "state_writes" then
     local list = {}
@@ -81,17 +87,10 @@ local function run_state(ctx, run_id)
   return state
 end
 
--- The ctx of `job`. opts.on_log(level, msg, fields) is called after each
--- ctx.log line is written, whatever the log level (moonq.testing keeps
--- them); the worker passes no opts.
-function M.new(job, opts)
-  local ctx = setmetatable({ job = job }, Ctx)
-  if opts and opts.on_log then log_hooks[ctx] = opts.on_log end
-  local step = require("moonq.flows").step(job.name)
-  if step and job.run_id then
-    ctx.flow = { run_id = job.run_id, name = step.name, step = step.step }
-    ctx.state = run_state(ctx, job.run_id)
-  end
+-- ctx.enqueue and ctx.emit of `ctx` (made at their first use: most jobs
+-- use neither, and each job gets a ctx).
+function closures(ctx)
+  local job = rawget(ctx, "job")
   -- Closures, so handlers call ctx.enqueue(...) without a colon.
   -- Jobs are sent with the job's completion, in its transaction, like
   -- events: a failed attempt sends none, a retried job sends once. The
@@ -131,7 +130,8 @@ function M.new(job, opts)
   -- instead (progress a dashboard should see while the job runs).
   -- (a flow step's own stream is its run's: progress appended at once
   -- belongs to the run's history too; it triggers no step)
-  local own_stream = ctx.flow and ("flow:" .. ctx.flow.name .. ":" .. ctx.flow.run_id)
+  local flow = rawget(ctx, "flow")
+  local own_stream = flow and ("flow:" .. flow.name .. ":" .. flow.run_id)
     or ("job:" .. job.name .. ":" .. tostring(job.id))
   ctx.emit = function(type_, data, opts)
     if opts ~= nil and type(opts) ~= "table" then
@@ -154,6 +154,20 @@ function M.new(job, opts)
     local list = ctx.emitted
     list[#list + 1] = { stream = opts and opts.stream or nil, type = type_, data = data }
     return true
+  end
+end
+
+-- The ctx of `job`. opts.on_log(level, msg, fields) is called after each
+-- ctx.log line is written, whatever the log level (moonq.testing keeps
+-- them); the worker passes no opts.
+function M.new(job, opts)
+  local ctx = setmetatable({ job = job }, Ctx)
+  if opts and opts.on_log then log_hooks[ctx] = opts.on_log end
+  flows = flows or require("moonq.flows")
+  local step = flows.step(job.name)
+  if step and job.run_id then
+    ctx.flow = { run_id = job.run_id, name = step.name, step = step.step }
+    ctx.state = run_state(ctx, job.run_id)
   end
   return ctx
 end
