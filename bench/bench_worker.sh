@@ -17,6 +17,9 @@
 #   BENCH_PATCH="f.sql ..."         SQL applied over the schema after migrating
 #                                   (@schema@ replaced; use with BENCH_SCHEMA)
 #   BENCH_SCHEMA=S                  schema (default moonq_wbench)
+#   BENCH_PREFETCH=N                queue.prefetch of the drains (default "auto")
+#   BENCH_RETENTION=S               retention of the jobs (default 604800; 0: a
+#                                   completed job is deleted, not archived)
 #   BENCH_HANDLERS=DIR              handlers dir of the drains (default bench/worker/handlers)
 #   BUILD_DIR=DIR                   build directory (default build-bench)
 #
@@ -92,7 +95,8 @@ fill() {
 DELETE FROM $s.job;
 TRUNCATE $s.job_archive;
 SET moonq.no_wake = on;
-SELECT $s.send_many('noop', (SELECT jsonb_agg(jsonb_build_object('n', g)) FROM generate_series(1, $njobs) g));
+SELECT $s.send_many('noop', (SELECT jsonb_agg(jsonb_build_object('n', g)) FROM generate_series(1, $njobs) g),
+                    '{"retention": ${BENCH_RETENTION:-604800}}');
 VACUUM ANALYZE $s.job;
 VACUUM ANALYZE $s.job_archive;
 CHECKPOINT;
@@ -124,6 +128,10 @@ drain() {
     FROM pg_stat_statements WHERE query NOT LIKE '%wait_empty%' AND query NOT LIKE '%NOT EXISTS (SELECT 1 FROM%' ORDER BY total_exec_time DESC LIMIT 8" >"$out/pgss-$label.txt"
   local done_ steady
   IFS='|' read -r done_ steady < <(q "SELECT count(*), extract(epoch FROM max(completed_at) - min(started_at)) FROM $s.job_archive WHERE queue = 'noop' AND state = 'completed'")
+  if [ "${BENCH_RETENTION:-}" = 0 ]; then # nothing archived: done when the queue is empty
+    done_=$([ "$empty" = t ] && echo "$njobs" || q "SELECT $njobs - count(*) FROM $s.job WHERE queue = 'noop'")
+    steady=0
+  fi
   awk -v l="$label" -v w="$w" -v c="$c" -v e="$e" -v n="$done_" -v t0="$t0" -v at="$at" \
       -v st="$steady" -v mc="$mc" -v c0="$c0" -v c1="$c1" -v em="$empty" 'BEGIN {
     secs = at - t0; printf "%s %d %d %d %d %.3f %.0f %.0f %.1f %.1f %s\n", l, w, c, e, n, secs,

@@ -12,6 +12,7 @@ return {
     concurrency = tonumber(env("BENCH_CONCURRENCY") or "10"),
     prefetch = tonumber(env("BENCH_PREFETCH") or "") or "auto", -- BENCH_PREFETCH=N, else "auto"
     poll_interval = 2,
+    retention = tonumber(env("BENCH_RETENTION") or "604800"), -- 0: completed jobs not kept
   },
   events = { job_events = env("BENCH_JOB_EVENTS") ~= "0" },
   log = { level = "warn" },
