@@ -41,7 +41,10 @@ return {
     })
     local config = W.config_file({
       schema = schema, handlers = dir, workers = 2, stale_after = STALE, shutdown_grace = 2,
-      hot_reload = false, queue = { retry_limit = 3, retry_delay = 0, retry_backoff = false, poll_interval = 1 },
+      hot_reload = false, queue = { retry_limit = 3, retry_delay = 0, retry_backoff = false, poll_interval = 1,
+                                    -- no jobs claimed ahead: the killed worker's
+                                    -- jobs are then only those it ran
+                                    prefetch = 0 },
       log = { level = "info" },
     })
     pid, log, rc = W.moonq_run(config)
