@@ -11,7 +11,7 @@
 #                                   "1:1 1:10 1:100 2:1 2:10 2:100")
 #   BENCH_EXTRA="w:c:e ..."         more drains, e = job_events (1/0)
 #   BENCH_PERF=w:c                  one more drain under perf record -a -g
-#   BENCH_PGSS="w:c ..."            one more drain each with pg_stat_statements reset
+#   BENCH_PGSS="w:c[:e] ..."        one more drain each with pg_stat_statements reset
 #                                   before and its top statements saved after
 #   BENCH_LAT_N=N, BENCH_LAT_GAP=S  latency probe: N jobs, one every S s (500, 0.01)
 #   BENCH_PATCH="f.sql ..."         SQL applied over the schema after migrating
@@ -144,8 +144,8 @@ for sc in ${BENCH_EXTRA:-}; do IFS=: read -r w c e <<<"$sc"; drain "$w" "$c" "$e
 if [ -n "${BENCH_PGSS:-}" ] && [[ $(q "SHOW shared_preload_libraries") == *pg_stat_statements* ]]; then
   q "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null 2>&1
   for sc in $BENCH_PGSS; do
-    IFS=: read -r w c <<<"$sc"
-    PGSS_NOW=1 drain "$w" "$c" 1 "pgss-w$w-c$c-e1"
+    IFS=: read -r w c e <<<"$sc:1"
+    PGSS_NOW=1 drain "$w" "$c" "$e" "pgss-w$w-c$c-e$e"
   done
 fi
 if [ -n "${BENCH_PERF:-}" ]; then
