@@ -159,6 +159,32 @@ int mq_subscription_on_start(mq_subscription *s,
                              void *arg);
 
 
+/* Follows `pattern` (NULL: every stream) as a subscription does, from
+ * `from` / from_id or, with pos (base not NULL), from a position, for a
+ * subscriber that takes batches as they come (an event stream to a
+ * client). The followers of one pattern share one reader: from the end, a
+ * follower shares it at once; from an earlier position it reads on its own
+ * (a batch at a time, each after mq_subscription_next) until it reads live,
+ * then reads up to the reader's position and shares the reader from there:
+ * no gap, no duplicate. A follower that shares the reader gets each of its
+ * batches without waiting for mq_subscription_next (the reader does not
+ * wait for the slowest): the subscriber bounds what it keeps, and closes
+ * the subscription when it cannot keep up. Its callback may close its own
+ * subscription, no other. mq_subscription_position and
+ * mq_subscription_on_start work as for a subscription. Returns the
+ * follower or NULL (message in err: out of memory, a bad pattern). */
+mq_subscription *mq_events_follow(mq_events *ev, const char *pattern,
+                                  enum mq_events_from from, long long from_id,
+                                  const struct mq_event_position *pos,
+                                  mq_events_cb cb, void *data, char *err,
+                                  size_t errlen);
+
+/* The id of the batch s's subscriber is given (or holds): the same for the
+ * followers that get one batch of their shared reader, and different for
+ * every other batch, so that what a subscriber makes of a batch (its
+ * events as text) can be kept under this id for the others. */
+unsigned long long mq_subscription_batch_id(const mq_subscription *s);
+
 /* For consumer groups (event_groups.h): subscribes to partition `part` of
  * `parts` of pattern from a stored position, reading `batch` events at a
  * time (0: the default, 500). Otherwise as mq_events_subscribe, except

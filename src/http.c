@@ -17,12 +17,15 @@
  * its request.
  *
  * An event stream is a response whose content reader copies from the
- * stream's buffer. The buffer holds at most one batch of the subscription
- * (events.h: the next batch is read only after mq_subscription_next), so a
- * slow client slows its own reads and nothing grows: the reader asks for
- * the next batch once the client has taken the whole buffer. With nothing
- * to send, the reader suspends the connection; a batch or the heartbeat
- * resumes it.
+ * stream's buffer. Its events come from a follower (mq_events_follow): the
+ * streams of one pattern share one reader, and a batch is written as text
+ * once for all of them (batch_text). While a stream catches up on its own
+ * its buffer holds one batch at most (the next is read only after
+ * mq_subscription_next, called once the client has taken the buffer); once
+ * it shares the reader batches come as they are read, and a client with
+ * more than http.stream_buffer bytes unsent when one comes is cut off
+ * (stream_overflow). With nothing to send, the reader suspends the
+ * connection; a batch or the heartbeat resumes it.
  */
 #include "http.h"
 
@@ -111,6 +114,13 @@ struct mq_http {
   char last_error[256]; /* libmicrohttpd's latest message */
   LIST_HEAD(, mq_http_req) reqs;
   LIST_HEAD(, mq_http_req) streams;
+  /* The last batch written as event-stream text, kept under its batch id
+   * for the other streams that share it (mq_subscription_batch_id). */
+  struct mq_buf_text {
+    char *s;
+    size_t len, cap;
+    unsigned long long batch_id;
+  } text;
 };
 
 /* How many connections the server takes at once: what the process may
@@ -248,6 +258,7 @@ void mq_http_close(mq_http *h) {
   ev_io_stop(h->loop, &h->io);
   ev_timer_stop(h->loop, &h->timer);
   MHD_stop_daemon(h->d);
+  free(h->text.s);
   free(h->tables);
   free(h);
 }
@@ -790,41 +801,90 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
   return 0;
 }
 
-/* Writes `id: <token>` for event e of the batch the subscription holds. */
-static int add_id(struct stream *st, const struct mq_event *e) {
+static int text_add(struct mq_buf_text *t, const char *s, size_t n) {
+  return mq_buf_add(&t->s, &t->len, &t->cap, s, n);
+}
+
+/* Writes `id: <token>` for event e of the batch subscription s holds. */
+static int add_id(struct mq_buf_text *t, mq_subscription *s,
+                  const struct mq_event *e) {
   struct mq_event_position pos;
   char head[64];
   snprintf(head, sizeof head, "id: %lld", e->id);
-  if (stream_add(st, head, strlen(head)) != 0)
+  if (text_add(t, head, strlen(head)) != 0)
     return -1;
-  if (mq_subscription_position(st->sub, e->id, &pos) &&
-      (stream_add(st, "/", 1) != 0 ||
-       stream_add(st, pos.base, strlen(pos.base)) != 0 ||
-       stream_add(st, "/", 1) != 0 ||
-       stream_add(st, pos.target, strlen(pos.target)) != 0))
+  if (mq_subscription_position(s, e->id, &pos) &&
+      (text_add(t, "/", 1) != 0 ||
+       text_add(t, pos.base, strlen(pos.base)) != 0 ||
+       text_add(t, "/", 1) != 0 ||
+       text_add(t, pos.target, strlen(pos.target)) != 0))
     return -1;
-  return stream_add(st, "\n", 1);
+  return text_add(t, "\n", 1);
 }
 
 /* Writes event e as the API shows it (mq_event_json). */
-static int add_event(struct stream *st, const struct mq_event *e) {
+static int add_event(struct mq_buf_text *t, mq_subscription *s,
+                     const struct mq_event *e) {
   char jerr[128];
   char *json = mq_event_json(e, jerr, sizeof jerr);
   if (!json)
     return -1;
-  int rc = add_id(st, e);
+  int rc = add_id(t, s, e);
   /* An `event:` field is one line, and the store accepts types with line
    * breaks: the name is the type up to the first (data has it whole; JSON
    * escapes line breaks, so data is one line too). */
   size_t tn = strcspn(e->type, "\r\n");
   rc = rc != 0 ? rc
-       : stream_add(st, "event: ", 7) != 0 ? -1
-       : stream_add(st, e->type, tn) != 0 ? -1
-       : stream_add(st, "\ndata: ", 7) != 0 ? -1
-       : stream_add(st, json, strlen(json)) != 0 ? -1
-       : stream_add(st, "\n\n", 2);
+       : text_add(t, "event: ", 7) != 0 ? -1
+       : text_add(t, e->type, tn) != 0 ? -1
+       : text_add(t, "\ndata: ", 7) != 0 ? -1
+       : text_add(t, json, strlen(json)) != 0 ? -1
+       : text_add(t, "\n\n", 2);
   free(json);
   return rc;
+}
+
+/* The batch s holds as event-stream text: written once, and kept for the
+ * other streams that get the same batch. NULL when out of memory. */
+static const struct mq_buf_text *batch_text(mq_http *h, mq_subscription *s,
+                                            const struct mq_event *events,
+                                            int n) {
+  struct mq_buf_text *t = &h->text;
+  unsigned long long id = mq_subscription_batch_id(s);
+  if (t->batch_id == id && t->s)
+    return t;
+  t->len = 0;
+  t->batch_id = 0;
+  for (int i = 0; i < n; i++)
+    if (add_event(t, s, &events[i]) != 0)
+      return NULL;
+  t->batch_id = id;
+  return t;
+}
+
+/* Ends a stream whose client fell behind, after what it has unsent and a
+ * last event that says so. */
+static void stream_overflow(mq_http_req *req, size_t unsent) {
+  mq_http *h = req->h;
+  char msg[512], jerr[128];
+  snprintf(msg, sizeof msg,
+           "this client fell behind: %zu bytes of events were waiting to be "
+           "sent, more than http.stream_buffer (%d); reconnect with the "
+           "Last-Event-ID of the last event received to go on from there",
+           unsent, h->cfg->http.stream_buffer);
+  mq_json_object *o = mq_json_object_new();
+  mq_json_object_string(o, "error", msg);
+  mq_json_object_int(o, "stream_buffer", h->cfg->http.stream_buffer);
+  char *json = mq_json_object_finish(o, jerr, sizeof jerr);
+  struct stream *st = req->stream;
+  mq_log_info("http", "event stream cut off: the client fell behind "
+              "unsent=%zu limit=%d", unsent, h->cfg->http.stream_buffer);
+  if (json && (stream_add(st, "event: moonq.overflow\ndata: ", 28) != 0 ||
+               stream_add(st, json, strlen(json)) != 0 ||
+               stream_add(st, "\n\n", 2) != 0))
+    mq_log_error("http", "out of memory ending an event stream");
+  free(json);
+  stream_end(req);
 }
 
 static void stream_batch(int status, const char *error,
@@ -841,12 +901,25 @@ static void stream_batch(int status, const char *error,
                 "error=\"%s\"", error);
     return;
   }
-  for (int i = 0; i < n; i++)
-    if (add_event(st, &events[i]) != 0) {
-      mq_log_error("http", "out of memory in an event stream: ending it");
-      stream_end(req);
-      return;
-    }
+  /* A stream that reads on its own gets a batch once the last is sent; one
+   * that shares its pattern's reader gets every batch as it comes, and the
+   * client that cannot keep up is cut off. */
+  size_t unsent = st->len - st->off;
+  if (unsent > (size_t)req->h->cfg->http.stream_buffer) {
+    stream_overflow(req, unsent);
+    return;
+  }
+  if (st->off > 0) { /* what was sent goes, so the buffer stays small */
+    memmove(st->buf, st->buf + st->off, unsent);
+    st->len = unsent;
+    st->off = 0;
+  }
+  const struct mq_buf_text *t = batch_text(req->h, st->sub, events, n);
+  if (!t || stream_add(st, t->s, t->len) != 0) {
+    mq_log_error("http", "out of memory in an event stream: ending it");
+    stream_end(req);
+    return;
+  }
   st->holding = true;
   stream_wake(req);
 }
@@ -886,10 +959,8 @@ void mq_http_reply_stream(mq_http_req *req, const char *pattern,
   char err[256];
   req->stream = st;
   LIST_INSERT_HEAD(&h->streams, req, stream_link);
-  st->sub = pos ? mq_events_subscribe_at(h->events, pattern, pos,
-                                         stream_batch, req, err, sizeof err)
-                : mq_events_subscribe(h->events, pattern, from, from_id,
-                                      stream_batch, req, err, sizeof err);
+  st->sub = mq_events_follow(h->events, pattern, from, from_id, pos,
+                             stream_batch, req, err, sizeof err);
   struct MHD_Response *r =
       st->sub ? MHD_create_response_from_callback(
                     MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, req, NULL)

@@ -141,7 +141,10 @@ void mq_http_reply_static(mq_http_req *req, int status,
  * from pos when pos is not NULL (a position token's, see
  * mq_http_parse_position). Each event is sent as
  *   id: <position token>\nevent: <type>\ndata: <event JSON>\n\n
- * with a comment line every http.heartbeat seconds. Replies 503 with the
+ * with a comment line every http.heartbeat seconds. The streams of one
+ * pattern share one reader (mq_events_follow); a live client with more
+ * than http.stream_buffer bytes unsent when events come is cut off with an
+ * `event: moonq.overflow` whose data names the limit. Replies 503 with the
  * event store disabled and 400 for a bad pattern. */
 void mq_http_reply_stream(mq_http_req *req, const char *pattern,
                           enum mq_events_from from, long long from_id,

@@ -360,8 +360,9 @@ api POST /api/jobs '{"name":"a/b"}'
 api GET /api/queues/a%2Fb/counts
 expect 200 '"waiting": 1' "a percent-encoded queue name"
 
-# a client that reads slowly holds one batch in the server, not the backlog:
-# 40 MB of events for a client reading 2 KB/s
+# a client that reads slowly holds at most http.stream_buffer (1 MiB) and a
+# batch in the server, not the backlog, and is cut off with a last event
+# that says so: 40 MB of events for a client reading 2 KB/s
 rss() { awk '/VmRSS/ {print $2}' "/proc/$run_pid/status"; }
 curl -s -N --limit-rate 2k "$base/api/events/stream?stream=slow:*" >"$dir/slow" &
 slow=$!
@@ -376,6 +377,21 @@ grown=$(( $(rss) - rss0 ))
 [ "$grown" -lt 20000 ] || fail "slow client: the server grew by $grown KB while 40 MB waited"
 [ "$(stat -c %s "$dir/slow")" -lt 1000000 ] || fail "slow client: it was not slow"
 kill "$slow"
+# (the 2 KB/s client takes minutes to read to the end: one at full speed
+# reads what was sent, the overflow event last)
+curl -s -N -m 20 "$base/api/events/stream?stream=slow:*" -o "$dir/cut" &
+cut=$!
+wait_for "$dir/cut" 'subscribed' || fail "cut off: not subscribed"
+kill -STOP "$cut"
+sql "SELECT count(*) FROM (SELECT $schema.append('slow:' || i, 'big',
+       jsonb_build_object('pad', repeat('x', 2000))) FROM generate_series(1, 20000) i) x" >/dev/null
+sleep 3; kill -CONT "$cut"
+wait "$cut"; rc=$?
+[ "$rc" = 0 ] || fail "cut off: the stream did not end (curl exit $rc)"
+tail -c 400 "$dir/cut" | grep -q 'event: moonq.overflow' ||
+  fail "cut off: no moonq.overflow event last: $(tail -c 400 "$dir/cut")"
+tail -c 400 "$dir/cut" | grep -Eq '"stream_buffer": ?1048576' ||
+  fail "cut off: the overflow event does not name the limit: $(tail -c 400 "$dir/cut")"
 
 # 1,100 event streams at once, then gone: more than a soft limit of 1,024
 # descriptors; the server raises it, and answers after

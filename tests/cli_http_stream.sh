@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# cli_http_stream.sh -- event streams of one pattern share one reader
+# (src/events.c, mq_events_follow) and still each get every event exactly
+# once, in order: 20 clients following from the end, one from the start
+# (1,200 events of history, more than two reads, then live while events
+# keep coming: it joins the shared reader on the way), one from a plain id,
+# and one that disconnects in the middle and reconnects with its
+# Last-Event-ID, while 3,000 events are appended in 30 transactions and one
+# transaction that took its id early commits late. Each client's events
+# are compared with the table. Run by ctest as sh_cli_http_stream.
+set -u
+
+source "$(dirname "$0")/lib.sh"
+mq_test_setup cli_http_stream
+mkdir -p "$dir/handlers"
+mq_serve_http debug
+
+sql "SELECT count(*) FROM (SELECT $schema.append('fan:' || (i % 7), 'old',
+       jsonb_build_object('n', i)) FROM generate_series(1, 1200) i) x" >/dev/null
+from_id=$(sql "SELECT max(id) - 100 FROM $schema.queue_events")
+
+python3 - "$port" "$url" "$schema" "$from_id" >"$dir/check" 2>&1 <<'PY' || fail "streams: $(cat "$dir/check")"
+import re, socket, subprocess, sys, threading, time
+port, url, schema, from_id = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+ID = re.compile(r'(?m)^id: ((\d+)[^\n]*)$')
+
+class Client(threading.Thread):
+    """Reads GET /api/events/stream; keeps (id, token) of each event."""
+    def __init__(self, query, last=None, stop_after=None):
+        super().__init__(daemon=True)
+        self.query, self.last, self.stop_after = query, last, stop_after
+        self.events, self.subscribed, self.text = [], threading.Event(), ""
+        self.done = threading.Event()
+    def run(self):
+        s = socket.create_connection(("127.0.0.1", port))
+        head = f"GET /api/events/stream?{self.query} HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+        if self.last:
+            head += f"Last-Event-ID: {self.last}\r\n"
+        s.sendall((head + "\r\n").encode())
+        rest = ""
+        while not self.done.is_set():
+            data = s.recv(65536)
+            if not data:
+                break
+            rest += data.decode()
+            *blocks, rest = rest.split("\n\n")
+            for b in blocks:
+                self.text += b + "\n\n"
+                if ": subscribed" in b:
+                    self.subscribed.set()
+                m = ID.search(b)
+                if m:
+                    self.events.append((int(m.group(2)), m.group(1)))
+                    if self.stop_after and len(self.events) >= self.stop_after:
+                        s.close()
+                        return
+        s.close()
+
+def psql(stmt):
+    return subprocess.run(["psql", url, "-qAtX", "-v", "ON_ERROR_STOP=1", "-c", stmt],
+                          capture_output=True, text=True, check=True).stdout
+
+live = [Client("stream=fan:*") for _ in range(20)]
+first = Client("stream=fan:*", stop_after=500)
+for c in live + [first]:
+    c.start()
+for c in live + [first]:
+    if not c.subscribed.wait(20):
+        sys.exit("a live client was not subscribed")
+start = psql(f"SELECT coalesce(max(id), 0) FROM {schema}.queue_events").strip()
+
+def append():
+    for b in range(30):
+        psql(f"SELECT count(*) FROM (SELECT {schema}.append('fan:' || (g % 7), 'tick', "
+             f"jsonb_build_object('b', {b}, 'g', g)) FROM generate_series(1, 100) g) x")
+        time.sleep(0.1)
+late = subprocess.Popen(["psql", url, "-qAtX", "-c",
+                         f"BEGIN; SELECT {schema}.append('fan:late', 'late', '{{}}'); "
+                         "SELECT pg_sleep(1.5); COMMIT;"], stdout=subprocess.DEVNULL)
+appender = threading.Thread(target=append)
+appender.start()
+time.sleep(0.3)
+history = Client("stream=fan:*&from=start")
+history.start()
+by_id = Client(f"stream=fan:*&from={from_id}")
+by_id.start()
+first.join(30)
+if not first.events:
+    sys.exit("the reconnecting client got nothing")
+again = Client("stream=fan:*", last=first.events[-1][1])
+again.start()
+appender.join()
+late.wait()
+live_ids = [int(x) for x in psql(f"SELECT id FROM {schema}.queue_events WHERE id > {start} "
+                                  "AND stream LIKE 'fan:%' ORDER BY id").split()]
+all_ids = [int(x) for x in psql(f"SELECT id FROM {schema}.queue_events "
+                                 "WHERE stream LIKE 'fan:%' ORDER BY id").split()]
+late_id = int(psql(f"SELECT id FROM {schema}.queue_events WHERE type = 'late'"))
+want = {c: live_ids for c in live}
+want[history] = all_ids
+want[by_id] = [i for i in all_ids if i > from_id]
+deadline = time.time() + 30
+def got(c):
+    return [e[0] for e in (first.events + again.events if c is again else c.events)]
+while time.time() < deadline and any(len(got(c)) < len(w) for c, w in want.items()):
+    time.sleep(0.1)
+want[again] = live_ids
+bad = 0
+for name, c in [("live", x) for x in live] + [("from=start", history),
+                                               ("from=id", by_id), ("reconnected", again)]:
+    ids, w = got(c), want[c]
+    # In order: ascending ids, but for the late commit, which comes when
+    # it commits; exactly once: as many as in the table, none twice.
+    if sorted(ids) != w or [i for i in ids if i != late_id] != [i for i in w if i != late_id]:
+        missing = sorted(set(w) - set(ids))[:5]
+        twice = len(ids) - len(set(ids))
+        print(f"{name}: got {len(ids)} of {len(w)} events; missing {missing}; "
+              f"{twice} twice; in order: {ids == sorted(ids)}")
+        bad += 1
+for c in live + [history, by_id, again]:
+    c.done.set()
+sys.exit(1 if bad else 0)
+PY
+# They shared one reader: the live ones from the start, the others once
+# they had caught up (the debug log says when).
+joined=$(grep -c 'a follower of fan:\* caught up: it shares the reader' "$dir/run.log")
+[ "$joined" = 3 ] || fail "3 streams should have caught up and shared the reader, $joined did"
+exit $failed
