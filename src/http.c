@@ -51,6 +51,10 @@
 #define MAX_PARAMS 4     /* "{}" segments in a route */
 #define MAX_SEGMENTS 16  /* segments of a path that can match a route */
 #define STREAM_BLOCK 16384 /* bytes MHD asks the stream's reader for */
+#define MAX_URL 8192     /* bytes of a request's path and query: 414 past it */
+/* Bytes MHD holds of one connection's request line and headers: well above
+ * MAX_URL, so that a long URL reaches our own JSON 414. */
+#define CONNECTION_MEMORY (256u << 10)
 /* Static files (the dashboard) may load scripts, styles and data from this
  * server only, run no inline script and be framed by no page: data that
  * slipped into markup could not run. */
@@ -74,6 +78,7 @@ struct mq_http_req {
   const struct mq_http_route *route;
   void *route_data;
   char method[8];
+  char version[12];    /* "HTTP/1.1" */
   char *path;          /* as sent, percent-encoded */
   char *params[MAX_PARAMS];
   int nparams;
@@ -192,6 +197,7 @@ mq_http *mq_http_new(struct ev_loop *loop, const struct mq_config *cfg,
       MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
       MHD_OPTION_CONNECTION_TIMEOUT, timeout,
       MHD_OPTION_CONNECTION_LIMIT, limit,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
       MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, h,
       MHD_OPTION_END);
@@ -399,23 +405,28 @@ no:
 }
 
 /* Finds req's route. Returns 0, 404 (no route has the path) or 405 (one
- * has, for another method). */
-static int route(mq_http_req *req) {
+ * has, for another method: allow, allowlen gets the methods it has, as an
+ * Allow header lists them). */
+static int route(mq_http_req *req, char *allow, size_t allowlen) {
   mq_http *h = req->h;
   const char *method = strcmp(req->method, "HEAD") == 0 ? "GET" : req->method;
-  bool path_known = false;
+  size_t n = 0;
+  allow[0] = '\0';
   for (int t = 0; t < h->ntables; t++)
     for (const struct mq_http_route *r = h->tables[t].routes; r->path; r++) {
       if (!match(req, r->path))
         continue;
-      path_known = true;
       if (strcmp(r->method, method) == 0) {
         req->route = r;
         req->route_data = h->tables[t].data;
         return 0;
       }
+      if (n < allowlen)
+        n += (size_t)snprintf(allow + n, allowlen - n, "%s%s%s",
+                              n ? ", " : "", r->method,
+                              strcmp(r->method, "GET") == 0 ? ", HEAD" : "");
     }
-  return path_known ? 405 : 404;
+  return allow[0] ? 405 : 404;
 }
 
 /* Compares a presented secret with the expected one in time that depends
@@ -474,6 +485,13 @@ static enum MHD_Result find_nul_arg(void *cls, enum MHD_ValueKind kind,
   return MHD_YES;
 }
 
+/* Adds the length of a query argument (name=value&) to *cls. */
+static enum MHD_Result add_arg_len(void *cls, enum MHD_ValueKind kind,
+                                   const char *key, const char *value) {
+  *(size_t *)cls += strlen(key) + (value ? strlen(value) + 1 : 0) + 1;
+  return MHD_YES;
+}
+
 static int check_headers(mq_http_req *req) {
   mq_http *h = req->h;
   const struct mq_config *cfg = h->cfg;
@@ -490,18 +508,33 @@ static int check_headers(mq_http_req *req) {
     mq_http_reply_error(req, 400, "the URL holds an encoded NUL (%%00)");
     return 400;
   }
-  int rc = route(req);
+  size_t url_len = strlen(req->path);
+  MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, add_arg_len,
+                            &url_len);
+  if (url_len > MAX_URL) {
+    mq_http_reply_error(req, 414, "the URL is about %zu bytes, the limit is "
+                        "%d", url_len, MAX_URL);
+    return 414;
+  }
+  const char *host = mq_http_header(req, "Host");
+  if (!host && strcmp(req->version, MHD_HTTP_VERSION_1_1) == 0) {
+    mq_http_reply_error(req, 400, "an HTTP/1.1 request needs a Host header");
+    return 400;
+  }
+  char allow[128];
+  int rc = route(req, allow, sizeof allow);
   if (rc == 404) {
     mq_http_reply_error(req, 404, "no route for %s %.200s", req->method,
                         req->path);
     return rc;
   }
   if (rc == 405) {
-    mq_http_reply_error(req, 405, "method %s is not allowed here",
-                        req->method);
+    mq_http_reply_error(req, 405, "method %s is not allowed here (allowed: "
+                        "%s)", req->method, allow);
+    if (req->response)
+      MHD_add_response_header(req->response, "Allow", allow);
     return rc;
   }
-  const char *host = mq_http_header(req, "Host");
   if (!cfg->http.token && host && !loopback_host(host)) {
     mq_http_reply_error(req, 403,
                         "the Host header must name the loopback address "
@@ -536,7 +569,8 @@ static int check_headers(mq_http_req *req) {
 }
 
 static mq_http_req *req_new(mq_http *h, struct MHD_Connection *c,
-                            const char *url, const char *method) {
+                            const char *url, const char *method,
+                            const char *version) {
   mq_http_req *req = calloc(1, sizeof *req);
   if (!req || !(req->path = strdup(url))) {
     free(req);
@@ -546,6 +580,7 @@ static mq_http_req *req_new(mq_http *h, struct MHD_Connection *c,
   req->conn = c;
   req->t0 = ev_now(h->loop);
   snprintf(req->method, sizeof req->method, "%s", method);
+  snprintf(req->version, sizeof req->version, "%s", version);
   LIST_INSERT_HEAD(&h->reqs, req, link);
   return req;
 }
@@ -588,7 +623,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
   mq_http *h = cls;
   mq_http_req *req = *con_cls;
   if (!req) {
-    if (!(req = req_new(h, c, url, method)))
+    if (!(req = req_new(h, c, url, method, version)))
       return MHD_NO;
     *con_cls = req;
     if (check_headers(req) != 0)

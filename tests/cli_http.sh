@@ -223,6 +223,24 @@ api GET /api/nothing
 expect 404 'no route' "unknown path"
 api PUT /api/jobs
 expect 405 'method PUT is not allowed' "wrong method"
+# a 405 says which methods the path has (Allow), for each kind of route
+for case in "PUT /api/jobs|POST, GET, HEAD" "DELETE /api/jobs/1|GET, HEAD" \
+            "GET /api/queues/q/pause|POST" "POST /api/queues/q/jobs|DELETE"; do
+  m=${case%% *}; rest=${case#* }; p=${rest%%|*}; want=${case#*|}
+  allow=$(curl -s -o /dev/null -D - -X "$m" "$base$p" | tr -d '\r' | sed -n 's/^Allow: //Ip')
+  [ "$allow" = "$want" ] || fail "405 of $m $p: Allow \"$allow\", expected \"$want\""
+done
+# a URL over 8 KiB is 414 with a JSON error naming the limit, path or query
+api GET "/api/queues?x=$(head -c 9000 /dev/zero | tr '\0' a)"
+expect 414 '"error":"the URL is about 9' "a long query"
+api GET "/api/queues/$(head -c 9000 /dev/zero | tr '\0' a)/counts"
+expect 414 'the limit is 8192' "a long path"
+[ "$(head -c 1 "$dir/resp")" = "{" ] || fail "414: not JSON: $(head -c 100 "$dir/resp")"
+# HTTP/1.1 needs a Host header (HTTP/1.0 does not)
+api GET /api/queues '' -H 'Host:'
+expect 400 'needs a Host header' "HTTP/1.1 without Host"
+api GET /api/queues '' -0 -H 'Host:'
+expect 200 '"queues"' "HTTP/1.0 without Host"
 api GET /api/jobs/1 '' -H 'Host: attacker.example'
 expect 403 'Host header' "a Host that is not the loopback"
 api POST /api/queues/later/pause '' -H 'Origin: http://attacker.example'
