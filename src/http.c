@@ -77,6 +77,7 @@ struct mq_http_req {
   struct MHD_Connection *conn;
   const struct mq_http_route *route;
   void *route_data;
+  const char *(*unavailable)(void *data); /* the route's table's */
   char method[8];
   char version[12];    /* "HTTP/1.1" */
   char *path;          /* as sent, percent-encoded */
@@ -419,6 +420,7 @@ static int route(mq_http_req *req, char *allow, size_t allowlen) {
       if (strcmp(r->method, method) == 0) {
         req->route = r;
         req->route_data = h->tables[t].data;
+        req->unavailable = h->tables[t].unavailable;
         return 0;
       }
       if (n < allowlen)
@@ -601,6 +603,11 @@ static enum MHD_Result handle(mq_http_req *req) {
     mq_http_reply_error(req, 413,
                         "the request body is more than http.max_body (%d "
                         "bytes)", req->h->cfg->http.max_body);
+    return queue_reply(req);
+  }
+  const char *why = req->unavailable ? req->unavailable(req->route_data) : NULL;
+  if (why) {
+    mq_http_reply_error(req, 503, "%s", why);
     return queue_reply(req);
   }
   req->route->handler(req, req->route_data);
@@ -1027,6 +1034,13 @@ void mq_http_reply_stream(mq_http_req *req, const char *pattern,
   MHD_destroy_response(r);
   if (!ev_is_active(&h->heartbeat))
     ev_timer_start(h->loop, &h->heartbeat);
+}
+
+const char *mq_http_db_unreachable(const mq_pg *pg, const mq_events *events) {
+  if (mq_pg_is_up(pg) && (!events || mq_pg_is_up(mq_events_pg(events))))
+    return NULL;
+  return "the database is unreachable (no connection to PostgreSQL; the "
+         "server reconnects by itself): try again later";
 }
 
 /* "<digits>:<digits>:<digits>,<digits>..." (pg_snapshot text), the

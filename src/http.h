@@ -67,10 +67,14 @@ struct mq_http_route {
 };
 
 /* A table of routes ending with a zeroed entry, and the data its handlers
- * get. */
+ * get. `unavailable` (NULL: none) is asked before each of its handlers
+ * runs: a message (static) means the routes cannot be served now (the
+ * database cannot be reached) and the request is answered 503 with it at
+ * once instead of waiting; NULL lets the handler run. */
 struct mq_http_routes {
   const struct mq_http_route *routes;
   void *data;
+  const char *(*unavailable)(void *data);
 };
 
 /* Binds cfg->http.listen and starts serving `tables` (ntables of them,
@@ -149,6 +153,13 @@ void mq_http_reply_static(mq_http_req *req, int status,
 void mq_http_reply_stream(mq_http_req *req, const char *pattern,
                           enum mq_events_from from, long long from_id,
                           const struct mq_event_position *pos);
+
+/* For a table's `unavailable`: a message when pg, or events' pool (events
+ * may be NULL), has no connection to PostgreSQL (down, or refusing it),
+ * else NULL. A call would wait for a connection for the pool's
+ * queue_timeout (30 s); this answers it at once. The pool's reason is not
+ * in the message (it can name hosts and users). */
+const char *mq_http_db_unreachable(const mq_pg *pg, const mq_events *events);
 
 /* Reads a position token (the `id:` of a streamed event: "<event id>" or
  * "<event id>/<base snapshot>/<target snapshot>") into pos, whose strings

@@ -1171,8 +1171,13 @@ mq_http_api *mq_http_api_new(const struct mq_http_api_deps *deps) {
   return api;
 }
 
+static const char *api_unavailable(void *data) {
+  mq_http_api *api = data;
+  return mq_http_db_unreachable(api->pg, api->events);
+}
+
 struct mq_http_routes mq_http_api_routes(mq_http_api *api) {
-  return (struct mq_http_routes){routes, api};
+  return (struct mq_http_routes){routes, api, api_unavailable};
 }
 
 void mq_http_api_close(mq_http_api *api) {

@@ -243,8 +243,13 @@ mq_http_metrics *mq_http_metrics_new(const struct mq_http_metrics_deps *deps) {
   return m;
 }
 
+static const char *metrics_unavailable(void *data) {
+  mq_http_metrics *m = data;
+  return mq_http_db_unreachable(m->d.pg, m->d.events);
+}
+
 struct mq_http_routes mq_http_metrics_routes(mq_http_metrics *m) {
-  return (struct mq_http_routes){routes, m};
+  return (struct mq_http_routes){routes, m, metrics_unavailable};
 }
 
 void mq_http_metrics_close(mq_http_metrics *m) {
