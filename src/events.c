@@ -755,10 +755,8 @@ static bool in_xip(const char *xip, unsigned long long x) {
   return false;
 }
 
-/* Every transaction visible in snapshot a is visible in b (both pg_snapshot
- * text): a reader at b has had every event a reader at a has. Visible in
- * a snapshot: below its xmax and not in its xip list. */
-static bool covers(const char *a, const char *b) {
+/* Visible in a snapshot: below its xmax and not in its xip list. */
+bool mq_snapshot_covers(const char *a, const char *b) {
   unsigned long long axmax, bxmax;
   const char *axip, *bxip;
   if (!snapshot_parse(a, &axmax, &axip) || !snapshot_parse(b, &bxmax, &bxip) ||
@@ -795,7 +793,7 @@ static bool try_join(mq_subscription *f) {
                  "reader", f->pattern ? f->pattern : "every stream");
     return true;
   }
-  if (!covers(f->base, r->base)) { /* f is ahead: move the reader on */
+  if (!mq_snapshot_covers(f->base, r->base)) { /* f is ahead: move the reader on */
     f->wants_join = true;
     r->more = true;
     consider_read(r);

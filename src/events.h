@@ -179,6 +179,10 @@ mq_subscription *mq_events_follow(mq_events *ev, const char *pattern,
                                   mq_events_cb cb, void *data, char *err,
                                   size_t errlen);
 
+/* True when every transaction visible in snapshot a is visible in b (both
+ * pg_snapshot text): a reader at b has had every event one at a has. */
+bool mq_snapshot_covers(const char *a, const char *b);
+
 /* The id of the batch s's subscriber is given (or holds): the same for the
  * followers that get one batch of their shared reader, and different for
  * every other batch, so that what a subscriber makes of a batch (its

@@ -30,6 +30,7 @@
 #include "http.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1043,50 +1044,72 @@ const char *mq_http_db_unreachable(const mq_pg *pg, const mq_events *events) {
          "server reconnects by itself): try again later";
 }
 
-/* "<digits>:<digits>:<digits>,<digits>..." (pg_snapshot text), the
- * third part possibly empty; true when s[0..n) is one. */
+/* s[0..n) is pg_snapshot text as PostgreSQL takes it: "xmin:xmax:xip,..."
+ * with 1 <= xmin <= xmax, each xip in [xmin, xmax), ascending. */
 static bool is_snapshot(const char *s, size_t n) {
-  if (n == 0)
+  if (n == 0 || n != strspn(s, "0123456789:,"))
     return false;
-  int colons = 0;
-  bool digit = false;
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] >= '0' && s[i] <= '9') {
-      digit = true;
-    } else if (s[i] == ':' && digit && colons < 2) {
-      colons++;
-      digit = false;
-    } else if (s[i] == ',' && digit && colons == 2) {
-      digit = false;
-    } else {
+  unsigned long long xmin, xmax, last;
+  char *end;
+  errno = 0;
+  xmin = strtoull(s, &end, 10);
+  if (end == s || *end != ':' || xmin < 1)
+    return false;
+  const char *p = end + 1;
+  xmax = strtoull(p, &end, 10);
+  if (end == p || *end != ':' || xmax < xmin)
+    return false;
+  last = xmin;
+  for (p = end + 1; p < s + n; p = end + 1) {
+    unsigned long long x = strtoull(p, &end, 10);
+    if (end == p || x < last || x >= xmax || (*end != ',' && end != s + n) ||
+        (*end == ',' && end + 1 == s + n))
       return false;
-    }
+    last = x;
+    if (end == s + n)
+      break;
   }
-  return colons == 2 && (digit || s[n - 1] == ':');
+  return errno == 0;
 }
 
 int mq_http_parse_position(const char *text, char *buf, size_t buflen,
-                           struct mq_event_position *pos) {
+                           struct mq_event_position *pos, char *err,
+                           size_t errlen) {
   size_t n = strlen(text);
-  if (n == 0 || n >= buflen)
+  if (n == 0 || n >= buflen) {
+    snprintf(err, errlen, "is %zu bytes, it must be 1 to %zu", n, buflen - 1);
     return -1;
+  }
   memcpy(buf, text, n + 1);
   char *end;
   errno = 0;
   long long id = strtoll(buf, &end, 10);
-  if (end == buf || buf[0] == '-' || buf[0] == '+' || errno != 0)
+  if (end == buf || buf[0] == '-' || buf[0] == '+' || errno != 0 ||
+      (*end != '\0' && *end != '/')) {
+    snprintf(err, errlen, "must be an event id (0 to %lld) or a position this "
+             "server sent (<id>/<snapshot>/<snapshot>)", LLONG_MAX);
     return -1;
+  }
   pos->after_id = id;
   pos->base = pos->target = NULL;
   if (*end == '\0')
     return 0;
   char *base = end + 1, *slash = strchr(base, '/');
-  if (*end != '/' || !slash)
+  if (slash)
+    *slash = '\0';
+  char *target = slash ? slash + 1 : NULL;
+  if (!target || !is_snapshot(base, strlen(base)) ||
+      !is_snapshot(target, strlen(target))) {
+    snprintf(err, errlen, "is not a position this server sent: after the "
+             "event id come two snapshots xmin:xmax:xip,... (1 <= xmin <= "
+             "xip < xmax, ascending) separated by /");
     return -1;
-  *slash = '\0';
-  char *target = slash + 1;
-  if (!is_snapshot(base, strlen(base)) || !is_snapshot(target, strlen(target)))
+  }
+  if (!mq_snapshot_covers(base, target)) {
+    snprintf(err, errlen, "is not a position this server sent: its first "
+             "snapshot is not before its second");
     return -1;
+  }
   pos->base = base;
   pos->target = target;
   return 0;

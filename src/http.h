@@ -164,8 +164,12 @@ const char *mq_http_db_unreachable(const mq_pg *pg, const mq_events *events);
 /* Reads a position token (the `id:` of a streamed event: "<event id>" or
  * "<event id>/<base snapshot>/<target snapshot>") into pos, whose strings
  * point into `text`, copied to buf (buflen bytes). A plain id fills only
- * after_id (pos->base NULL). Returns 0, or -1 when it is not one. */
+ * after_id (pos->base NULL). Returns 0, or -1 when it is not one: longer
+ * than buflen - 1 bytes, an id outside 0 to 2^63 - 1, snapshots that
+ * PostgreSQL would refuse or that are out of order; err then says which
+ * (a sentence to follow the value's name). */
 int mq_http_parse_position(const char *text, char *buf, size_t buflen,
-                           struct mq_event_position *pos);
+                           struct mq_event_position *pos, char *err,
+                           size_t errlen);
 
 #endif

@@ -10,6 +10,7 @@
 #include "http_api.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -887,12 +888,13 @@ static void h_stream(mq_http_req *req, void *data) {
   const char *pattern = mq_http_arg(req, "stream");
   const char *from = mq_http_arg(req, "from");
   const char *last = mq_http_header(req, "Last-Event-ID");
-  char buf[2048];
+  char buf[2048], why[256];
   struct mq_event_position pos;
   if (last && *last) {
-    if (mq_http_parse_position(last, buf, sizeof buf, &pos) != 0) {
-      mq_http_reply_error(req, 400, "Last-Event-ID is not an id this server "
-                          "sent: \"%.60s\"", last);
+    if (mq_http_parse_position(last, buf, sizeof buf, &pos, why,
+                               sizeof why) != 0) {
+      mq_http_reply_error(req, 400, "Last-Event-ID \"%.60s%s\" %s", last,
+                          strlen(last) > 60 ? "..." : "", why);
       return;
     }
   } else if (!from || strcmp(from, "end") == 0) {
@@ -901,9 +903,12 @@ static void h_stream(mq_http_req *req, void *data) {
   } else if (strcmp(from, "start") == 0) {
     mq_http_reply_stream(req, pattern, MQ_EVENTS_FROM_START, 0, NULL);
     return;
-  } else if (mq_http_parse_position(from, buf, sizeof buf, &pos) != 0) {
+  } else if (mq_http_parse_position(from, buf, sizeof buf, &pos, why,
+                                     sizeof why) != 0) {
     mq_http_reply_error(req, 400, "from must be \"start\", \"end\" or an "
-                        "event id, got \"%.60s\"", from);
+                        "event id (0 to %lld) or position, got \"%.60s%s\": "
+                        "it %s", LLONG_MAX, from, strlen(from) > 60 ? "..." : "",
+                        why);
     return;
   }
   if (pos.base)

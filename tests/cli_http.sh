@@ -316,6 +316,14 @@ api GET "/api/events/stream?from=yesterday"
 expect 400 'from must be' "stream with a bad from"
 api GET "/api/events/stream" '' -H 'Last-Event-ID: 5/x/y'
 expect 400 'Last-Event-ID' "stream with a bad Last-Event-ID"
+# snapshots PostgreSQL would refuse (the stream used to wait on a read
+# failing forever), an id past 64 bits, a token over 2 KiB
+api GET "/api/events/stream" '' -H 'Last-Event-ID: 5/10:1:/10:12:'
+expect 400 '1 <= xmin <= xip < xmax' "stream with xmin above xmax in Last-Event-ID"
+api GET "/api/events/stream?from=99999999999999999999"
+expect 400 '0 to 9223372036854775807' "stream from an id past 64 bits"
+api GET "/api/events/stream" '' -H "Last-Event-ID: 5/1:1:/1:1:$(printf '%03000d' 0)"
+expect 400 'it must be 1 to 2047' "stream with a Last-Event-ID over 2 KiB"
 
 # a job's progress, followed live while it runs
 api POST /api/jobs '{"name":"slow"}'
