@@ -71,6 +71,10 @@ struct stream {
   bool holding;        /* buf holds a batch: ask for the next when sent */
   bool ended;          /* end the response once buf is sent */
   bool waiting;        /* the connection is suspended in the reader */
+  bool client_gone;    /* the client closed: end the response with an error
+                          (MHD then closes the connection) */
+  ev_io gone;          /* while waiting: the client's socket, readable when
+                          it closes (MHD watches no suspended connection) */
 };
 
 struct mq_http_req {
@@ -259,6 +263,7 @@ void mq_http_close(mq_http *h) {
       mq_http_reply_error(req, 503, "the server is stopping");
     if (req->stream && req->stream->waiting) {
       req->stream->waiting = false;
+      ev_io_stop(h->loop, &req->stream->gone);
       MHD_resume_connection(req->conn);
     }
   }
@@ -329,6 +334,7 @@ static void req_free(mq_http_req *req) {
   if (req->stream) {
     mq_subscription_close(req->stream->sub);
     LIST_REMOVE(req, stream_link);
+    ev_io_stop(req->h->loop, &req->stream->gone);
     free(req->stream->buf);
     free(req->stream);
   }
@@ -807,8 +813,36 @@ static void stream_wake(mq_http_req *req) {
   if (!st->waiting)
     return;
   st->waiting = false;
+  ev_io_stop(req->h->loop, &st->gone);
   MHD_resume_connection(req->conn);
   run_soon(req->h);
+}
+
+/* The socket of a waiting stream is readable: a client of an event stream
+ * sends nothing more, so it closed (or failed). MHD, sending the response,
+ * would not read to find that until the next heartbeat's write fails: the
+ * stream ends with an error now, and MHD closes the connection, giving its
+ * place back at once. A client that did send bytes is left to the
+ * heartbeat. */
+static void stream_gone_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  mq_http_req *req = w->data;
+  char c;
+  ssize_t n = recv(w->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  ev_io_stop(loop, w);
+  if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+    req->stream->client_gone = true;
+    stream_wake(req);
+  }
+}
+
+/* Watches the socket of a stream that starts waiting. */
+static void stream_watch(mq_http_req *req) {
+  const union MHD_ConnectionInfo *info =
+      MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (!info)
+    return;
+  ev_io_set(&req->stream->gone, info->connect_fd, EV_READ);
+  ev_io_start(req->h->loop, &req->stream->gone);
 }
 
 /* Ends the stream once what it holds is sent. */
@@ -837,10 +871,13 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
     }
     return (ssize_t)n;
   }
+  if (st->client_gone)
+    return MHD_CONTENT_READER_END_WITH_ERROR;
   if (st->ended)
     return MHD_CONTENT_READER_END_OF_STREAM;
   st->waiting = true;
   MHD_suspend_connection(req->conn);
+  stream_watch(req);
   return 0;
 }
 
@@ -999,6 +1036,8 @@ void mq_http_reply_stream(mq_http_req *req, const char *pattern,
     mq_http_reply_error(req, 500, "out of memory");
     return;
   }
+  ev_init(&st->gone, stream_gone_cb);
+  st->gone.data = req;
   char err[256];
   req->stream = st;
   LIST_INSERT_HEAD(&h->streams, req, stream_link);

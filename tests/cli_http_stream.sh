@@ -121,6 +121,44 @@ for c in live + [history, by_id, again]:
     c.done.set()
 sys.exit(1 if bad else 0)
 PY
+# At the connection limit: a server allowed 300 descriptors takes 172
+# connections (src/http.c keeps 128 for itself); 250 event streams fill it
+# (the rest wait to be accepted), then all close. MHD watches no waiting
+# stream, so it learnt of a close only at the next heartbeat (15 s) and
+# took no new connection meanwhile: a request must now be answered at once.
+cap_port=$((port + 1))
+(ulimit -n 300 && exec "$bin" --config "$dir/config.lua" web --http "127.0.0.1:$cap_port") \
+  >"$dir/cap.log" 2>&1 &
+cap_pid=$!
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$cap_port/api/queues" && break; sleep 0.1; done
+python3 - "$cap_port" <<'PY' || fail "at the connection limit: $(tail -3 "$dir/cap.log")"
+import socket, subprocess, sys, time
+port = int(sys.argv[1])
+socks = []
+for i in range(250):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /api/events/stream?stream=cap HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    socks.append(s)
+time.sleep(1)
+held = 0
+for s in socks:
+    s.settimeout(0.2)
+    try:
+        held += b"subscribed" in s.recv(4096)
+    except OSError:
+        pass
+if held < 100 or held == 250:
+    sys.exit(f"{held} of 250 streams were served: the limit was not reached")
+for s in socks:
+    s.close()
+t0 = time.time()
+r = subprocess.run(["curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                    f"http://127.0.0.1:{port}/api/queues"], capture_output=True, text=True)
+if r.stdout != "200" or time.time() - t0 > 5:
+    sys.exit(f"after the streams closed: {r.stdout} in {time.time() - t0:.1f} s")
+PY
+kill -INT "$cap_pid"; wait "$cap_pid"
+
 # They shared one reader: the live ones from the start, the others once
 # they had caught up (the debug log says when).
 joined=$(grep -c 'a follower of fan:\* caught up: it shares the reader' "$dir/run.log")
