@@ -1045,10 +1045,25 @@ static void h_list_runs(mq_http_req *req, void *data) {
                         "completed, failed or cancelled)", status);
     return;
   }
-  char n[24];
+  /* before: a started_at (runs before it), or a page's next,
+   * "<started_at>|<run_id>" (runs after that one in the order) */
+  char n[24], at[64];
   snprintf(n, sizeof n, "%lld", limit);
-  const char *params[] = {flow, status, n, mq_http_arg(req, "before")};
-  if (mq_pg_exec(api->pg, api->st_list_runs, 4, params, 0, got_json, req) != 0)
+  const char *before = mq_http_arg(req, "before"), *before_run = NULL;
+  const char *bar = before ? strchr(before, '|') : NULL;
+  if (bar) {
+    if ((size_t)(bar - before) >= sizeof at) {
+      mq_http_reply_error(req, 400, "before: the time before '|' is over %zu "
+                          "bytes", sizeof at - 1);
+      return;
+    }
+    memcpy(at, before, (size_t)(bar - before));
+    at[bar - before] = '\0';
+    before = at;
+    before_run = bar + 1;
+  }
+  const char *params[] = {flow, status, n, before, before_run};
+  if (mq_pg_exec(api->pg, api->st_list_runs, 5, params, 0, got_json, req) != 0)
     reply_pool_closed(req);
 }
 
@@ -1163,9 +1178,11 @@ mq_http_api *mq_http_api_new(const struct mq_http_api_deps *deps) {
       "'flow', r.flow_name, 'run_id', r.run_id, 'status', r.status,"
       " 'started_at', r.started_at, 'completed_at', r.completed_at,"
       " 'failed_step', r.failed_step, 'error', r.error)"
-      " ORDER BY r.started_at DESC), '[]'),"
-      " 'next', CASE WHEN count(*) = $3::integer THEN min(r.started_at) END)::text"
-      " FROM %s.list_flows($1, $2, $3::integer, $4::timestamptz) r",
+      " ORDER BY r.started_at DESC, r.run_id DESC), '[]'),"
+      " 'next', CASE WHEN count(*) = $3::integer THEN (array_agg("
+      "r.started_at::text || '|' || r.run_id ORDER BY r.started_at,"
+      " r.run_id))[1] END)::text"
+      " FROM %s.list_flows($1, $2, $3::integer, $4::timestamptz, $5) r",
       deps->cfg->schema);
   if (api->st_start_flow < 0 || api->st_get_flow < 0 ||
       api->st_list_flows < 0 || api->st_list_runs < 0 ||

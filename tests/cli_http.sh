@@ -359,6 +359,19 @@ expect 200 '"runs":' "list runs"
 next=$(jget next)
 api GET "/api/runs?flow=greet&limit=1&before=$(printf %s "$next" | sed 's/+/%2B/g; s/ /%20/g')"
 [ "$(jget runs.1.run_id)" = run-1 ] || fail "list runs: the second page: $body"
+# runs that started at the same moment (one transaction) are all paged
+# through, none skipped between two pages, none twice
+sql "INSERT INTO $schema.queue_flow_index (flow_name, run_id, started_at)
+     SELECT 'same', 'same-' || i, '2026-01-02 03:04:05.678+00' FROM generate_series(1, 5) i" >/dev/null
+seen=() before=
+for _ in 1 2 3 4; do
+  api GET "/api/runs?flow=same&limit=2${before:+&before=$before}"
+  for i in 1 2; do r=$(jget runs.$i.run_id); [ "$r" != nil ] && seen+=("$r"); done
+  next=$(jget next); [ "$next" = nil ] && break
+  before=$(printf %s "$next" | sed 's/+/%2B/g; s/ /%20/g; s/|/%7C/g')
+done
+[ "${seen[*]}" = "same-5 same-4 same-3 same-2 same-1" ] ||
+  fail "list runs sharing a started_at: paged through ${seen[*]}"
 api GET "/api/runs?flow=greet&status=completed&limit=10"
 [ "$(jget next)" = nil ] && [ "$(jget runs.1.status)" = completed ] || fail "list runs by status: $body"
 api GET "/api/runs?flow=greet&status=sleeping"
