@@ -60,6 +60,7 @@ struct value {
   char *text;
   struct mq_event_input *events; /* K_EVENTS: n of them, strings owned */
   int n;
+  int count; /* K_LIST: elements */
 };
 
 struct body {
@@ -154,6 +155,7 @@ static int read_list(lua_State *L, struct body *b, int idx, const char *name,
   if (mq_buf_add(&buf, &len, &cap, "]", 1) != 0 || !buf)
     return luaL_error(L, "out of memory");
   v->text = buf;
+  v->count = (int)n;
   return 0;
 }
 
@@ -419,12 +421,58 @@ static void h_send(mq_http_req *req, void *data) {
   values_free(v, 3);
 }
 
+struct send_many {
+  mq_http_req *req;
+  int n; /* jobs asked for */
+};
+
+/* {"ids": [...]} with one entry per job asked for: its id, or null when
+ * it was not created. Only the singleton index makes send_many skip a job,
+ * and its options (the key with them) are every job's: the first job was
+ * created and the others are skipped, or the key was taken and none is.
+ * So the k ids created (0 or 1 with a key) are the first k jobs'. None
+ * created is 409, as for one job. */
 static void sent_many(int status, const char *error, const char *json,
                       void *data) {
-  if (status < 0)
-    mq_http_reply_error(data, queue_status(status), "%s", error);
-  else
-    reply_wrapped(data, 201, "ids", json);
+  struct send_many *c = data;
+  mq_http_req *req = c->req;
+  int n = c->n;
+  free(c);
+  if (status < 0) {
+    mq_http_reply_error(req, queue_status(status), "%s", error);
+    return;
+  }
+  char *out = NULL, jerr[128];
+  size_t len = 0, cap = 0;
+  int k = 0, rc = mq_buf_add(&out, &len, &cap, "[", 1);
+  for (const char *p = json; rc == 0 && k < n; k++) {
+    char *end;
+    p += strcspn(p, "0123456789]");
+    long long id = *p && *p != ']' ? strtoll(p, &end, 10) : 0;
+    if (!id)
+      break;
+    char item[24];
+    snprintf(item, sizeof item, "%s%lld", k ? "," : "", id);
+    rc = mq_buf_add(&out, &len, &cap, item, strlen(item));
+    p = end;
+  }
+  int created = k;
+  for (; rc == 0 && k < n; k++)
+    rc = mq_buf_add(&out, &len, &cap, k ? ",null" : "null", k ? 5 : 4);
+  if (rc != 0 || mq_buf_add(&out, &len, &cap, "]", 1) != 0) {
+    mq_http_reply_error(req, 500, "out of memory");
+  } else if (created == 0 && n > 0) {
+    mq_json_object *o = mq_json_object_new();
+    mq_json_object_string(o, "error", "the singleton_key is taken: no job "
+                          "was created");
+    mq_json_object_raw(o, "ids", out);
+    char *text = mq_json_object_finish(o, jerr, sizeof jerr);
+    mq_http_reply_json(req, 409, text ? text : "{}");
+    free(text);
+  } else {
+    reply_wrapped(req, 201, "ids", out);
+  }
+  free(out);
 }
 
 /* POST /api/jobs/batch {name, list, options} -> 201 {ids} */
@@ -436,10 +484,19 @@ static void h_send_many(mq_http_req *req, void *data) {
   if (read_body(api, req, f, 3, v) != 0)
     return;
   char err[512];
+  struct send_many *c = malloc(sizeof *c);
+  if (!c) {
+    mq_http_reply_error(req, 500, "out of memory");
+    values_free(v, 3);
+    return;
+  }
+  *c = (struct send_many){req, v[1].count};
   int rc = mq_queue_send_many(api->queue, v[0].text, v[1].text, v[2].text,
-                              sent_many, req, err, sizeof err);
-  if (rc != 0)
+                              sent_many, c, err, sizeof err);
+  if (rc != 0) {
+    free(c);
     mq_http_reply_error(req, queue_status(rc), "%s", err);
+  }
   values_free(v, 3);
 }
 

@@ -119,6 +119,16 @@ later=$(jget id)
 api POST /api/jobs/batch '{"name":"later","list":[{"i":1},{"i":2},{"i":3}]}'
 expect 201 '"ids":' "send_many"
 [ "$(sql "SELECT count(*) FROM $schema.job WHERE queue = 'later'")" = 4 ] || fail "send_many: 3 more jobs expected"
+# with a singleton_key (every job's): one entry per job, null for each job
+# not created; none created is 409
+api POST /api/jobs/batch '{"name":"later","list":[{"i":1},{"i":2},{"i":3}],"options":{"singleton_key":"k1","queue":"single"}}'
+expect 201 '"ids":' "send_many with a singleton_key"
+first=$(sql "SELECT id FROM $schema.job WHERE queue = 'single'")
+[ "$(printf %s "$body" | tr -d ' ')" = "{\"ids\":[$first,null,null]}" ] ||
+  fail "send_many with a singleton_key: expected [$first,null,null], got $body"
+api POST /api/jobs/batch '{"name":"later","list":[{"i":4},{"i":5}],"options":{"singleton_key":"k1","queue":"single"}}'
+expect 409 '"ids":[null,null]' "send_many with a singleton_key taken"
+[ "$(sql "SELECT count(*) FROM $schema.job WHERE queue = 'single'")" = 1 ] || fail "send_many with a singleton_key: one job expected"
 
 api GET "/api/jobs?queue=later&limit=2&order=oldest"
 expect 200 '"jobs":' "list"
