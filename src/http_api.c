@@ -268,7 +268,8 @@ static int read_body_cb(lua_State *L) {
   struct body *b = lua_touserdata(L, 1);
   char err[400];
   const char *text = b->len ? b->text : "{}";
-  if (mq_json_decode(L, text, b->len ? b->len : 2, err, sizeof err) != 0) {
+  if (mq_json_decode_unique(L, text, b->len ? b->len : 2, err,
+                            sizeof err) != 0) {
     snprintf(b->err, sizeof b->err, "the request body is not JSON: %s", err);
     return 0;
   }

@@ -229,6 +229,15 @@ expect 413 'more than http.max_body (69632)' "oversize body"
 api POST /api/jobs '' -H 'Transfer-Encoding: chunked' --data-binary @"$dir/big"
 expect 413 'more than http.max_body' "oversize chunked body"
 [ "$(sql "SELECT count(*) FROM $schema.job")" = "$n" ] || fail "bad input: a job was written"
+# a key twice in one object of a body, at any depth, is refused naming it
+n=$(sql "SELECT count(*) FROM $schema.job")
+api POST /api/jobs '{"name":"echo","name":"boom"}'
+expect 400 'the key \"name\" appears twice' "a body key twice"
+api POST /api/jobs '{"name":"echo","data":{"to":"ann","to":"bob"}}'
+expect 400 'the key \"to\" appears twice' "a data key twice"
+api POST /api/events '{"stream":"dup","events":[{"type":"a","type":"b"}]}'
+expect 400 'the key \"type\" appears twice' "an event key twice"
+[ "$(sql "SELECT count(*) FROM $schema.job")" = "$n" ] || fail "a key twice: a job was written"
 api GET /api/nothing
 expect 404 'no route' "unknown path"
 api PUT /api/jobs
