@@ -22,7 +22,7 @@
 #include "json.h"
 #include "log.h"
 
-#define BATCH 500          /* events per read */
+#define BATCH MQ_EVENTS_READ_BATCH /* events per read */
 #define POLL_INTERVAL 5.0  /* seconds: the fallback for a lost wake-up */
 #define MAX_STREAM 500     /* bytes, as the table's check says */
 #define MAX_TYPE 200
@@ -537,7 +537,8 @@ int mq_events_query(mq_events *ev, const char *pattern,
   char after[24], before[24], limit[16];
   snprintf(after, sizeof after, "%lld", q->after);
   snprintf(before, sizeof before, "%lld", q->before);
-  snprintf(limit, sizeof limit, "%d", q->limit > 0 ? q->limit : 1000);
+  snprintf(limit, sizeof limit, "%d",
+           q->limit > 0 ? q->limit : MQ_EVENTS_QUERY_DEFAULT);
   char *types = q->types ? mq_buf_text_array(q->types, -1) : NULL;
   if (q->types && !types)
     return MQ_EVENTS_EDB;
@@ -939,16 +940,23 @@ static void consider_read(mq_subscription *s) {
   }
 }
 
+int mq_events_check_pattern(const char *pattern, char *err, size_t errlen) {
+  if (pattern && (!*pattern || strlen(pattern) > MQ_EVENTS_PATTERN_MAX)) {
+    snprintf(err, errlen, "stream must be a stream or pattern of 1 to %d "
+             "bytes, got %zu", MQ_EVENTS_PATTERN_MAX, strlen(pattern));
+    return MQ_EVENTS_EINVAL;
+  }
+  return 0;
+}
+
 /* A subscription reading from base (NULL: from the end) after after_id
  * within target's step; or NULL (message in err). */
 static mq_subscription *sub_new(mq_events *ev, const char *pattern,
                                 const char *base, const char *target,
                                 long long after_id, mq_events_cb cb,
                                 void *data, char *err, size_t errlen) {
-  if (pattern && (!*pattern || strlen(pattern) > MAX_STREAM)) {
-    snprintf(err, errlen, "stream pattern must be 1 to %d bytes", MAX_STREAM);
+  if (mq_events_check_pattern(pattern, err, errlen) != 0)
     return NULL;
-  }
   mq_subscription *s = calloc(1, sizeof *s);
   if (!s || (pattern && !(s->pattern = strdup(pattern))) ||
       (base && !(s->base = strdup(base))) ||

@@ -92,6 +92,21 @@ int mq_events_append(mq_events *ev, const struct mq_event_input *events,
                      int n, mq_events_append_cb cb, void *data, char *err,
                      size_t errlen);
 
+/* The limits the event store's callers share (the Lua API, the HTTP
+ * routes): a stream or pattern is 1 to MQ_EVENTS_PATTERN_MAX bytes, a
+ * query returns 1 to MQ_EVENTS_QUERY_MAX events (default
+ * MQ_EVENTS_QUERY_DEFAULT), a subscription reads MQ_EVENTS_READ_BATCH
+ * events at a time. */
+#define MQ_EVENTS_PATTERN_MAX 500
+#define MQ_EVENTS_QUERY_MAX 100000
+#define MQ_EVENTS_QUERY_DEFAULT 1000
+#define MQ_EVENTS_READ_BATCH 500
+
+/* Checks a stream or pattern (NULL: none given, fine) against
+ * MQ_EVENTS_PATTERN_MAX. Returns 0, or MQ_EVENTS_EINVAL with a message
+ * naming the limit in err. */
+int mq_events_check_pattern(const char *pattern, char *err, size_t errlen);
+
 /* Query options; NULL / 0 fields do not filter. */
 struct mq_events_query {
   const char *const *types; /* NULL-terminated list, or NULL */
@@ -99,7 +114,7 @@ struct mq_events_query {
   long long before;         /* id */
   const char *run_id;
   const char *from_ts, *to_ts; /* timestamptz text */
-  int limit;                /* default 1000 */
+  int limit;                /* default MQ_EVENTS_QUERY_DEFAULT */
 };
 
 /* Events of `pattern` (a stream or `prefix*`) matching q, in stream

@@ -907,17 +907,22 @@ static void h_query(mq_http_req *req, void *data) {
   static const char *const known[] = {"stream", "types", "after", "before",
                                       "limit", "run_id", "from_ts", "to_ts",
                                       NULL};
-  long long after = 0, before = 0, limit = 1000;
+  long long after = 0, before = 0, limit = MQ_EVENTS_QUERY_DEFAULT;
   if (!have_events(api, req) || only_args(req, known) != 0 ||
       int_arg(req, "after", 0, INT64_MAX, &after) != 0 ||
       int_arg(req, "before", 0, INT64_MAX, &before) != 0 ||
-      int_arg(req, "limit", 1, 100000, &limit) != 0)
+      int_arg(req, "limit", 1, MQ_EVENTS_QUERY_MAX, &limit) != 0)
     return;
   const char *stream = mq_http_arg(req, "stream");
   const char *list = mq_http_arg(req, "types");
-  if (!stream || !*stream) {
+  char why[160];
+  if (!stream) {
     mq_http_reply_error(req, 400, "stream is required (a stream or a "
                         "pattern such as \"orders:*\")");
+    return;
+  }
+  if (mq_events_check_pattern(stream, why, sizeof why) != 0) {
+    mq_http_reply_error(req, 400, "%s", why);
     return;
   }
   char buf[4096];

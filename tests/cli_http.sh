@@ -331,6 +331,16 @@ all=$(cat "$dir/sse1" "$dir/sse2" "$dir/sse3" | grep '^data: ' | sort)
 for t in paid shipped live1 early late live2; do
   [ "$(grep -c "\"type\":\"$t\"" <<<"$all")" = 1 ] || fail "stream: $t not delivered exactly once"
 done
+# the query and the stream share their limits, and their messages
+long=$(head -c 501 /dev/zero | tr '\0' a)
+for p in "/api/events?stream=$long" "/api/events/stream?stream=$long"; do
+  api GET "$p"
+  expect 400 'stream must be a stream or pattern of 1 to 500 bytes, got 501' "${p%%\?*} with a pattern over 500 bytes"
+done
+for p in "/api/events?stream=" "/api/events/stream?stream="; do
+  api GET "$p"
+  expect 400 'of 1 to 500 bytes, got 0' "${p%%\?*} with an empty pattern"
+done
 api GET "/api/events/stream?from=yesterday"
 expect 400 'from must be' "stream with a bad from"
 api GET "/api/events/stream" '' -H 'Last-Event-ID: 5/x/y'
