@@ -668,6 +668,14 @@ const char *mq_http_param(const mq_http_req *req, int i) {
   return i < req->nparams ? req->params[i] : "";
 }
 
+void *mq_http_route_data(const mq_http_req *req) { return req->route_data; }
+
+void mq_http_reply_header(mq_http_req *req, const char *name,
+                          const char *value) {
+  if (req->response)
+    MHD_add_response_header(req->response, name, value);
+}
+
 const char *mq_http_body(const mq_http_req *req, size_t *len) {
   if (len)
     *len = req->len;

@@ -113,6 +113,15 @@ int mq_http_unknown_args(mq_http_req *req, const char *const *known,
                          void (*fn)(void *data, const char *name),
                          void *data);
 
+/* The data of the table of the request's route (struct mq_http_routes),
+ * for a completion callback that has only the request. */
+void *mq_http_route_data(const mq_http_req *req);
+
+/* Adds a header to the reply the request has just been given (after
+ * mq_http_reply*; nothing without one). */
+void mq_http_reply_header(mq_http_req *req, const char *name,
+                          const char *value);
+
 /* The request body (NUL-terminated; "" without a body) and its length. */
 const char *mq_http_body(const mq_http_req *req, size_t *len);
 

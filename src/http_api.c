@@ -35,9 +35,13 @@ struct mq_http_api {
   mq_queue *queue;
   mq_events *events;
   mq_schedules *schedules;
+  mq_http_counts *counts;
   lua_State *L;        /* decodes request bodies (json.c) */
   int st_start_flow, st_get_flow, st_list_flows, st_list_runs;
 };
+
+static void reply_list(mq_http_req *req, int status, const char *key, int n,
+                       char *(*item)(const void *ctx, int i), const void *ctx);
 
 /* ---- request bodies ------------------------------------------------------ */
 
@@ -396,12 +400,20 @@ static void json_done(int status, const char *error, const char *json,
 
 /* ---- jobs --------------------------------------------------------------- */
 
+/* A change of jobs or queues went through: counts read from now on show
+ * it. */
+static void counts_changed(mq_http_req *req) {
+  mq_http_api *api = mq_http_route_data(req);
+  mq_http_counts_changed(api->counts);
+}
+
 static void sent(int status, const char *error, long long id, void *data) {
   char json[48];
   if (status != MQ_QUEUE_OK) {
     mq_http_reply_error(data, queue_status(status), "%s", error);
     return;
   }
+  counts_changed(data);
   snprintf(json, sizeof json, "{\"id\":%lld}", id);
   mq_http_reply_json(data, 201, json);
 }
@@ -458,6 +470,8 @@ static void sent_many(int status, const char *error, const char *json,
     p = end;
   }
   int created = k;
+  if (created > 0)
+    counts_changed(req);
   for (; rc == 0 && k < n; k++)
     rc = mq_buf_add(&out, &len, &cap, k ? ",null" : "null", k ? 5 : 4);
   if (rc != 0 || mq_buf_add(&out, &len, &cap, "]", 1) != 0) {
@@ -623,6 +637,7 @@ static void changed(int status, const char *error, const char *json,
     mq_http_reply_error(req, 404, "job %s not found %s", mq_http_param(req, 0),
                         must);
   } else {
+    counts_changed(req);
     snprintf(out, sizeof out, "{\"%s\":true}", key);
     mq_http_reply_json(req, 200, out);
   }
@@ -667,37 +682,116 @@ static void queue_op(mq_http_req *req, mq_http_api *api, enum mq_queue_op op,
     reply_pool_closed(req);
 }
 
-static void queues_listed(int status, const char *error, const char *json,
-                          void *data) {
-  if (status < 0)
-    mq_http_reply_error(data, queue_status(status), "%s", error);
-  else
-    reply_wrapped(data, 200, "queues", json);
+/* The counts of `queue` from rows of http_counts.h (family 1 rows of one
+ * queue are consecutive) as {waiting, paused, delayed, ...}: zeros for a
+ * queue without rows, as counts() has them. */
+static char *counts_json(const PGresult *rows, const char *queue) {
+  static const char *const states[] = {"waiting", "paused", "delayed",
+                                       "active", "completed", "failed",
+                                       "cancelled"};
+  long long n[7] = {0};
+  for (int i = 0, rn = PQntuples(rows); i < rn; i++) {
+    if (mq_pg_getll(rows, i, 0) != 1 ||
+        strcmp(PQgetvalue(rows, i, 1), queue) != 0)
+      continue;
+    for (int k = 0; k < 7; k++)
+      if (strcmp(PQgetvalue(rows, i, 2), states[k]) == 0)
+        n[k] = mq_pg_getll(rows, i, 3);
+  }
+  char err[128];
+  mq_json_object *o = mq_json_object_new();
+  for (int k = 0; k < 7; k++)
+    mq_json_object_int(o, states[k], n[k]);
+  return mq_json_object_finish(o, err, sizeof err);
+}
+
+/* The family 2 rows (one per queue, by name) of the counts read. */
+struct queue_rows {
+  const PGresult *rows;
+  int first;
+};
+
+static char *queue_item(const void *ctx, int i) {
+  const struct queue_rows *q = ctx;
+  int row = q->first + i;
+  const char *name = PQgetvalue(q->rows, row, 1);
+  char *counts = counts_json(q->rows, name), err[128];
+  if (!counts)
+    return NULL;
+  mq_json_object *o = mq_json_object_new();
+  mq_json_object_string(o, "name", name);
+  mq_json_object_bool(o, "paused", mq_pg_getll(q->rows, row, 3) != 0);
+  mq_json_object_raw(o, "counts", counts);
+  free(counts);
+  return mq_json_object_finish(o, err, sizeof err);
+}
+
+/* The counts' age as an Age header (whole seconds, as HTTP has it). */
+static void reply_age(mq_http_req *req, double age) {
+  char value[24];
+  snprintf(value, sizeof value, "%d", age > 0 ? (int)age : 0);
+  mq_http_reply_header(req, "Age", value);
+}
+
+static void queues_counted(const PGresult *rows, double age, const char *error,
+                           void *data) {
+  mq_http_req *req = data;
+  if (error) {
+    mq_http_reply_error(req, 503, "%s", error);
+    return;
+  }
+  struct queue_rows q = {rows, 0};
+  int n = 0;
+  for (int i = 0, rn = PQntuples(rows); i < rn; i++) {
+    if (mq_pg_getll(rows, i, 0) != 2)
+      continue;
+    if (n++ == 0)
+      q.first = i;
+  }
+  reply_list(req, 200, "queues", n, queue_item, &q);
+  reply_age(req, age);
 }
 
 /* GET /api/queues -> {queues: [{name, paused, counts}]} */
 static void h_queues(mq_http_req *req, void *data) {
   mq_http_api *api = data;
   static const char *const known[] = {NULL};
-  if (only_args(req, known) == 0 &&
-      mq_queue_call(api->queue, MQ_QUEUE_QUEUES, NULL, queues_listed, req) != 0)
-    reply_pool_closed(req);
+  if (only_args(req, known) == 0)
+    mq_http_counts_get(api->counts, queues_counted, req);
+}
+
+static void queue_counted(const PGresult *rows, double age, const char *error,
+                          void *data) {
+  mq_http_req *req = data;
+  char *json = error ? NULL : counts_json(rows, mq_http_param(req, 0));
+  if (json)
+    mq_http_reply_json(req, 200, json);
+  else
+    mq_http_reply_error(req, error ? 503 : 500, "%s",
+                        error ? error : "out of memory");
+  reply_age(req, age);
+  free(json);
 }
 
 /* GET /api/queues/{queue}/counts -> {waiting, paused, delayed, ...} */
 static void h_counts(mq_http_req *req, void *data) {
+  mq_http_api *api = data;
   static const char *const known[] = {NULL};
   if (only_args(req, known) == 0)
-    queue_op(req, data, MQ_QUEUE_COUNTS, NULL, json_done);
+    mq_http_counts_get(api->counts, queue_counted, req);
 }
 
 static void paused(int status, const char *error, const char *json,
                    void *data) {
+  if (status >= 0)
+    counts_changed(data);
   json_done(status, error, "{\"paused\":true}", data);
 }
 
 static void resumed(int status, const char *error, const char *json,
                     void *data) {
+  if (status >= 0)
+    counts_changed(data);
   json_done(status, error, "{\"paused\":false}", data);
 }
 
@@ -717,10 +811,12 @@ static void h_resume(mq_http_req *req, void *data) {
 
 static void purged(int status, const char *error, const char *json,
                    void *data) {
-  if (status < 0)
+  if (status < 0) {
     mq_http_reply_error(data, queue_status(status), "%s", error);
-  else
-    reply_wrapped(data, 200, "purged", json);
+    return;
+  }
+  counts_changed(data);
+  reply_wrapped(data, 200, "purged", json);
 }
 
 /* DELETE /api/queues/{queue}/jobs?state=S -> {purged: n} */
@@ -1008,6 +1104,7 @@ static void run_started(const struct mq_pg_reply *r, void *data) {
     mq_http_reply_error(req, sql_status(r), "%s", r->error);
     return;
   }
+  mq_http_counts_changed(api->counts);
   if (mq_lua_protect(api->L, quote_cb, PQgetvalue(r->result, 0, 0), 1) ==
       LUA_OK)
     reply_wrapped(req, 201, "run_id", lua_tostring(api->L, -1));
@@ -1221,6 +1318,7 @@ mq_http_api *mq_http_api_new(const struct mq_http_api_deps *deps) {
   api->queue = deps->queue;
   api->events = deps->events;
   api->schedules = deps->schedules;
+  api->counts = deps->counts;
   api->st_start_flow = mq_pg_prepare_in(
       deps->pg, "SELECT %s.start_flow($1, $2::jsonb, $3::jsonb)",
       deps->cfg->schema);

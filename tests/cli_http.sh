@@ -144,15 +144,30 @@ api GET "/api/jobs?queue=later&state=sleeping"
 expect 400 'unknown state \"sleeping\"' "list with a bad state"
 
 api GET /api/queues
-expect 200 '"name": "later"' "list queues"
+expect 200 '"name":"later"' "list queues"
 [ "$(jget queues.@later.counts.waiting)" = 3 ] && [ "$(jget queues.@echo.counts.completed)" = 1 ] &&
   [ "$(jget queues.@later.paused)" = false ] || fail "list queues: later and echo with counts: $body"
 api GET /api/queues/later/counts
-expect 200 '"delayed": 1' "counts"
-[[ "$body" == *'"waiting": 3'* ]] || fail "counts: 3 waiting expected: $body"
+expect 200 '"delayed":1' "counts"
+[[ "$body" == *'"waiting":3'* ]] || fail "counts: 3 waiting expected: $body"
+# the counts are read once for every caller and kept up to 1 s (an Age
+# header says how old): a job added behind the server's back shows after
+# that second; a change made through the server shows at once
+api GET /api/queues/later/counts
+behind=$(sql "SELECT $schema.send('later', '{}')")
+age=$(curl -s -D - -o "$dir/resp" "$base/api/queues/later/counts" | tr -d '\r' | sed -n 's/^Age: //Ip')
+body=$(cat "$dir/resp")
+[ "$(jget waiting)" = 3 ] && [ "$age" = 0 ] || fail "counts: not the cached ones (Age \"$age\"): $body"
+sleep 1.2
+api GET /api/queues/later/counts
+[ "$(jget waiting)" = 4 ] || fail "counts: not read again after 1 s: $body"
+sql "DELETE FROM $schema.job WHERE id = $behind" >/dev/null
 api POST /api/queues/later/pause
 expect 200 '{"paused":true}' "pause"
 [ "$(sql "SELECT paused FROM $schema.queue WHERE name = 'later'")" = t ] || fail "pause: not stored"
+api GET /api/queues
+[ "$(jget queues.@later.paused)" = true ] && [ "$(jget queues.@later.counts.paused)" = 3 ] ||
+  fail "counts: a pause through the server is not shown at once: $body"
 api POST /api/queues/later/resume
 expect 200 '{"paused":false}' "resume"
 [ "$(sql "SELECT paused FROM $schema.queue WHERE name = 'later'")" = f ] || fail "resume: not stored"
@@ -426,7 +441,7 @@ expect 200 '"group":"g1","pattern":"orders:*","partitions":16' "list groups"
 # a queue name with "/" in a path segment, percent-encoded
 api POST /api/jobs '{"name":"a/b"}'
 api GET /api/queues/a%2Fb/counts
-expect 200 '"waiting": 1' "a percent-encoded queue name"
+expect 200 '"waiting":1' "a percent-encoded queue name"
 
 # a client that reads slowly holds at most http.stream_buffer (1 MiB) and a
 # batch in the server, not the backlog, and is cut off with a last event
