@@ -1,8 +1,7 @@
 /* http_counts.h -- the queues' job counts for the HTTP routes, read at
  * most about once a second whatever the number of callers.
  *
- * Exact counts read every job row of a queue (sql/002 counts(): tens of
- * milliseconds per 100,000 jobs, seconds for many large queues), and a
+ * Exact counts read every job row of a queue (sql/002 counts()), and a
  * dashboard, /api/queues and /metrics each asked again for every call. A
  * mq_http_counts keeps the last read's rows and hands them to every
  * caller while they are less than MQ_HTTP_COUNTS_MAX_AGE seconds old; an
