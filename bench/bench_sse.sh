@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_setup sse moonq_exe
 s=sse_bench
-port=$((30000 + $$ % 20000))
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 psql "$DATABASE_URL" -qAtX -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $s CASCADE"
 cat >"$out/config.lua" <<CONF
 return { schema = "$s", log = { level = "warn" }, http = { listen = "127.0.0.1:$port" } }
