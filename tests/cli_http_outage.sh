@@ -60,4 +60,7 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 [ "$status" = 200 ] || fail "after the outage: $status $body"
+kill -INT "$web" && wait "$web"
+web=
+grep -A20 -m1 Sanitizer "$dir/web.log" && fail "the server reported the above"
 exit $failed

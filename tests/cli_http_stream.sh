@@ -158,6 +158,7 @@ if r.stdout != "200" or time.time() - t0 > 5:
     sys.exit(f"after the streams closed: {r.stdout} in {time.time() - t0:.1f} s")
 PY
 kill -INT "$cap_pid"; wait "$cap_pid"
+grep -A20 -m1 Sanitizer "$dir/cap.log" && fail "the server at its connection limit reported the above"
 
 # They shared one reader: the live ones from the start, the others once
 # they had caught up (the debug log says when).
