@@ -24,7 +24,7 @@
 
 #define BATCH MQ_EVENTS_READ_BATCH /* events per read */
 #define POLL_INTERVAL 5.0  /* seconds: the fallback for a lost wake-up */
-#define MAX_STREAM 500     /* bytes, as the table's check says */
+#define MAX_STREAM MQ_EVENTS_PATTERN_MAX /* bytes, as the table's check says */
 #define MAX_TYPE 200
 #define EMPTY_SNAPSHOT "1:1:" /* nothing visible: read from the start */
 #define MAX_BATCH (64u << 20) /* bytes per append statement: its data

@@ -15,7 +15,9 @@
  * from where it was; a slow fallback poll covers a lost notification.
  * Delivery is in batches to the subscriber's callback, which tells when it
  * is done with a batch (mq_subscription_next), so a slow subscriber reads
- * no further than it handles.
+ * no further than it handles. Followers (mq_events_follow, the HTTP event
+ * streams) of one pattern share one reader instead, each batch read once
+ * for all of them.
  *
  * Uses: pg, config, json, buf, log.
  */
