@@ -700,8 +700,9 @@ static void read_done(const struct mq_pg_reply *r, void *data) {
     s->caught_up = !had_target;
     if (s->follow == F_JOINING) { /* at the reader's position: share it */
       s->follow = F_JOINED;
-      mq_log_debug("events", "a follower of %s caught up: it shares the "
-                   "reader", s->pattern ? s->pattern : "every stream");
+      mq_log_debug("events", "a follower of %s caught up: it read up to the "
+                   "reader and shares it", s->pattern ? s->pattern
+                                                      : "every stream");
       if (--reader->joining == 0)
         consider_read(reader);
     }
