@@ -139,6 +139,8 @@ static const struct field http_fields[] = {
      .min = 1024, .max = INT_MAX},
     {.name = "timeout", .kind = F_POS, .off = COFF(http.timeout)},
     {.name = "heartbeat", .kind = F_POS, .off = COFF(http.heartbeat)},
+    {.name = "stream_buffer", .kind = F_INT, .off = COFF(http.stream_buffer),
+     .min = 65536, .max = INT_MAX},
 };
 
 static const struct field log_fields[] = {
@@ -480,6 +482,7 @@ static bool set_defaults(struct mq_config *cfg) {
   cfg->http.max_body = -1; /* max_payload + 64 KiB, once that is known */
   cfg->http.timeout = 30;
   cfg->http.heartbeat = 15;
+  cfg->http.stream_buffer = 1 << 20;
   cfg->schema = strdup("moonq");
   cfg->handlers = strdup("handlers");
   return cfg->schema && cfg->handlers;

@@ -113,6 +113,9 @@ struct mq_config {
     double timeout;   /* seconds an idle connection is kept; default 30 */
     double heartbeat; /* seconds between comments on an idle event stream;
                          default 15 */
+    int stream_buffer; /* bytes an event stream may have unsent before a
+                          batch: past it the client is cut off; default
+                          1 MiB */
   } http;
 };
 

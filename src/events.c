@@ -22,9 +22,9 @@
 #include "json.h"
 #include "log.h"
 
-#define BATCH 500          /* events per read */
+#define BATCH MQ_EVENTS_READ_BATCH /* events per read */
 #define POLL_INTERVAL 5.0  /* seconds: the fallback for a lost wake-up */
-#define MAX_STREAM 500     /* bytes, as the table's check says */
+#define MAX_STREAM MQ_EVENTS_PATTERN_MAX /* bytes, as the table's check says */
 #define MAX_TYPE 200
 #define EMPTY_SNAPSHOT "1:1:" /* nothing visible: read from the start */
 #define MAX_BATCH (64u << 20) /* bytes per append statement: its data
@@ -95,6 +95,20 @@ struct mq_subscription {
   void (*on_start)(void *arg, const char *error);
   void *on_start_arg;
   LIST_ENTRY(mq_subscription) link;
+  /* A follower (mq_events_follow): the pattern's shared reader, how far it
+   * is from sharing it, and its place among the reader's followers. */
+  mq_subscription *reader;
+  enum { F_OWN, F_JOINING, F_JOINED } follow;
+  bool caught_up;  /* its last read was a whole step: it reads live */
+  bool wants_join; /* try to join when the reader's read completes */
+  LIST_ENTRY(mq_subscription) follower_link;
+  /* A shared reader: its followers, those whose read up to its base is in
+   * flight (it reads no further meanwhile), its place in ev->readers. */
+  bool is_reader;
+  LIST_HEAD(, mq_subscription) followers;
+  int joining;
+  LIST_ENTRY(mq_subscription) reader_link;
+  unsigned long long batch_id; /* of the batch the subscriber holds */
 };
 
 struct mq_events {
@@ -111,6 +125,8 @@ struct mq_events {
   bool stopped;
   bool listening;
   LIST_HEAD(, mq_subscription) subs;
+  LIST_HEAD(, mq_subscription) readers; /* shared readers, one a pattern */
+  unsigned long long batches;           /* batch ids handed out */
   struct mq_events_hook *hooks;
   struct {
     const char *tmpl;
@@ -134,6 +150,7 @@ mq_events *mq_events_new(struct ev_loop *loop, mq_pg *pg,
   ev->pg = pg;
   ev->cfg = cfg;
   LIST_INIT(&ev->subs);
+  LIST_INIT(&ev->readers);
   for (int i = 0; i < ST_COUNT; i++) {
     if ((ev->stmts[i] = mq_pg_prepare_in(pg, stmt_sql[i], cfg->schema)) < 0) {
       free(ev);
@@ -520,7 +537,8 @@ int mq_events_query(mq_events *ev, const char *pattern,
   char after[24], before[24], limit[16];
   snprintf(after, sizeof after, "%lld", q->after);
   snprintf(before, sizeof before, "%lld", q->before);
-  snprintf(limit, sizeof limit, "%d", q->limit > 0 ? q->limit : 1000);
+  snprintf(limit, sizeof limit, "%d",
+           q->limit > 0 ? q->limit : MQ_EVENTS_QUERY_DEFAULT);
   char *types = q->types ? mq_buf_text_array(q->types, -1) : NULL;
   if (q->types && !types)
     return MQ_EVENTS_EDB;
@@ -562,7 +580,11 @@ char *mq_event_json(const struct mq_event *e, char *err, size_t errlen) {
 
 /* ---- subscriptions ------------------------------------------------------- */
 
+static void follower_detach(mq_subscription *f);
+static void reader_moved(mq_subscription *r);
+
 static void sub_free(mq_subscription *s) {
+  follower_detach(s);
   LIST_REMOVE(s, link);
   free(s->pattern);
   free(s->base);
@@ -571,15 +593,26 @@ static void sub_free(mq_subscription *s) {
   free(s);
 }
 
-/* Hands a batch (or an error) to the subscriber; s may be closed (and is
- * then freed) by the callback. */
-static void deliver(mq_subscription *s, int status, const char *error,
-                    const struct mq_event *events, int n) {
+/* Calls the subscriber with the batch (or error) under s->batch_id; s may
+ * be closed by the callback: then it is freed (now, or when its read in
+ * flight completes) and false is returned. */
+static bool call(mq_subscription *s, int status, const char *error,
+                 const struct mq_event *events, int n) {
   s->in_cb = true;
   s->cb(status, error, events, n, s->data);
   s->in_cb = false;
-  if (s->closed)
+  if (!s->closed)
+    return true;
+  if (!s->reading)
     sub_free(s);
+  return false;
+}
+
+/* Hands a batch of its own (or an error) to the subscriber, as call(). */
+static bool deliver(mq_subscription *s, int status, const char *error,
+                    const struct mq_event *events, int n) {
+  s->batch_id = ++s->ev->batches;
+  return call(s, status, error, events, n);
 }
 
 /* Tells the subscriber waiting for s's starting position that it is fixed
@@ -594,7 +627,8 @@ static bool tell_started(mq_subscription *s, const char *error) {
   fn(s->on_start_arg, error);
   s->in_cb = false;
   if (s->closed) {
-    sub_free(s);
+    if (!s->reading)
+      sub_free(s);
     return false;
   }
   return true;
@@ -624,8 +658,11 @@ static void snapshot_done(const struct mq_pg_reply *r, void *data) {
     return;
   s->base = strdup(PQgetvalue(r->result, 0, 0));
   s->more = true;
-  if (tell_started(s, s->base ? NULL : "out of memory"))
-    consider_read(s);
+  if (!tell_started(s, s->base ? NULL : "out of memory"))
+    return;
+  if (s->is_reader)
+    reader_moved(s);
+  consider_read(s);
 }
 
 static void read_done(const struct mq_pg_reply *r, void *data) {
@@ -651,6 +688,7 @@ static void read_done(const struct mq_pg_reply *r, void *data) {
    * began: read on to now once the step is complete. */
   bool had_target = s->target != NULL;
   free(s->target);
+  mq_subscription *reader = s->reader;
   if (n < s->batch) { /* the step is complete: move to its snapshot */
     s->more = s->more || had_target;
     free(s->read_base);
@@ -658,7 +696,18 @@ static void read_done(const struct mq_pg_reply *r, void *data) {
     s->base = snapshot;
     s->target = NULL;
     s->after_id = 0;
+    /* A whole step in one read: the follower reads live. */
+    s->caught_up = !had_target;
+    if (s->follow == F_JOINING) { /* at the reader's position: share it */
+      s->follow = F_JOINED;
+      mq_log_debug("events", "a follower of %s caught up: it read up to the "
+                   "reader and shares it", s->pattern ? s->pattern
+                                                      : "every stream");
+      if (--reader->joining == 0)
+        consider_read(reader);
+    }
   } else {            /* more of this step to come */
+    s->caught_up = false;
     char *keep = strdup(s->base);
     if (keep) {
       free(s->read_base);
@@ -670,18 +719,202 @@ static void read_done(const struct mq_pg_reply *r, void *data) {
   }
   if (n > 0) {
     s->delivering = true;
-    deliver(s, MQ_EVENTS_OK, NULL, events, n);
+    /* A follower joining reads on without waiting for the subscriber. */
+    if (deliver(s, MQ_EVENTS_OK, NULL, events, n) && s->follow == F_JOINING)
+      consider_read(s);
   } else {
+    if (s->is_reader)
+      reader_moved(s);
     consider_read(s);
   }
   free(events);
 }
 
+/* ---- shared readers ------------------------------------------------------ */
+
+/* Reads pg_snapshot text "xmin:xmax:xip,xip,..." : xmax and where the xip
+ * list begins. */
+static bool snapshot_parse(const char *s, unsigned long long *xmax,
+                           const char **xip) {
+  char *end;
+  strtoull(s, &end, 10);
+  if (*end != ':')
+    return false;
+  *xmax = strtoull(end + 1, &end, 10);
+  if (*end != ':')
+    return false;
+  *xip = end + 1;
+  return true;
+}
+
+static bool in_xip(const char *xip, unsigned long long x) {
+  for (char *end; *xip; xip = *end ? end + 1 : end) {
+    if (strtoull(xip, &end, 10) == x)
+      return true;
+    if (end == xip)
+      return false;
+  }
+  return false;
+}
+
+/* Visible in a snapshot: below its xmax and not in its xip list. */
+bool mq_snapshot_covers(const char *a, const char *b) {
+  unsigned long long axmax, bxmax;
+  const char *axip, *bxip;
+  if (!snapshot_parse(a, &axmax, &axip) || !snapshot_parse(b, &bxmax, &bxip) ||
+      axmax > bxmax)
+    return false;
+  for (char *end; *bxip; bxip = *end ? end + 1 : end) {
+    unsigned long long x = strtoull(bxip, &end, 10);
+    if (end == bxip)
+      return false;
+    if (x < axmax && !in_xip(axip, x)) /* visible in a, not in b */
+      return false;
+  }
+  return true;
+}
+
+/* The follower f reads live (its last read was a whole step): it moves
+ * onto its reader when the reader is between steps. At the same position
+ * it shares the reader at once; behind it (the reader's base covers its
+ * own), it reads up to the reader's base first, the reader waiting for
+ * that one read (F_JOINING). Returns true when f is not to read on its own
+ * now: it shares the reader, or waits for the reader's read that moves it
+ * past f's position. Otherwise (the reader is busy) f reads on alone and
+ * tries again when the reader's read completes. */
+static bool try_join(mq_subscription *f) {
+  mq_subscription *r = f->reader;
+  f->wants_join = true;
+  if (!r->base || r->target || r->reading || r->delivering ||
+      (r->more && r->joining > 0))
+    return false;
+  f->wants_join = false;
+  if (strcmp(f->base, r->base) == 0) {
+    f->follow = F_JOINED;
+    mq_log_debug("events", "a follower of %s caught up: it shares the "
+                 "reader", f->pattern ? f->pattern : "every stream");
+    return true;
+  }
+  if (!mq_snapshot_covers(f->base, r->base)) { /* f is ahead: move the reader on */
+    f->wants_join = true;
+    r->more = true;
+    consider_read(r);
+    return r->reading;
+  }
+  char *target = strdup(r->base);
+  if (!target)
+    return false;
+  free(f->target);
+  f->target = target;
+  f->after_id = 0;
+  f->follow = F_JOINING;
+  r->joining++;
+  return false;
+}
+
+/* The reader's read completed: the followers that wait for it try again. */
+static void reader_moved(mq_subscription *r) {
+  mq_subscription *f, *next;
+  for (f = LIST_FIRST(&r->followers); f; f = next) {
+    next = LIST_NEXT(f, follower_link);
+    if (f->wants_join && f->follow == F_OWN) {
+      f->wants_join = false;
+      consider_read(f);
+    }
+  }
+}
+
+/* Gives follower f the reader's batch: the same events under the reader's
+ * batch id, or without those at or below f's from= id (then a copy of its
+ * own). */
+static void share(mq_subscription *f, mq_subscription *r, int status,
+                  const char *error, const struct mq_event *events, int n) {
+  int keep = 0;
+  for (int i = 0; i < n; i++)
+    keep += events[i].id > f->min_id;
+  f->batch_id = r->batch_id;
+  if (status != MQ_EVENTS_OK || keep == n) {
+    call(f, status, error, events, n);
+    return;
+  }
+  struct mq_event *some = keep ? malloc(sizeof *some * (size_t)keep) : NULL;
+  if (!some)
+    return;
+  for (int i = 0, j = 0; i < n; i++)
+    if (events[i].id > f->min_id)
+      some[j++] = events[i];
+  f->batch_id = ++f->ev->batches;
+  call(f, status, error, some, keep);
+  free(some);
+}
+
+/* The shared reader's batch (or error): every follower that shares it
+ * gets it (a follower's callback may close its own subscription only);
+ * then the reader reads on at once, and followers waiting try to join. */
+static void reader_batch(int status, const char *error,
+                         const struct mq_event *events, int n, void *data) {
+  mq_subscription *r = data, *f, *next;
+  if (status == MQ_EVENTS_ECLOSED) /* each follower is told itself */
+    return;
+  for (f = LIST_FIRST(&r->followers); f; f = next) {
+    next = LIST_NEXT(f, follower_link);
+    if (f->follow == F_JOINED)
+      share(f, r, status, error, events, n);
+  }
+  if (r->closed)
+    return;
+  r->delivering = false;
+  reader_moved(r);
+  consider_read(r);
+}
+
+/* The reader's starting position is fixed: followers from the end that
+ * wait for it are told. A failure is not passed on: the reader reads
+ * again and tells them then. */
+static void reader_started(void *arg, const char *error) {
+  mq_subscription *r = arg, *f, *next;
+  if (error) {
+    r->on_start = reader_started;
+    return;
+  }
+  for (f = LIST_FIRST(&r->followers); f; f = next) {
+    next = LIST_NEXT(f, follower_link);
+    tell_started(f, NULL);
+  }
+}
+
+/* f leaves its reader (closed, or the event store closes); the reader goes
+ * with its last follower. */
+static void follower_detach(mq_subscription *f) {
+  mq_subscription *r = f->reader;
+  if (!r)
+    return;
+  f->reader = NULL;
+  LIST_REMOVE(f, follower_link);
+  bool was_joining = f->follow == F_JOINING;
+  if (was_joining)
+    r->joining--;
+  if (LIST_EMPTY(&r->followers)) {
+    LIST_REMOVE(r, reader_link);
+    mq_subscription_close(r);
+  } else if (was_joining && r->joining == 0) {
+    consider_read(r);
+  }
+}
+
 /* Reads the next batch when there may be one and nothing is in the way. */
 static void consider_read(mq_subscription *s) {
   mq_events *ev = s->ev;
-  if (s->closed || ev->stopped || s->reading || s->delivering || !s->more)
+  if (s->closed || ev->stopped || s->reading || s->follow == F_JOINED)
     return;
+  if (s->follow == F_OWN) { /* (a follower joining reads regardless) */
+    if (s->delivering || (s->is_reader && s->joining > 0))
+      return;
+    if (s->reader && s->caught_up && try_join(s))
+      return;
+    if (s->follow == F_OWN && !s->more)
+      return;
+  }
   s->more = false;
   s->reading = true;
   int rc;
@@ -708,16 +941,23 @@ static void consider_read(mq_subscription *s) {
   }
 }
 
+int mq_events_check_pattern(const char *pattern, char *err, size_t errlen) {
+  if (pattern && (!*pattern || strlen(pattern) > MQ_EVENTS_PATTERN_MAX)) {
+    snprintf(err, errlen, "stream must be a stream or pattern of 1 to %d "
+             "bytes, got %zu", MQ_EVENTS_PATTERN_MAX, strlen(pattern));
+    return MQ_EVENTS_EINVAL;
+  }
+  return 0;
+}
+
 /* A subscription reading from base (NULL: from the end) after after_id
  * within target's step; or NULL (message in err). */
 static mq_subscription *sub_new(mq_events *ev, const char *pattern,
                                 const char *base, const char *target,
                                 long long after_id, mq_events_cb cb,
                                 void *data, char *err, size_t errlen) {
-  if (pattern && (!*pattern || strlen(pattern) > MAX_STREAM)) {
-    snprintf(err, errlen, "stream pattern must be 1 to %d bytes", MAX_STREAM);
+  if (mq_events_check_pattern(pattern, err, errlen) != 0)
     return NULL;
-  }
   mq_subscription *s = calloc(1, sizeof *s);
   if (!s || (pattern && !(s->pattern = strdup(pattern))) ||
       (base && !(s->base = strdup(base))) ||
@@ -803,6 +1043,8 @@ const char *mq_subscription_wake(mq_subscription *s, bool if_busy) {
 
 bool mq_subscription_position(const mq_subscription *s, long long last_id,
                               struct mq_event_position *pos) {
+  if (s->follow == F_JOINED && s->reader)
+    s = s->reader;
   if (!s->read_base)
     return false;
   pos->base = s->read_base;
@@ -814,10 +1056,14 @@ bool mq_subscription_position(const mq_subscription *s, long long last_id,
 int mq_subscription_on_start(mq_subscription *s,
                              void (*fn)(void *arg, const char *error),
                              void *arg) {
-  if (s->base)
+  if (s->follow == F_JOINED && s->reader) {
+    if (s->reader->base)
+      return 0; /* (the reader retries a first read that failed) */
+  } else if (s->base) {
     return 0;
-  if (!s->reading)
+  } else if (!s->reading) {
     return -1;
+  }
   s->on_start = fn;
   s->on_start_arg = arg;
   return 1;
@@ -834,8 +1080,65 @@ void mq_subscription_close(mq_subscription *s) {
   if (!s || s->closed)
     return;
   s->closed = true;
+  follower_detach(s);
   if (!s->reading && !s->in_cb)
     sub_free(s);
+}
+
+unsigned long long mq_subscription_batch_id(const mq_subscription *s) {
+  return s->batch_id;
+}
+
+/* The shared reader of pattern (NULL: every stream), made from the end
+ * when there is none; NULL when out of memory (message in err). */
+static mq_subscription *reader_get(mq_events *ev, const char *pattern,
+                                   char *err, size_t errlen) {
+  mq_subscription *r;
+  LIST_FOREACH(r, &ev->readers, reader_link) {
+    if (pattern ? r->pattern && strcmp(r->pattern, pattern) == 0
+                : !r->pattern)
+      return r;
+  }
+  if (!(r = sub_new(ev, pattern, NULL, NULL, 0, reader_batch, NULL, err,
+                    errlen)))
+    return NULL;
+  r->data = r;
+  r->is_reader = true;
+  LIST_INIT(&r->followers);
+  LIST_INSERT_HEAD(&ev->readers, r, reader_link);
+  r->on_start = reader_started;
+  r->on_start_arg = r;
+  consider_read(r);
+  return r;
+}
+
+mq_subscription *mq_events_follow(mq_events *ev, const char *pattern,
+                                  enum mq_events_from from, long long from_id,
+                                  const struct mq_event_position *pos,
+                                  mq_events_cb cb, void *data, char *err,
+                                  size_t errlen) {
+  bool live = !pos && from == MQ_EVENTS_FROM_END;
+  const char *base = pos ? pos->base : live ? NULL : EMPTY_SNAPSHOT;
+  const char *target = pos ? pos->target : NULL;
+  mq_subscription *f = sub_new(ev, pattern, base, target,
+                               target ? pos->after_id : 0, cb, data, err,
+                               errlen);
+  if (!f)
+    return NULL;
+  mq_subscription *r = reader_get(ev, pattern, err, errlen);
+  if (!r) {
+    sub_free(f);
+    return NULL;
+  }
+  f->reader = r;
+  LIST_INSERT_HEAD(&r->followers, f, follower_link);
+  if (live) {
+    f->follow = F_JOINED;
+  } else {
+    f->min_id = !pos && from == MQ_EVENTS_FROM_ID ? from_id : 0;
+    consider_read(f);
+  }
+  return f;
 }
 
 /* A wake-up (payload NULL: after a reconnect, some may be lost): every
@@ -887,6 +1190,15 @@ void mq_events_close(mq_events *ev) {
     struct mq_events_hook *h = ev->hooks;
     ev->hooks = h->next;
     h->close(h->data);
+  }
+  while (!LIST_EMPTY(&ev->readers)) { /* every follower is closed below */
+    mq_subscription *r = LIST_FIRST(&ev->readers);
+    LIST_REMOVE(r, reader_link);
+    while (!LIST_EMPTY(&r->followers)) {
+      mq_subscription *f = LIST_FIRST(&r->followers);
+      LIST_REMOVE(f, follower_link);
+      f->reader = NULL;
+    }
   }
   while (!LIST_EMPTY(&ev->subs)) {
     mq_subscription *s = LIST_FIRST(&ev->subs);

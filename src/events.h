@@ -15,7 +15,9 @@
  * from where it was; a slow fallback poll covers a lost notification.
  * Delivery is in batches to the subscriber's callback, which tells when it
  * is done with a batch (mq_subscription_next), so a slow subscriber reads
- * no further than it handles.
+ * no further than it handles. Followers (mq_events_follow, the HTTP event
+ * streams) of one pattern share one reader instead, each batch read once
+ * for all of them.
  *
  * Uses: pg, config, json, buf, log.
  */
@@ -92,6 +94,21 @@ int mq_events_append(mq_events *ev, const struct mq_event_input *events,
                      int n, mq_events_append_cb cb, void *data, char *err,
                      size_t errlen);
 
+/* The limits the event store's callers share (the Lua API, the HTTP
+ * routes): a stream or pattern is 1 to MQ_EVENTS_PATTERN_MAX bytes, a
+ * query returns 1 to MQ_EVENTS_QUERY_MAX events (default
+ * MQ_EVENTS_QUERY_DEFAULT), a subscription reads MQ_EVENTS_READ_BATCH
+ * events at a time. */
+#define MQ_EVENTS_PATTERN_MAX 500
+#define MQ_EVENTS_QUERY_MAX 100000
+#define MQ_EVENTS_QUERY_DEFAULT 1000
+#define MQ_EVENTS_READ_BATCH 500
+
+/* Checks a stream or pattern (NULL: none given, fine) against
+ * MQ_EVENTS_PATTERN_MAX. Returns 0, or MQ_EVENTS_EINVAL with a message
+ * naming the limit in err. */
+int mq_events_check_pattern(const char *pattern, char *err, size_t errlen);
+
 /* Query options; NULL / 0 fields do not filter. */
 struct mq_events_query {
   const char *const *types; /* NULL-terminated list, or NULL */
@@ -99,7 +116,7 @@ struct mq_events_query {
   long long before;         /* id */
   const char *run_id;
   const char *from_ts, *to_ts; /* timestamptz text */
-  int limit;                /* default 1000 */
+  int limit;                /* default MQ_EVENTS_QUERY_DEFAULT */
 };
 
 /* Events of `pattern` (a stream or `prefix*`) matching q, in stream
@@ -158,6 +175,36 @@ int mq_subscription_on_start(mq_subscription *s,
                              void (*fn)(void *arg, const char *error),
                              void *arg);
 
+
+/* Follows `pattern` (NULL: every stream) as a subscription does, from
+ * `from` / from_id or, with pos (base not NULL), from a position, for a
+ * subscriber that takes batches as they come (an event stream to a
+ * client). The followers of one pattern share one reader: from the end, a
+ * follower shares it at once; from an earlier position it reads on its own
+ * (a batch at a time, each after mq_subscription_next) until it reads live,
+ * then reads up to the reader's position and shares the reader from there:
+ * no gap, no duplicate. A follower that shares the reader gets each of its
+ * batches without waiting for mq_subscription_next (the reader does not
+ * wait for the slowest): the subscriber bounds what it keeps, and closes
+ * the subscription when it cannot keep up. Its callback may close its own
+ * subscription, no other. mq_subscription_position and
+ * mq_subscription_on_start work as for a subscription. Returns the
+ * follower or NULL (message in err: out of memory, a bad pattern). */
+mq_subscription *mq_events_follow(mq_events *ev, const char *pattern,
+                                  enum mq_events_from from, long long from_id,
+                                  const struct mq_event_position *pos,
+                                  mq_events_cb cb, void *data, char *err,
+                                  size_t errlen);
+
+/* True when every transaction visible in snapshot a is visible in b (both
+ * pg_snapshot text): a reader at b has had every event one at a has. */
+bool mq_snapshot_covers(const char *a, const char *b);
+
+/* The id of the batch s's subscriber is given (or holds): the same for the
+ * followers that get one batch of their shared reader, and different for
+ * every other batch, so that what a subscriber makes of a batch (its
+ * events as text) can be kept under this id for the others. */
+unsigned long long mq_subscription_batch_id(const mq_subscription *s);
 
 /* For consumer groups (event_groups.h): subscribes to partition `part` of
  * `parts` of pattern from a stored position, reading `batch` events at a

@@ -17,16 +17,20 @@
  * its request.
  *
  * An event stream is a response whose content reader copies from the
- * stream's buffer. The buffer holds at most one batch of the subscription
- * (events.h: the next batch is read only after mq_subscription_next), so a
- * slow client slows its own reads and nothing grows: the reader asks for
- * the next batch once the client has taken the whole buffer. With nothing
- * to send, the reader suspends the connection; a batch or the heartbeat
- * resumes it.
+ * stream's buffer. Its events come from a follower (mq_events_follow): the
+ * streams of one pattern share one reader, and a batch is written as text
+ * once for all of them (batch_text). While a stream catches up on its own
+ * its buffer holds one batch at most (the next is read only after
+ * mq_subscription_next, called once the client has taken the buffer); once
+ * it shares the reader batches come as they are read, and a client with
+ * more than http.stream_buffer bytes unsent when one comes is cut off
+ * (stream_overflow). With nothing to send, the reader suspends the
+ * connection; a batch or the heartbeat resumes it.
  */
 #include "http.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -48,6 +52,10 @@
 #define MAX_PARAMS 4     /* "{}" segments in a route */
 #define MAX_SEGMENTS 16  /* segments of a path that can match a route */
 #define STREAM_BLOCK 16384 /* bytes MHD asks the stream's reader for */
+#define MAX_URL 8192     /* bytes of a request's path and query: 414 past it */
+/* Bytes MHD holds of one connection's request line and headers: well above
+ * MAX_URL, so that a long URL reaches our own JSON 414. */
+#define CONNECTION_MEMORY (256u << 10)
 /* Static files (the dashboard) may load scripts, styles and data from this
  * server only, run no inline script and be framed by no page: data that
  * slipped into markup could not run. */
@@ -63,6 +71,10 @@ struct stream {
   bool holding;        /* buf holds a batch: ask for the next when sent */
   bool ended;          /* end the response once buf is sent */
   bool waiting;        /* the connection is suspended in the reader */
+  bool client_gone;    /* the client closed: end the response with an error
+                          (MHD then closes the connection) */
+  ev_io gone;          /* while waiting: the client's socket, readable when
+                          it closes (MHD watches no suspended connection) */
 };
 
 struct mq_http_req {
@@ -70,7 +82,9 @@ struct mq_http_req {
   struct MHD_Connection *conn;
   const struct mq_http_route *route;
   void *route_data;
+  const char *(*unavailable)(void *data); /* the route's table's */
   char method[8];
+  char version[12];    /* "HTTP/1.1" */
   char *path;          /* as sent, percent-encoded */
   char *params[MAX_PARAMS];
   int nparams;
@@ -111,6 +125,13 @@ struct mq_http {
   char last_error[256]; /* libmicrohttpd's latest message */
   LIST_HEAD(, mq_http_req) reqs;
   LIST_HEAD(, mq_http_req) streams;
+  /* The last batch written as event-stream text, kept under its batch id
+   * for the other streams that share it (mq_subscription_batch_id). */
+  struct mq_buf_text {
+    char *s;
+    size_t len, cap;
+    unsigned long long batch_id;
+  } text;
 };
 
 /* How many connections the server takes at once: what the process may
@@ -182,6 +203,7 @@ mq_http *mq_http_new(struct ev_loop *loop, const struct mq_config *cfg,
       MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
       MHD_OPTION_CONNECTION_TIMEOUT, timeout,
       MHD_OPTION_CONNECTION_LIMIT, limit,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
       MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, h,
       MHD_OPTION_END);
@@ -241,6 +263,7 @@ void mq_http_close(mq_http *h) {
       mq_http_reply_error(req, 503, "the server is stopping");
     if (req->stream && req->stream->waiting) {
       req->stream->waiting = false;
+      ev_io_stop(h->loop, &req->stream->gone);
       MHD_resume_connection(req->conn);
     }
   }
@@ -248,6 +271,7 @@ void mq_http_close(mq_http *h) {
   ev_io_stop(h->loop, &h->io);
   ev_timer_stop(h->loop, &h->timer);
   MHD_stop_daemon(h->d);
+  free(h->text.s);
   free(h->tables);
   free(h);
 }
@@ -310,6 +334,7 @@ static void req_free(mq_http_req *req) {
   if (req->stream) {
     mq_subscription_close(req->stream->sub);
     LIST_REMOVE(req, stream_link);
+    ev_io_stop(req->h->loop, &req->stream->gone);
     free(req->stream->buf);
     free(req->stream);
   }
@@ -388,23 +413,29 @@ no:
 }
 
 /* Finds req's route. Returns 0, 404 (no route has the path) or 405 (one
- * has, for another method). */
-static int route(mq_http_req *req) {
+ * has, for another method: allow, allowlen gets the methods it has, as an
+ * Allow header lists them). */
+static int route(mq_http_req *req, char *allow, size_t allowlen) {
   mq_http *h = req->h;
   const char *method = strcmp(req->method, "HEAD") == 0 ? "GET" : req->method;
-  bool path_known = false;
+  size_t n = 0;
+  allow[0] = '\0';
   for (int t = 0; t < h->ntables; t++)
     for (const struct mq_http_route *r = h->tables[t].routes; r->path; r++) {
       if (!match(req, r->path))
         continue;
-      path_known = true;
       if (strcmp(r->method, method) == 0) {
         req->route = r;
         req->route_data = h->tables[t].data;
+        req->unavailable = h->tables[t].unavailable;
         return 0;
       }
+      if (n < allowlen)
+        n += (size_t)snprintf(allow + n, allowlen - n, "%s%s%s",
+                              n ? ", " : "", r->method,
+                              strcmp(r->method, "GET") == 0 ? ", HEAD" : "");
     }
-  return path_known ? 405 : 404;
+  return allow[0] ? 405 : 404;
 }
 
 /* Compares a presented secret with the expected one in time that depends
@@ -463,6 +494,13 @@ static enum MHD_Result find_nul_arg(void *cls, enum MHD_ValueKind kind,
   return MHD_YES;
 }
 
+/* Adds the length of a query argument (name=value&) to *cls. */
+static enum MHD_Result add_arg_len(void *cls, enum MHD_ValueKind kind,
+                                   const char *key, const char *value) {
+  *(size_t *)cls += strlen(key) + (value ? strlen(value) + 1 : 0) + 1;
+  return MHD_YES;
+}
+
 static int check_headers(mq_http_req *req) {
   mq_http *h = req->h;
   const struct mq_config *cfg = h->cfg;
@@ -479,18 +517,33 @@ static int check_headers(mq_http_req *req) {
     mq_http_reply_error(req, 400, "the URL holds an encoded NUL (%%00)");
     return 400;
   }
-  int rc = route(req);
+  size_t url_len = strlen(req->path);
+  MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, add_arg_len,
+                            &url_len);
+  if (url_len > MAX_URL) {
+    mq_http_reply_error(req, 414, "the URL is about %zu bytes, the limit is "
+                        "%d", url_len, MAX_URL);
+    return 414;
+  }
+  const char *host = mq_http_header(req, "Host");
+  if (!host && strcmp(req->version, MHD_HTTP_VERSION_1_1) == 0) {
+    mq_http_reply_error(req, 400, "an HTTP/1.1 request needs a Host header");
+    return 400;
+  }
+  char allow[128];
+  int rc = route(req, allow, sizeof allow);
   if (rc == 404) {
     mq_http_reply_error(req, 404, "no route for %s %.200s", req->method,
                         req->path);
     return rc;
   }
   if (rc == 405) {
-    mq_http_reply_error(req, 405, "method %s is not allowed here",
-                        req->method);
+    mq_http_reply_error(req, 405, "method %s is not allowed here (allowed: "
+                        "%s)", req->method, allow);
+    if (req->response)
+      MHD_add_response_header(req->response, "Allow", allow);
     return rc;
   }
-  const char *host = mq_http_header(req, "Host");
   if (!cfg->http.token && host && !loopback_host(host)) {
     mq_http_reply_error(req, 403,
                         "the Host header must name the loopback address "
@@ -525,7 +578,8 @@ static int check_headers(mq_http_req *req) {
 }
 
 static mq_http_req *req_new(mq_http *h, struct MHD_Connection *c,
-                            const char *url, const char *method) {
+                            const char *url, const char *method,
+                            const char *version) {
   mq_http_req *req = calloc(1, sizeof *req);
   if (!req || !(req->path = strdup(url))) {
     free(req);
@@ -535,6 +589,7 @@ static mq_http_req *req_new(mq_http *h, struct MHD_Connection *c,
   req->conn = c;
   req->t0 = ev_now(h->loop);
   snprintf(req->method, sizeof req->method, "%s", method);
+  snprintf(req->version, sizeof req->version, "%s", version);
   LIST_INSERT_HEAD(&h->reqs, req, link);
   return req;
 }
@@ -557,6 +612,11 @@ static enum MHD_Result handle(mq_http_req *req) {
                         "bytes)", req->h->cfg->http.max_body);
     return queue_reply(req);
   }
+  const char *why = req->unavailable ? req->unavailable(req->route_data) : NULL;
+  if (why) {
+    mq_http_reply_error(req, 503, "%s", why);
+    return queue_reply(req);
+  }
   req->route->handler(req, req->route_data);
   if (req->stream)
     return MHD_YES; /* queued by mq_http_reply_stream */
@@ -577,7 +637,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
   mq_http *h = cls;
   mq_http_req *req = *con_cls;
   if (!req) {
-    if (!(req = req_new(h, c, url, method)))
+    if (!(req = req_new(h, c, url, method, version)))
       return MHD_NO;
     *con_cls = req;
     if (check_headers(req) != 0)
@@ -606,6 +666,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
 
 const char *mq_http_param(const mq_http_req *req, int i) {
   return i < req->nparams ? req->params[i] : "";
+}
+
+void *mq_http_route_data(const mq_http_req *req) { return req->route_data; }
+
+void mq_http_reply_header(mq_http_req *req, const char *name,
+                          const char *value) {
+  if (req->response)
+    MHD_add_response_header(req->response, name, value);
 }
 
 const char *mq_http_body(const mq_http_req *req, size_t *len) {
@@ -753,8 +821,36 @@ static void stream_wake(mq_http_req *req) {
   if (!st->waiting)
     return;
   st->waiting = false;
+  ev_io_stop(req->h->loop, &st->gone);
   MHD_resume_connection(req->conn);
   run_soon(req->h);
+}
+
+/* The socket of a waiting stream is readable: a client of an event stream
+ * sends nothing more, so it closed (or failed). MHD, sending the response,
+ * would not read to find that until the next heartbeat's write fails: the
+ * stream ends with an error now, and MHD closes the connection, giving its
+ * place back at once. A client that did send bytes is left to the
+ * heartbeat. */
+static void stream_gone_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  mq_http_req *req = w->data;
+  char c;
+  ssize_t n = recv(w->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  ev_io_stop(loop, w);
+  if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+    req->stream->client_gone = true;
+    stream_wake(req);
+  }
+}
+
+/* Watches the socket of a stream that starts waiting. */
+static void stream_watch(mq_http_req *req) {
+  const union MHD_ConnectionInfo *info =
+      MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (!info)
+    return;
+  ev_io_set(&req->stream->gone, info->connect_fd, EV_READ);
+  ev_io_start(req->h->loop, &req->stream->gone);
 }
 
 /* Ends the stream once what it holds is sent. */
@@ -783,48 +879,100 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
     }
     return (ssize_t)n;
   }
+  if (st->client_gone)
+    return MHD_CONTENT_READER_END_WITH_ERROR;
   if (st->ended)
     return MHD_CONTENT_READER_END_OF_STREAM;
   st->waiting = true;
   MHD_suspend_connection(req->conn);
+  stream_watch(req);
   return 0;
 }
 
-/* Writes `id: <token>` for event e of the batch the subscription holds. */
-static int add_id(struct stream *st, const struct mq_event *e) {
+static int text_add(struct mq_buf_text *t, const char *s, size_t n) {
+  return mq_buf_add(&t->s, &t->len, &t->cap, s, n);
+}
+
+/* Writes `id: <token>` for event e of the batch subscription s holds. */
+static int add_id(struct mq_buf_text *t, mq_subscription *s,
+                  const struct mq_event *e) {
   struct mq_event_position pos;
   char head[64];
   snprintf(head, sizeof head, "id: %lld", e->id);
-  if (stream_add(st, head, strlen(head)) != 0)
+  if (text_add(t, head, strlen(head)) != 0)
     return -1;
-  if (mq_subscription_position(st->sub, e->id, &pos) &&
-      (stream_add(st, "/", 1) != 0 ||
-       stream_add(st, pos.base, strlen(pos.base)) != 0 ||
-       stream_add(st, "/", 1) != 0 ||
-       stream_add(st, pos.target, strlen(pos.target)) != 0))
+  if (mq_subscription_position(s, e->id, &pos) &&
+      (text_add(t, "/", 1) != 0 ||
+       text_add(t, pos.base, strlen(pos.base)) != 0 ||
+       text_add(t, "/", 1) != 0 ||
+       text_add(t, pos.target, strlen(pos.target)) != 0))
     return -1;
-  return stream_add(st, "\n", 1);
+  return text_add(t, "\n", 1);
 }
 
 /* Writes event e as the API shows it (mq_event_json). */
-static int add_event(struct stream *st, const struct mq_event *e) {
+static int add_event(struct mq_buf_text *t, mq_subscription *s,
+                     const struct mq_event *e) {
   char jerr[128];
   char *json = mq_event_json(e, jerr, sizeof jerr);
   if (!json)
     return -1;
-  int rc = add_id(st, e);
+  int rc = add_id(t, s, e);
   /* An `event:` field is one line, and the store accepts types with line
    * breaks: the name is the type up to the first (data has it whole; JSON
    * escapes line breaks, so data is one line too). */
   size_t tn = strcspn(e->type, "\r\n");
   rc = rc != 0 ? rc
-       : stream_add(st, "event: ", 7) != 0 ? -1
-       : stream_add(st, e->type, tn) != 0 ? -1
-       : stream_add(st, "\ndata: ", 7) != 0 ? -1
-       : stream_add(st, json, strlen(json)) != 0 ? -1
-       : stream_add(st, "\n\n", 2);
+       : text_add(t, "event: ", 7) != 0 ? -1
+       : text_add(t, e->type, tn) != 0 ? -1
+       : text_add(t, "\ndata: ", 7) != 0 ? -1
+       : text_add(t, json, strlen(json)) != 0 ? -1
+       : text_add(t, "\n\n", 2);
   free(json);
   return rc;
+}
+
+/* The batch s holds as event-stream text: written once, and kept for the
+ * other streams that get the same batch. NULL when out of memory. */
+static const struct mq_buf_text *batch_text(mq_http *h, mq_subscription *s,
+                                            const struct mq_event *events,
+                                            int n) {
+  struct mq_buf_text *t = &h->text;
+  unsigned long long id = mq_subscription_batch_id(s);
+  if (t->batch_id == id && t->s)
+    return t;
+  t->len = 0;
+  t->batch_id = 0;
+  for (int i = 0; i < n; i++)
+    if (add_event(t, s, &events[i]) != 0)
+      return NULL;
+  t->batch_id = id;
+  return t;
+}
+
+/* Ends a stream whose client fell behind, after what it has unsent and a
+ * last event that says so. */
+static void stream_overflow(mq_http_req *req, size_t unsent) {
+  mq_http *h = req->h;
+  char msg[512], jerr[128];
+  snprintf(msg, sizeof msg,
+           "this client fell behind: %zu bytes of events were waiting to be "
+           "sent, more than http.stream_buffer (%d); reconnect with the "
+           "Last-Event-ID of the last event received to go on from there",
+           unsent, h->cfg->http.stream_buffer);
+  mq_json_object *o = mq_json_object_new();
+  mq_json_object_string(o, "error", msg);
+  mq_json_object_int(o, "stream_buffer", h->cfg->http.stream_buffer);
+  char *json = mq_json_object_finish(o, jerr, sizeof jerr);
+  struct stream *st = req->stream;
+  mq_log_info("http", "event stream cut off: the client fell behind "
+              "unsent=%zu limit=%d", unsent, h->cfg->http.stream_buffer);
+  if (json && (stream_add(st, "event: moonq.overflow\ndata: ", 28) != 0 ||
+               stream_add(st, json, strlen(json)) != 0 ||
+               stream_add(st, "\n\n", 2) != 0))
+    mq_log_error("http", "out of memory ending an event stream");
+  free(json);
+  stream_end(req);
 }
 
 static void stream_batch(int status, const char *error,
@@ -841,12 +989,25 @@ static void stream_batch(int status, const char *error,
                 "error=\"%s\"", error);
     return;
   }
-  for (int i = 0; i < n; i++)
-    if (add_event(st, &events[i]) != 0) {
-      mq_log_error("http", "out of memory in an event stream: ending it");
-      stream_end(req);
-      return;
-    }
+  /* A stream that reads on its own gets a batch once the last is sent; one
+   * that shares its pattern's reader gets every batch as it comes, and the
+   * client that cannot keep up is cut off. */
+  size_t unsent = st->len - st->off;
+  if (unsent > (size_t)req->h->cfg->http.stream_buffer) {
+    stream_overflow(req, unsent);
+    return;
+  }
+  if (st->off > 0) { /* what was sent goes, so the buffer stays small */
+    memmove(st->buf, st->buf + st->off, unsent);
+    st->len = unsent;
+    st->off = 0;
+  }
+  const struct mq_buf_text *t = batch_text(req->h, st->sub, events, n);
+  if (!t || stream_add(st, t->s, t->len) != 0) {
+    mq_log_error("http", "out of memory in an event stream: ending it");
+    stream_end(req);
+    return;
+  }
   st->holding = true;
   stream_wake(req);
 }
@@ -883,13 +1044,13 @@ void mq_http_reply_stream(mq_http_req *req, const char *pattern,
     mq_http_reply_error(req, 500, "out of memory");
     return;
   }
+  ev_init(&st->gone, stream_gone_cb);
+  st->gone.data = req;
   char err[256];
   req->stream = st;
   LIST_INSERT_HEAD(&h->streams, req, stream_link);
-  st->sub = pos ? mq_events_subscribe_at(h->events, pattern, pos,
-                                         stream_batch, req, err, sizeof err)
-                : mq_events_subscribe(h->events, pattern, from, from_id,
-                                      stream_batch, req, err, sizeof err);
+  st->sub = mq_events_follow(h->events, pattern, from, from_id, pos,
+                             stream_batch, req, err, sizeof err);
   struct MHD_Response *r =
       st->sub ? MHD_create_response_from_callback(
                     MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, req, NULL)
@@ -923,50 +1084,79 @@ void mq_http_reply_stream(mq_http_req *req, const char *pattern,
     ev_timer_start(h->loop, &h->heartbeat);
 }
 
-/* "<digits>:<digits>:<digits>,<digits>..." (pg_snapshot text), the
- * third part possibly empty; true when s[0..n) is one. */
+const char *mq_http_db_unreachable(const mq_pg *pg, const mq_events *events) {
+  if (mq_pg_is_up(pg) && (!events || mq_pg_is_up(mq_events_pg(events))))
+    return NULL;
+  return "the database is unreachable (no connection to PostgreSQL; the "
+         "server reconnects by itself): try again later";
+}
+
+/* s[0..n) is pg_snapshot text as PostgreSQL takes it: "xmin:xmax:xip,..."
+ * with 1 <= xmin <= xmax, each xip in [xmin, xmax), ascending. */
 static bool is_snapshot(const char *s, size_t n) {
-  if (n == 0)
+  if (n == 0 || n != strspn(s, "0123456789:,"))
     return false;
-  int colons = 0;
-  bool digit = false;
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] >= '0' && s[i] <= '9') {
-      digit = true;
-    } else if (s[i] == ':' && digit && colons < 2) {
-      colons++;
-      digit = false;
-    } else if (s[i] == ',' && digit && colons == 2) {
-      digit = false;
-    } else {
+  unsigned long long xmin, xmax, last;
+  char *end;
+  errno = 0;
+  xmin = strtoull(s, &end, 10);
+  if (end == s || *end != ':' || xmin < 1)
+    return false;
+  const char *p = end + 1;
+  xmax = strtoull(p, &end, 10);
+  if (end == p || *end != ':' || xmax < xmin)
+    return false;
+  last = xmin;
+  for (p = end + 1; p < s + n; p = end + 1) {
+    unsigned long long x = strtoull(p, &end, 10);
+    if (end == p || x < last || x >= xmax || (*end != ',' && end != s + n) ||
+        (*end == ',' && end + 1 == s + n))
       return false;
-    }
+    last = x;
+    if (end == s + n)
+      break;
   }
-  return colons == 2 && (digit || s[n - 1] == ':');
+  return errno == 0;
 }
 
 int mq_http_parse_position(const char *text, char *buf, size_t buflen,
-                           struct mq_event_position *pos) {
+                           struct mq_event_position *pos, char *err,
+                           size_t errlen) {
   size_t n = strlen(text);
-  if (n == 0 || n >= buflen)
+  if (n == 0 || n >= buflen) {
+    snprintf(err, errlen, "is %zu bytes, it must be 1 to %zu", n, buflen - 1);
     return -1;
+  }
   memcpy(buf, text, n + 1);
   char *end;
   errno = 0;
   long long id = strtoll(buf, &end, 10);
-  if (end == buf || buf[0] == '-' || buf[0] == '+' || errno != 0)
+  if (end == buf || buf[0] == '-' || buf[0] == '+' || errno != 0 ||
+      (*end != '\0' && *end != '/')) {
+    snprintf(err, errlen, "must be an event id (0 to %lld) or a position this "
+             "server sent (<id>/<snapshot>/<snapshot>)", LLONG_MAX);
     return -1;
+  }
   pos->after_id = id;
   pos->base = pos->target = NULL;
   if (*end == '\0')
     return 0;
   char *base = end + 1, *slash = strchr(base, '/');
-  if (*end != '/' || !slash)
+  if (slash)
+    *slash = '\0';
+  char *target = slash ? slash + 1 : NULL;
+  if (!target || !is_snapshot(base, strlen(base)) ||
+      !is_snapshot(target, strlen(target))) {
+    snprintf(err, errlen, "is not a position this server sent: after the "
+             "event id come two snapshots xmin:xmax:xip,... (1 <= xmin <= "
+             "xip < xmax, ascending) separated by /");
     return -1;
-  *slash = '\0';
-  char *target = slash + 1;
-  if (!is_snapshot(base, strlen(base)) || !is_snapshot(target, strlen(target)))
+  }
+  if (!mq_snapshot_covers(base, target)) {
+    snprintf(err, errlen, "is not a position this server sent: its first "
+             "snapshot is not before its second");
     return -1;
+  }
   pos->base = base;
   pos->target = target;
   return 0;

@@ -67,10 +67,14 @@ struct mq_http_route {
 };
 
 /* A table of routes ending with a zeroed entry, and the data its handlers
- * get. */
+ * get. `unavailable` (NULL: none) is asked before each of its handlers
+ * runs: a message (static) means the routes cannot be served now (the
+ * database cannot be reached) and the request is answered 503 with it at
+ * once instead of waiting; NULL lets the handler run. */
 struct mq_http_routes {
   const struct mq_http_route *routes;
   void *data;
+  const char *(*unavailable)(void *data);
 };
 
 /* Binds cfg->http.listen and starts serving `tables` (ntables of them,
@@ -109,6 +113,15 @@ int mq_http_unknown_args(mq_http_req *req, const char *const *known,
                          void (*fn)(void *data, const char *name),
                          void *data);
 
+/* The data of the table of the request's route (struct mq_http_routes),
+ * for a completion callback that has only the request. */
+void *mq_http_route_data(const mq_http_req *req);
+
+/* Adds a header to the reply the request has just been given (after
+ * mq_http_reply*; nothing without one). */
+void mq_http_reply_header(mq_http_req *req, const char *name,
+                          const char *value);
+
 /* The request body (NUL-terminated; "" without a body) and its length. */
 const char *mq_http_body(const mq_http_req *req, size_t *len);
 
@@ -141,17 +154,31 @@ void mq_http_reply_static(mq_http_req *req, int status,
  * from pos when pos is not NULL (a position token's, see
  * mq_http_parse_position). Each event is sent as
  *   id: <position token>\nevent: <type>\ndata: <event JSON>\n\n
- * with a comment line every http.heartbeat seconds. Replies 503 with the
+ * with a comment line every http.heartbeat seconds. The streams of one
+ * pattern share one reader (mq_events_follow); a live client with more
+ * than http.stream_buffer bytes unsent when events come is cut off with an
+ * `event: moonq.overflow` whose data names the limit. Replies 503 with the
  * event store disabled and 400 for a bad pattern. */
 void mq_http_reply_stream(mq_http_req *req, const char *pattern,
                           enum mq_events_from from, long long from_id,
                           const struct mq_event_position *pos);
 
+/* For a table's `unavailable`: a message when pg, or events' pool (events
+ * may be NULL), has no connection to PostgreSQL (down, or refusing it),
+ * else NULL. A call would wait for a connection for the pool's
+ * queue_timeout (30 s); this answers it at once. The pool's reason is not
+ * in the message (it can name hosts and users). */
+const char *mq_http_db_unreachable(const mq_pg *pg, const mq_events *events);
+
 /* Reads a position token (the `id:` of a streamed event: "<event id>" or
  * "<event id>/<base snapshot>/<target snapshot>") into pos, whose strings
  * point into `text`, copied to buf (buflen bytes). A plain id fills only
- * after_id (pos->base NULL). Returns 0, or -1 when it is not one. */
+ * after_id (pos->base NULL). Returns 0, or -1 when it is not one: longer
+ * than buflen - 1 bytes, an id outside 0 to 2^63 - 1, snapshots that
+ * PostgreSQL would refuse or that are out of order; err then says which
+ * (a sentence to follow the value's name). */
 int mq_http_parse_position(const char *text, char *buf, size_t buflen,
-                           struct mq_event_position *pos);
+                           struct mq_event_position *pos, char *err,
+                           size_t errlen);
 
 #endif

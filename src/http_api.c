@@ -10,6 +10,7 @@
 #include "http_api.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,9 +35,13 @@ struct mq_http_api {
   mq_queue *queue;
   mq_events *events;
   mq_schedules *schedules;
+  mq_http_counts *counts;
   lua_State *L;        /* decodes request bodies (json.c) */
   int st_start_flow, st_get_flow, st_list_flows, st_list_runs;
 };
+
+static void reply_list(mq_http_req *req, int status, const char *key, int n,
+                       char *(*item)(const void *ctx, int i), const void *ctx);
 
 /* ---- request bodies ------------------------------------------------------ */
 
@@ -59,6 +64,7 @@ struct value {
   char *text;
   struct mq_event_input *events; /* K_EVENTS: n of them, strings owned */
   int n;
+  int count; /* K_LIST: elements */
 };
 
 struct body {
@@ -153,6 +159,7 @@ static int read_list(lua_State *L, struct body *b, int idx, const char *name,
   if (mq_buf_add(&buf, &len, &cap, "]", 1) != 0 || !buf)
     return luaL_error(L, "out of memory");
   v->text = buf;
+  v->count = (int)n;
   return 0;
 }
 
@@ -265,7 +272,8 @@ static int read_body_cb(lua_State *L) {
   struct body *b = lua_touserdata(L, 1);
   char err[400];
   const char *text = b->len ? b->text : "{}";
-  if (mq_json_decode(L, text, b->len ? b->len : 2, err, sizeof err) != 0) {
+  if (mq_json_decode_unique(L, text, b->len ? b->len : 2, err,
+                            sizeof err) != 0) {
     snprintf(b->err, sizeof b->err, "the request body is not JSON: %s", err);
     return 0;
   }
@@ -392,12 +400,20 @@ static void json_done(int status, const char *error, const char *json,
 
 /* ---- jobs --------------------------------------------------------------- */
 
+/* A change of jobs or queues went through: counts read from now on show
+ * it. */
+static void counts_changed(mq_http_req *req) {
+  mq_http_api *api = mq_http_route_data(req);
+  mq_http_counts_changed(api->counts);
+}
+
 static void sent(int status, const char *error, long long id, void *data) {
   char json[48];
   if (status != MQ_QUEUE_OK) {
     mq_http_reply_error(data, queue_status(status), "%s", error);
     return;
   }
+  counts_changed(data);
   snprintf(json, sizeof json, "{\"id\":%lld}", id);
   mq_http_reply_json(data, 201, json);
 }
@@ -418,12 +434,60 @@ static void h_send(mq_http_req *req, void *data) {
   values_free(v, 3);
 }
 
+struct send_many {
+  mq_http_req *req;
+  int n; /* jobs asked for */
+};
+
+/* {"ids": [...]} with one entry per job asked for: its id, or null when
+ * it was not created. Only the singleton index makes send_many skip a job,
+ * and its options (the key with them) are every job's: the first job was
+ * created and the others are skipped, or the key was taken and none is.
+ * So the k ids created (0 or 1 with a key) are the first k jobs'. None
+ * created is 409, as for one job. */
 static void sent_many(int status, const char *error, const char *json,
                       void *data) {
-  if (status < 0)
-    mq_http_reply_error(data, queue_status(status), "%s", error);
-  else
-    reply_wrapped(data, 201, "ids", json);
+  struct send_many *c = data;
+  mq_http_req *req = c->req;
+  int n = c->n;
+  free(c);
+  if (status < 0) {
+    mq_http_reply_error(req, queue_status(status), "%s", error);
+    return;
+  }
+  char *out = NULL, jerr[128];
+  size_t len = 0, cap = 0;
+  int k = 0, rc = mq_buf_add(&out, &len, &cap, "[", 1);
+  for (const char *p = json; rc == 0 && k < n; k++) {
+    char *end;
+    p += strcspn(p, "0123456789]");
+    long long id = *p && *p != ']' ? strtoll(p, &end, 10) : 0;
+    if (!id)
+      break;
+    char item[24];
+    snprintf(item, sizeof item, "%s%lld", k ? "," : "", id);
+    rc = mq_buf_add(&out, &len, &cap, item, strlen(item));
+    p = end;
+  }
+  int created = k;
+  if (created > 0)
+    counts_changed(req);
+  for (; rc == 0 && k < n; k++)
+    rc = mq_buf_add(&out, &len, &cap, k ? ",null" : "null", k ? 5 : 4);
+  if (rc != 0 || mq_buf_add(&out, &len, &cap, "]", 1) != 0) {
+    mq_http_reply_error(req, 500, "out of memory");
+  } else if (created == 0 && n > 0) {
+    mq_json_object *o = mq_json_object_new();
+    mq_json_object_string(o, "error", "the singleton_key is taken: no job "
+                          "was created");
+    mq_json_object_raw(o, "ids", out);
+    char *text = mq_json_object_finish(o, jerr, sizeof jerr);
+    mq_http_reply_json(req, 409, text ? text : "{}");
+    free(text);
+  } else {
+    reply_wrapped(req, 201, "ids", out);
+  }
+  free(out);
 }
 
 /* POST /api/jobs/batch {name, list, options} -> 201 {ids} */
@@ -435,10 +499,19 @@ static void h_send_many(mq_http_req *req, void *data) {
   if (read_body(api, req, f, 3, v) != 0)
     return;
   char err[512];
+  struct send_many *c = malloc(sizeof *c);
+  if (!c) {
+    mq_http_reply_error(req, 500, "out of memory");
+    values_free(v, 3);
+    return;
+  }
+  *c = (struct send_many){req, v[1].count};
   int rc = mq_queue_send_many(api->queue, v[0].text, v[1].text, v[2].text,
-                              sent_many, req, err, sizeof err);
-  if (rc != 0)
+                              sent_many, c, err, sizeof err);
+  if (rc != 0) {
+    free(c);
     mq_http_reply_error(req, queue_status(rc), "%s", err);
+  }
   values_free(v, 3);
 }
 
@@ -564,6 +637,7 @@ static void changed(int status, const char *error, const char *json,
     mq_http_reply_error(req, 404, "job %s not found %s", mq_http_param(req, 0),
                         must);
   } else {
+    counts_changed(req);
     snprintf(out, sizeof out, "{\"%s\":true}", key);
     mq_http_reply_json(req, 200, out);
   }
@@ -608,37 +682,116 @@ static void queue_op(mq_http_req *req, mq_http_api *api, enum mq_queue_op op,
     reply_pool_closed(req);
 }
 
-static void queues_listed(int status, const char *error, const char *json,
-                          void *data) {
-  if (status < 0)
-    mq_http_reply_error(data, queue_status(status), "%s", error);
-  else
-    reply_wrapped(data, 200, "queues", json);
+/* The counts of `queue` from rows of http_counts.h (family 1 rows of one
+ * queue are consecutive) as {waiting, paused, delayed, ...}: zeros for a
+ * queue without rows, as counts() has them. */
+static char *counts_json(const PGresult *rows, const char *queue) {
+  static const char *const states[] = {"waiting", "paused", "delayed",
+                                       "active", "completed", "failed",
+                                       "cancelled"};
+  long long n[7] = {0};
+  for (int i = 0, rn = PQntuples(rows); i < rn; i++) {
+    if (mq_pg_getll(rows, i, 0) != 1 ||
+        strcmp(PQgetvalue(rows, i, 1), queue) != 0)
+      continue;
+    for (int k = 0; k < 7; k++)
+      if (strcmp(PQgetvalue(rows, i, 2), states[k]) == 0)
+        n[k] = mq_pg_getll(rows, i, 3);
+  }
+  char err[128];
+  mq_json_object *o = mq_json_object_new();
+  for (int k = 0; k < 7; k++)
+    mq_json_object_int(o, states[k], n[k]);
+  return mq_json_object_finish(o, err, sizeof err);
+}
+
+/* The family 2 rows (one per queue, by name) of the counts read. */
+struct queue_rows {
+  const PGresult *rows;
+  int first;
+};
+
+static char *queue_item(const void *ctx, int i) {
+  const struct queue_rows *q = ctx;
+  int row = q->first + i;
+  const char *name = PQgetvalue(q->rows, row, 1);
+  char *counts = counts_json(q->rows, name), err[128];
+  if (!counts)
+    return NULL;
+  mq_json_object *o = mq_json_object_new();
+  mq_json_object_string(o, "name", name);
+  mq_json_object_bool(o, "paused", mq_pg_getll(q->rows, row, 3) != 0);
+  mq_json_object_raw(o, "counts", counts);
+  free(counts);
+  return mq_json_object_finish(o, err, sizeof err);
+}
+
+/* The counts' age as an Age header (whole seconds, as HTTP has it). */
+static void reply_age(mq_http_req *req, double age) {
+  char value[24];
+  snprintf(value, sizeof value, "%d", age > 0 ? (int)age : 0);
+  mq_http_reply_header(req, "Age", value);
+}
+
+static void queues_counted(const PGresult *rows, double age, const char *error,
+                           void *data) {
+  mq_http_req *req = data;
+  if (error) {
+    mq_http_reply_error(req, 503, "%s", error);
+    return;
+  }
+  struct queue_rows q = {rows, 0};
+  int n = 0;
+  for (int i = 0, rn = PQntuples(rows); i < rn; i++) {
+    if (mq_pg_getll(rows, i, 0) != 2)
+      continue;
+    if (n++ == 0)
+      q.first = i;
+  }
+  reply_list(req, 200, "queues", n, queue_item, &q);
+  reply_age(req, age);
 }
 
 /* GET /api/queues -> {queues: [{name, paused, counts}]} */
 static void h_queues(mq_http_req *req, void *data) {
   mq_http_api *api = data;
   static const char *const known[] = {NULL};
-  if (only_args(req, known) == 0 &&
-      mq_queue_call(api->queue, MQ_QUEUE_QUEUES, NULL, queues_listed, req) != 0)
-    reply_pool_closed(req);
+  if (only_args(req, known) == 0)
+    mq_http_counts_get(api->counts, queues_counted, req);
+}
+
+static void queue_counted(const PGresult *rows, double age, const char *error,
+                          void *data) {
+  mq_http_req *req = data;
+  char *json = error ? NULL : counts_json(rows, mq_http_param(req, 0));
+  if (json)
+    mq_http_reply_json(req, 200, json);
+  else
+    mq_http_reply_error(req, error ? 503 : 500, "%s",
+                        error ? error : "out of memory");
+  reply_age(req, age);
+  free(json);
 }
 
 /* GET /api/queues/{queue}/counts -> {waiting, paused, delayed, ...} */
 static void h_counts(mq_http_req *req, void *data) {
+  mq_http_api *api = data;
   static const char *const known[] = {NULL};
   if (only_args(req, known) == 0)
-    queue_op(req, data, MQ_QUEUE_COUNTS, NULL, json_done);
+    mq_http_counts_get(api->counts, queue_counted, req);
 }
 
 static void paused(int status, const char *error, const char *json,
                    void *data) {
+  if (status >= 0)
+    counts_changed(data);
   json_done(status, error, "{\"paused\":true}", data);
 }
 
 static void resumed(int status, const char *error, const char *json,
                     void *data) {
+  if (status >= 0)
+    counts_changed(data);
   json_done(status, error, "{\"paused\":false}", data);
 }
 
@@ -658,10 +811,12 @@ static void h_resume(mq_http_req *req, void *data) {
 
 static void purged(int status, const char *error, const char *json,
                    void *data) {
-  if (status < 0)
+  if (status < 0) {
     mq_http_reply_error(data, queue_status(status), "%s", error);
-  else
-    reply_wrapped(data, 200, "purged", json);
+    return;
+  }
+  counts_changed(data);
+  reply_wrapped(data, 200, "purged", json);
 }
 
 /* DELETE /api/queues/{queue}/jobs?state=S -> {purged: n} */
@@ -848,17 +1003,22 @@ static void h_query(mq_http_req *req, void *data) {
   static const char *const known[] = {"stream", "types", "after", "before",
                                       "limit", "run_id", "from_ts", "to_ts",
                                       NULL};
-  long long after = 0, before = 0, limit = 1000;
+  long long after = 0, before = 0, limit = MQ_EVENTS_QUERY_DEFAULT;
   if (!have_events(api, req) || only_args(req, known) != 0 ||
       int_arg(req, "after", 0, INT64_MAX, &after) != 0 ||
       int_arg(req, "before", 0, INT64_MAX, &before) != 0 ||
-      int_arg(req, "limit", 1, 100000, &limit) != 0)
+      int_arg(req, "limit", 1, MQ_EVENTS_QUERY_MAX, &limit) != 0)
     return;
   const char *stream = mq_http_arg(req, "stream");
   const char *list = mq_http_arg(req, "types");
-  if (!stream || !*stream) {
+  char why[160];
+  if (!stream) {
     mq_http_reply_error(req, 400, "stream is required (a stream or a "
                         "pattern such as \"orders:*\")");
+    return;
+  }
+  if (mq_events_check_pattern(stream, why, sizeof why) != 0) {
+    mq_http_reply_error(req, 400, "%s", why);
     return;
   }
   char buf[4096];
@@ -887,12 +1047,13 @@ static void h_stream(mq_http_req *req, void *data) {
   const char *pattern = mq_http_arg(req, "stream");
   const char *from = mq_http_arg(req, "from");
   const char *last = mq_http_header(req, "Last-Event-ID");
-  char buf[2048];
+  char buf[2048], why[256];
   struct mq_event_position pos;
   if (last && *last) {
-    if (mq_http_parse_position(last, buf, sizeof buf, &pos) != 0) {
-      mq_http_reply_error(req, 400, "Last-Event-ID is not an id this server "
-                          "sent: \"%.60s\"", last);
+    if (mq_http_parse_position(last, buf, sizeof buf, &pos, why,
+                               sizeof why) != 0) {
+      mq_http_reply_error(req, 400, "Last-Event-ID \"%.60s%s\" %s", last,
+                          strlen(last) > 60 ? "..." : "", why);
       return;
     }
   } else if (!from || strcmp(from, "end") == 0) {
@@ -901,9 +1062,12 @@ static void h_stream(mq_http_req *req, void *data) {
   } else if (strcmp(from, "start") == 0) {
     mq_http_reply_stream(req, pattern, MQ_EVENTS_FROM_START, 0, NULL);
     return;
-  } else if (mq_http_parse_position(from, buf, sizeof buf, &pos) != 0) {
+  } else if (mq_http_parse_position(from, buf, sizeof buf, &pos, why,
+                                     sizeof why) != 0) {
     mq_http_reply_error(req, 400, "from must be \"start\", \"end\" or an "
-                        "event id, got \"%.60s\"", from);
+                        "event id (0 to %lld) or position, got \"%.60s%s\": "
+                        "it %s", LLONG_MAX, from, strlen(from) > 60 ? "..." : "",
+                        why);
     return;
   }
   if (pos.base)
@@ -940,6 +1104,7 @@ static void run_started(const struct mq_pg_reply *r, void *data) {
     mq_http_reply_error(req, sql_status(r), "%s", r->error);
     return;
   }
+  mq_http_counts_changed(api->counts);
   if (mq_lua_protect(api->L, quote_cb, PQgetvalue(r->result, 0, 0), 1) ==
       LUA_OK)
     reply_wrapped(req, 201, "run_id", lua_tostring(api->L, -1));
@@ -1040,10 +1205,25 @@ static void h_list_runs(mq_http_req *req, void *data) {
                         "completed, failed or cancelled)", status);
     return;
   }
-  char n[24];
+  /* before: a started_at (runs before it), or a page's next,
+   * "<started_at>|<run_id>" (runs after that one in the order) */
+  char n[24], at[64];
   snprintf(n, sizeof n, "%lld", limit);
-  const char *params[] = {flow, status, n, mq_http_arg(req, "before")};
-  if (mq_pg_exec(api->pg, api->st_list_runs, 4, params, 0, got_json, req) != 0)
+  const char *before = mq_http_arg(req, "before"), *before_run = NULL;
+  const char *bar = before ? strchr(before, '|') : NULL;
+  if (bar) {
+    if ((size_t)(bar - before) >= sizeof at) {
+      mq_http_reply_error(req, 400, "before: the time before '|' is over %zu "
+                          "bytes", sizeof at - 1);
+      return;
+    }
+    memcpy(at, before, (size_t)(bar - before));
+    at[bar - before] = '\0';
+    before = at;
+    before_run = bar + 1;
+  }
+  const char *params[] = {flow, status, n, before, before_run};
+  if (mq_pg_exec(api->pg, api->st_list_runs, 5, params, 0, got_json, req) != 0)
     reply_pool_closed(req);
 }
 
@@ -1138,6 +1318,7 @@ mq_http_api *mq_http_api_new(const struct mq_http_api_deps *deps) {
   api->queue = deps->queue;
   api->events = deps->events;
   api->schedules = deps->schedules;
+  api->counts = deps->counts;
   api->st_start_flow = mq_pg_prepare_in(
       deps->pg, "SELECT %s.start_flow($1, $2::jsonb, $3::jsonb)",
       deps->cfg->schema);
@@ -1158,9 +1339,11 @@ mq_http_api *mq_http_api_new(const struct mq_http_api_deps *deps) {
       "'flow', r.flow_name, 'run_id', r.run_id, 'status', r.status,"
       " 'started_at', r.started_at, 'completed_at', r.completed_at,"
       " 'failed_step', r.failed_step, 'error', r.error)"
-      " ORDER BY r.started_at DESC), '[]'),"
-      " 'next', CASE WHEN count(*) = $3::integer THEN min(r.started_at) END)::text"
-      " FROM %s.list_flows($1, $2, $3::integer, $4::timestamptz) r",
+      " ORDER BY r.started_at DESC, r.run_id DESC), '[]'),"
+      " 'next', CASE WHEN count(*) = $3::integer THEN (array_agg("
+      "r.started_at::text || '|' || r.run_id ORDER BY r.started_at,"
+      " r.run_id))[1] END)::text"
+      " FROM %s.list_flows($1, $2, $3::integer, $4::timestamptz, $5) r",
       deps->cfg->schema);
   if (api->st_start_flow < 0 || api->st_get_flow < 0 ||
       api->st_list_flows < 0 || api->st_list_runs < 0 ||
@@ -1171,8 +1354,13 @@ mq_http_api *mq_http_api_new(const struct mq_http_api_deps *deps) {
   return api;
 }
 
+static const char *api_unavailable(void *data) {
+  mq_http_api *api = data;
+  return mq_http_db_unreachable(api->pg, api->events);
+}
+
 struct mq_http_routes mq_http_api_routes(mq_http_api *api) {
-  return (struct mq_http_routes){routes, api};
+  return (struct mq_http_routes){routes, api, api_unavailable};
 }
 
 void mq_http_api_close(mq_http_api *api) {

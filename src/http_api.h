@@ -18,6 +18,7 @@
 #include "config.h"
 #include "events.h"
 #include "http.h"
+#include "http_counts.h"
 #include "pg.h"
 #include "queue.h"
 #include "schedules.h"
@@ -32,6 +33,7 @@ struct mq_http_api_deps {
   mq_queue *queue;
   mq_events *events;
   mq_schedules *schedules;
+  mq_http_counts *counts; /* the job counts, shared with /metrics */
 };
 
 /* Makes the API; NULL when out of memory. */

@@ -22,7 +22,6 @@
 
 struct mq_http_metrics {
   struct mq_http_metrics_deps d;
-  int st_gauges;
   char *cache; /* the database figures, rendered; NULL before the first */
   size_t cache_len;
   ev_tstamp cached_at, keep; /* when read, and seconds to keep them */
@@ -36,19 +35,6 @@ struct scrape {
   char err[512];   /* a read failed: the reply is 503 with this */
   struct mq_metrics_text jobs, groups;
 };
-
-/* Rows (family, queue, state, value), families in this order. */
-static const char gauges_sql[] =
-    "WITH n AS (SELECT name FROM %s.queue_names() AS q(name))"
-    " SELECT 1, n.name, c.key, c.value::bigint"
-    "   FROM n, LATERAL jsonb_each_text(%s.counts(n.name)) AS c"
-    " UNION ALL"
-    " SELECT 2, n.name, NULL, coalesce(x.paused, false)::int::bigint"
-    "   FROM n LEFT JOIN %s.queue x ON x.name = n.name"
-    " UNION ALL"
-    " SELECT 3, NULL, NULL, coalesce((SELECT s.last_value FROM pg_sequences s"
-    "   WHERE s.schemaname = $1 AND s.sequencename = 'queue_events_id_seq'), 0)"
-    " ORDER BY 1, 2, 3";
 
 /* ---- the database figures ------------------------------------------------ */
 
@@ -170,13 +156,14 @@ static void read_done(struct scrape *s) {
   scrape_free(s);
 }
 
-static void gauges_read(const struct mq_pg_reply *r, void *data) {
+static void gauges_read(const PGresult *rows, double age, const char *error,
+                        void *data) {
   struct scrape *s = data;
-  if (r->status != MQ_PG_OK)
+  if (error)
     snprintf(s->err, sizeof s->err, "reading the job counts failed: %s",
-             r->error);
+             error);
   else
-    render_gauges(&s->jobs, r->result);
+    render_gauges(&s->jobs, rows);
   read_done(s);
 }
 
@@ -208,16 +195,11 @@ static void h_metrics(mq_http_req *req, void *data) {
     mq_http_reply_error(req, 500, "out of memory");
     return;
   }
+  /* pending: the counts, and a hold until the group read has started or
+   * failed to (the counts may answer at once) */
   *s = (struct scrape){.m = m, .req = req, .began = ev_now(m->d.loop),
-                       .pending = 1};
-  const char *params[] = {m->d.cfg->schema};
-  if (mq_pg_exec(m->d.pg, m->st_gauges, 1, params, MQ_PG_RETRY, gauges_read,
-                 s) != 0) {
-    mq_http_reply_error(req, 503, "the connection pool is closed");
-    scrape_free(s);
-    return;
-  }
-  s->pending++; /* held until the group read has started or failed to */
+                       .pending = 2};
+  mq_http_counts_get(m->d.counts, gauges_read, s);
   if (m->d.events) {
     if (mq_group_list(m->d.events, NULL, groups_read, s) == 0)
       s->pending++;
@@ -235,16 +217,16 @@ mq_http_metrics *mq_http_metrics_new(const struct mq_http_metrics_deps *deps) {
   if (!m)
     return NULL;
   m->d = *deps;
-  m->st_gauges = mq_pg_prepare_in(deps->pg, gauges_sql, deps->cfg->schema);
-  if (m->st_gauges < 0) {
-    free(m);
-    return NULL;
-  }
   return m;
 }
 
+static const char *metrics_unavailable(void *data) {
+  mq_http_metrics *m = data;
+  return mq_http_db_unreachable(m->d.pg, m->d.events);
+}
+
 struct mq_http_routes mq_http_metrics_routes(mq_http_metrics *m) {
-  return (struct mq_http_routes){routes, m};
+  return (struct mq_http_routes){routes, m, metrics_unavailable};
 }
 
 void mq_http_metrics_close(mq_http_metrics *m) {

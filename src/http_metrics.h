@@ -3,7 +3,8 @@
  *
  * Two kinds of figures. Read from the database and cached (at least 1 s,
  * longer when reading them is slow: ten times the time the last read
- * took): jobs by queue and state (the counts of moonq.queue.counts),
+ * took): jobs by queue and state (the counts of moonq.queue.counts, from
+ * the http_counts shared with /api/queues),
  * paused queues, event ids taken, each consumer group's lag and parked
  * events. Kept by this process and always current: jobs completed,
  * failed and retried, run-time and wait-time histograms (metrics.h), the
@@ -21,6 +22,7 @@
 #include "config.h"
 #include "events.h"
 #include "http.h"
+#include "http_counts.h"
 #include "metrics.h"
 #include "pg.h"
 
@@ -35,6 +37,7 @@ struct mq_http_metrics_deps {
   mq_events *events;
   mq_metrics *metrics;
   lua_State *L;
+  mq_http_counts *counts; /* the job counts, shared with the API */
 };
 
 /* Makes the route's state; NULL when out of memory or the statement cannot

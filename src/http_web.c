@@ -56,5 +56,5 @@ static const struct mq_http_route routes[] = {
     {NULL, NULL, NULL, 0}};
 
 struct mq_http_routes mq_http_web_routes(void) {
-  return (struct mq_http_routes){routes, NULL};
+  return (struct mq_http_routes){routes, NULL, NULL};
 }

@@ -77,6 +77,7 @@ struct dec {
   size_t scap;
   int depth, max_depth;
   char decpoint; /* the locale's decimal point, for strtod */
+  bool unique;   /* a key twice in one object is an error */
   bool ok;
   char *err;
   size_t errlen;
@@ -194,16 +195,30 @@ static int decode_main(lua_State *L) {
   return 1;
 }
 
+static int decode(lua_State *L, const char *text, size_t len, int levels,
+                  bool unique, char *err, size_t errlen);
+
 int mq_json_decode(lua_State *L, const char *text, size_t len, char *err,
                    size_t errlen) {
-  return mq_json_decode_wrapped(L, text, len, 0, err, errlen);
+  return decode(L, text, len, 0, false, err, errlen);
+}
+
+int mq_json_decode_unique(lua_State *L, const char *text, size_t len,
+                          char *err, size_t errlen) {
+  return decode(L, text, len, 0, true, err, errlen);
 }
 
 int mq_json_decode_wrapped(lua_State *L, const char *text, size_t len,
                            int levels, char *err, size_t errlen) {
+  return decode(L, text, len, levels, false, err, errlen);
+}
+
+static int decode(lua_State *L, const char *text, size_t len, int levels,
+                  bool unique, char *err, size_t errlen) {
   struct dec d;
   memset(&d, 0, sizeof d);
   d.L = L;
+  d.unique = unique;
   d.max_depth = MAX_DEPTH + levels;
   d.start = d.p = text;
   d.end = text + len;
@@ -909,8 +924,23 @@ static int dec_object(struct dec *d) {
   for (;;) {
     if (d->p == d->end || *d->p != '"')
       return syntax(d, d->p, "expected a string key");
+    const char *key_at = d->p;
     if (dec_string(d) != 0) /* [.. object key] */
       return -1;
+    if (d->unique) {
+      if (!lua_checkstack(L, 2))
+        return dec_oom(d);
+      lua_pushvalue(L, -1);
+      bool twice = lua_rawget(L, -3) != LUA_TNIL;
+      lua_pop(L, 1);
+      if (twice) {
+        if (d->err)
+          snprintf(d->err, d->errlen, "invalid JSON at byte %zu: the key "
+                   "\"%.60s\" appears twice in one object",
+                   (size_t)(key_at - d->start), lua_tostring(L, -1));
+        return -1;
+      }
+    }
     skip_ws(d);
     if (d->p == d->end || *d->p != ':')
       return syntax(d, d->p, "expected ':'");

@@ -56,6 +56,13 @@ char *mq_json_encode_stored(lua_State *L, int idx, const char *root,
 int mq_json_decode(lua_State *L, const char *text, size_t len, char *err,
                    size_t errlen);
 
+/* mq_json_decode, except that an object holding a key twice is an error
+ * naming the key and its byte offset (mq_json_decode keeps the last, as
+ * PostgreSQL's jsonb does): for documents a client sends, where a key
+ * twice is a mistake that would be lost silently. */
+int mq_json_decode_unique(lua_State *L, const char *text, size_t len,
+                          char *err, size_t errlen);
+
 /* mq_json_decode for a document that wraps values of the 128-level limit
  * `levels` deep (a job inside a list: 2), so that they decode whole. */
 int mq_json_decode_wrapped(lua_State *L, const char *text, size_t len,

@@ -64,6 +64,7 @@ struct mq_runtime {
   mq_worker *worker;  /* when this process runs handlers */
   mq_http_api *http_api; /* with http: the API's routes */
   mq_http_metrics *http_metrics; /* with http: GET /metrics */
+  mq_http_counts *http_counts; /* with http: the job counts of both */
   mq_http *http;      /* the HTTP server, when one is started */
   mq_metrics *metrics; /* this process's job counters (owned) */
   enum phase phase;
@@ -447,15 +448,21 @@ int mq_runtime_start_http(mq_runtime *rt, char *err, size_t errlen) {
   }
   if (rt->http || !rt->cfg->http.listen)
     return 0;
+  if (!(rt->http_counts = mq_http_counts_new(rt->loop, rt->pg,
+                                             rt->cfg->schema))) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
   struct mq_http_api_deps deps = {rt->cfg, rt->pg, rt->queue, rt->events,
-                                  rt->schedules};
+                                  rt->schedules, rt->http_counts};
   if (!(rt->http_api = mq_http_api_new(&deps))) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
   struct mq_http_metrics_deps mdeps = {rt->loop, rt->cfg, rt->pg,
                                        rt->events, rt->metrics,
-                                       rt->worker ? rt->L : NULL};
+                                       rt->worker ? rt->L : NULL,
+                                       rt->http_counts};
   if (!(rt->http_metrics = mq_http_metrics_new(&mdeps))) {
     snprintf(err, errlen, "out of memory");
     return -1;
@@ -621,6 +628,7 @@ void mq_runtime_close(mq_runtime *rt) {
   mq_http_close(rt->http);
   mq_http_api_close(rt->http_api);
   mq_http_metrics_close(rt->http_metrics);
+  mq_http_counts_close(rt->http_counts);
   mq_worker_close(rt->worker);
   mq_schedules_close(rt->schedules);
   mq_events_close(rt->events);

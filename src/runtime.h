@@ -35,7 +35,7 @@
  * No step is skipped.
  *
  * Uses: config, log, pg, migrate, queue, scheduler, events, schedules,
- * task, worker, supervisor, http, http_api,
+ * task, worker, supervisor, http, http_api, http_metrics, http_counts,
  * lua_host, bindings (to preload the Lua modules in its own Lua state).
  */
 #ifndef MQ_RUNTIME_H

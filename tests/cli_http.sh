@@ -119,6 +119,16 @@ later=$(jget id)
 api POST /api/jobs/batch '{"name":"later","list":[{"i":1},{"i":2},{"i":3}]}'
 expect 201 '"ids":' "send_many"
 [ "$(sql "SELECT count(*) FROM $schema.job WHERE queue = 'later'")" = 4 ] || fail "send_many: 3 more jobs expected"
+# with a singleton_key (every job's): one entry per job, null for each job
+# not created; none created is 409
+api POST /api/jobs/batch '{"name":"later","list":[{"i":1},{"i":2},{"i":3}],"options":{"singleton_key":"k1","queue":"single"}}'
+expect 201 '"ids":' "send_many with a singleton_key"
+first=$(sql "SELECT id FROM $schema.job WHERE queue = 'single'")
+[ "$(printf %s "$body" | tr -d ' ')" = "{\"ids\":[$first,null,null]}" ] ||
+  fail "send_many with a singleton_key: expected [$first,null,null], got $body"
+api POST /api/jobs/batch '{"name":"later","list":[{"i":4},{"i":5}],"options":{"singleton_key":"k1","queue":"single"}}'
+expect 409 '"ids":[null,null]' "send_many with a singleton_key taken"
+[ "$(sql "SELECT count(*) FROM $schema.job WHERE queue = 'single'")" = 1 ] || fail "send_many with a singleton_key: one job expected"
 
 api GET "/api/jobs?queue=later&limit=2&order=oldest"
 expect 200 '"jobs":' "list"
@@ -134,15 +144,30 @@ api GET "/api/jobs?queue=later&state=sleeping"
 expect 400 'unknown state \"sleeping\"' "list with a bad state"
 
 api GET /api/queues
-expect 200 '"name": "later"' "list queues"
+expect 200 '"name":"later"' "list queues"
 [ "$(jget queues.@later.counts.waiting)" = 3 ] && [ "$(jget queues.@echo.counts.completed)" = 1 ] &&
   [ "$(jget queues.@later.paused)" = false ] || fail "list queues: later and echo with counts: $body"
 api GET /api/queues/later/counts
-expect 200 '"delayed": 1' "counts"
-[[ "$body" == *'"waiting": 3'* ]] || fail "counts: 3 waiting expected: $body"
+expect 200 '"delayed":1' "counts"
+[[ "$body" == *'"waiting":3'* ]] || fail "counts: 3 waiting expected: $body"
+# the counts are read once for every caller and kept up to 1 s (an Age
+# header says how old): a job added behind the server's back shows after
+# that second; a change made through the server shows at once
+api GET /api/queues/later/counts
+behind=$(sql "SELECT $schema.send('later', '{}')")
+age=$(curl -s -D - -o "$dir/resp" "$base/api/queues/later/counts" | tr -d '\r' | sed -n 's/^Age: //Ip')
+body=$(cat "$dir/resp")
+[ "$(jget waiting)" = 3 ] && [ "$age" = 0 ] || fail "counts: not the cached ones (Age \"$age\"): $body"
+sleep 1.2
+api GET /api/queues/later/counts
+[ "$(jget waiting)" = 4 ] || fail "counts: not read again after 1 s: $body"
+sql "DELETE FROM $schema.job WHERE id = $behind" >/dev/null
 api POST /api/queues/later/pause
 expect 200 '{"paused":true}' "pause"
 [ "$(sql "SELECT paused FROM $schema.queue WHERE name = 'later'")" = t ] || fail "pause: not stored"
+api GET /api/queues
+[ "$(jget queues.@later.paused)" = true ] && [ "$(jget queues.@later.counts.paused)" = 3 ] ||
+  fail "counts: a pause through the server is not shown at once: $body"
 api POST /api/queues/later/resume
 expect 200 '{"paused":false}' "resume"
 [ "$(sql "SELECT paused FROM $schema.queue WHERE name = 'later'")" = f ] || fail "resume: not stored"
@@ -219,10 +244,37 @@ expect 413 'more than http.max_body (69632)' "oversize body"
 api POST /api/jobs '' -H 'Transfer-Encoding: chunked' --data-binary @"$dir/big"
 expect 413 'more than http.max_body' "oversize chunked body"
 [ "$(sql "SELECT count(*) FROM $schema.job")" = "$n" ] || fail "bad input: a job was written"
+# a key twice in one object of a body, at any depth, is refused naming it
+n=$(sql "SELECT count(*) FROM $schema.job")
+api POST /api/jobs '{"name":"echo","name":"boom"}'
+expect 400 'the key \"name\" appears twice' "a body key twice"
+api POST /api/jobs '{"name":"echo","data":{"to":"ann","to":"bob"}}'
+expect 400 'the key \"to\" appears twice' "a data key twice"
+api POST /api/events '{"stream":"dup","events":[{"type":"a","type":"b"}]}'
+expect 400 'the key \"type\" appears twice' "an event key twice"
+[ "$(sql "SELECT count(*) FROM $schema.job")" = "$n" ] || fail "a key twice: a job was written"
 api GET /api/nothing
 expect 404 'no route' "unknown path"
 api PUT /api/jobs
 expect 405 'method PUT is not allowed' "wrong method"
+# a 405 says which methods the path has (Allow), for each kind of route
+for case in "PUT /api/jobs|POST, GET, HEAD" "DELETE /api/jobs/1|GET, HEAD" \
+            "GET /api/queues/q/pause|POST" "POST /api/queues/q/jobs|DELETE"; do
+  m=${case%% *}; rest=${case#* }; p=${rest%%|*}; want=${case#*|}
+  allow=$(curl -s -o /dev/null -D - -X "$m" "$base$p" | tr -d '\r' | sed -n 's/^Allow: //Ip')
+  [ "$allow" = "$want" ] || fail "405 of $m $p: Allow \"$allow\", expected \"$want\""
+done
+# a URL over 8 KiB is 414 with a JSON error naming the limit, path or query
+api GET "/api/queues?x=$(head -c 9000 /dev/zero | tr '\0' a)"
+expect 414 '"error":"the URL is about 9' "a long query"
+api GET "/api/queues/$(head -c 9000 /dev/zero | tr '\0' a)/counts"
+expect 414 'the limit is 8192' "a long path"
+[ "$(head -c 1 "$dir/resp")" = "{" ] || fail "414: not JSON: $(head -c 100 "$dir/resp")"
+# HTTP/1.1 needs a Host header (HTTP/1.0 does not)
+api GET /api/queues '' -H 'Host:'
+expect 400 'needs a Host header' "HTTP/1.1 without Host"
+api GET /api/queues '' -0 -H 'Host:'
+expect 200 '"queues"' "HTTP/1.0 without Host"
 api GET /api/jobs/1 '' -H 'Host: attacker.example'
 expect 403 'Host header' "a Host that is not the loopback"
 api POST /api/queues/later/pause '' -H 'Origin: http://attacker.example'
@@ -294,10 +346,28 @@ all=$(cat "$dir/sse1" "$dir/sse2" "$dir/sse3" | grep '^data: ' | sort)
 for t in paid shipped live1 early late live2; do
   [ "$(grep -c "\"type\":\"$t\"" <<<"$all")" = 1 ] || fail "stream: $t not delivered exactly once"
 done
+# the query and the stream share their limits, and their messages
+long=$(head -c 501 /dev/zero | tr '\0' a)
+for p in "/api/events?stream=$long" "/api/events/stream?stream=$long"; do
+  api GET "$p"
+  expect 400 'stream must be a stream or pattern of 1 to 500 bytes, got 501' "${p%%\?*} with a pattern over 500 bytes"
+done
+for p in "/api/events?stream=" "/api/events/stream?stream="; do
+  api GET "$p"
+  expect 400 'of 1 to 500 bytes, got 0' "${p%%\?*} with an empty pattern"
+done
 api GET "/api/events/stream?from=yesterday"
 expect 400 'from must be' "stream with a bad from"
 api GET "/api/events/stream" '' -H 'Last-Event-ID: 5/x/y'
 expect 400 'Last-Event-ID' "stream with a bad Last-Event-ID"
+# snapshots PostgreSQL would refuse (the stream used to wait on a read
+# failing forever), an id past 64 bits, a token over 2 KiB
+api GET "/api/events/stream" '' -H 'Last-Event-ID: 5/10:1:/10:12:'
+expect 400 '1 <= xmin <= xip < xmax' "stream with xmin above xmax in Last-Event-ID"
+api GET "/api/events/stream?from=99999999999999999999"
+expect 400 '0 to 9223372036854775807' "stream from an id past 64 bits"
+api GET "/api/events/stream" '' -H "Last-Event-ID: 5/1:1:/1:1:$(printf '%03000d' 0)"
+expect 400 'it must be 1 to 2047' "stream with a Last-Event-ID over 2 KiB"
 
 # a job's progress, followed live while it runs
 api POST /api/jobs '{"name":"slow"}'
@@ -333,6 +403,19 @@ expect 200 '"runs":' "list runs"
 next=$(jget next)
 api GET "/api/runs?flow=greet&limit=1&before=$(printf %s "$next" | sed 's/+/%2B/g; s/ /%20/g')"
 [ "$(jget runs.1.run_id)" = run-1 ] || fail "list runs: the second page: $body"
+# runs that started at the same moment (one transaction) are all paged
+# through, none skipped between two pages, none twice
+sql "INSERT INTO $schema.queue_flow_index (flow_name, run_id, started_at)
+     SELECT 'same', 'same-' || i, '2026-01-02 03:04:05.678+00' FROM generate_series(1, 5) i" >/dev/null
+seen=() before=
+for _ in 1 2 3 4; do
+  api GET "/api/runs?flow=same&limit=2${before:+&before=$before}"
+  for i in 1 2; do r=$(jget runs.$i.run_id); [ "$r" != nil ] && seen+=("$r"); done
+  next=$(jget next); [ "$next" = nil ] && break
+  before=$(printf %s "$next" | sed 's/+/%2B/g; s/ /%20/g; s/|/%7C/g')
+done
+[ "${seen[*]}" = "same-5 same-4 same-3 same-2 same-1" ] ||
+  fail "list runs sharing a started_at: paged through ${seen[*]}"
 api GET "/api/runs?flow=greet&status=completed&limit=10"
 [ "$(jget next)" = nil ] && [ "$(jget runs.1.status)" = completed ] || fail "list runs by status: $body"
 api GET "/api/runs?flow=greet&status=sleeping"
@@ -358,10 +441,11 @@ expect 200 '"group":"g1","pattern":"orders:*","partitions":16' "list groups"
 # a queue name with "/" in a path segment, percent-encoded
 api POST /api/jobs '{"name":"a/b"}'
 api GET /api/queues/a%2Fb/counts
-expect 200 '"waiting": 1' "a percent-encoded queue name"
+expect 200 '"waiting":1' "a percent-encoded queue name"
 
-# a client that reads slowly holds one batch in the server, not the backlog:
-# 40 MB of events for a client reading 2 KB/s
+# a client that reads slowly holds at most http.stream_buffer (1 MiB) and a
+# batch in the server, not the backlog, and is cut off with a last event
+# that says so: 40 MB of events for a client reading 2 KB/s
 rss() { awk '/VmRSS/ {print $2}' "/proc/$run_pid/status"; }
 curl -s -N --limit-rate 2k "$base/api/events/stream?stream=slow:*" >"$dir/slow" &
 slow=$!
@@ -376,6 +460,21 @@ grown=$(( $(rss) - rss0 ))
 [ "$grown" -lt 20000 ] || fail "slow client: the server grew by $grown KB while 40 MB waited"
 [ "$(stat -c %s "$dir/slow")" -lt 1000000 ] || fail "slow client: it was not slow"
 kill "$slow"
+# (the 2 KB/s client takes minutes to read to the end: one at full speed
+# reads what was sent, the overflow event last)
+curl -s -N -m 20 "$base/api/events/stream?stream=slow:*" -o "$dir/cut" &
+cut=$!
+wait_for "$dir/cut" 'subscribed' || fail "cut off: not subscribed"
+kill -STOP "$cut"
+sql "SELECT count(*) FROM (SELECT $schema.append('slow:' || i, 'big',
+       jsonb_build_object('pad', repeat('x', 2000))) FROM generate_series(1, 20000) i) x" >/dev/null
+sleep 3; kill -CONT "$cut"
+wait "$cut"; rc=$?
+[ "$rc" = 0 ] || fail "cut off: the stream did not end (curl exit $rc)"
+tail -c 400 "$dir/cut" | grep -q 'event: moonq.overflow' ||
+  fail "cut off: no moonq.overflow event last: $(tail -c 400 "$dir/cut")"
+tail -c 400 "$dir/cut" | grep -Eq '"stream_buffer": ?1048576' ||
+  fail "cut off: the overflow event does not name the limit: $(tail -c 400 "$dir/cut")"
 
 # 1,100 event streams at once, then gone: more than a soft limit of 1,024
 # descriptors; the server raises it, and answers after

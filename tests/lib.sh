@@ -7,7 +7,7 @@
 #   mq_test_setup NAME   sets bin, url, dir, schema (t_NAME_<pid>), failed=0
 #   fail MESSAGE         reports a failure (the test goes on; exit 1 at the end)
 #   sql STATEMENT        runs SQL on the test database, prints rows unaligned
-#   mq_serve_http        writes $dir/config.lua (the test's schema, the
+#   mq_serve_http [LEVEL] writes $dir/config.lua (log level LEVEL, warn) (the test's schema, the
 #                        handlers in $dir/handlers), starts `moonq run --http`
 #                        on a port of the test's own and waits until it
 #                        answers; sets port, base (its URL) and run_pid (the
@@ -44,7 +44,7 @@ mq_serve_http() {
   port=$((20000 + (${#schema} * 7919 + $$) % 20000))
   base=http://127.0.0.1:$port
   cat >"$dir/config.lua" <<EOF
-return { schema = "$schema", handlers = "$dir/handlers", log = { level = "warn" } }
+return { schema = "$schema", handlers = "$dir/handlers", log = { level = "${1:-warn}" } }
 EOF
   "$bin" --config "$dir/config.lua" run --http "127.0.0.1:$port" >"$dir/run.log" 2>&1 &
   run_pid=$!

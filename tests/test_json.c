@@ -363,6 +363,34 @@ static void test_invalid_json(void) {
   CHECK_STR(err, "invalid JSON at byte 1: unexpected byte 0x00");
 }
 
+/* mq_json_decode_unique refuses a key twice in one object, at any depth,
+ * naming it; the same key in two objects is fine; mq_json_decode keeps the
+ * last. */
+static void test_unique_keys(void) {
+  const char *twice[][2] = {
+      {"{\"name\":\"a\",\"name\":\"b\"}",
+       "invalid JSON at byte 12: the key \"name\" appears twice in one object"},
+      {"{\"data\":{\"x\":1,\"y\":[{\"z\":1,\"z\":2}]}}",
+       "invalid JSON at byte 27: the key \"z\" appears twice in one object"},
+      {"{\"a\\u0062\":1,\"ab\":2}",
+       "invalid JSON at byte 13: the key \"ab\" appears twice in one object"}};
+  for (size_t i = 0; i < sizeof twice / sizeof twice[0]; i++) {
+    int top = lua_gettop(L);
+    CHECK(mq_json_decode_unique(L, twice[i][0], strlen(twice[i][0]), err,
+                                sizeof err) == -1);
+    CHECK_STR(err, twice[i][1]);
+    CHECK_INT(lua_gettop(L), top);
+  }
+  const char *once = "{\"a\":{\"k\":1},\"b\":{\"k\":2},\"c\":[{\"k\":3},{\"k\":4}]}";
+  CHECK_INT(mq_json_decode_unique(L, once, strlen(once), err, sizeof err), 0);
+  lua_pop(L, 1);
+  CHECK_INT(mq_json_decode(L, twice[0][0], strlen(twice[0][0]), err,
+                           sizeof err), 0);
+  lua_getfield(L, -1, "name");
+  CHECK_STR(lua_tostring(L, -1), "b");
+  lua_pop(L, 2);
+}
+
 /* A ~1.4 MB array round-trips through encode and decode unchanged. */
 static void test_large(void) {
   REQUIRE(run_lua(
@@ -570,6 +598,7 @@ int main(void) {
   RUN(test_cycles);
   RUN(test_bad_values);
   RUN(test_invalid_json);
+  RUN(test_unique_keys);
   RUN(test_large);
   RUN(test_out_of_memory);
   RUN(test_object_writer);

@@ -381,7 +381,11 @@ function eventsPage(pattern, from) {
             const line = buf.slice(0, nl).replace(/\r$/, "");
             buf = buf.slice(nl + 1);
             if (line === "") {
-              if (ev.data) { show(ev); if (ev.id) last = ev.id; }
+              if (ev.event === "moonq.overflow") {
+                // The server cut this page off (it fell behind): say so;
+                // the loop reconnects from the last event shown.
+                status.textContent = "fell behind, reconnecting";
+              } else if (ev.data) { show(ev); if (ev.id) last = ev.id; }
               ev = {data: ""};
             } else if (line === ": subscribed") {
               status.textContent = "live";

@@ -56,8 +56,8 @@ function M.list(name, opts)
   opts = opts or {}
   local rows, err = query([[SELECT flow_name AS flow, run_id, status, started_at, completed_at,
                                    failed_step, error
-                              FROM @.list_flows($1, $2, $3::integer, $4::timestamptz)]],
-    name, opts.status, opts.limit or 100, opts.before)
+                              FROM @.list_flows($1, $2, $3::integer, $4::timestamptz, $5)]],
+    name, opts.status, opts.limit or 100, opts.before, opts.before_run)
   if not rows then return nil, err end
   for _, r in ipairs(rows) do
     for k, v in pairs(r) do r[k] = null_to_nil(v) end

@@ -309,8 +309,9 @@ static int l_query(lua_State *L) {
       q.before = luaL_checkinteger(L, -1);
     if (lua_getfield(L, 2, "limit") != LUA_TNIL) {
       lua_Integer limit = luaL_checkinteger(L, -1);
-      luaL_argcheck(L, limit >= 1 && limit <= 100000, 2,
-                    "limit must be 1 to 100000");
+      if (limit < 1 || limit > MQ_EVENTS_QUERY_MAX)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "limit must be 1 to %d",
+                                                   MQ_EVENTS_QUERY_MAX));
       q.limit = (int)limit;
     }
     if (lua_getfield(L, 2, "run_id") != LUA_TNIL)
