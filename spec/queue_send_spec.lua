@@ -106,6 +106,14 @@ describe("queue send", function()
     assert.equal("run-7", jobs[1].run_id)
   end)
 
+  it("send_many with a singleton_key creates the first job only, none when the key is taken", function()
+    local ids = assert(Q.send_many("manyk", { { n = 1 }, { n = 2 }, { n = 3 } }, { singleton_key = "mk" }))
+    assert.equal(1, #ids)
+    assert.equal(1, job_row(ids[1]).data.n)
+    local again = assert(Q.send_many("manyk", { { n = 4 } }, { singleton_key = "mk" }))
+    assert.same({}, again)
+  end)
+
   it("singleton refused while one waits or runs, accepted after completion", function()
     local opts = { singleton_key = "only" }
     local id = assert(Q.send("single", { n = 1 }, opts))
