@@ -1,7 +1,9 @@
 -- A step's completion (sql/019_steps_latency.sql): its successors are sent
 -- once, by the statement that deletes its job, however often the
--- completion is sent; complete_jobs_sent tells which queues got jobs and
--- wakes none, complete_jobs_with called from SQL wakes them as before.
+-- completion is sent; moonq's processes are told which queues got jobs
+-- (complete_jobs_sent) and fetch those they consume themselves, with no
+-- wake-up, and wake the others; complete_jobs_with called from SQL wakes
+-- them as before.
 local moonq = require "moonq"
 local V = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/events_helper.lua")
 local Q, F = moonq.queue, moonq.flow
@@ -149,5 +151,38 @@ SELECT 'between';
     assert(before, out)
     assert.is_nil(before:find('payload "sqlflow.b"', 1, true), out)
     assert.truthy(after:find('payload "sqlflow.b"', 1, true), out)
+  end)
+
+  it("is followed by this process fetching the successors at once, with no wake-up", function()
+    local rid
+    local listened = V.notifications_during(V.schema .. "_wake", 4, function()
+      rid = assert(F.start("chain", {}))
+      -- queue.poll_interval is 30 s: only a fetch on the completion's
+      -- reply (or a wake-up) starts b and c this soon
+      assert(moonq.run_until(function() return F.get(rid).status ~= "running" end, 3.5))
+    end)
+    assert.equal("completed", F.get(rid).status)
+    assert.equal(2, V.row("SELECT value FROM @.queue_flow_state WHERE run_id = $1 AND key = 'n'",
+                          rid).value)
+    assert.is_nil(listened:find('payload "chain.b"', 1, true), listened)
+    assert.is_nil(listened:find('payload "chain.c"', 1, true), listened)
+  end)
+
+  it("wakes a queue this process does not consume, for the process that does", function()
+    local config = V.config_file({ schema = V.schema, handlers = V.handlers_dir({
+      ["pong.lua"] = "return function(job) return 'pong' end",
+    }), hot_reload = false, queue = { poll_interval = 30 }, log = { level = "info" } })
+    local child, log = V.moonq_run(config)
+    assert(V.poll(function()
+      return V.row("SELECT count(*) AS n FROM @.process WHERE pid = $1", child).n == 1
+    end, 20, 0.1), "moonq run did not start: " .. (V.read(log) or ""))
+    V.run_for(1) -- its first fetch of pong found nothing: it waits for a wake-up
+    local ping = assert(Q.send("ping", {}))
+    assert.equal("completed", V.wait_job(ping, nil, 5).state)
+    local pong
+    assert(moonq.run_until(function()
+      pong = V.row("SELECT state FROM @.all_jobs WHERE name = 'pong'")
+      return pong and pong.state == "completed"
+    end, 8), "pong did not run within 8 s (the poll interval is 30 s): " .. (V.read(log) or ""))
   end)
 end)
