@@ -54,22 +54,11 @@ end
 -- The number of "<schema>_events" notifications a LISTEN session gets
 -- while fn() runs (fn must finish within 3 s).
 local function wakes_during(fn)
-  local _, exit = V.psql_bg(([[
-LISTEN "%s_events";
-SELECT pg_sleep(3);
-SELECT 1;
-]]):format(V.schema), "moonq_spec_listen")
-  -- it listens once it runs its pg_sleep
-  assert(V.wait_for(function()
-    return V.row([[SELECT count(*) AS n FROM pg_stat_activity
-                    WHERE application_name = 'moonq_spec_listen'
-                      AND query LIKE '%pg_sleep%']]).n > 0
-  end, 5), "the listening session did not start")
-  fn()
-  V.wait_exit({ exit }, 10)
-  local _, out = exit()
   local n = 0
-  for _ in out:gmatch('Asynchronous notification "[%w_]+_events"') do n = n + 1 end
+  for _ in V.notifications_during(V.schema .. "_events", 3, fn)
+             :gmatch('Asynchronous notification "[%w_]+_events"') do
+    n = n + 1
+  end
   return n
 end
 

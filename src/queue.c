@@ -23,6 +23,7 @@ enum stmt {
   ST_SEND_MANY,
   ST_FETCH,
   ST_COMPLETE,
+  ST_COMPLETE_SENT,
   ST_FAIL,
   ST_GET,
   ST_LIST,
@@ -61,6 +62,11 @@ static const char *const stmt_sql[ST_COUNT] = {
                  " FROM %s.fetch_jobs($1, $2::int, $3::uuid)",
     [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_guarded($1::bigint[], $2::jsonb,"
                     " $3::uuid, $4::jsonb, $5::integer[]) AS c",
+    /* a batch with effects: also the queues it sent jobs to (rows whose id
+     * is NULL), which it did not wake (sql/019) */
+    [ST_COMPLETE_SENT] = "SELECT c.id, c.queue, c.jobs FROM %s.complete_jobs_sent("
+                         "$1::bigint[], $2::jsonb, $3::uuid, $4::jsonb,"
+                         " $5::integer[]) AS c",
     [ST_FAIL] = "SELECT f.id, f.state::text, to_jsonb(f.start_after) #>> '{}'"
                 " FROM %s.fail_jobs_at("
                 "$1::bigint[], ARRAY(SELECT e.value FROM jsonb_array_elements("
@@ -162,6 +168,8 @@ struct mq_queue {
   int storing;            /* batches sent and not yet answered */
   char *wake;             /* "q1,q2" sent to this turn, or NULL */
   size_t wake_len, wake_cap;
+  mq_queue_sent_cb sent_cb; /* mq_queue_on_sent's, or NULL */
+  void *sent_data;
   bool stopped;           /* mq_queue_stop ran */
 };
 
@@ -596,6 +604,24 @@ static int batch_add(struct batch *b, long long id, int attempt,
   return 0;
 }
 
+void mq_queue_on_sent(mq_queue *q, mq_queue_sent_cb cb, void *data) {
+  q->sent_cb = cb;
+  q->sent_data = data;
+}
+
+/* The queues a batch of completions sent jobs to (ST_COMPLETE_SENT's rows
+ * without an id: queue, jobs): each goes to the on_sent callback, and is
+ * woken for every process unless that fetches all of its jobs. */
+static void tell_sent(mq_queue *q, const PGresult *res) {
+  for (int i = 0; i < PQntuples(res); i++) {
+    if (!PQgetisnull(res, i, 0))
+      continue;
+    const char *queue = PQgetvalue(res, i, 1);
+    if (!q->sent_cb || !q->sent_cb(queue, mq_pg_getll(res, i, 2), q->sent_data))
+      note_wake(q, queue);
+  }
+}
+
 /* A result row's id, for finding each waiter's row. */
 struct row_id {
   long long id;
@@ -655,6 +681,8 @@ static void batch_done(const struct mq_pg_reply *r, void *data) {
     return;
   }
   b->q->storing--;
+  if (r->status == MQ_PG_OK && b->stmt == ST_COMPLETE && b->has_effects)
+    tell_sent(b->q, r->result); /* first: its fetches go out sooner */
   struct row_id *ix = r->status == MQ_PG_OK ? index_rows(r->result) : NULL;
   for (int i = 0; i < b->n; i++) {
     struct waiter *w = &b->waiters[i];
@@ -715,8 +743,10 @@ static void batch_exec(struct batch *b) {
   const char *fail[] = {b->ids, b->json, b->q->process_id, b->attempts};
   const char *const *params = b->stmt == ST_COMPLETE ? complete : fail;
   int nparams = b->stmt == ST_COMPLETE ? 5 : 4;
-  if (mq_pg_exec(b->q->pg, b->q->stmts[b->stmt], nparams, params,
-                 flags_of(b->stmt), batch_done, b) != 0) {
+  enum stmt st = b->stmt == ST_COMPLETE && b->has_effects ? ST_COMPLETE_SENT
+                                                          : b->stmt;
+  if (mq_pg_exec(b->q->pg, b->q->stmts[st], nparams, params, flags_of(st),
+                 batch_done, b) != 0) {
     struct mq_pg_reply closed = {.status = MQ_PG_ECLOSED,
                                  .error = "the connection pool is closed",
                                  .sqlstate = ""};

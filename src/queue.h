@@ -134,6 +134,21 @@ int mq_queue_complete_with(mq_queue *q, long long id, int attempt,
                            const char *output_json, const char *effects_json,
                            mq_queue_json_cb cb, void *data);
 
+/* Called once per queue that a batch of completions with effects sent
+ * jobs to (successor steps of a flow, ctx.enqueue), with how many it sent
+ * there, after they committed, before the completions' callbacks: true
+ * when the callee fetches them all itself (the worker does when it
+ * consumes the queue and has room: no wake-up's round trip). Otherwise
+ * (or with no callback) the queue is woken for every process, as a send's
+ * queue is. `queue` is valid during the call. A completion whose reply a
+ * lost connection took wakes nothing: the queues' polls find its jobs. */
+typedef bool (*mq_queue_sent_cb)(const char *queue, long long jobs,
+                                 void *data);
+
+/* Sets the callback for queues that completions sent jobs to (NULL: none,
+ * every such queue is woken). */
+void mq_queue_on_sent(mq_queue *q, mq_queue_sent_cb cb, void *data);
+
 /* Fails an active job with error_json ({"message":..., ...}); its retry
  * policy decides what follows. Batched like completions. cb gets JSON
  * {"state":"retry"|"failed","start_after":...}, or ENOTACTIVE. */

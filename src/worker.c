@@ -1047,6 +1047,22 @@ static void wake_cb(const char *channel, const char *payload, void *data) {
   }
 }
 
+/* A completion of this process sent `jobs` jobs to `queue` (successor
+ * steps, ctx.enqueue; mq_queue_on_sent): a consumer of it fetches at once,
+ * instead of after the wake-up's round trip. True (no wake-up for the
+ * other processes) when it has room for them all. */
+static bool take_sent(const char *queue, long long jobs, void *data) {
+  mq_worker *w = data;
+  struct consumer *c = find_consumer(w, queue);
+  if (!c || !c->live || !w->started || w->stopping)
+    return false;
+  int room = c->slots + c->prefetch - c->running - c->nbuffer -
+             (c->fetching ? c->asked : 0);
+  if (room > 0)
+    fetch_again(c);
+  return room >= jobs;
+}
+
 /* ---- reload, start, stop ---------------------------------------------- */
 
 struct flows_json {
@@ -1195,6 +1211,7 @@ int mq_worker_start(mq_worker *w) {
     ev_unref(w->loop);
   }
   mq_pg_listen(mq_runtime_pg(w->rt), mq_runtime_channel(w->rt), wake_cb, w);
+  mq_queue_on_sent(w->q, take_sent, w);
   w->started = true;
   sync_consumers(w);
   store_handlers(w);
@@ -1247,6 +1264,7 @@ void mq_worker_stop(mq_worker *w, void (*done)(void *arg), void *arg) {
     return;
   }
   w->stopping = true;
+  mq_queue_on_sent(w->q, NULL, NULL); /* other processes take them */
   ev_prepare_stop(w->loop, &w->probe);
   for (int i = 0; i < w->nconsumers; i++) {
     struct consumer *c = w->consumers[i];
@@ -1289,6 +1307,7 @@ void mq_worker_close(mq_worker *w) {
                  w->inflight, w->nactive);
     return;
   }
+  mq_queue_on_sent(w->q, NULL, NULL);
   ev_timer_stop(w->loop, &w->grace);
   ev_timer_stop(w->loop, &w->trim);
   ev_prepare_stop(w->loop, &w->probe);

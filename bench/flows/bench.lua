@@ -3,7 +3,8 @@
 --   lua5.4 bench/flows/bench.lua SCHEMA HANDLERS_DIR RUNS
 -- Prints "name value" lines: step-to-step latency (the emitting step's
 -- completion to its successor's start, both on PostgreSQL's clock) with
--- one run at a time into idle workers, then runs/s for RUNS runs started
+-- one run at a time into idle workers (this process waits without
+-- querying while a run goes on), then runs/s for RUNS runs started
 -- in one transaction.
 local moonq = require "moonq"
 local schema, dir, runs = arg[1], arg[2], tonumber(arg[3] or "2000")
@@ -25,6 +26,10 @@ end
 local lat = {}
 for _ = 1, 200 do
   local id = assert(moonq.flow.start("bench", {}))
+  -- the run's three steps take a few ms: let them run with this process
+  -- otherwise idle (a poll per loop turn, a query each, would compete with
+  -- them for the database), then wait for the end
+  moonq.sleep(0.05)
   assert(moonq.run_until(function() return moonq.flow.get(id).status ~= "running" end, 10))
   local rows = q([[SELECT extract(epoch FROM s.ts - c.ts) * 1000 AS ms
                      FROM @.queue_events c JOIN @.queue_events s

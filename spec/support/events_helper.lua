@@ -76,6 +76,24 @@ function V.psql_bg(sql, app)
   end
 end
 
+-- What a psql session LISTENing on `channel` for `seconds` printed while
+-- fn() ran (fn must finish within that time): its notifications, each a
+-- line 'Asynchronous notification "<channel>" with payload "..." ...'.
+function V.notifications_during(channel, seconds, fn)
+  local _, exit = V.psql_bg(('LISTEN "%s";\nSELECT pg_sleep(%g);\nSELECT 1;\n'):format(channel, seconds),
+                            "moonq_spec_listen")
+  -- it listens once it runs its pg_sleep
+  assert(V.wait_for(function()
+    return V.row([[SELECT count(*) AS n FROM pg_stat_activity
+                    WHERE application_name = 'moonq_spec_listen'
+                      AND query LIKE '%pg_sleep%']]).n > 0
+  end, 5), "the listening session did not start")
+  fn()
+  V.wait_exit({ exit }, seconds + 10)
+  local _, out = exit()
+  return out
+end
+
 -- Runs the loop until every exit function of `exits` returns a status or
 -- `timeout` seconds pass; asserts they all exited with 0.
 function V.wait_exit(exits, timeout)
