@@ -25,6 +25,7 @@ return {
 ]],
   ["chain/c.lua"] = [[
 return {
+  concurrency = 1, -- its one free slot is room enough to fetch its job
   flow = { name = "chain", step = "c", subscribes = { "b.done" } },
   handler = function(job, ctx) ctx.state.set("n", job.data.n) end,
 }

@@ -48,8 +48,9 @@ struct consumer {
   double avg_run; /* seconds a handler of this queue runs, a moving
                      average; < 0 until one has ended */
   int running;
-  int asked;    /* jobs the fetch in flight asked for */
-  bool fetching;
+  int fetching; /* fetches in flight: at most 2 (see consider_fetch) */
+  int claiming; /* jobs the fetches in flight asked for */
+  bool full;    /* the last fetch to answer claimed all it asked for */
   bool more;
   bool live;    /* some handler still names this queue */
   bool poll_due; /* its poll timer fired: check it at the next probe */
@@ -170,7 +171,7 @@ static void probe_cb(struct ev_loop *loop, ev_prepare *pw, int revents) {
     if (!c->poll_due)
       continue;
     c->poll_due = false;
-    if (p && !w->probing && c->live && !c->fetching && c->running == 0 &&
+    if (p && !w->probing && c->live && c->fetching == 0 && c->running == 0 &&
         c->nbuffer == 0)
       p->list[n++] = c;
     else
@@ -944,12 +945,21 @@ static void release_buffer(mq_worker *w, struct consumer *c) {
   free(ids);
 }
 
+/* One fetch in flight. */
+struct fetch {
+  struct consumer *c;
+  int asked;
+};
+
 static void fetched(int status, const char *error, const struct mq_job *jobs,
                     int n, void *data) {
-  struct consumer *c = data;
+  struct fetch *f = data;
+  struct consumer *c = f->c;
   mq_worker *w = c->w;
-  int asked = c->asked;
-  c->fetching = false;
+  int asked = f->asked;
+  free(f);
+  c->fetching--;
+  c->claiming -= asked;
   w->inflight--;
   if (status != 0) {
     mq_log_warn("worker", "fetch failed queue=%s error=\"%s\"", c->queue,
@@ -979,7 +989,8 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
       mq_log_error("worker", "out of memory buffering job id=%lld "
                    "(crash recovery will retry it)", jobs[i].id);
   }
-  if (n >= asked && asked > 0)
+  c->full = n >= asked && asked > 0;
+  if (c->full)
     c->more = true;
   else /* the queue ran dry: wake again when its next delayed job is due */
     mq_scheduler_wake_when_due(mq_runtime_scheduler(w->rt), c->queue, due_cb,
@@ -1003,24 +1014,34 @@ static int buffer_target(const struct consumer *c) {
 
 /* Fetches free slots' worth of jobs and the buffer's (buffer_target); a
  * fetch with jobs buffered or running waits until there is room for half
- * the buffer, so batches stay large. */
+ * the buffer, so batches stay large. While a buffer of 100 or more jobs is
+ * kept and the last fetch came back full, a second fetch may go out before
+ * the first answers, so a busy queue is not held up by one fetch's round
+ * trip (two fetches of one process skip each other's rows). */
 static void consider_fetch(struct consumer *c) {
   mq_worker *w = c->w;
   maybe_reclaim(w);
   int target = buffer_target(c);
-  int room = c->slots + target - c->running - c->nbuffer;
+  int room = c->slots + target - c->running - c->nbuffer - c->claiming;
   int worth = target / 2 > 0 ? target / 2 : 1;
+  bool second = c->fetching == 1 && target >= 100 && c->full;
   if (!w->started || w->stopping || w->reclaiming || w->lost_claims ||
-      !c->live || c->fetching || !c->more ||
-      room <= 0 || (room < worth && c->running + c->nbuffer > 0))
+      !c->live || (c->fetching > 0 && !second) || (!c->more && !second) ||
+      room <= 0 || (room < worth && c->running + c->nbuffer + c->claiming > 0))
     return;
+  struct fetch *f = malloc(sizeof *f);
+  if (!f)
+    return; /* the poll timer tries again */
+  f->c = c;
+  f->asked = room;
   c->more = false;
-  c->fetching = true;
-  c->asked = room;
-  if (mq_queue_fetch(w->q, c->queue, room, fetched, c) != 0)
-    c->fetching = false;
-  else
-    w->inflight++;
+  if (mq_queue_fetch(w->q, c->queue, room, fetched, f) != 0) {
+    free(f);
+    return;
+  }
+  c->fetching++;
+  c->claiming += room;
+  w->inflight++;
 }
 
 /* True when `list` (comma-separated queue names) names `queue`. */
@@ -1056,8 +1077,8 @@ static bool take_sent(const char *queue, long long jobs, void *data) {
   struct consumer *c = find_consumer(w, queue);
   if (!c || !c->live || !w->started || w->stopping)
     return false;
-  int room = c->slots + c->prefetch - c->running - c->nbuffer -
-             (c->fetching ? c->asked : 0);
+  int room = c->slots + buffer_target(c) - c->running - c->nbuffer -
+             c->claiming;
   if (room > 0)
     fetch_again(c);
   return room >= jobs;
