@@ -266,7 +266,7 @@ describe("flow graphs", function()
     return errors, warnings
   end
   after_each(function()
-    for _, j in ipairs({ "g.a", "g.b", "g.c", "g.d" }) do flows.remove(j) end
+    for _, j in ipairs({ "g.a", "g.b", "g.c", "g.d", "h.e", "h.up", "h.l1", "h.l2" }) do flows.remove(j) end
   end)
 
   it("reports two entry steps, no entry, dangling subscriptions and cycles, naming files", function()
@@ -279,9 +279,22 @@ describe("flow graphs", function()
     assert.same({ 'flow "g": g/c.lua subscribes to "nobody", which no step emits' }, w)
     e, w = step("g.d", "g/d.lua", { name = "g", subscribes = { "x" }, emits = { "x" } })
     assert.same({}, e)
+    -- a.lua leads into d's cycle but is not on it: only d is named
     assert.same({ 'flow "g": g/c.lua subscribes to "nobody", which no step emits',
-                  'flow "g": g/a.lua is in a cycle with no way out',
                   'flow "g": g/d.lua is in a cycle with no way out' }, w)
+  end)
+
+  it("names only the steps on a cycle with no way out, not those leading into it", function()
+    step("h.e", "h/e.lua", { name = "h", entry = true, emits = { "go" } })
+    step("h.up", "h/up.lua", { name = "h", subscribes = { "go" }, emits = { "loop" } })
+    step("h.l1", "h/l1.lua", { name = "h", subscribes = { "loop", "l2.done" }, emits = { "l1.done" } })
+    local e, w = step("h.l2", "h/l2.lua", { name = "h", subscribes = { "l1.done" }, emits = { "l2.done" } })
+    assert.same({}, e)
+    assert.same({ 'flow "h": h/l1.lua is in a cycle with no way out',
+                  'flow "h": h/l2.lua is in a cycle with no way out' }, w)
+    -- a way out (l2 also emits a final event) ends the warning
+    e, w = step("h.l2", "h/l2.lua", { name = "h", subscribes = { "l1.done" }, emits = { "l2.done", "h.end" } })
+    assert.same({}, w)
   end)
 
   it("a whole flow loaded file by file has no warnings once all of it is in", function()

@@ -118,8 +118,26 @@ local function judge(list, name)
     end
     return false
   end
+  -- true when s is on a cycle: some path of events leads back to it
+  local function in_cycle(s)
+    local seen, stack = {}, { s }
+    while #stack > 0 do
+      local n = table.remove(stack)
+      for _, t in ipairs(n.flow.emits) do
+        for _, m in ipairs(subscribers[t] or {}) do
+          if m == s then return true end
+          if not seen[m] then
+            seen[m] = true
+            stack[#stack + 1] = m
+          end
+        end
+      end
+    end
+    return false
+  end
+  -- (steps that only lead into such a cycle are not named: the cycle's are)
   for _, s in ipairs(list) do
-    if not exits(s, { [s] = true }) then
+    if in_cycle(s) and not exits(s, { [s] = true }) then
       warnings[#warnings + 1] = ("flow %q: %s is in a cycle with no way out"):format(name, s.file)
     end
   end
