@@ -187,3 +187,55 @@ SELECT 'between';
     end, 8), "pong did not run within 8 s (the poll interval is 30 s): " .. (V.read(log) or ""))
   end)
 end)
+
+describe("storing flows", function()
+  local flows = require "moonq.flows"
+  setup(function() V.open({}) end)
+  teardown(V.close)
+
+  local ONE = [[{"flows": [{"flow": "st", "steps": [
+    {"step": "a", "job": "st.a", "entry": true, "emits": ["x"]},
+    {"step": "b", "job": "st.b", "subscribes": ["x"]}]}], "dropped": []}]]
+
+  it("by two sessions at once: the second waits for the first and both succeed", function()
+    local pid = V.bg(('psql "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 -c %s'):format(V.shq(
+      "BEGIN; SELECT " .. V.schema .. ".store_flows('" .. ONE:gsub("\n", " ") ..
+      "'::jsonb); SELECT pg_sleep(1.5); COMMIT;")))
+    assert(V.wait_for(function()
+      return V.row("SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1.5)%' AND pid <> pg_backend_pid()").n > 0
+    end, 10), "the first session did not start")
+    V.sleep(0.2)
+    -- without a lock this failed: duplicate key on the steps' primary key
+    V.sql("SELECT @.store_flows($1::jsonb)", ONE)
+    V.wait_for(function() return not V.alive(pid) end, 10)
+    assert.equal(2, V.row("SELECT count(*) AS n FROM @.queue_flow_steps WHERE flow_name = 'st'").n)
+  end)
+
+  it("removes the dropped flows, which can then no longer be started", function()
+    V.sql("SELECT @.store_flows($1::jsonb)", ONE)
+    assert.is_string(V.row("SELECT @.start_flow('st', '{}') AS r").r)
+    V.sql([[SELECT @.store_flows('{"flows": [], "dropped": ["st"]}'::jsonb)]])
+    assert.equal(0, V.row("SELECT count(*) AS n FROM @.queue_flow_steps WHERE flow_name = 'st'").n)
+    local ok, err = pcall(V.row, "SELECT @.start_flow('st', '{}') AS r")
+    assert.is_false(ok)
+    assert.matches('st', tostring(err))
+  end)
+
+  it("to_store names the flows this process stored before and declares no more", function()
+    local function has(list, name)
+      for _, x in ipairs(list) do if (x.flow or x) == name then return true end end
+      return false
+    end
+    local f = flows.normalise("gone.a", { name = "gone", entry = true }, "gone/a.lua")
+    flows.set("gone.a", "gone/a.lua", f)
+    local first = flows.to_store()
+    assert.is_true(has(first.flows, "gone"))
+    assert.is_false(has(first.dropped, "gone"))
+    flows.remove("gone.a")
+    local second = flows.to_store()
+    assert.is_false(has(second.flows, "gone"))
+    assert.same({ "gone" }, second.dropped)
+    local third = flows.to_store() -- dropped once only
+    assert.is_true(third == nil or not has(third.dropped, "gone"))
+  end)
+end)

@@ -233,9 +233,9 @@ int mq_queue_store_settings(mq_queue *q, const char *queue,
                             size_t errlen);
 
 /* Stores the flows of this process's handlers (lua/moonq/flows.lua
- * definitions(), a JSON array), replacing the steps of each flow named
- * (sql/012_flows.sql store_flows). A failure is logged. Returns 0 or a
- * negative status. */
+ * to_store(): {"flows": [...], "dropped": [names]}), replacing the steps of
+ * each flow named and removing the dropped flows (sql/021_store_flows.sql
+ * store_flows). A failure is logged. Returns 0 or a negative status. */
 int mq_queue_store_flows(mq_queue *q, const char *flows_json);
 
 /* Stores which queue each handler of this process consumes,

@@ -1091,22 +1091,25 @@ struct flows_json {
   char err[256];
 };
 
-/* [fj] -> []: fj->json = the flows of the loaded handlers (NULL: none). */
+/* [fj] -> []: fj->json = the flows of the loaded handlers and those this
+ * process stored before and declares no more ({flows, dropped}; NULL:
+ * nothing to store). */
 static int encode_flows(lua_State *L) {
   struct flows_json *fj = lua_touserdata(L, 1);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "moonq.flows");
   lua_call(L, 1, 1);
-  lua_getfield(L, -1, "definitions");
+  lua_getfield(L, -1, "to_store");
   lua_call(L, 0, 1);
-  if (lua_rawlen(L, -1) > 0 &&
+  if (!lua_isnil(L, -1) &&
       !(fj->json = mq_json_encode(L, -1, "flows", NULL, fj->err, sizeof fj->err)))
     luaL_error(L, "%s", fj->err);
   return 0;
 }
 
-/* Stores the flows the handlers declare (sql/012_flows.sql), so that
- * start_flow and stepping find their steps. */
+/* Stores the flows the handlers declare (sql/012_flows.sql, 021), so that
+ * start_flow and stepping find their steps, and removes those whose files
+ * are gone. */
 static void store_flows(mq_worker *w) {
   struct flows_json fj = {0};
   if (mq_lua_protect(w->L, encode_flows, &fj, 0) != LUA_OK) {

@@ -6,7 +6,7 @@
 -- (`step` defaults to the job name). handlers.c asks check() before it
 -- takes a file's new version and keeps the old one when the flow graph it
 -- would make has errors; set() and remove() keep the table of loaded
--- steps; definitions() is what store_flows (sql/012_flows.sql) stores.
+-- steps; to_store() is what store_flows (sql/021_store_flows.sql) stores.
 local M = {}
 
 -- job name -> { file, flow = { name, step, entry, subscribes, emits } }
@@ -209,6 +209,24 @@ function M.definitions()
     out[i] = flows[name]
   end
   return out
+end
+
+-- What store_flows stores for this process: { flows = definitions(),
+-- dropped = names of the flows it stored before and declares no more (their
+-- files were deleted) }, or nil when both are empty. Remembers the flows
+-- as stored.
+local stored = {}
+function M.to_store()
+  local array = require("moonq.json").array
+  local flows, now, dropped = M.definitions(), {}, {}
+  for _, f in ipairs(flows) do now[f.flow] = true end
+  for name in pairs(stored) do
+    if not now[name] then dropped[#dropped + 1] = name end
+  end
+  table.sort(dropped)
+  stored = now
+  if #flows == 0 and #dropped == 0 then return nil end
+  return { flows = array(flows), dropped = array(dropped) }
 end
 
 return M
