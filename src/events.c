@@ -26,6 +26,7 @@
 #define POLL_INTERVAL 5.0  /* seconds: the fallback for a lost wake-up */
 #define MAX_STREAM MQ_EVENTS_PATTERN_MAX /* bytes, as the table's check says */
 #define MAX_TYPE 200
+#define MAX_RUN_ID 200 /* bytes, as a job's run_id */
 #define EMPTY_SNAPSHOT "1:1:" /* nothing visible: read from the start */
 #define MAX_BATCH (64u << 20) /* bytes per append statement: its data
                                  array stays far below jsonb's 256 MiB */
@@ -263,6 +264,9 @@ int mq_events_check(const mq_events *ev, const struct mq_event_input *e,
   else if (tlen > MAX_TYPE)
     snprintf(err, errlen, "event %d: type is %zu bytes, the limit is %d",
              nth, tlen, MAX_TYPE);
+  else if (e->run_id && strlen(e->run_id) > MAX_RUN_ID)
+    snprintf(err, errlen, "event %d: run_id is %zu bytes, the limit is %d",
+             nth, strlen(e->run_id), MAX_RUN_ID);
   else if (check_utf8(e->stream, "stream", nth, err, errlen) ||
            check_utf8(e->type, "type", nth, err, errlen) ||
            (e->run_id && check_utf8(e->run_id, "run_id", nth, err, errlen)))

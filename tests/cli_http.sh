@@ -300,6 +300,8 @@ api POST /api/events '{"stream":"orders:1","events":[{"type":"paid"},{"type":"sh
 expect 201 '"events":[' "append many"
 api POST /api/events '{"stream":"orders:1","events":[]}'
 expect 400 'events must hold 1 to 1000 events' "append no events"
+api POST /api/events "{\"stream\":\"orders:1\",\"type\":\"x\",\"run_id\":\"$(head -c 300 /dev/zero | tr '\0' r)\"}"
+expect 400 'run_id is 300 bytes, the limit is 200' "event run_id over 200 bytes"
 api POST /api/events '{"stream":"orders:*","type":"x"}'
 expect 400 'stream' "append to a pattern"
 api POST /api/events '{"stream":"orders:1"}'

@@ -152,6 +152,11 @@ const texts = (page, selector) => page.$$eval(selector, (els) => els.map((e) => 
     await page.waitForFunction(() => [...document.querySelectorAll("main td")].some((td) => td.textContent === "nightly"),
       WAIT);
     check(true, "the schedule is listed");
+    const next = await page.$$eval("main tr", (rows) => {
+      const row = rows.find((r) => [...r.cells].some((c) => c.textContent === "nightly"));
+      return row ? row.cells[4].textContent : "";
+    });
+    check(next !== "", "the schedule's next fire is shown (" + JSON.stringify(next) + ")");
     // The queues page refreshes itself: a job finished now shows up, and
     // the sparkline gets a line.
     await page.goto(BASE + "/#/", {waitUntil: "domcontentloaded"});

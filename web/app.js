@@ -324,7 +324,7 @@ async function schedulesPage(box) {
   const {schedules} = await api("GET", "/api/schedules");
   box.append(h("h1", {}, "Schedules"));
   box.append(table(["Schedule", "Cron", "Time zone", "Job", "Next", "Last", "Data"], schedules.map((s) => [
-    s.name, s.cron, s.tz || "", s.job || s.name, time(s.next_slot), time(s.last_slot),
+    s.name, s.cron, s.tz || "", s.job || s.name, time(s.next), time(s.last),
     h("td", {class: "wrap"}, JSON.stringify(s.data === undefined ? {} : s.data))])));
 }
 
