@@ -501,6 +501,21 @@ static enum MHD_Result add_arg_len(void *cls, enum MHD_ValueKind kind,
   return MHD_YES;
 }
 
+
+/* True when the request carries http.token as its bearer token; else
+ * replies 401 saying whether it was missing or wrong. */
+static bool token_ok(mq_http_req *req, const struct mq_config *cfg) {
+  const char *auth = mq_http_header(req, "Authorization");
+  if (auth && strncasecmp(auth, "Bearer ", 7) == 0 &&
+      same_secret(auth + 7, cfg->http.token))
+    return true;
+  mq_http_reply_error(req, 401, "%s",
+                      auth && strncasecmp(auth, "Bearer ", 7) == 0
+                          ? "the bearer token is wrong"
+                          : "an Authorization: Bearer token is required");
+  return false;
+}
+
 static int check_headers(mq_http_req *req) {
   mq_http *h = req->h;
   const struct mq_config *cfg = h->cfg;
@@ -532,6 +547,11 @@ static int check_headers(mq_http_req *req) {
   }
   char allow[128];
   int rc = route(req, allow, sizeof allow);
+  /* Without the token, an unknown API path or method says no more than a
+   * known one: 401, not which routes and methods exist. */
+  if ((rc == 404 || rc == 405) && cfg->http.token &&
+      strncmp(req->path, "/api/", 5) == 0 && !token_ok(req, cfg))
+    return 401;
   if (rc == 404) {
     mq_http_reply_error(req, 404, "no route for %s %.200s", req->method,
                         req->path);
@@ -550,16 +570,9 @@ static int check_headers(mq_http_req *req) {
                         "(set http.token to serve other names)");
     return 403;
   }
-  if (cfg->http.token && !(req->route->flags & MQ_HTTP_PUBLIC)) {
-    const char *auth = mq_http_header(req, "Authorization");
-    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 ||
-        !same_secret(auth + 7, cfg->http.token)) {
-      mq_http_reply_error(req, 401, "%s",
-                          auth ? "the bearer token is wrong"
-                               : "an Authorization: Bearer token is required");
-      return 401;
-    }
-  }
+  if (cfg->http.token && !(req->route->flags & MQ_HTTP_PUBLIC) &&
+      !token_ok(req, cfg))
+    return 401;
   const char *origin = mq_http_header(req, "Origin");
   bool reads = strcmp(req->method, "GET") == 0 ||
                strcmp(req->method, "HEAD") == 0;

@@ -538,6 +538,15 @@ api POST /api/jobs '{"name":"echo"}' -H "Authorization: Bearer $token"
 expect 201 '"id":' "POST with the token"
 api GET "/api/events/stream" '' -H "Authorization: Bearer nope"
 expect 401 'wrong' "stream without the token"
+# without the token an unknown route or method says nothing of what exists
+api GET /api/nonexistent
+expect 401 'an Authorization: Bearer token is required' "unknown route without the token"
+api DELETE /api/jobs/1
+expect 401 'an Authorization: Bearer token is required' "a wrong method without the token"
+api GET /api/schedules '' -H "Authorization: Basic eDp5"
+expect 401 'an Authorization: Bearer token is required' "Basic instead of Bearer"
+api GET /api/nonexistent '' -H "Authorization: Bearer $token"
+expect 404 'no route' "unknown route with the token"
 grep -q "$token" "$dir/web.log" "$dir/run.log" && fail "the token was logged"
 kill -TERM "$web_pid"; wait "$web_pid" || fail "web: exit code $? after SIGTERM"
 
