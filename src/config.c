@@ -81,6 +81,7 @@ struct ctx {
   const char *origin; /* file path or origin: prefix of every message */
   struct mq_config *cfg;
   struct errbuf eb;
+  const char *listen; /* replaces http.listen before it is checked, or NULL */
 };
 
 #define KEY_MAX 256 /* longest key path shown in a message */
@@ -235,7 +236,14 @@ static struct mq_config *conclude(struct ctx *c, int status, const char *path,
  * leaves is freed here. Caller frees the result with mq_config_free(). */
 struct mq_config *mq_config_load(lua_State *L, const char *path, char *err,
                                  size_t errlen) {
-  struct ctx c = {.L = L, .origin = path, .eb = {err, errlen, 0, 0}};
+  return mq_config_load_listen(L, path, NULL, err, errlen);
+}
+
+struct mq_config *mq_config_load_listen(lua_State *L, const char *path,
+                                        const char *listen, char *err,
+                                        size_t errlen) {
+  struct ctx c = {.L = L, .origin = path, .eb = {err, errlen, 0, 0},
+                  .listen = listen};
   int top = lua_gettop(L);
   if (errlen > 0)
     err[0] = '\0';
@@ -497,6 +505,11 @@ static void validate(struct ctx *c, int idx) {
   c->cfg->path = xstrdup(L, c->origin);
   check_fields(c, idx, "", top_fields, COUNT(top_fields), (char *)c->cfg);
   check_duplicates(c);
+  if (c->listen) {
+    free(c->cfg->http.listen);
+    c->cfg->http.listen = NULL;
+    c->cfg->http.listen = xstrdup(L, c->listen);
+  }
   check_http(c);
   const char *url = getenv("DATABASE_URL");
   if (url && *url) {

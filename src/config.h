@@ -126,6 +126,14 @@ struct mq_config {
 struct mq_config *mq_config_load(lua_State *L, const char *path, char *err,
                                  size_t errlen);
 
+/* As mq_config_load(), with http.listen replaced by `listen` (a command
+ * line's --http; NULL: the file's) before the http table is checked, so a
+ * file's public address needing a token does not refuse a loopback one
+ * given instead. */
+struct mq_config *mq_config_load_listen(lua_State *L, const char *path,
+                                        const char *listen, char *err,
+                                        size_t errlen);
+
 /* Validates the table at stack index idx as config.lua's table would be.
  * `origin` names it in messages. Same ownership and errors as load. */
 struct mq_config *mq_config_from_table(lua_State *L, int idx,

@@ -127,14 +127,16 @@ static int parse_args(int argc, char **argv, struct cli *cli) {
   return 0;
 }
 
-/* Loads the config the command names; NULL after printing the error. */
-static struct mq_config *load_config(lua_State *L, const char *path) {
+/* Loads the config the command names, with http.listen replaced by
+ * `listen` when not NULL; NULL after printing the error. */
+static struct mq_config *load_config(lua_State *L, const char *path,
+                                     const char *listen) {
   char err[8192];
   struct mq_config *cfg;
   if (path) {
-    cfg = mq_config_load(L, path, err, sizeof err);
+    cfg = mq_config_load_listen(L, path, listen, err, sizeof err);
   } else if (access("config.lua", F_OK) == 0) {
-    cfg = mq_config_load(L, "config.lua", err, sizeof err);
+    cfg = mq_config_load_listen(L, "config.lua", listen, err, sizeof err);
   } else {
     cfg = mq_config_defaults();
     if (!cfg)
@@ -275,7 +277,7 @@ static int with_runtime(const struct cli *cli) {
     return 1;
   }
   luaL_openlibs(L);
-  struct mq_config *cfg = load_config(L, cli->config);
+  struct mq_config *cfg = load_config(L, cli->config, listen);
   if (!cfg) {
     lua_close(L);
     return 1;
