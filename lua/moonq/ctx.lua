@@ -19,6 +19,7 @@ local Ctx = {}
 local log_hooks = setmetatable({}, { __mode = "k" })
 local closures -- (ctx): sets ctx.enqueue and ctx.emit; defined below
 local flows    -- moonq.flows, required at the first ctx
+local no_run_state -- (step): ctx.state of a step's job with no run
 Ctx.__index = function(ctx, key)
   local method = Ctx[key]
   if method then return method end
@@ -85,6 +86,17 @@ local function run_state(ctx, run_id)
     ctx.state_writes[key] = moonq.null
   end
   return state
+end
+
+-- ctx.state of a step's job that has no run (sent outside one, not as
+-- its flow's entry): every call raises saying so.
+function no_run_state(step)
+  local function refuse()
+    error(("ctx.state: this job of step %q of flow %q has no run (it was sent without "
+      .. "a run id; start runs with moonq.flow.start or the entry step's job)")
+      :format(step.step, step.name), 2)
+  end
+  return { get = refuse, set = refuse, del = refuse }
 end
 
 -- ctx.enqueue and ctx.emit of `ctx` (made at their first use: most jobs
@@ -168,6 +180,8 @@ function M.new(job, opts)
   if step and job.run_id then
     ctx.flow = { run_id = job.run_id, name = step.name, step = step.step }
     ctx.state = run_state(ctx, job.run_id)
+  elseif step then -- a step's job sent outside a run: no state to read
+    ctx.state = no_run_state(step)
   end
   return ctx
 end

@@ -52,8 +52,20 @@ function M.get(run_id)
   return null_to_nil(rows[1].run)
 end
 
+local STATUSES = { running = true, completed = true, failed = true, cancelled = true }
+local LIST_MAX = 10000
+
 function M.list(name, opts)
   opts = opts or {}
+  if opts.status ~= nil and not STATUSES[opts.status] then
+    return nil, ("moonq.flow.list: status must be running, completed, failed or cancelled, got %s")
+      :format(type(opts.status) == "string" and ("%q"):format(opts.status:sub(1, 40)) or type(opts.status))
+  end
+  local limit = opts.limit
+  if limit ~= nil and (math.type(limit) ~= "integer" or limit < 1 or limit > LIST_MAX) then
+    return nil, ("moonq.flow.list: limit must be an integer from 1 to %d, got %s")
+      :format(LIST_MAX, tostring(limit):sub(1, 40))
+  end
   local rows, err = query([[SELECT flow_name AS flow, run_id, status, started_at, completed_at,
                                    failed_step, error
                               FROM @.list_flows($1, $2, $3::integer, $4::timestamptz, $5)]],
