@@ -3,7 +3,7 @@
 # a large archive (part 4), a transaction held open beside a steady flow
 # (5), memory over a long drain and after 1 MB jobs (6), and many queues (7).
 # Unattended, about 20 minutes with the defaults on two cores; prints a
-# summary table (also $out/summary.txt).
+# summary table (also $out/summary.md).
 #
 #   bench/bench_scale.sh            build moonq, start the private PostgreSQL
 #                                   of the build dir (or use DATABASE_URL), run
@@ -16,25 +16,27 @@
 #                                   moonq's defaults (1 worker, 10, 0)
 #
 # Part 4, backlog: for each BACKLOGS size (default "50000 1000000 5000000")
-# the queue is filled to that size (send_many, no NOTIFY) and vacuumed, the
-# plan of one fetch_jobs(500) is logged (auto_explain: ANALYZE, BUFFERS,
-# nested statements, rolled back), then each setting drains until
-# WINDOW_JOBS (default 50000) jobs are archived or DRAIN_TIMEOUT s (60) pass;
-# the rate is WINDOW_JOBS over first claim -> WINDOW_JOBS-th completion.
-# The fetch plan is logged again after the drains (dead entries at the head
-# of the index). Then HISTORY (default 10000000) completed jobs are inserted
-# into job_archive (generate_series, queue "history") and the smallest
-# backlog's send p50 (SEND_N single sends timed in the backend, default
-# 2000) and drains are measured again.
+# the queue is filled to that size (bench_sutil.fill: one send copied by
+# INSERT ... generate_series, no NOTIFY) and vacuumed, the plan of one
+# fetch_jobs(500) is logged (auto_explain: ANALYZE, BUFFERS, nested
+# statements; rolled back), then each setting drains until WINDOW_JOBS
+# (default 50000; WINDOW_JOBS_DEFAULT, 10000, for the defaults) jobs are
+# archived or DRAIN_TIMEOUT s (60) pass; the rate is those jobs over first
+# claim -> last of them completed. The fetch plan is logged again after
+# the drains (dead entries at the head of the index). Then HISTORY
+# (default 10000000) completed jobs are inserted into job_archive
+# (generate_series, queue "history") and the smallest backlog's drains and
+# send p50 (SEND_N single sends timed in the backend, default 2000) are
+# measured again.
 #
 # Part 5, held-back horizon: a sender paced at RATE jobs/s (default 200,
-# each send its own transaction) feeds `moonq run` (default setting) for
-# PRE_SECONDS (60), then another connection runs BEGIN; SELECT
+# each send its own transaction) feeds `moonq run` (defaults) for
+# PRE_SECONDS (45), then another connection runs BEGIN; SELECT
 # txid_current(); and stays idle in transaction for HOLD_SECONDS (default
 # 300; the goal speaks of 10 minutes: HOLD_SECONDS=600 for that, the run
-# then takes 5 minutes more), then POST_SECONDS (120). Throughput and
-# enqueue -> start latency per phase and per BUCKET s (10), dead tuples and
-# sizes of job and job_archive every BUCKET s.
+# then takes 5 minutes more), then POST_SECONDS (90). Jobs/s sent and
+# completed and enqueue -> start latency per phase and per BUCKET s (10),
+# dead tuples and sizes of job and job_archive every BUCKET s.
 #
 # Part 6, memory: MEM_JOBS (default 1000000) drained with BEST while VmRSS
 # of every process of `moonq run` is sampled every MEM_SAMPLE s (1); then a
@@ -43,9 +45,10 @@
 # 3 s of quiet, RSS compared with before.
 #
 # Part 7, many queues: QUEUES (default 1000) handler files, one queue each;
-# MANY_JOBS (100000) spread evenly over them drained with BEST and with the
-# defaults, against the same number in one queue; then bench/bench_idle.sh
-# QUEUES IDLE_SECONDS (default 30) for the idle CPU.
+# MANY_JOBS (100000; MANY_JOBS_DEFAULT, 20000, for the defaults) spread
+# evenly over them and drained, against the same number in one queue;
+# then bench/bench_idle.sh QUEUES IDLE_SECONDS (default 20) for the idle
+# CPU.
 #
 # Every drain is checked for exactly-once: no job left active, every
 # archived job completed at its first attempt, sent = archived + waiting.
@@ -65,20 +68,22 @@ s=$SCALE_SCHEMA
 best=${BEST:-2:500:500}
 backlogs=${BACKLOGS:-"50000 1000000 5000000"}
 window_jobs=${WINDOW_JOBS:-50000}
+window_default=${WINDOW_JOBS_DEFAULT:-10000}
 drain_timeout=${DRAIN_TIMEOUT:-60}
 history=${HISTORY:-10000000}
 send_n=${SEND_N:-2000}
 rate=${RATE:-200}
-pre_s=${PRE_SECONDS:-60}
+pre_s=${PRE_SECONDS:-45}
 hold_s=${HOLD_SECONDS:-300}
-post_s=${POST_SECONDS:-120}
+post_s=${POST_SECONDS:-90}
 bucket=${BUCKET:-10}
 mem_jobs=${MEM_JOBS:-1000000}
 mem_sample=${MEM_SAMPLE:-1}
 big_bytes=${BIG_BYTES:-1000000}
 queues=${QUEUES:-1000}
 many_jobs=${MANY_JOBS:-100000}
-idle_s=${IDLE_SECONDS:-30}
+many_default=${MANY_JOBS_DEFAULT:-20000}
+idle_s=${IDLE_SECONDS:-20}
 cfg=$repo/bench/scale/config.lua
 handlers=$repo/bench/scale/handlers
 t_start=$(date +%s)
@@ -174,10 +179,12 @@ fetch_ms() {
 }
 
 # drain_window SETTING LABEL SENT: moonq run drains queue noop until
-# window_jobs are archived (or drain_timeout), stops; appends to
-# $out/drain.txt and prints "rate check".
+# window_jobs (window_default for the defaults) are archived (or
+# drain_timeout), stops; appends to $out/drain.txt and prints "rate check".
 drain_window() {
   local setting=$1 label=$2 sent=$3
+  local window_jobs=$window_jobs
+  [ "$setting" != default ] || window_jobs=$window_default
   local t0; t0=$(now)
   local pid; pid=$(start_moonq "$setting" "$out/moonq-$label.log")
   local at
@@ -463,9 +470,11 @@ part7() {
   mkdir -p "$dir"
   local i
   for i in $(seq 1 "$queues"); do echo 'return function() end' >"$dir/q$i.lua"; done
-  local per=$((many_jobs / queues)) setting shape
+  local per setting shape
   local -A r7
   for setting in "$best" default; do
+    per=$((many_jobs / queues))
+    [ "$setting" != default ] || per=$((many_default / queues))
     for shape in many one; do
       reset_queue
       if [ "$shape" = many ]; then

@@ -2,27 +2,31 @@
 -- schema s of moonq's tables. Procedures commit between steps so that no
 -- statement keeps a snapshot (and holds back the xmin horizon) for longer
 -- than one step.
-CREATE SCHEMA IF NOT EXISTS bench_sutil;
+DROP SCHEMA IF EXISTS bench_sutil CASCADE;
+CREATE SCHEMA bench_sutil;
 
--- Sends n jobs named q (queue q) with send_many, chunk jobs per call and
--- transaction, data {"n": i}; without NOTIFY (moonq.no_wake), as moonq's
--- own connections send.
-CREATE OR REPLACE PROCEDURE bench_sutil.fill(s text, q text, n bigint, chunk int DEFAULT 100000)
+-- Adds n jobs named q (queue q), data {"n": i}: one job sent with send (so
+-- the queue's defaults apply as for any send, without NOTIFY: moonq.no_wake)
+-- and copied n - 1 times by one INSERT ... SELECT generate_series (about
+-- three times as fast as send_many).
+CREATE OR REPLACE PROCEDURE bench_sutil.fill(s text, q text, n bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
-  done bigint := 0;
-  k int;
+  tmpl bigint;
 BEGIN
-  WHILE done < n LOOP
-    k := least(chunk, n - done);
-    PERFORM set_config('moonq.no_wake', 'on', false);
-    EXECUTE format('SELECT %I.send_many($1, (SELECT jsonb_agg(jsonb_build_object(''n'', g))'
-                   ' FROM generate_series($2 + 1, $2 + $3) g))', s)
-      USING q, done, k;
-    COMMIT;
-    done := done + k;
-  END LOOP;
-  PERFORM set_config('moonq.no_wake', 'off', false);
+  IF n <= 0 THEN
+    RETURN;
+  END IF;
+  PERFORM set_config('moonq.no_wake', 'on', true);
+  EXECUTE format('SELECT %I.send($1, ''{"n": 1}'')', s) INTO tmpl USING q;
+  EXECUTE format('INSERT INTO %1$I.job (queue, name, data, priority, retry_limit, retry_delay,
+                                       retry_backoff, retry_delay_max, expire_in, retention, dead_letter)
+                 SELECT t.queue, t.name, jsonb_build_object(''n'', g), t.priority, t.retry_limit,
+                        t.retry_delay, t.retry_backoff, t.retry_delay_max, t.expire_in, t.retention,
+                        t.dead_letter
+                   FROM %1$I.job t, generate_series(2, %2$s) g
+                  WHERE t.id = %3$s', s, n, tmpl);
+  COMMIT;
 END $$;
 
 -- Waits until the boolean query cond (one row, one column) is true,
