@@ -95,6 +95,16 @@ row() { printf '| %s | %s | %s | %s | %s |\n' "$@" >>"$out/summary.md"; }
 now() { date +%s.%N; }
 has_part() { [[ ",$parts," == *",$1,"* ]]; }
 
+# grp_cpu PGID -> CPU seconds used so far by process group PGID (`moonq
+# run` and its worker processes).
+grp_cpu() {
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v g="$1" -v hz="$(getconf CLK_TCK)" '
+    $5 == g { t += $14 + $15 + $16 + $17 } END { printf "%.3f\n", t / hz }'
+}
+# us_per_job PG0 PG1 MOONQ JOBS -> "PG+moonq" CPU microseconds per job.
+us_per_job() {
+  awk -v a="$1" -v b="$2" -v m="$3" -v n="$4" 'BEGIN { if (n > 0) printf "%.0f+%.0f\n", (b - a) / n * 1e6, m / n * 1e6; else print "?" }'
+}
 # Process group of `moonq run` (it and its worker processes).
 group_pids() {
   { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v g="$1" '$5 == g { print $1 }'
@@ -180,16 +190,21 @@ fetch_ms() {
 
 # drain_window SETTING LABEL SENT: moonq run drains queue noop until
 # window_jobs (window_default for the defaults) are archived (or
-# drain_timeout), stops; appends to $out/drain.txt and prints "rate check".
+# drain_timeout), stops; appends to $out/drain.txt and prints "rate cpu
+# check" (cpu: PostgreSQL's and moonq's CPU us per job archived, "PG+moonq").
 drain_window() {
   local setting=$1 label=$2 sent=$3
   local window_jobs=$window_jobs
   [ "$setting" != default ] || window_jobs=$window_default
+  local c0; c0=$(bench_pg_cpu)
   local t0; t0=$(now)
   local pid; pid=$(start_moonq "$setting" "$out/moonq-$label.log")
   local at
   at=$(wait_until "SELECT count(*) >= $window_jobs FROM $s.job_archive WHERE queue = 'noop'" "$drain_timeout")
+  local mc; mc=$(grp_cpu "$pid")
   stop_moonq "$pid"
+  local c1; c1=$(bench_pg_cpu)
+  local cpu; cpu=$(us_per_job "$c0" "$c1" "$mc" "$(q "SELECT count(*) FROM $s.job_archive WHERE queue = 'noop'")")
   local res n first span
   res=$(q "WITH a AS (SELECT started_at, completed_at FROM $s.job_archive WHERE queue = 'noop'),
                 w AS (SELECT completed_at FROM a ORDER BY completed_at OFFSET least($window_jobs, (SELECT count(*) FROM a)) - 1 LIMIT 1)
@@ -200,8 +215,8 @@ drain_window() {
   local chk; chk=$(check_once noop "$sent")
   local r; r=$(awk -v n="$n" -v sp="$span" 'BEGIN { printf "%.0f", (sp > 0 ? n / sp : 0) }')
   local wall; wall=$(awk -v n="$n" -v t0="$t0" -v at="$at" 'BEGIN { printf "%.0f", n / (at - t0) }')
-  echo "$label setting=$setting jobs=$n first_claim_after=$(awk -v a="$first" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')s window=${span}s rate=$r/s wall_rate=$wall/s once=$chk" >>"$out/drain.txt"
-  echo "$r $chk"
+  echo "$label setting=$setting jobs=$n first_claim_after=$(awk -v a="$first" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')s window=${span}s rate=$r/s wall_rate=$wall/s cpu_us_per_job=$cpu once=$chk" >>"$out/drain.txt"
+  echo "$r $cpu $chk"
 }
 
 # ---------------------------------------------------------------- setup
@@ -245,15 +260,15 @@ backlog_drain() {
 part4() {
   log "part 4: backlogs $backlogs, window $window_jobs jobs, settings $best and default"
   reset_queue
-  local first_level="" L setting rate chk p50_0 p99_0
+  local first_level="" L setting rate cpu chk p50_0 p99_0
   local -A rates
   for L in $backlogs; do
     [ -n "$first_level" ] || first_level=$L
     for setting in "$best" default; do
-      read -r rate chk < <(backlog_drain "$L" "$setting" "backlog$L-${setting//:/-}" \
+      read -r rate cpu chk < <(backlog_drain "$L" "$setting" "backlog$L-${setting//:/-}" \
                              "$([ "$setting" = "$best" ] && echo "before-$L")")
       rates[$L-$setting]=$rate
-      row 4 "drain rate, backlog $L, $(setting_name "$setting")" "$rate jobs/s (exactly-once: $chk)" \
+      row 4 "drain rate, backlog $L, $(setting_name "$setting")" "$rate jobs/s, CPU us/job PG+moonq $cpu (exactly-once: $chk)" \
         "not slower than at $first_level" "$(at_least "$rate" "${rates[$first_level-$setting]}" 0.8)"
     done
     explain_fetch "after-$L"
@@ -284,10 +299,10 @@ VACUUM ANALYZE $s.job_archive;
 EOF
   log "  history inserted and vacuumed in $(awk -v a="$th0" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }') s"
   for setting in "$best" default; do
-    read -r rate chk < <(backlog_drain "$first_level" "$setting" "history-backlog$first_level-${setting//:/-}" \
+    read -r rate cpu chk < <(backlog_drain "$first_level" "$setting" "history-backlog$first_level-${setting//:/-}" \
                            "$([ "$setting" = "$best" ] && echo "history-$first_level")")
     row 4 "drain rate, backlog $first_level + $history archived, $(setting_name "$setting")" \
-      "$rate jobs/s (exactly-once: $chk)" "not slower than without history (${rates[$first_level-$setting]})" \
+      "$rate jobs/s, CPU us/job PG+moonq $cpu (exactly-once: $chk)" "not slower than without history (${rates[$first_level-$setting]})" \
       "$(at_least "$rate" "${rates[$first_level-$setting]}" 0.8)"
   done
   local p50_1 p99_1
@@ -471,7 +486,7 @@ part7() {
   local i
   for i in $(seq 1 "$queues"); do echo 'return function() end' >"$dir/q$i.lua"; done
   local per setting shape
-  local -A r7
+  local -A r7 cpu7
   for setting in "$best" default; do
     per=$((many_jobs / queues))
     [ "$setting" != default ] || per=$((many_default / queues))
@@ -486,10 +501,13 @@ part7() {
       q "VACUUM ANALYZE $s.job" >/dev/null
       local label; label="queues-$shape-$([ "$setting" = default ] && echo default || echo best)"
       log "  drain $label"
+      local c0; c0=$(bench_pg_cpu)
       local t0; t0=$(now)
       local pid; pid=$(start_moonq "$setting" "$out/moonq-$label.log" "$dir")
       local at; at=$(wait_until "SELECT NOT EXISTS (SELECT 1 FROM $s.job)" 300)
+      local mc; mc=$(grp_cpu "$pid")
       stop_moonq "$pid"
+      local c1; c1=$(bench_pg_cpu)
       local res n span first bad maxatt
       res=$(q "SELECT count(*), extract(epoch FROM max(completed_at) - min(started_at)), extract(epoch FROM min(started_at)),
                       count(*) FILTER (WHERE state <> 'completed'), coalesce(max(attempt), 0) FROM $s.job_archive")
@@ -500,11 +518,12 @@ part7() {
         chk="FAIL(archived=$n left=$left not_completed=$bad max_attempt=$maxatt)"
       local r; r=$(awk -v n="$n" -v sp="$span" 'BEGIN { printf "%.0f", (sp > 0 ? n / sp : 0) }')
       r7[$shape-$setting]=$r
-      echo "$label setting=$setting jobs=$n first_claim_after=$(awk -v a="$first" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')s span=${span}s rate=$r/s wall=$(awk -v a="$at" -v b="$t0" 'BEGIN { printf "%.1f", a - b }')s once=$chk" >>"$out/drain.txt"
+      cpu7[$shape-$setting]=$(us_per_job "$c0" "$c1" "$mc" "$n")
+      echo "$label setting=$setting jobs=$n first_claim_after=$(awk -v a="$first" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')s span=${span}s rate=$r/s wall=$(awk -v a="$at" -v b="$t0" 'BEGIN { printf "%.1f", a - b }')s cpu_us_per_job=${cpu7[$shape-$setting]} once=$chk" >>"$out/drain.txt"
       eval "chk_${shape}=\$chk"
     done
     row 7 "drain rate, $((per * queues)) jobs over $queues queues vs one queue, $( [ "$setting" = default ] && echo defaults || echo "$setting")" \
-      "${r7[many-$setting]} vs ${r7[one-$setting]} jobs/s (exactly-once: $chk_many, $chk_one)" ">= 50% of one queue" \
+      "${r7[many-$setting]} vs ${r7[one-$setting]} jobs/s; CPU us/job PG+moonq ${cpu7[many-$setting]} vs ${cpu7[one-$setting]} (exactly-once: $chk_many, $chk_one)" ">= 50% of one queue" \
       "$(awk -v a="${r7[many-$setting]}" -v b="${r7[one-$setting]}" 'BEGIN { r = a / b; printf "%s (%.2f)", (r >= 0.5 ? "yes" : "no"), r }')"
   done
   reset_queue
