@@ -41,8 +41,9 @@
 # Part 6, memory: MEM_JOBS (default 1000000) drained with BEST while VmRSS
 # of every process of `moonq run` is sampled every MEM_SAMPLE s (1); then a
 # job with BIG_BYTES (1000000) of data and one returning that much output,
-# each followed by 20,000 no-op jobs (allocations that drive Lua's GC) and
-# 3 s of quiet, RSS compared with before.
+# then BIG_BATCH (10) of each sent at once, each followed by 20,000 no-op
+# jobs (allocations that drive Lua's GC) and 3 s of quiet, RSS compared
+# with before.
 #
 # Part 7, many queues: QUEUES (default 1000) handler files, one queue each;
 # MANY_JOBS (100000; MANY_JOBS_DEFAULT, 20000, for the defaults) spread
@@ -80,6 +81,7 @@ bucket=${BUCKET:-10}
 mem_jobs=${MEM_JOBS:-1000000}
 mem_sample=${MEM_SAMPLE:-1}
 big_bytes=${BIG_BYTES:-1000000}
+big_batch=${BIG_BATCH:-10}
 queues=${QUEUES:-1000}
 many_jobs=${MANY_JOBS:-100000}
 many_default=${MANY_JOBS_DEFAULT:-20000}
@@ -178,14 +180,18 @@ ROLLBACK;
 EOF
 }
 # fetch_ms LABEL -> "ms buffers": the duration of fetch_jobs' claim (the
-# UPDATE, as auto_explain timed it) and the shared buffers its walk of
-# job_fetch_idx touched.
+# UPDATE, as auto_explain timed it) and the shared buffers its choice of
+# jobs touched: "all/scan", all = the InitPlan's Limit (the walk and the
+# row locks), scan = the walk alone (the first scan node below it).
 fetch_ms() {
-  awk '/duration: .* ms/ { for (i = 1; i <= NF; i++) if ($i == "duration:") d = $(i + 1) }
-       /Query Text: WITH claimed AS/ { t = d }
-       /Index Scan using job_fetch_idx/ { f = 1 }
-       f && /Buffers: shared/ { for (i = 1; i <= NF; i++) if ($i ~ /^(hit|read)=/) { split($i, a, "="); b += a[2] }; f = 0 }
-       END { printf "%s %s\n", (t == "" ? "?" : t), (b == "" ? "?" : b) }' "$out/explain-$1.txt"
+  awk 'function bufs(   i, a, n) { for (i = 1; i <= NF; i++) if ($i ~ /^(hit|read)=/) { split($i, a, "="); n += a[2] }; return n }
+       /duration: .* ms/ { for (i = 1; i <= NF; i++) if ($i == "duration:") d = $(i + 1) }
+       /Query Text: WITH claimed AS/ { t = d; c = 1 }
+       c && /-> +Limit/ { f = 1; c = 0 }
+       f == 1 && /Buffers: shared/ { all = bufs(); f = 2 }
+       f == 2 && /-> .*Scan/ { f = 3 }
+       f == 3 && /Buffers: shared/ { scan = bufs(); f = 0 }
+       END { printf "%s %s/%s\n", (t == "" ? "?" : t), (all == "" ? "?" : all), (scan == "" ? "?" : scan) }' "$out/explain-$1.txt"
 }
 
 # drain_window SETTING LABEL SENT: moonq run drains queue noop until
@@ -227,7 +233,7 @@ psql "$url" -qX -v ON_ERROR_STOP=1 -f "$repo/bench/scale/util.sql" >/dev/null
 commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $commit, load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
-  echo "command: PARTS=$parts BEST=$best BACKLOGS=\"$backlogs\" WINDOW_JOBS=$window_jobs HISTORY=$history RATE=$rate PRE_SECONDS=$pre_s HOLD_SECONDS=$hold_s POST_SECONDS=$post_s MEM_JOBS=$mem_jobs QUEUES=$queues MANY_JOBS=$many_jobs IDLE_SECONDS=$idle_s bash bench/bench_scale.sh"
+  echo "command: bash bench/bench_scale.sh (in effect: PARTS=$parts BEST=$best BACKLOGS=\"$backlogs\" WINDOW_JOBS=$window_jobs WINDOW_JOBS_DEFAULT=$window_default DRAIN_TIMEOUT=$drain_timeout HISTORY=$history SEND_N=$send_n RATE=$rate PRE_SECONDS=$pre_s HOLD_SECONDS=$hold_s POST_SECONDS=$post_s BUCKET=$bucket MEM_JOBS=$mem_jobs BIG_BYTES=$big_bytes BIG_BATCH=$big_batch QUEUES=$queues MANY_JOBS=$many_jobs MANY_JOBS_DEFAULT=$many_default IDLE_SECONDS=$idle_s)"
   echo
   echo "| part | measure | figure | goal | met |"
   echo "|---|---|---|---|---|"
@@ -274,7 +280,7 @@ part4() {
     explain_fetch "after-$L"
     local fb fa
     fb=$(fetch_ms "before-$L"); fa=$(fetch_ms "after-$L")
-    row 4 "fetch_jobs(500) at backlog $L: claim ms, buffers of its job_fetch_idx walk (vacuumed / after the drains)" \
+    row 4 "fetch_jobs(500) at backlog $L: claim ms, buffers of its choice of jobs (all/walk) (vacuumed / after the drains)" \
       "${fb% *} ms, ${fb#* } buf / ${fa% *} ms, ${fa#* } buf" "flat with backlog" "see explain-*.txt"
     if [ "$L" = "$first_level" ]; then
       IFS='|' read -r p50_0 p99_0 < <(q "CALL bench_sutil.send_timed('$s', 'timed', $send_n)")
@@ -338,14 +344,18 @@ part5() {
   ) &
   local sampler=$!
   sleep "$pre_s"
+  explain_fetch held-start
   local h0; h0=$(now)
   { echo "BEGIN; SELECT txid_current();"; sleep "$hold_s"; echo "COMMIT;"; } |
     psql "$url" -qAtX >"$out/held-xact.log" 2>&1 &
   local holder=$!
+  sleep $((hold_s > 10 ? hold_s - 5 : 0))
+  explain_fetch held-end
   wait "$holder" || true
   local h1; h1=$(now)
   log "  transaction released after $(awk -v a="$h0" -v b="$h1" 'BEGIN { printf "%.0f", b - a }') s"
   wait "$sender" || log "  sender failed"
+  explain_fetch held-after
   wait "$sampler" 2>/dev/null || true
   wait_empty noop 60 >/dev/null
   stop_moonq "$pid"
@@ -399,6 +409,10 @@ part5() {
   row 5 "start latency p50 / p99 ms: before, during, last 60 s of hold, after, last 60 s" \
     "$pb/$qb, $pd/$qd, $pl/$ql, $pa/$qa, $pz/$qz" "during within +50% of before" "$ok_l"
   row 5 "recovers after the hold ends (last 60 s vs before)" "$(printf 'p99 %s vs %s ms, %.0f vs %.0f jobs/s' "$qz" "$qb" "$tz" "$tb")" "within 50%" "$ok_r"
+  local f0 f1 f2
+  f0=$(fetch_ms held-start); f1=$(fetch_ms held-end); f2=$(fetch_ms held-after)
+  row 5 "fetch_jobs(500) claim ms, buffers of its choice of jobs (all/walk): hold start / 5 s before its end / end of run" \
+    "${f0% *} ms, ${f0#* } buf / ${f1% *} ms, ${f1#* } buf / ${f2% *} ms, ${f2#* } buf" "(trend)" "see explain-held-*.txt"
   row 5 "job: dead tuples at hold start -> max; size" \
     "$dj0 -> $dj1; $((sj0 / 1024)) -> $((sj1 / 1024)) kB" "(trend)" "see held-tables.txt"
   row 5 "job_archive: dead tuples max; size" "$da1; $((sa0 / 1048576)) -> $((sa1 / 1048576)) MB" "(trend)" "see held-tables.txt"
@@ -447,12 +461,13 @@ part6() {
       printf "|%s\n", ok }' "$out/mem-rss.txt")
   row 6 "RSS of each moonq process over $mem_jobs jobs (after the first 20%), drained at $mrate jobs/s" \
     "${flat%|*} exactly-once: $chk" "flat within +-10%" "${flat##*|}"
-  # Big jobs: RSS before, the job, 20,000 no-op jobs, 3 s, RSS after.
-  big() { # JOB DATA_SQL -> "before_kB after_kB peak_kB" (sums of the group)
+  # Big jobs: RSS before, the jobs, 20,000 no-op jobs, 3 s, RSS after.
+  # big JOB DATA_SQL COUNT -> "before_kB peak_kB after_kB" (sums of the group)
+  big() {
     sleep 3
     local r0; r0=$(rss_now "$pid"); r0=${r0%% *}
     local tb; tb=$(now)
-    q "SELECT $s.send('$1', $2)" >/dev/null
+    q "SELECT $s.send_many('$1', (SELECT jsonb_agg($2) FROM generate_series(1, $3)))" >/dev/null
     wait_empty "$1" 60 >/dev/null
     fill noop 20000
     q "SELECT $s.wake('noop')" >/dev/null
@@ -460,21 +475,26 @@ part6() {
     sleep 3
     local r1; r1=$(rss_now "$pid"); r1=${r1%% *}
     local pk; pk=$(awk -v a="$(awk -v t0="$t0" -v tb="$tb" 'BEGIN { print tb - t0 }')" 'NR > 1 && $1 >= a && $2 > m { m = $2 } END { print m + 0 }' "$out/mem-rss.txt")
-    echo "$r0 $r1 $pk"
+    echo "$r0 $pk $r1"
   }
-  local b0 b1 bp o0 o1 op
-  read -r b0 b1 bp < <(big big_data "jsonb_build_object('s', repeat('x', $big_bytes))")
-  read -r o0 o1 op < <(big big_output "jsonb_build_object('bytes', $big_bytes)")
+  local job what n r0 pk r1 rounds=0
+  for n in 1 "$big_batch"; do
+    for job in big_data big_output; do
+      if [ "$job" = big_data ]; then what="jsonb_build_object('s', repeat('x', $big_bytes))"
+      else what="jsonb_build_object('bytes', $big_bytes)"; fi
+      read -r r0 pk r1 < <(big "$job" "$what" "$n")
+      rounds=$((rounds + 1))
+      row 6 "RSS (all processes) before -> peak -> after $n job(s) at once with $big_bytes bytes of $([ "$job" = big_data ] && echo data || echo output) each, then 20k no-op jobs" \
+        "$((r0 / 1024)) -> $((pk / 1024)) -> $((r1 / 1024)) MB ($(awk -v a="$r1" -v b="$r0" 'BEGIN { printf "%+.1f", (a - b) / 1024 }') MB)" \
+        "back within a few MB (4)$([ "$n" = 1 ] || echo "; beyond the goal's one job")" "$(awk -v a="$r1" -v b="$r0" 'BEGIN { print (a - b <= 4096 ? "yes" : "no") }')"
+    done
+  done
   local bchk; bchk=$(q "SELECT count(*) FILTER (WHERE state = 'completed') || '/' || count(*) FROM $s.job_archive WHERE queue IN ('big_data', 'big_output')")
-  local chk2; chk2=$(check_once noop $((mem_jobs + 40000)))
+  local chk2; chk2=$(check_once noop $((mem_jobs + rounds * 20000)))
   stop_moonq "$pid"
   wait "$sampler" 2>/dev/null || true
-  row 6 "RSS (all processes) before -> peak -> after a job with $big_bytes bytes of data, then 20k jobs" \
-    "$((b0 / 1024)) -> $((bp / 1024)) -> $((b1 / 1024)) MB ($(awk -v a="$b1" -v b="$b0" 'BEGIN { printf "%+.1f", (a - b) / 1024 }') MB)" \
-    "back within a few MB" "$(awk -v a="$b1" -v b="$b0" 'BEGIN { print (a - b <= 4096 ? "yes" : "no") }')"
-  row 6 "same, a job returning $big_bytes bytes of output ($bchk big jobs completed; no-op: $chk2)" \
-    "$((o0 / 1024)) -> $((op / 1024)) -> $((o1 / 1024)) MB ($(awk -v a="$o1" -v b="$o0" 'BEGIN { printf "%+.1f", (a - b) / 1024 }') MB)" \
-    "back within a few MB" "$(awk -v a="$o1" -v b="$o0" 'BEGIN { print (a - b <= 4096 ? "yes" : "no") }')"
+  row 6 "big jobs completed / sent; exactly-once of the no-op jobs" "$bchk; $chk2" "all" \
+    "$(awk -v c="$bchk" 'BEGIN { split(c, a, "/"); print (a[1] == a[2] ? "yes" : "no") }')"
   reset_queue
 }
 
