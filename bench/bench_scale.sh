@@ -564,5 +564,5 @@ for p in 4 5 6 7; do
   fi
 done
 echo >>"$out/summary.md"
-echo "total $(( $(date +%s) - t_start )) s; raw outputs: $out" >>"$out/summary.md"
+echo "total $(( $(date +%s) - t_start )) s, load average at the end $(cut -d' ' -f1-3 /proc/loadavg); raw outputs: $out" >>"$out/summary.md"
 cat "$out/summary.md"
