@@ -2,6 +2,7 @@
 -- schema s of moonq's tables. Procedures commit between steps so that no
 -- statement keeps a snapshot (and holds back the xmin horizon) for longer
 -- than one step.
+SET client_min_messages = warning;
 DROP SCHEMA IF EXISTS bench_sutil CASCADE;
 CREATE SCHEMA bench_sutil;
 
