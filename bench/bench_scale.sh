@@ -13,7 +13,7 @@
 #                                   (default bench_scale)
 #   BEST=w:c:p                      the tuned setting: workers, concurrency,
 #                                   prefetch (default 2:500:500); "default" is
-#                                   moonq's defaults (1 worker, 10, 0)
+#                                   moonq's defaults (1 worker, 10, "auto")
 #
 # Part 4, backlog: for each BACKLOGS size (default "50000 1000000 5000000")
 # the queue is filled to that size (bench_sutil.fill: one send copied by
@@ -243,7 +243,7 @@ commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
 # ---------------------------------------------------------------- part 4
 # setting_name SETTING -> how the summary names it.
 setting_name() {
-  if [ "$1" = default ]; then echo "defaults (w1 c10 p0)"; return; fi
+  if [ "$1" = default ]; then echo "defaults (w1 c10 auto)"; return; fi
   local w c p; IFS=: read -r w c p <<<"$1"
   echo "w$w c$c p$p"
 }

@@ -1,6 +1,6 @@
 -- Config of the scale benchmark (bench/bench_scale.sh). Settings come from
 -- the environment so that one file serves every run; a variable left unset
--- or empty leaves moonq's default (workers 1, concurrency 10, prefetch 0).
+-- or empty leaves moonq's default (workers 1, concurrency 10, prefetch "auto").
 local env = os.getenv
 local function num(name)
   local v = env(name)
