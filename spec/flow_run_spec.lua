@@ -155,6 +155,13 @@ describe("flows", function()
     assert.matches('step "notify" of flow "order" has no run', job.error.message, 1, true)
   end)
 
+  it("refuses a flow name over 200 bytes naming the limit, without echoing it", function()
+    local id, err = F.start(string.rep("x", 300), {})
+    assert.is_nil(id)
+    assert.matches("flow name is 300 bytes, the limit is 200", err, 1, true)
+    assert.is_true(#err < 300, err)
+  end)
+
   it("lists runs refusing a status or limit it does not know, naming it", function()
     local rows, err = F.list("order", { status = "bogus" })
     assert.is_nil(rows)

@@ -118,6 +118,12 @@ describe("queue limits", function()
       end)
     end
 
+    it("a duration too long to show in full is shown as a number", function()
+      local id, err = Q.send("durations", {}, { delay = 1e300 })
+      assert.is_nil(id)
+      assert.matches('option "delay" is 1e+300 seconds, the limit is 3155760000', err, 1, true)
+    end)
+
     it("100 years is accepted and completes", function()
       local id = assert(Q.send("durations", {}, { retention = 3155760000, expire_in = 3155760000 }))
       local job = assert(Q.fetch("durations", 1))[1]
