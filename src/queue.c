@@ -643,7 +643,7 @@ static struct row_id *index_rows(const PGresult *res) {
   if (!ix)
     return NULL;
   for (int i = 0; i < n; i++) {
-    ix[i].id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+    ix[i].id = mq_pg_getll(res, i, 0);
     ix[i].row = i;
   }
   qsort(ix, (size_t)n, sizeof *ix, row_id_cmp);
@@ -662,7 +662,7 @@ static int find_row(const PGresult *res, const struct row_id *ix,
     return hit ? hit->row : -1;
   }
   for (int i = 0; i < n; i++)
-    if (strtoll(PQgetvalue(res, i, 0), NULL, 10) == id)
+    if (mq_pg_getll(res, i, 0) == id)
       return i;
   return -1;
 }

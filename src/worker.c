@@ -703,9 +703,9 @@ static void task_ended(mq_task *task, enum mq_task_end how, int nresults,
   struct active *a = data;
   struct mq_worker_outcome out;
   outcome_of(a->w->rt, task, how, nresults, a->ctx_ref, &out);
-  double ran = ev_time() - a->started;
-  mq_metrics_ran(a->c->metrics, ran);
   struct consumer *c = a->c;
+  double ran = ev_time() - a->started;
+  mq_metrics_ran(c->metrics, ran);
   c->avg_run = c->avg_run < 0 ? ran : c->avg_run + 0.1 * (ran - c->avg_run);
   if (out.failed) {
     fail_job(a->c, a->id, a->attempt, a->name, out.message,
@@ -1012,6 +1012,12 @@ static int buffer_target(const struct consumer *c) {
   return n >= MQ_PREFETCH_AUTO_MAX ? MQ_PREFETCH_AUTO_MAX : (int)n;
 }
 
+/* Jobs a fetch may claim now: free slots plus the buffer's target, less
+ * what is buffered and what fetches in flight asked for. */
+static int fetch_room(const struct consumer *c) {
+  return c->slots + buffer_target(c) - c->running - c->nbuffer - c->claiming;
+}
+
 /* Fetches free slots' worth of jobs and the buffer's (buffer_target); a
  * fetch with jobs buffered or running waits until there is room for half
  * the buffer, so batches stay large. While a buffer of 100 or more jobs is
@@ -1022,7 +1028,7 @@ static void consider_fetch(struct consumer *c) {
   mq_worker *w = c->w;
   maybe_reclaim(w);
   int target = buffer_target(c);
-  int room = c->slots + target - c->running - c->nbuffer - c->claiming;
+  int room = fetch_room(c);
   int worth = target / 2 > 0 ? target / 2 : 1;
   bool second = c->fetching == 1 && target >= 100 && c->full;
   if (!w->started || w->stopping || w->reclaiming || w->lost_claims ||
@@ -1077,8 +1083,7 @@ static bool take_sent(const char *queue, long long jobs, void *data) {
   struct consumer *c = find_consumer(w, queue);
   if (!c || !c->live || !w->started || w->stopping)
     return false;
-  int room = c->slots + buffer_target(c) - c->running - c->nbuffer -
-             c->claiming;
+  int room = fetch_room(c);
   if (room > 0)
     fetch_again(c);
   return room >= jobs;
