@@ -438,8 +438,7 @@ end
 function flow.runs(args)
   local pos, flags = parse(args, { status = true, limit = true })
   need(pos, 1, "NAME")
-  local statuses = { running = true, completed = true, failed = true, cancelled = true }
-  if flags.status and not statuses[flags.status] then
+  if flags.status and not moonq.flow.statuses[flags.status] then
     error({ usage = ("--status must be running, completed, failed or cancelled, got %q")
       :format(flags.status) })
   end

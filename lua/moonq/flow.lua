@@ -52,12 +52,13 @@ function M.get(run_id)
   return null_to_nil(rows[1].run)
 end
 
-local STATUSES = { running = true, completed = true, failed = true, cancelled = true }
+-- The statuses of a run (list's `status`; the CLI checks --status by it).
+M.statuses = { running = true, completed = true, failed = true, cancelled = true }
 local LIST_MAX = 10000
 
 function M.list(name, opts)
   opts = opts or {}
-  if opts.status ~= nil and not STATUSES[opts.status] then
+  if opts.status ~= nil and not M.statuses[opts.status] then
     return nil, ("moonq.flow.list: status must be running, completed, failed or cancelled, got %s")
       :format(type(opts.status) == "string" and ("%q"):format(opts.status:sub(1, 40)) or type(opts.status))
   end
