@@ -697,7 +697,7 @@ static void fetch_cb(int status, const char *error, const struct mq_job *jobs,
 }
 
 static void drain_fetch(void) {
-  if (mq_queue_fetch(queue, "bench_drain", drn.batch, fetch_cb, NULL) != 0)
+  if (mq_queue_fetch(queue, "bench_drain", drn.batch, NULL, fetch_cb, NULL) != 0)
     die("%s", "fetch: cannot queue");
 }
 

@@ -59,7 +59,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                      " to_jsonb(%s.send_many($1, $2::jsonb, $3::jsonb))::text",
     [ST_FETCH] = "SELECT id, name, data::text, attempt, priority, retry_limit,"
                  " expire_in, run_id, extract(epoch FROM now() - created_at)"
-                 " FROM %s.fetch_jobs($1, $2::int, $3::uuid)",
+                 " FROM %s.fetch_jobs($1, $2::int, $3::uuid, $4::int, $5::bigint)",
     [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_guarded($1::bigint[], $2::jsonb,"
                     " $3::uuid, $4::jsonb, $5::integer[]) AS c",
     /* a batch with effects: also the queues it sent jobs to (rows whose id
@@ -522,8 +522,9 @@ static void fetch_done(const struct mq_pg_reply *r, void *data) {
   free(c);
 }
 
-int mq_queue_fetch(mq_queue *q, const char *queue, int n, mq_queue_fetch_cb cb,
-                   void *data) {
+int mq_queue_fetch(mq_queue *q, const char *queue, int n,
+                   const struct mq_queue_position *after,
+                   mq_queue_fetch_cb cb, void *data) {
   if (!queue || !*queue || n < 1)
     return MQ_QUEUE_EINVAL;
   size_t len = strlen(queue) + 1;
@@ -533,10 +534,15 @@ int mq_queue_fetch(mq_queue *q, const char *queue, int n, mq_queue_fetch_cb cb,
   c->cb = cb;
   c->data = data;
   memcpy(c->queue, queue, len);
-  char count[16];
+  char count[16], priority[16], id[24];
   snprintf(count, sizeof count, "%d", n);
-  const char *params[] = {queue, count, q->process_id};
-  if (mq_pg_exec(q->pg, q->stmts[ST_FETCH], 3, params, 0, fetch_done, c) !=
+  if (after) {
+    snprintf(priority, sizeof priority, "%d", after->priority);
+    snprintf(id, sizeof id, "%lld", after->id);
+  }
+  const char *params[] = {queue, count, q->process_id, after ? priority : NULL,
+                          after ? id : NULL};
+  if (mq_pg_exec(q->pg, q->stmts[ST_FETCH], 5, params, 0, fetch_done, c) !=
       0) {
     free(c);
     return MQ_QUEUE_EDB;

@@ -111,9 +111,20 @@ int mq_queue_send_many(mq_queue *q, const char *name, const char *list_json,
                        const char *opts_json, mq_queue_json_cb cb, void *data,
                        char *err, size_t errlen);
 
-/* Claims up to n runnable jobs of `queue` for this process. */
-int mq_queue_fetch(mq_queue *q, const char *queue, int n, mq_queue_fetch_cb cb,
-                   void *data);
+/* A place in a queue's claim order: priority descending, then id. */
+struct mq_queue_position {
+  int priority;
+  long long id;
+};
+
+/* Claims up to n runnable jobs of `queue` for this process, in claim
+ * order. after NULL: from the head of the queue; else only jobs past
+ * *after and jobs of a higher priority, so the claim does not walk the
+ * index entries of jobs claimed before it (sql/023_fetch_after.sql): a job
+ * that became runnable behind *after is left to a claim from the head. */
+int mq_queue_fetch(mq_queue *q, const char *queue, int n,
+                   const struct mq_queue_position *after,
+                   mq_queue_fetch_cb cb, void *data);
 
 /* Completes an active job with output_json (NULL: no output). Batched with
  * the other completions of this loop turn. cb (may be NULL) gets

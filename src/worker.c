@@ -38,6 +38,22 @@ struct buffered {
   struct mq_job job;
 };
 
+/* Fetches start past a job claimed MQ_FETCH_AFTER_LAG seconds ago, so a
+ * job whose sending transaction commits within that time of taking its id
+ * is never passed over; a fetch from the queue's head, at least every
+ * MQ_FETCH_HEAD_INTERVAL seconds (or MQ_FETCH_HEAD_SPACING times as long
+ * as the last one took), takes any job that became runnable behind it. */
+#define MQ_FETCH_AFTER_LAG 1.0
+#define MQ_FETCH_HEAD_INTERVAL 1.0
+#define MQ_FETCH_HEAD_SPACING 100.0
+#define MQ_FETCH_MARKS 8
+
+/* A job claimed, and when (ev_now). */
+struct claim_mark {
+  struct mq_queue_position pos;
+  ev_tstamp at;
+};
+
 struct consumer {
   mq_worker *w;
   char *queue;
@@ -55,6 +71,20 @@ struct consumer {
   bool live;    /* some handler still names this queue */
   bool poll_due; /* its poll timer fired: check it at the next probe */
   ev_timer poll;
+  /* Where fetches start (sql/023_fetch_after.sql): past `after`, a job
+   * claimed at least MQ_FETCH_AFTER_LAG seconds ago, so that the index
+   * entries of the jobs claimed before it are not walked again; or from
+   * the queue's head, which catches jobs that became runnable behind
+   * `after`. */
+  struct mq_queue_position after;
+  bool has_after;
+  struct claim_mark latest;  /* the last job claimed (at 0: none) */
+  struct claim_mark marks[MQ_FETCH_MARKS]; /* jobs claimed at least
+                                              MQ_FETCH_AFTER_LAG / 4 s
+                                              apart, oldest first */
+  int nmarks;
+  ev_tstamp head_due; /* a fetch from the head is due from then on */
+  bool head;          /* the next fetch starts from the head */
   STAILQ_HEAD(, buffered) buffer;
   int nbuffer;
 };
@@ -207,8 +237,13 @@ static void probe_cb(struct ev_loop *loop, ev_prepare *pw, int revents) {
 
 static void fetch_again(struct consumer *c);
 
-/* A delayed job of the consumer's queue is due. */
-static void due_cb(const char *queue, void *data) { fetch_again(data); }
+/* A delayed job of the consumer's queue is due: it lies behind where
+ * fetches start, so the next one starts from the head. */
+static void due_cb(const char *queue, void *data) {
+  struct consumer *c = data;
+  c->head = true;
+  fetch_again(c);
+}
 
 static struct consumer *find_consumer(mq_worker *w, const char *queue) {
   for (int i = 0; i < w->nconsumers; i++)
@@ -855,7 +890,9 @@ static void reclaimed(int status, const char *error, const char *json,
     maybe_reclaim(w);
     return;
   }
-  for (int i = 0; i < w->nconsumers; i++) {
+  for (int i = 0; i < w->nconsumers; i++) { /* the jobs given back lie
+                                                 behind `after` */
+    w->consumers[i]->head = true;
     w->consumers[i]->more = true;
     consider_fetch(w->consumers[i]);
   }
@@ -945,10 +982,65 @@ static void release_buffer(mq_worker *w, struct consumer *c) {
   free(ids);
 }
 
+/* After a fetch (from the head when `head`, sent at ev_now `sent`) that
+ * claimed jobs[0..n-1] in claim order: the last of them is the latest
+ * claim, and a mark when the last mark is MQ_FETCH_AFTER_LAG / 4 seconds
+ * old. A fetch from the head is due
+ * again after MQ_FETCH_HEAD_INTERVAL seconds, or MQ_FETCH_HEAD_SPACING
+ * times as long as this one took, whichever is longer: while a held-back
+ * horizon keeps dead index entries, a walk over them all stays a small
+ * part of the queue's time. */
+static void note_claimed(struct consumer *c, bool head, ev_tstamp sent,
+                         const struct mq_job *jobs, int n) {
+  ev_tstamp now = ev_now(c->w->loop);
+  if (n > 0) {
+    c->latest = (struct claim_mark){{jobs[n - 1].priority, jobs[n - 1].id}, now};
+    if (c->nmarks == 0 ||
+        now - c->marks[c->nmarks - 1].at >= MQ_FETCH_AFTER_LAG / 4) {
+      if (c->nmarks == MQ_FETCH_MARKS) { /* drop the oldest */
+        c->nmarks--;
+        memmove(c->marks, c->marks + 1, sizeof c->marks[0] * (size_t)c->nmarks);
+      }
+      c->marks[c->nmarks++] = c->latest;
+    }
+  }
+  if (head) {
+    double took = MQ_FETCH_HEAD_SPACING * (now - sent);
+    c->head_due = now + (took > MQ_FETCH_HEAD_INTERVAL ? took
+                                                       : MQ_FETCH_HEAD_INTERVAL);
+  }
+}
+
+/* Where the consumer's next fetch starts: NULL (the head), or `after`,
+ * moved up to the newest claim at least MQ_FETCH_AFTER_LAG seconds old. */
+static const struct mq_queue_position *fetch_start(struct consumer *c) {
+  ev_tstamp now = ev_now(c->w->loop);
+  if (c->latest.at > 0 && now - c->latest.at >= MQ_FETCH_AFTER_LAG) {
+    c->after = c->latest.pos;
+    c->has_after = true;
+    c->nmarks = 0;
+  } else {
+    int k = c->nmarks;
+    while (k > 0 && now - c->marks[k - 1].at < MQ_FETCH_AFTER_LAG)
+      k--;
+    if (k > 0) {
+      c->after = c->marks[k - 1].pos;
+      c->has_after = true;
+      memmove(c->marks, c->marks + k, sizeof c->marks[0] * (size_t)(c->nmarks - k));
+      c->nmarks -= k;
+    }
+  }
+  if (c->head || !c->has_after || now >= c->head_due)
+    return NULL;
+  return &c->after;
+}
+
 /* One fetch in flight. */
 struct fetch {
   struct consumer *c;
   int asked;
+  bool head;      /* it starts from the queue's head */
+  ev_tstamp sent; /* ev_now when it was sent */
 };
 
 static void fetched(int status, const char *error, const struct mq_job *jobs,
@@ -957,10 +1049,16 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
   struct consumer *c = f->c;
   mq_worker *w = c->w;
   int asked = f->asked;
+  bool head = f->head;
+  ev_tstamp sent = f->sent;
   free(f);
   c->fetching--;
   c->claiming -= asked;
   w->inflight--;
+  if (status != 0)
+    c->head = true; /* its claims may come back to the queue */
+  else
+    note_claimed(c, head, sent, jobs, n);
   if (status != 0) {
     mq_log_warn("worker", "fetch failed queue=%s error=\"%s\"", c->queue,
                 error);
@@ -1038,12 +1136,19 @@ static void consider_fetch(struct consumer *c) {
   struct fetch *f = malloc(sizeof *f);
   if (!f)
     return; /* the poll timer tries again */
+  const struct mq_queue_position *after = fetch_start(c);
   f->c = c;
   f->asked = room;
+  f->head = !after;
+  f->sent = ev_now(w->loop);
   c->more = false;
-  if (mq_queue_fetch(w->q, c->queue, room, fetched, f) != 0) {
+  if (mq_queue_fetch(w->q, c->queue, room, after, fetched, f) != 0) {
     free(f);
     return;
+  }
+  if (f->head) { /* a second fetch meanwhile starts past `after` */
+    c->head = false;
+    c->head_due = f->sent + MQ_FETCH_HEAD_INTERVAL;
   }
   c->fetching++;
   c->claiming += room;
@@ -1069,6 +1174,8 @@ static void wake_cb(const char *channel, const char *payload, void *data) {
     struct consumer *c = w->consumers[i];
     if (!all && !names(payload, c->queue))
       continue;
+    if (!payload) /* anything may have happened meanwhile */
+      c->head = true;
     c->more = true;
     consider_fetch(c);
   }

@@ -152,7 +152,7 @@ static void close_with_completions_batched(void) {
     for (int i = 0; i < 50; i++)
       ready = ready && sent[i].calls == 1;
   }
-  REQUIRE(mq_queue_fetch(q, "x", 50, fetched_cb, &f) == 0);
+  REQUIRE(mq_queue_fetch(q, "x", 50, NULL, fetched_cb, &f) == 0);
   REQUIRE(mq_test_run_until(mq_runtime_loop(rt), &f.done, 30));
   CHECK_INT(f.n, 50);
   int calls[2] = {0, 0};

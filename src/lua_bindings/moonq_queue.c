@@ -235,7 +235,7 @@ static int l_fetch(lua_State *L) {
   lua_Integer n = luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 1 && n <= 100000, 2, "expected 1 to 100000 jobs");
   struct mq_lua_wait *w = new_wait(L, rt);
-  return wait_json(L, mq_queue_fetch(mq_runtime_queue(rt), queue, (int)n, fetch_done, w),
+  return wait_json(L, mq_queue_fetch(mq_runtime_queue(rt), queue, (int)n, NULL, fetch_done, w),
                    w);
 }
 

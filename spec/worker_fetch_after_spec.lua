@@ -1,0 +1,151 @@
+-- Claims that start past the queue's claimed head (sql/023_fetch_after.sql,
+-- fetch_start in src/worker.c): while a transaction holds the horizon back,
+-- the index entries of claimed jobs cannot be removed, and a claim from the
+-- head of the queue walks them all. A worker's claims start past a job it
+-- claimed a moment ago, and a claim from the head, made now and then, still
+-- takes any job that became runnable behind that place.
+local moonq = require "moonq"
+local W = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/worker_helper.lua")
+
+-- Opens moonq with one no-op handler for queue `name` and starts its worker.
+local function start(name)
+  W.open({ handlers = W.handlers_dir({ [name .. ".lua"] = "return { handler = function() end }" }),
+           hot_reload = false, queue = { retry_limit = 0 } })
+  assert(moonq.start())
+end
+
+-- Index entries of job_fetch_idx read by scans so far (every backend's
+-- statistics flushed first).
+local function entries_read()
+  local out = assert(W.psql(("SELECT pg_stat_force_next_flush();\n"
+    .. "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelid = '%s.job_fetch_idx'::regclass;")
+    :format(W.schema)))
+  return tonumber(out:match("(%d+)%s*$"))
+end
+
+-- Runs `sql` in one psql session, then the statistics flush, and returns
+-- how many index entries of job_fetch_idx it read.
+local function entries_read_by(sql)
+  local before = entries_read()
+  local out, ok = W.psql((sql .. "\nSELECT pg_stat_force_next_flush();\n"):gsub("@%.", W.schema .. "."))
+  assert(ok, out)
+  W.sleep(0.2)
+  return entries_read() - before, out
+end
+
+-- Ends this process's sessions (moonq reconnects), so that they report
+-- their statistics, and returns the index entries read so far.
+local function settle_stats()
+  assert(W.psql(("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%%%s%%'"
+    .. " AND pid <> pg_backend_pid();"):format(W.schema)))
+  W.run_for(1.0)
+  return entries_read()
+end
+
+-- Starts a session that holds a snapshot (and so the horizon) until killed;
+-- returns once PostgreSQL shows it holding one.
+local function hold_horizon()
+  local pid = W.bg("{ echo 'BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM pg_class;'; "
+    .. "sleep 600; } | PGAPPNAME=moonq_spec_hold psql \"$DATABASE_URL\" -X -q >/dev/null")
+  W.own(pid)
+  assert(W.wait_for(function()
+    return W.row("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'moonq_spec_hold' AND backend_xmin IS NOT NULL").n == 1
+  end, 20), "the holding session did not start")
+  return pid
+end
+
+describe("claims past the claimed head", function()
+  after_each(W.close)
+
+  it("take higher priorities, then later ids of the position's priority, then lower priorities", function()
+    W.open({ hot_reload = false })
+    local q = "after_order"
+    local function send(p) return assert(moonq.queue.send(q, {}, { priority = p })) end
+    local lo1, mid1, hi1, mid2, lo2, mid3, hi2 = send(-1), send(0), send(5), send(0), send(-1), send(0), send(5)
+    -- Position (0, mid2): mid1 lies behind it and is left out.
+    local rows = W.sql("SELECT id FROM @.fetch_jobs($1, 10, $2::uuid, 0, $3)", q,
+      moonq.queue.process_id(), mid2)
+    local got = {}
+    for i, r in ipairs(rows) do got[i] = r.id end
+    assert.same({ hi1, hi2, mid3, lo1, lo2 }, got)
+    -- n bounds the claim across the three ranges; the head claim takes mid1.
+    assert.equal(mid1, W.row("SELECT id FROM @.fetch_jobs($1, 5, $2::uuid)", q, moonq.queue.process_id()).id)
+    assert.same({}, W.sql("SELECT id FROM @.fetch_jobs($1, 5, $2::uuid, 5, 0)", q, moonq.queue.process_id()))
+  end)
+
+  it("reads a handful of index entries where a claim from the head walks every claimed job's", function()
+    W.open({ hot_reload = false })
+    local q = "after_held"
+    hold_horizon()
+    local ids = assert(moonq.queue.send_many(q, (function()
+      local t = {}
+      for i = 1, 3000 do t[i] = { n = i } end
+      return t
+    end)()))
+    local last = ids[#ids]
+    -- Claim and complete them all: each leaves an entry no scan can remove.
+    local pid = moonq.queue.process_id()
+    W.sql("SELECT count(*) FROM @.fetch_jobs($1, 3000, $2::uuid)", q, pid)
+    W.sql("SELECT count(*) FROM @.complete_jobs(ARRAY(SELECT id FROM @.job WHERE queue = $1), NULL, $2::uuid)", q, pid)
+    assert(moonq.queue.send(q, { n = "a" }))
+    assert(moonq.queue.send(q, { n = "b" }))
+    local after, out = entries_read_by(("SELECT count(*) FROM @.fetch_jobs('%s', 1, '%s', 0, %d);"):format(q, pid, last))
+    assert.equal("1", out:match("^%s*(%d+)"))
+    local head = entries_read_by(("SELECT count(*) FROM @.fetch_jobs('%s', 1, '%s');"):format(q, pid))
+    assert.is_true(head >= 3000, "the claim from the head read " .. head .. " entries")
+    assert.is_true(after <= 20, "the claim past the position read " .. after .. " entries")
+  end)
+
+  it("a worker claims past the head while the horizon is held, and still runs every job", function()
+    start("held")
+    hold_horizon()
+    local ids = assert(moonq.queue.send_many("held", (function()
+      local t = {}
+      for i = 1, 3000 do t[i] = { n = i } end
+      return t
+    end)()))
+    assert(W.wait_all(ids, 60))
+    W.run_for(1.5) -- the last claim becomes where claims start
+    -- A backend reports its statistics when it ends: end this process's
+    -- (moonq reconnects) to count only what the claims below read.
+    local before = settle_stats()
+    -- One job at a time: a claim from the head would read 3,000 entries
+    -- each; claims past the position, all but about one a second.
+    local more = {}
+    for i = 1, 20 do
+      more[i] = assert(moonq.queue.send("held", { i = i }))
+      W.run_for(0.05)
+    end
+    assert(W.wait_all(more, 30))
+    local read = settle_stats() - before
+    assert.is_true(read < 20 * 3000 / 4, "20 claims read " .. read .. " index entries")
+  end)
+
+  it("runs a job whose sending transaction committed after later jobs were claimed", function()
+    start("late")
+    -- The job takes its id now and commits 3 s later, while the worker
+    -- claims jobs with greater ids past it.
+    local pid = W.bg("{ echo \"BEGIN; SELECT " .. W.schema .. ".send('late', '{\\\"n\\\": \\\"late\\\"}');\"; "
+      .. "sleep 3; echo 'COMMIT;'; } | psql \"$DATABASE_URL\" -X -q >/dev/null")
+    W.own(pid)
+    assert(W.wait_for(function()
+      return W.row("SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE '%.send(''late''%'").n == 1
+    end, 20), "the sending transaction did not start")
+    local ids = {}
+    local t0 = W.now()
+    while W.now() - t0 < 8 do
+      ids[#ids + 1] = assert(moonq.queue.send("late", {}))
+      W.run_for(0.05)
+    end
+    assert(W.wait_all(ids, 30))
+    local late = W.wait_for(function()
+      W.run_for(0.1)
+      return W.row("SELECT count(*)::int AS n FROM @.job_archive WHERE queue = 'late' AND data->>'n' = 'late'").n == 1
+    end, 20)
+    assert.is_true(late, "the late job never ran")
+    -- And it did not wait for the queue to go idle: it ran while jobs sent
+    -- after it were still arriving.
+    assert.is_true(W.row([[SELECT (SELECT started_at FROM @.job_archive WHERE data->>'n' = 'late')
+                                  < (SELECT max(started_at) FROM @.job_archive WHERE queue = 'late') AS ok]]).ok)
+  end)
+end)
