@@ -14,17 +14,19 @@ local function start(name)
   assert(moonq.start())
 end
 
--- Index entries of job_fetch_idx read by scans so far (every backend's
--- statistics flushed first).
+-- Index entries of job's indexes on waiting jobs (job_fetch_idx,
+-- job_due_idx) read by scans so far (this session's statistics flushed
+-- first).
 local function entries_read()
   local out = assert(W.psql(("SELECT pg_stat_force_next_flush();\n"
-    .. "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelid = '%s.job_fetch_idx'::regclass;")
-    :format(W.schema)))
+    .. "SELECT sum(idx_tup_read) FROM pg_stat_user_indexes WHERE indexrelid IN"
+    .. " ('%s.job_fetch_idx'::regclass, '%s.job_due_idx'::regclass);")
+    :format(W.schema, W.schema)))
   return tonumber(out:match("(%d+)%s*$"))
 end
 
 -- Runs `sql` in one psql session, then the statistics flush, and returns
--- how many index entries of job_fetch_idx it read.
+-- how many index entries (entries_read) it read, and its output.
 local function entries_read_by(sql)
   local before = entries_read()
   local out, ok = W.psql((sql .. "\nSELECT pg_stat_force_next_flush();\n"):gsub("@%.", W.schema .. "."))
@@ -89,6 +91,10 @@ describe("claims past the claimed head", function()
     W.sql("SELECT count(*) FROM @.complete_jobs(ARRAY(SELECT id FROM @.job WHERE queue = $1), NULL, $2::uuid)", q, pid)
     assert(moonq.queue.send(q, { n = "a" }))
     assert(moonq.queue.send(q, { n = "b" }))
+    -- Statistics of a table of two live rows, as autovacuum leaves them
+    -- under a held horizon: the planner then takes any plan for cheap, and
+    -- a bitmap scan of job_due_idx and a sort read every entry.
+    W.sql("ANALYZE @.job")
     local after, out = entries_read_by(("SELECT count(*) FROM @.fetch_jobs('%s', 1, '%s', 0, %d);"):format(q, pid, last))
     assert.equal("1", out:match("^%s*(%d+)"))
     local head = entries_read_by(("SELECT count(*) FROM @.fetch_jobs('%s', 1, '%s');"):format(q, pid))
@@ -98,6 +104,7 @@ describe("claims past the claimed head", function()
 
   it("a worker claims past the head while the horizon is held, and still runs every job", function()
     start("held")
+    W.sql("ANALYZE @.job")
     hold_horizon()
     local ids = assert(moonq.queue.send_many("held", (function()
       local t = {}
@@ -109,16 +116,17 @@ describe("claims past the claimed head", function()
     -- A backend reports its statistics when it ends: end this process's
     -- (moonq reconnects) to count only what the claims below read.
     local before = settle_stats()
-    -- One job at a time: a claim from the head would read 3,000 entries
-    -- each; claims past the position, all but about one a second.
+    -- One job at a time for 3 s: a claim from the head would read 3,000
+    -- entries each; claims past the position, all but about one a second
+    -- (and one after each reconnect).
     local more = {}
-    for i = 1, 20 do
+    for i = 1, 60 do
       more[i] = assert(moonq.queue.send("held", { i = i }))
       W.run_for(0.05)
     end
     assert(W.wait_all(more, 30))
     local read = settle_stats() - before
-    assert.is_true(read < 20 * 3000 / 4, "20 claims read " .. read .. " index entries")
+    assert.is_true(read < 60 * 3000 / 4, "60 claims read " .. read .. " index entries")
   end)
 
   it("runs a job whose sending transaction committed after later jobs were claimed", function()

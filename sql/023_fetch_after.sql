@@ -21,35 +21,33 @@
 -- A claim's commit no longer waits for the WAL flush (unless job events
 -- are on).
 
--- Claims up to `n` runnable jobs of queue q for process `process_id`,
--- priority first then FIFO, with an asynchronous commit (see below). after_priority and after_id, both given: only
--- jobs that come after (after_priority, after_id) in that order, and jobs
--- of a higher priority; NULL: from the start of the queue. Writes
--- job.active for each claimed job, with the process (009).
-CREATE FUNCTION @schema@.fetch_jobs(q text, n integer, process_id uuid,
-                                    after_priority integer, after_id bigint)
-RETURNS TABLE (id bigint, name text, data jsonb, attempt integer,
-               priority integer, retry_limit integer, expire_in double precision,
-               run_id text, created_at timestamptz)
-LANGUAGE plpgsql AS $$
-DECLARE
-  ids bigint[];
-  -- From the head: the place before every job, past priority 2^31.
-  p bigint := CASE WHEN after_id IS NULL THEN 2147483648 ELSE after_priority END;
-  pid bigint := CASE WHEN after_id IS NULL THEN 0 ELSE after_id END;
+-- Locks up to n runnable jobs of queue q that come after the place
+-- (at_priority, at_id) in claim order (priority descending, then id), or
+-- have a priority above at_priority; returns their ids in that order.
+-- (2^31, 0) is the place before every job: the head of the queue.
+--
+-- It reads three ranges of job_fetch_idx in turn: higher priorities, the
+-- place's priority past its id, lower priorities; the outer LIMIT stops
+-- before a range it does not need. (FOR UPDATE is not allowed in a
+-- UNION's branches; in a lateral subquery it is.) Each range must be read
+-- in index order from its start. Where the statistics say the queue holds
+-- a few jobs (autovacuum under a held horizon counts only the live ones),
+-- the planner would rather scan job_due_idx as a bitmap and sort, which
+-- reads every entry of the queue, dead ones included: hence the two
+-- settings, which hold for this statement only.
+CREATE FUNCTION @schema@.lock_waiting(q text, n integer, at_priority bigint,
+                                      at_id bigint)
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $$
 BEGIN
-  IF EXISTS (SELECT 1 FROM @schema@.queue x WHERE x.name = q AND x.paused) THEN
-    RETURN;
-  END IF;
-  -- Three index ranges, read in this order until n jobs are locked: higher
-  -- priorities, the position's priority past its id, lower priorities.
-  -- (FOR UPDATE is not allowed in a UNION's branches; a lateral subquery
-  -- per range is, and the outer LIMIT stops before a range it needs not.)
-  ids := ARRAY(
+  RETURN ARRAY(
     SELECT x.id
-      FROM (VALUES (p + 1, 2147483647::bigint, 0::bigint),
-                   (p, p, pid),
-                   (-2147483648::bigint, p - 1, 0::bigint)) r(lo, hi, past)
+      FROM (VALUES (at_priority + 1, 2147483647::bigint, 0::bigint),
+                   (at_priority, at_priority, at_id),
+                   (-2147483648::bigint, at_priority - 1, 0::bigint)) r(lo, hi, past)
      CROSS JOIN LATERAL (
        SELECT jj.id FROM @schema@.job jj
         WHERE jj.queue = q AND jj.state < 'active' AND jj.start_after <= now()
@@ -58,6 +56,31 @@ BEGIN
         LIMIT n
           FOR UPDATE SKIP LOCKED) x
      LIMIT n);
+END $$;
+
+-- Claims up to `n` runnable jobs of queue q for process `process_id`,
+-- priority first then FIFO, with an asynchronous commit (see below).
+-- after_priority and after_id, both given: only jobs that come after
+-- (after_priority, after_id) in that order, and jobs of a higher priority;
+-- NULL: from the head of the queue. Writes job.active for each claimed
+-- job, with the process (009).
+CREATE FUNCTION @schema@.fetch_jobs(q text, n integer, process_id uuid,
+                                    after_priority integer, after_id bigint)
+RETURNS TABLE (id bigint, name text, data jsonb, attempt integer,
+               priority integer, retry_limit integer, expire_in double precision,
+               run_id text, created_at timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+  ids bigint[];
+BEGIN
+  IF EXISTS (SELECT 1 FROM @schema@.queue x WHERE x.name = q AND x.paused) THEN
+    RETURN;
+  END IF;
+  IF after_priority IS NULL OR after_id IS NULL THEN
+    ids := @schema@.lock_waiting(q, n, 2147483648, 0);
+  ELSE
+    ids := @schema@.lock_waiting(q, n, after_priority, after_id);
+  END IF;
   IF cardinality(ids) = 0 THEN
     RETURN;
   END IF;

@@ -42,10 +42,12 @@ struct buffered {
  * job whose sending transaction commits within that time of taking its id
  * is never passed over; a fetch from the queue's head, at least every
  * MQ_FETCH_HEAD_INTERVAL seconds (or MQ_FETCH_HEAD_SPACING times as long
- * as the last one took), takes any job that became runnable behind it. */
+ * as the last one took, up to MQ_FETCH_HEAD_MAX), takes any job that
+ * became runnable behind it. */
 #define MQ_FETCH_AFTER_LAG 1.0
 #define MQ_FETCH_HEAD_INTERVAL 1.0
 #define MQ_FETCH_HEAD_SPACING 100.0
+#define MQ_FETCH_HEAD_MAX 10.0
 #define MQ_FETCH_MARKS 8
 
 /* A job claimed, and when (ev_now). */
@@ -985,11 +987,11 @@ static void release_buffer(mq_worker *w, struct consumer *c) {
 /* After a fetch (from the head when `head`, sent at ev_now `sent`) that
  * claimed jobs[0..n-1] in claim order: the last of them is the latest
  * claim, and a mark when the last mark is MQ_FETCH_AFTER_LAG / 4 seconds
- * old. A fetch from the head is due
- * again after MQ_FETCH_HEAD_INTERVAL seconds, or MQ_FETCH_HEAD_SPACING
- * times as long as this one took, whichever is longer: while a held-back
- * horizon keeps dead index entries, a walk over them all stays a small
- * part of the queue's time. */
+ * old. A fetch from the head is due again after MQ_FETCH_HEAD_INTERVAL
+ * seconds, or MQ_FETCH_HEAD_SPACING times as long as this one took (at
+ * most MQ_FETCH_HEAD_MAX), whichever is longer: while a held-back horizon
+ * keeps dead index entries, a walk over them all stays a small part of the
+ * queue's time. */
 static void note_claimed(struct consumer *c, bool head, ev_tstamp sent,
                          const struct mq_job *jobs, int n) {
   ev_tstamp now = ev_now(c->w->loop);
@@ -1005,9 +1007,11 @@ static void note_claimed(struct consumer *c, bool head, ev_tstamp sent,
     }
   }
   if (head) {
-    double took = MQ_FETCH_HEAD_SPACING * (now - sent);
-    c->head_due = now + (took > MQ_FETCH_HEAD_INTERVAL ? took
-                                                       : MQ_FETCH_HEAD_INTERVAL);
+    double wait = MQ_FETCH_HEAD_SPACING * (now - sent);
+    wait = wait < MQ_FETCH_HEAD_INTERVAL ? MQ_FETCH_HEAD_INTERVAL
+           : wait > MQ_FETCH_HEAD_MAX    ? MQ_FETCH_HEAD_MAX
+                                         : wait;
+    c->head_due = now + wait;
   }
 }
 
