@@ -166,7 +166,13 @@ check_once() {
 # explain_fetch LABEL: the plan of one fetch_jobs('noop', 500) with every
 # statement inside it (auto_explain at NOTICE), rolled back.
 explain_fetch() {
-  psql "$url" -qX -v ON_ERROR_STOP=1 >"$out/explain-$1.txt" 2>&1 <<EOF
+  local label=$1 e
+  # From the head (the 3-argument fetch_jobs), and as a worker claims: past
+  # the last job claimed a second or more before (sql/023).
+  for e in "" "-past"; do
+    local args="'noop', 500, gen_random_uuid()"
+    [ -z "$e" ] || args="$args, 0, (SELECT coalesce(max(id), 0) FROM $s.job_archive WHERE queue = 'noop' AND started_at < now() - interval '1 s')"
+    psql "$url" -qX -v ON_ERROR_STOP=1 >"$out/explain-$label$e.txt" 2>&1 <<EOF
 LOAD 'auto_explain';
 SET auto_explain.log_min_duration = 0;
 SET auto_explain.log_analyze = on;
@@ -175,23 +181,25 @@ SET auto_explain.log_nested_statements = on;
 SET auto_explain.log_level = notice;
 SET client_min_messages = notice;
 BEGIN;
-SELECT count(*) FROM $s.fetch_jobs('noop', 500, gen_random_uuid());
+SELECT count(*) FROM $s.fetch_jobs($args);
 ROLLBACK;
 EOF
+  done
 }
-# fetch_ms LABEL -> "ms buffers": the duration of fetch_jobs' claim (the
-# UPDATE, as auto_explain timed it) and the shared buffers its choice of
-# jobs touched: "all/scan", all = the InitPlan's Limit (the walk and the
-# row locks), scan = the walk alone (the first scan node below it).
+# fetch_ms LABEL -> "ms buffers": the duration of fetch_jobs' claim (its
+# choice of jobs, lock_waiting's ARRAY(...), plus the UPDATE, as
+# auto_explain timed them) and the shared buffers its choice of jobs
+# touched: "all/scan", all = the choice (the walk and the row locks), scan =
+# the walk alone (the scan nodes in it).
 fetch_ms() {
   awk 'function bufs(   i, a, n) { for (i = 1; i <= NF; i++) if ($i ~ /^(hit|read)=/) { split($i, a, "="); n += a[2] }; return n }
-       /duration: .* ms/ { for (i = 1; i <= NF; i++) if ($i == "duration:") d = $(i + 1) }
-       /Query Text: WITH claimed AS/ { t = d; c = 1 }
-       c && /-> +Limit/ { f = 1; c = 0 }
-       f == 1 && /Buffers: shared/ { all = bufs(); f = 2 }
-       f == 2 && /-> .*Scan/ { f = 3 }
-       f == 3 && /Buffers: shared/ { scan = bufs(); f = 0 }
-       END { printf "%s %s/%s\n", (t == "" ? "?" : t), (all == "" ? "?" : all), (scan == "" ? "?" : scan) }' "$out/explain-$1.txt"
+       /duration: .* ms/ { for (i = 1; i <= NF; i++) if ($i == "duration:") d = $(i + 1); c = 0; next }
+       /Query Text: ARRAY\(/ { t += d; seen = 1; c = 1; next }
+       /Query Text: WITH claimed AS/ { t += d; next }
+       c && all == "" && /Buffers: shared/ { all = bufs(); next }
+       c && /-> +(Index Scan|Index Only Scan|Bitmap Heap Scan|Seq Scan) .* on job / { f = 1; next }
+       c && f && /Buffers: shared/ { scan += bufs(); f = 0 }
+       END { printf "%s %s/%s\n", (seen ? t : "?"), (all == "" ? "?" : all), (scan == "" ? "?" : scan) }' "$out/explain-$1.txt"
 }
 
 # drain_window SETTING LABEL SENT: moonq run drains queue noop until
@@ -411,8 +419,11 @@ part5() {
   row 5 "recovers after the hold ends (last 60 s vs before)" "$(printf 'p99 %s vs %s ms, %.0f vs %.0f jobs/s' "$qz" "$qb" "$tz" "$tb")" "within 50%" "$ok_r"
   local f0 f1 f2
   f0=$(fetch_ms held-start); f1=$(fetch_ms held-end); f2=$(fetch_ms held-after)
-  row 5 "fetch_jobs(500) claim ms, buffers of its choice of jobs (all/walk): hold start / 5 s before its end / end of run" \
+  row 5 "fetch_jobs(500) claim from the head ms, buffers of its choice of jobs (all/walk): hold start / 5 s before its end / end of run" \
     "${f0% *} ms, ${f0#* } buf / ${f1% *} ms, ${f1#* } buf / ${f2% *} ms, ${f2#* } buf" "(trend)" "see explain-held-*.txt"
+  f0=$(fetch_ms held-start-past); f1=$(fetch_ms held-end-past); f2=$(fetch_ms held-after-past)
+  row 5 "fetch_jobs(500) claim past a job claimed 1 s before (as the worker claims), same" \
+    "${f0% *} ms, ${f0#* } buf / ${f1% *} ms, ${f1#* } buf / ${f2% *} ms, ${f2#* } buf" "(trend)" "see explain-held-*-past.txt"
   row 5 "job: dead tuples at hold start -> max; size" \
     "$dj0 -> $dj1; $((sj0 / 1024)) -> $((sj1 / 1024)) kB" "(trend)" "see held-tables.txt"
   row 5 "job_archive: dead tuples max; size" "$da1; $((sa0 / 1048576)) -> $((sa1 / 1048576)) MB" "(trend)" "see held-tables.txt"

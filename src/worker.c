@@ -46,8 +46,8 @@ struct buffered {
  * became runnable behind it. */
 #define MQ_FETCH_AFTER_LAG 1.0
 #define MQ_FETCH_HEAD_INTERVAL 1.0
-#define MQ_FETCH_HEAD_SPACING 100.0
-#define MQ_FETCH_HEAD_MAX 10.0
+#define MQ_FETCH_HEAD_SPACING 200.0
+#define MQ_FETCH_HEAD_MAX 20.0
 #define MQ_FETCH_MARKS 8
 
 /* A job claimed, and when (ev_now). */
