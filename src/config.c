@@ -87,7 +87,6 @@ struct ctx {
 #define KEY_MAX 256 /* longest key path shown in a message */
 /* Limits of a schedule (sql/011_schedules.sql). */
 #define SCHEDULE_NAME_MAX 200
-#define JOB_NAME_MAX 255
 #define QUEUE_NAME_MAX 255 /* sql/014_limits.sql */
 #define BACKFILL_SLOTS_MAX 1000
 #define BACKFILL_SECONDS_MAX (366 * 86400)
@@ -1211,9 +1210,9 @@ const char *mq_config_check_schedule(const struct mq_schedule_config *s,
     return "tz";
   }
   const char *job = s->job ? s->job : s->name;
-  if (strlen(job) > JOB_NAME_MAX) {
+  if (strlen(job) > MQ_QUEUE_NAME_MAX) {
     snprintf(err, errlen, "job name is %zu bytes, the limit is %d",
-             strlen(job), JOB_NAME_MAX);
+             strlen(job), MQ_QUEUE_NAME_MAX);
     return "job";
   }
   struct mq_cron cron;

@@ -24,6 +24,9 @@
  * one stays inside PostgreSQL's timestamps (sql/014_limits.sql). */
 #define MQ_DURATION_MAX 3155760000.0
 
+/* The longest queue or job name, in bytes (sql/014_limits.sql). */
+#define MQ_QUEUE_NAME_MAX 255
+
 /* queue.prefetch = "auto": the worker claims ahead about MQ_PREFETCH_HORIZON
  * seconds of work, judged by the queue's recent handler run times, at most
  * MQ_PREFETCH_AUTO_MAX jobs (worker.c). */

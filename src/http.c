@@ -449,12 +449,15 @@ static bool same_secret(const char *given, const char *want) {
 }
 
 /* A Host header that names the loopback: localhost, 127.x.x.x or [::1],
- * with or without a port. */
+ * with or without a port (digits only). */
 static bool loopback_host(const char *host) {
   size_t n = strlen(host);
   const char *colon = strrchr(host, ':');
-  if (colon && !strchr(colon, ']'))
+  if (colon && !strchr(colon, ']')) {
     n = (size_t)(colon - host);
+    if (!colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1))
+      return false;
+  }
   if (n == 9 && strncasecmp(host, "localhost", 9) == 0)
     return true;
   if (n == 5 && strncmp(host, "[::1]", 5) == 0)

@@ -777,6 +777,12 @@ static void queue_counted(const PGresult *rows, double age, const char *error,
 static void h_counts(mq_http_req *req, void *data) {
   mq_http_api *api = data;
   static const char *const known[] = {NULL};
+  size_t n = strlen(mq_http_param(req, 0));
+  if (n > MQ_QUEUE_NAME_MAX) { /* no queue has it: not zeros, but why */
+    mq_http_reply_error(req, 400, "queue name is %zu bytes, the limit is %d",
+                        n, MQ_QUEUE_NAME_MAX);
+    return;
+  }
   if (only_args(req, known) == 0)
     mq_http_counts_get(api->counts, queue_counted, req);
 }

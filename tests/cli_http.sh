@@ -150,6 +150,9 @@ expect 200 '"name":"later"' "list queues"
 api GET /api/queues/later/counts
 expect 200 '"delayed":1' "counts"
 [[ "$body" == *'"waiting":3'* ]] || fail "counts: 3 waiting expected: $body"
+# counts of a queue name no queue can have: why, not zeros
+api GET "/api/queues/$(printf 'q%.0s' $(seq 1 256))/counts"
+expect 400 'queue name is 256 bytes, the limit is 255' "counts of an over-long queue name"
 # the counts are read once for every caller and kept up to 1 s (an Age
 # header says how old): a job added behind the server's back shows after
 # that second; a change made through the server shows at once
@@ -277,6 +280,11 @@ api GET /api/queues '' -0 -H 'Host:'
 expect 200 '"queues"' "HTTP/1.0 without Host"
 api GET /api/jobs/1 '' -H 'Host: attacker.example'
 expect 403 'Host header' "a Host that is not the loopback"
+# the loopback with anything but digits after the colon is not the loopback
+api GET /api/jobs/1 '' -H 'Host: localhost:@attacker.example'
+expect 403 'Host header' "a Host of localhost and more after its colon"
+api GET /api/jobs/1 '' -H 'Host: 127.0.0.1:'
+expect 403 'Host header' "a Host with an empty port"
 api POST /api/queues/later/pause '' -H 'Origin: http://attacker.example'
 expect 403 'cross-origin POST refused' "cross-origin POST"
 [ "$(sql "SELECT paused FROM $schema.queue WHERE name = 'later'")" = f ] || fail "cross-origin POST paused the queue"
