@@ -1141,18 +1141,19 @@ static void consider_fetch(struct consumer *c) {
   if (!f)
     return; /* the poll timer tries again */
   const struct mq_queue_position *after = fetch_start(c);
+  ev_tstamp now = ev_now(w->loop);
   f->c = c;
   f->asked = room;
   f->head = !after;
-  f->sent = ev_now(w->loop);
+  f->sent = now;
   c->more = false;
   if (mq_queue_fetch(w->q, c->queue, room, after, fetched, f) != 0) {
     free(f);
     return;
   }
-  if (f->head) { /* a second fetch meanwhile starts past `after` */
+  if (!after) { /* a second fetch meanwhile starts past `after` */
     c->head = false;
-    c->head_due = f->sent + MQ_FETCH_HEAD_INTERVAL;
+    c->head_due = now + MQ_FETCH_HEAD_INTERVAL;
   }
   c->fetching++;
   c->claiming += room;
