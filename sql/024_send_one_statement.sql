@@ -13,7 +13,10 @@
 --    and the flow-entry lookup are parts of the insert;
 --  - whether job events are on is read by the insert too (as 009's
 --    send_many did), and the events and a flow's run are written only when
---    they are due.
+--    they are due;
+--  - ON CONFLICT names its arbiter, the singleton index: without one every
+--    unique index was probed for each row, the primary key included,
+--    which a job from the sequence cannot collide with.
 -- send_many reads its options and defaults the same way.
 --
 -- Unknown option names are now reported before bad values (the options
@@ -197,7 +200,7 @@ BEGIN
       FROM @schema@.job_defaults(q) d,
            jsonb_array_elements(data) WITH ORDINALITY AS e
      ORDER BY e.ordinality
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (queue, singleton_key) WHERE singleton_key IS NOT NULL DO NOTHING
     RETURNING j.id
   )
   -- The switch is read by this statement (a one-row scan), not by a call.
@@ -263,7 +266,7 @@ BEGIN
                                   FROM @schema@.queue_flow_steps f
                                  WHERE f.job_name = send.name AND f.entry))
     FROM @schema@.job_defaults(q) dq
-  ON CONFLICT DO NOTHING
+  ON CONFLICT (queue, singleton_key) WHERE singleton_key IS NOT NULL DO NOTHING
   RETURNING j.id, j.run_id, j.start_after, (SELECT s.job_events FROM @schema@.settings s)
     INTO new_id, rid, start, events_on;
   IF new_id IS NULL THEN
