@@ -14,6 +14,8 @@
 # Each round runs, in turn for every contender:
 #   floor    pgbench -l of bench/sql/floor_insert1.sql: a single-row INSERT
 #            into a minimal table, one transaction each (the SQL floor)
+#   job      the same INSERT into moonq's job table (send_cur.job), the queue
+#            defaults written out: what the table costs without send
 #   sql      pgbench -l of `SELECT S.send('bench_send', {"n": ...}, '{}')`:
 #            an application's send (its NOTIFY included), one transaction each
 #   moonq    bench_queue --phases send: mq_queue_send one at a time through
@@ -62,9 +64,15 @@ for s in "${schemas[@]}"; do
   printf '\\set n random(1, 1000000)\nSELECT %s.send('"'bench_send'"', jsonb_build_object('"'n'"', :n::int), '"'{}'"');\n' \
     "$s" >"$out/send-$s.sql"
 done
+cat >"$out/job-insert.sql" <<'SQL'
+\set n random(1, 1000000)
+INSERT INTO send_cur.job (queue, name, data, retry_limit, retry_delay, retry_backoff, expire_in, retention) VALUES ('bench_send', 'bench_send', jsonb_build_object('n', :n::int), 3, 60, true, 900, 604800) RETURNING id;
+SQL
 for r in $(seq 1 "$rounds"); do
   empty bench_floor.floor_job
   F[floor]+="$(pgb_p50 floor "$repo/bench/sql/floor_insert1.sql") "
+  empty send_cur.job
+  F[job]+="$(pgb_p50 job "$out/job-insert.sql") "
   for s in "${schemas[@]}"; do
     empty "$s.job"
     F[sql.$s]+="$(pgb_p50 "sql-$s" "$out/send-$s.sql") "
@@ -79,7 +87,7 @@ for r in $(seq 1 "$rounds"); do
     F[many4.$s]+="$(result "$log" many_inflight4_jobs_per_s) "
   done
   last() { echo "$1" | awk '{print $NF}'; }
-  say "round $r: floor $(last "${F[floor]}")$(for s in "${schemas[@]}"; do
+  say "round $r: floor $(last "${F[floor]}") job $(last "${F[job]}")$(for s in "${schemas[@]}"; do
     printf ' | %s: sql %s moonq %s' "$s" "$(last "${F[sql.$s]}")" "$(last "${F[moonq.$s]}")"
   done)"
 done
@@ -91,6 +99,8 @@ floor=$(echo "${F[floor]}" | median)
 say ""
 say "medians of $rounds rounds (load before: $(cut -d' ' -f1-3 /proc/loadavg))"
 say "floor (i) single-row INSERT p50: $floor ms  [rounds: ${F[floor]}]"
+job=$(echo "${F[job]}" | median)
+say "INSERT into the job table p50: $job ms ($(awk -v a="$job" -v b="$floor" 'BEGIN{printf "%.2f", a/b}')x floor)  [${F[job]}]"
 for s in "${schemas[@]}"; do
   sql=$(echo "${F[sql.$s]}" | median)
   mq=$(echo "${F[moonq.$s]}" | median)
