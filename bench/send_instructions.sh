@@ -7,6 +7,8 @@
 #                                   in $BUILD_DIR/pg-callgrind, print the counts
 #   BENCH_BASE=FILE                 a bench_queue built from an earlier commit:
 #                                   its schema send_base is counted too
+#   BENCH_MANY=1                    also send_many of 1,000 jobs (per job;
+#                                   2 and 7 calls, a few minutes more)
 #   BUILD_DIR=DIR                   build directory (default build-bench)
 #
 # Each statement runs inside a plpgsql loop in a single-user backend
@@ -31,7 +33,8 @@ data=$(psql "$url" -qAtX -c "SHOW data_directory")
 bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V -r | head -1)
 work=$(mktemp -d) && chmod 755 "$work" && chown postgres "$work"
 
-# total instructions of a single-user session running $1 $2 times
+# total instructions of a single-user session running $1 $3 (default 20)
+# times to warm up, then $2 times
 count() {
   local body=${1/#SELECT/PERFORM}
   cat >"$work/in.sql" <<SQL
@@ -40,7 +43,7 @@ SET moonq.no_wake = on;
 CREATE FUNCTION pg_temp.l(n int) RETURNS void LANGUAGE plpgsql AS \$f\$
 BEGIN FOR i IN 1..n LOOP $body; END LOOP; END \$f\$;
 
-SELECT pg_temp.l(20);
+SELECT pg_temp.l(${3:-20});
 
 SELECT pg_temp.l($2);
 
@@ -65,4 +68,12 @@ for s in "${stmts[@]}"; do
   a=$(count "$s" 50); b=$(count "$s" 250)
   printf '%9.0f  %s\n' "$(awk -v a="$a" -v b="$b" 'BEGIN {print (b - a) / 200}')" "$s" | tee -a "$out/summary.txt"
 done
+if [ -n "${BENCH_MANY:-}" ]; then
+  echo "per job of send_many of 1,000:" | tee -a "$out/summary.txt"
+  for sch in "${schemas[@]}"; do
+    s="SELECT $sch.send_many('bench_many', (SELECT jsonb_agg(jsonb_build_object('n', g)) FROM generate_series(1, 1000) g), '{}')"
+    a=$(count "$s" 2 1); b=$(count "$s" 7 1)
+    printf '%9.0f  %s\n' "$(awk -v a="$a" -v b="$b" 'BEGIN {print (b - a) / 5000}')" "$s" | tee -a "$out/summary.txt"
+  done
+fi
 rm -rf "$work"
