@@ -1,4 +1,4 @@
--- 024_send_one_statement: a single send is one statement.
+-- 024_send_one_statement: a single send is one statement (the INSERT).
 --
 -- send used to go through send_many, which ran a statement for each step:
 -- the flow-entry lookup, the data check, the options loop, the queue
@@ -17,7 +17,9 @@
 --  - ON CONFLICT names its arbiter, the singleton index: without one every
 --    unique index was probed for each row, the primary key included,
 --    which a job from the sequence cannot collide with.
--- send_many reads its options and defaults the same way.
+-- send_many reads its options and defaults the same way. (An application's
+-- send still wakes its queue with a statement of its own after the insert;
+-- moonq's connections set moonq.no_wake and skip it.)
 --
 -- Unknown option names are now reported before bad values (the options
 -- loop reported whichever came first in jsonb's key order); bad values
