@@ -86,7 +86,6 @@ struct mq_worker {
   int nconsumers;
   LIST_HEAD(, active) actives;
   int nactive;
-  ev_timer scan;
   ev_timer grace;
   ev_timer trim; /* after a job: give back memory a big one left */
   ev_prepare probe; /* polls of idle queues, checked together */
@@ -1158,20 +1157,21 @@ static void store_handlers(mq_worker *w) {
   store_queues(w);
 }
 
+/* Handlers were loaded or removed (a hot reload, or SIGHUP's rescan). */
+static void reloaded(void *data) {
+  mq_worker *w = data;
+  sync_consumers(w);
+  store_handlers(w);
+}
+
 static void rescan(mq_worker *w, bool force) {
-  if (mq_handlers_scan(w->handlers, force) > 0) {
-    sync_consumers(w);
-    store_handlers(w);
-  }
+  if (mq_handlers_scan(w->handlers, force) > 0)
+    reloaded(w);
 }
 
 static void trim_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   mq_worker *w = t->data;
   mq_lua_memory_trim(w->L);
-}
-
-static void scan_cb(struct ev_loop *loop, ev_timer *t, int revents) {
-  rescan(t->data, false);
 }
 
 void mq_worker_reload(mq_worker *w) { rescan(w, true); }
@@ -1220,10 +1220,8 @@ mq_worker *mq_worker_new(struct mq_runtime *rt, char *err, size_t errlen) {
     free(w);
     return NULL;
   }
-  ev_timer_init(&w->scan, scan_cb, 0.5, 0.5);
   ev_prepare_init(&w->probe, probe_cb);
   w->probe.data = w;
-  w->scan.data = w;
   ev_timer_init(&w->trim, trim_cb, 0., 0.);
   w->trim.data = w;
   sync_consumers(w);
@@ -1235,10 +1233,8 @@ bool mq_worker_handles(const mq_worker *w, const char *name) {
 }
 
 int mq_worker_start(mq_worker *w) {
-  if (w->cfg->hot_reload) {
-    ev_timer_again(w->loop, &w->scan);
-    ev_unref(w->loop);
-  }
+  if (w->cfg->hot_reload)
+    mq_handlers_watch(w->handlers, w->loop, reloaded, w);
   mq_pg_listen(mq_runtime_pg(w->rt), mq_runtime_channel(w->rt), wake_cb, w);
   mq_queue_on_sent(w->q, take_sent, w);
   w->started = true;
@@ -1304,10 +1300,7 @@ void mq_worker_stop(mq_worker *w, void (*done)(void *arg), void *arg) {
   if (w->started)
     mq_pg_unlisten(mq_runtime_pg(w->rt), mq_runtime_channel(w->rt), wake_cb,
                    w);
-  if (ev_is_active(&w->scan)) {
-    ev_ref(w->loop);
-    ev_timer_stop(w->loop, &w->scan);
-  }
+  mq_handlers_unwatch(w->handlers);
   if (w->nactive)
     mq_log_info("worker", "stopping: waiting for running jobs count=%d "
                 "grace_s=%g", w->nactive, w->cfg->shutdown_grace);
@@ -1340,10 +1333,7 @@ void mq_worker_close(mq_worker *w) {
   ev_timer_stop(w->loop, &w->grace);
   ev_timer_stop(w->loop, &w->trim);
   ev_prepare_stop(w->loop, &w->probe);
-  if (ev_is_active(&w->scan)) {
-    ev_ref(w->loop);
-    ev_timer_stop(w->loop, &w->scan);
-  }
+  mq_handlers_unwatch(w->handlers);
   for (int i = 0; i < w->nconsumers; i++) {
     struct consumer *c = w->consumers[i];
     struct buffered *b;
