@@ -1,11 +1,12 @@
 /* dirwatch.c -- directory change notification; see dirwatch.h.
  *
- * One record per (watch descriptor, name): name NULL for a directory
- * watched whole, else the one entry of the directory that counts. The
- * kernel gives one descriptor per inode, so a directory named both ways
- * has two records with the same wd; IN_MASK_ADD keeps the union of their
- * masks, and the records decide which events count. A descriptor is
- * removed from the kernel when its last record goes.
+ * One record per (watch descriptor, kind, name): a directory watched whole
+ * (name: the suffix its files' content changes must have, or NULL), or
+ * the one entry of a directory that counts. The kernel gives one
+ * descriptor per inode, so a directory named several ways has several
+ * records with the same wd; IN_MASK_ADD keeps the union of their masks,
+ * and the records decide which events count. A descriptor is removed from
+ * the kernel when its last record goes.
  */
 #include "dirwatch.h"
 
@@ -19,16 +20,20 @@
 
 #include <ev.h>
 
+/* A file's content or times changed: counts only for names with the
+ * directory's suffix (a log written beside the files wakes nobody). */
+#define CONTENT_MASK (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB)
 /* A directory watched whole: what changes the files in it or it. */
 #define DIR_MASK                                                           \
-  (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_MODIFY |       \
-   IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF)
+  (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | CONTENT_MASK |    \
+   IN_DELETE_SELF | IN_MOVE_SELF)
 /* An entry: what makes its name point somewhere else. */
 #define ENTRY_MASK (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
 
 struct record {
   int wd;
-  char *name; /* NULL: every event of the directory counts */
+  bool entry; /* watches the entry `name`; else the directory whole */
+  char *name; /* the entry, or the suffix (NULL: any name) */
   bool seen;  /* named in the current pass */
 };
 
@@ -42,15 +47,26 @@ struct mq_dirwatch {
   void *data;
 };
 
+static bool ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), k = strlen(suffix);
+  return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* True when record r takes ev (of r's descriptor). */
+static bool takes(const struct record *r, const struct inotify_event *ev) {
+  const char *name = ev->len > 0 ? ev->name : NULL;
+  if (r->entry)
+    return name && strcmp(name, r->name) == 0;
+  if (!(ev->mask & CONTENT_MASK) || !name || !r->name)
+    return true;
+  return ends_with(name, r->name) && name[0] != '.';
+}
+
 /* True when some record of ev's descriptor takes ev. */
 static bool counts(const mq_dirwatch *dw, const struct inotify_event *ev) {
-  for (size_t i = 0; i < dw->n; i++) {
-    const struct record *r = &dw->records[i];
-    if (r->wd != ev->wd)
-      continue;
-    if (!r->name || (ev->len > 0 && strcmp(ev->name, r->name) == 0))
+  for (size_t i = 0; i < dw->n; i++)
+    if (dw->records[i].wd == ev->wd && takes(&dw->records[i], ev))
       return true;
-  }
   return false;
 }
 
@@ -119,15 +135,17 @@ void mq_dirwatch_begin(mq_dirwatch *dw) {
     dw->records[i].seen = false;
 }
 
-/* Adds (or renews) the watch of `path` with `mask` and its record. */
-static int add(mq_dirwatch *dw, const char *path, uint32_t mask,
+/* Adds (or renews) the watch of `path` and its record. */
+static int add(mq_dirwatch *dw, const char *path, bool entry,
                const char *name) {
+  uint32_t mask = entry ? ENTRY_MASK : DIR_MASK;
   int wd = inotify_add_watch(dw->fd, path, mask | IN_ONLYDIR | IN_MASK_ADD);
   if (wd < 0)
     return -1;
   for (size_t i = 0; i < dw->n; i++) {
     struct record *r = &dw->records[i];
-    if (r->wd == wd && (r->name ? name && strcmp(r->name, name) == 0 : !name)) {
+    if (r->wd == wd && r->entry == entry &&
+        (r->name ? name && strcmp(r->name, name) == 0 : !name)) {
       r->seen = true;
       return 0;
     }
@@ -143,7 +161,7 @@ static int add(mq_dirwatch *dw, const char *path, uint32_t mask,
     dw->cap = cap;
   }
   struct record *r = &dw->records[dw->n];
-  *r = (struct record){.wd = wd, .seen = true};
+  *r = (struct record){.wd = wd, .entry = entry, .seen = true};
   if (name && !(r->name = strdup(name))) {
     errno = ENOMEM;
     return -1;
@@ -152,12 +170,12 @@ static int add(mq_dirwatch *dw, const char *path, uint32_t mask,
   return 0;
 }
 
-int mq_dirwatch_dir(mq_dirwatch *dw, const char *path) {
-  return add(dw, path, DIR_MASK, NULL);
+int mq_dirwatch_dir(mq_dirwatch *dw, const char *path, const char *suffix) {
+  return add(dw, path, false, suffix);
 }
 
 int mq_dirwatch_entry(mq_dirwatch *dw, const char *dir, const char *name) {
-  return add(dw, dir, ENTRY_MASK, name);
+  return add(dw, dir, true, name);
 }
 
 void mq_dirwatch_end(mq_dirwatch *dw) {

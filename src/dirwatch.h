@@ -12,7 +12,7 @@
  *
  * The callback only says "something may have changed": callers read
  * again (and debounce). Events carry no content, so spurious calls are
- * possible (an editor's swap file) and harmless.
+ * possible (an editor's swap file made) and harmless.
  *
  * Uses: libev, Linux inotify(7).
  */
@@ -40,11 +40,13 @@ mq_dirwatch *mq_dirwatch_new(struct ev_loop *loop, mq_dirwatch_cb cb,
  * again before it. */
 void mq_dirwatch_begin(mq_dirwatch *dw);
 
-/* Watches directory `path` (symlinks followed): files created, written,
- * touched, deleted or renamed in it, and the directory itself deleted or
- * moved. Returns 0, or -1 with errno (ENOSPC: the system's watch limit,
- * max_user_watches, is reached; ENOENT, ENOTDIR: no such directory). */
-int mq_dirwatch_dir(mq_dirwatch *dw, const char *path);
+/* Watches directory `path` (symlinks followed): entries created, deleted
+ * or renamed in it, the directory itself deleted or moved, and files
+ * written or touched whose names end in `suffix` and do not start with
+ * '.' (NULL: any file). Returns 0, or -1 with errno (ENOSPC: the system's
+ * watch limit, max_user_watches, is reached; ENOENT, ENOTDIR: no such
+ * directory). */
+int mq_dirwatch_dir(mq_dirwatch *dw, const char *path, const char *suffix);
 
 /* Watches the entry `name` of directory `dir`: created, deleted or renamed
  * to or from that name. Returns as mq_dirwatch_dir(). */

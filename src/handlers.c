@@ -63,7 +63,7 @@ struct mq_handlers {
   void *data;
 };
 
-static void watch_dir(mq_handlers *h, const char *path);
+static void watch_dir(mq_handlers *h, const char *path, const char *suffix);
 static void watch_target(mq_handlers *h, const char *path);
 static void watch_path(mq_handlers *h);
 
@@ -289,7 +289,7 @@ static bool changed(mq_handlers *h, const struct entry *e,
  * changed files. Returns the number of handlers loaded. */
 static int scan_dir(mq_handlers *h, const char *dir, const char *rel,
                     ev_tstamp now) {
-  watch_dir(h, dir); /* before reading: a later change is notified */
+  watch_dir(h, dir, ".lua"); /* before reading: a later change is notified */
   DIR *d = opendir(dir);
   if (!d)
     return 0;
@@ -496,12 +496,14 @@ static void watch_failed(mq_handlers *h, const char *path) {
   fall_back(h, why);
 }
 
-static void watch_dir(mq_handlers *h, const char *path) {
-  if (h->watch && mq_dirwatch_dir(h->watch, path) != 0)
+/* suffix: which files' writes count (NULL: every file's). */
+static void watch_dir(mq_handlers *h, const char *path, const char *suffix) {
+  if (h->watch && mq_dirwatch_dir(h->watch, path, suffix) != 0)
     watch_failed(h, path);
 }
 
-/* A symlinked file: the directory it resolves into, where it changes. */
+/* A symlinked file: the directory it resolves into, where it changes
+ * (whatever the name it has there). */
 static void watch_target(mq_handlers *h, const char *path) {
   if (!h->watch)
     return;
@@ -509,7 +511,7 @@ static void watch_target(mq_handlers *h, const char *path) {
   char *slash = target ? strrchr(target, '/') : NULL;
   if (slash) {
     slash[slash == target] = '\0'; /* "/f.lua" -> "/" */
-    watch_dir(h, target);
+    watch_dir(h, target, NULL);
   }
   free(target);
 }
