@@ -32,6 +32,9 @@
 #include "scheduler.h"
 #include "task.h"
 
+#define BIG_RESULT (64 * 1024) /* bytes of a result that count for a trim */
+#define TRIM_WAIT 0.5 /* seconds a trim waits for big results to be stored */
+
 /* A fetched job waiting for a slot; its strings live after the struct. */
 struct buffered {
   STAILQ_ENTRY(buffered) link;
@@ -88,6 +91,9 @@ struct mq_worker {
   int nactive;
   ev_timer grace;
   ev_timer trim; /* after a job: give back memory a big one left */
+  size_t big_results; /* C heap bytes the results of BIG_RESULT or more
+                         handed to the queue since the last trim took */
+  bool trim_waited;   /* the trim waited once for them to be stored */
   ev_prepare probe; /* polls of idle queues, checked together */
   bool probing;     /* a probe is in flight */
   int inflight;
@@ -685,8 +691,10 @@ static void release_active(struct active *a) {
   luaL_unref(w->L, LUA_REGISTRYINDEX, a->ctx_ref);
   free(a->name);
   free(a);
-  if (!ev_is_active(&w->trim)) /* once the task's thread is gone */
+  if (!ev_is_active(&w->trim)) { /* once the task's thread is gone */
+    ev_timer_set(&w->trim, 0., 0.);
     ev_timer_start(w->loop, &w->trim);
+  }
   if (w->stopping) {
     check_stopped(w);
   } else {
@@ -706,6 +714,12 @@ static void task_ended(mq_task *task, enum mq_task_end how, int nresults,
   double ran = ev_time() - a->started;
   mq_metrics_ran(c->metrics, ran);
   c->avg_run = c->avg_run < 0 ? ran : c->avg_run + 0.1 * (ran - c->avg_run);
+  size_t bytes = (out.failed ? (out.error ? strlen(out.error) : 0)
+                              : (out.output ? strlen(out.output) : 0)) +
+                 (out.effects ? strlen(out.effects) : 0);
+  if (bytes >= BIG_RESULT) /* held three times in C: encoded, in the
+                              completion batch and in libpq's buffer */
+    a->w->big_results += 3 * bytes;
   if (out.failed) {
     fail_job(a->c, a->id, a->attempt, a->name, out.message,
              out.error ? out.error : "{\"message\":\"error\"}");
@@ -1169,9 +1183,20 @@ static void rescan(mq_worker *w, bool force) {
     reloaded(w);
 }
 
+/* Big results leave their encoded copies, the completion batch and
+ * libpq's buffers in the C heap until they are stored: the trim that
+ * counts them waits (once, TRIM_WAIT s) for the queue to store them. */
 static void trim_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   mq_worker *w = t->data;
-  mq_lua_memory_trim(w->L);
+  if (w->big_results && !w->trim_waited && mq_queue_storing(w->q) > 0) {
+    w->trim_waited = true;
+    ev_timer_set(t, TRIM_WAIT, 0.);
+    ev_timer_start(loop, t);
+    return;
+  }
+  w->trim_waited = false;
+  if (mq_lua_memory_trim(w->L, w->big_results))
+    w->big_results = 0;
 }
 
 void mq_worker_reload(mq_worker *w) { rescan(w, true); }
