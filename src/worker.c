@@ -33,7 +33,8 @@
 #include "task.h"
 
 #define BIG_RESULT (64 * 1024) /* bytes of a result that count for a trim */
-#define TRIM_WAIT 0.5 /* seconds a trim waits for big results to be stored */
+#define TRIM_WAIT 0.5  /* seconds a trim waits for big results to be stored */
+#define TRIM_EVERY 1.0 /* seconds between trims counting big results */
 
 /* A fetched job waiting for a slot; its strings live after the struct. */
 struct buffered {
@@ -93,7 +94,8 @@ struct mq_worker {
   ev_timer trim; /* after a job: give back memory a big one left */
   size_t big_results; /* C heap bytes the results of BIG_RESULT or more
                          handed to the queue since the last trim took */
-  bool trim_waited;   /* the trim waited once for them to be stored */
+  bool trim_waited;   /* the trim waited once for them (trim_cb) */
+  ev_tstamp trimmed_at; /* the loop time of the last trim */
   ev_prepare probe; /* polls of idle queues, checked together */
   bool probing;     /* a probe is in flight */
   int inflight;
@@ -1185,18 +1187,28 @@ static void rescan(mq_worker *w, bool force) {
 
 /* Big results leave their encoded copies, the completion batch and
  * libpq's buffers in the C heap until they are stored: the trim that
- * counts them waits (once, TRIM_WAIT s) for the queue to store them. */
+ * counts them waits (once) TRIM_WAIT s for the queue to store them, and
+ * comes at most once a TRIM_EVERY s (a steady flow of big results would
+ * otherwise collect garbage many times a second). */
 static void trim_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   mq_worker *w = t->data;
-  if (w->big_results && !w->trim_waited && mq_queue_storing(w->q) > 0) {
-    w->trim_waited = true;
-    ev_timer_set(t, TRIM_WAIT, 0.);
-    ev_timer_start(loop, t);
-    return;
+  ev_tstamp now = ev_now(loop);
+  if (w->big_results && !w->trim_waited) {
+    ev_tstamp wait = w->trimmed_at + TRIM_EVERY - now;
+    if (mq_queue_storing(w->q) > 0 && wait < TRIM_WAIT)
+      wait = TRIM_WAIT;
+    if (wait > 0) {
+      w->trim_waited = true;
+      ev_timer_set(t, wait, 0.);
+      ev_timer_start(loop, t);
+      return;
+    }
   }
   w->trim_waited = false;
-  if (mq_lua_memory_trim(w->L, w->big_results))
+  if (mq_lua_memory_trim(w->L, w->big_results)) {
     w->big_results = 0;
+    w->trimmed_at = now;
+  }
 }
 
 void mq_worker_reload(mq_worker *w) { rescan(w, true); }
