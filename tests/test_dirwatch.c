@@ -5,7 +5,6 @@
  * system call that causes it, so running the loop briefly afterwards
  * delivers every event there is: "no call" is checked that way.
  */
-#define _DEFAULT_SOURCE /* mkdtemp */
 #include "dirwatch.h"
 
 #include <errno.h>
@@ -46,16 +45,8 @@ static const char *at(const char *rel) {
   return buf[i];
 }
 
-static void write_file(const char *path, const char *text) {
-  FILE *f = fopen(path, "w");
-  REQUIRE(f);
-  fputs(text, f);
-  fclose(f);
-}
-
 static mq_dirwatch *setup(int *count) {
-  snprintf(base, sizeof base, "/tmp/mq_dirwatch_XXXXXX");
-  REQUIRE(mkdtemp(base));
+  mq_test_mkdtemp(base, sizeof base, "dirwatch");
   char err[256];
   mq_dirwatch *dw = mq_dirwatch_new(loop, on_change, count, err, sizeof err);
   REQUIRE(dw);
@@ -64,34 +55,32 @@ static mq_dirwatch *setup(int *count) {
 
 static void teardown(mq_dirwatch *dw) {
   mq_dirwatch_close(dw);
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", base);
-  REQUIRE(system(cmd) == 0);
+  mq_test_rmtree(base);
 }
 
 static void test_dir(void) {
   int count = 0;
   mq_dirwatch *dw = setup(&count);
-  write_file(at("log.txt"), "a");
+  mq_test_write(at("log.txt"), "a");
   mq_dirwatch_begin(dw);
   CHECK_INT(mq_dirwatch_dir(dw, base, ".lua"), 0);
   mq_dirwatch_end(dw);
   CHECK(!notified()); /* nothing happened since */
-  write_file(at("a.lua"), "return 1"); /* created */
+  mq_test_write(at("a.lua"), "return 1"); /* created */
   CHECK(notified());
-  write_file(at("a.lua"), "return 2"); /* written */
+  mq_test_write(at("a.lua"), "return 2"); /* written */
   CHECK(notified());
-  write_file(at("log.txt"), "more"); /* another file written: no call */
+  mq_test_write(at("log.txt"), "more"); /* another file written: no call */
   CHECK(!notified());
-  write_file(at(".a.lua.swp"), "x"); /* created: counts */
+  mq_test_write(at(".a.lua.swp"), "x"); /* created: counts */
   CHECK(notified());
-  write_file(at(".a.lua.swp"), "y"); /* a dot file written: no call */
+  mq_test_write(at(".a.lua.swp"), "y"); /* a dot file written: no call */
   CHECK(!notified());
   CHECK_INT(rename(at(".a.lua.swp"), at("a.lua")), 0); /* renamed into place */
   CHECK(notified());
   CHECK_INT(mkdir(at("sub"), 0700), 0);
   CHECK(notified());
-  write_file(at("sub/b.lua"), "x"); /* not watched until named */
+  mq_test_write(at("sub/b.lua"), "x"); /* not watched until named */
   CHECK(!notified());
   CHECK_INT(unlink(at("a.lua")), 0);
   CHECK(notified());
@@ -110,13 +99,13 @@ static void test_entry(void) {
   CHECK_INT(mq_dirwatch_entry(dw, base, "h"), 0);
   CHECK_INT(mq_dirwatch_entry(dw, base, "current"), 0);
   mq_dirwatch_end(dw);
-  write_file(at("other"), "x"); /* another entry: no call */
+  mq_test_write(at("other"), "x"); /* another entry: no call */
   CHECK(!notified());
   CHECK_INT(rename(at("h"), at("h.old")), 0);
   CHECK(notified());
   CHECK_INT(rename(at("h.new"), at("h")), 0);
   CHECK(notified());
-  write_file(at("h/a.lua"), "x"); /* inside: not watched here */
+  mq_test_write(at("h/a.lua"), "x"); /* inside: not watched here */
   CHECK(!notified());
   CHECK_INT(symlink("h.old", at("current.tmp")), 0); /* another name */
   CHECK(!notified());
@@ -137,15 +126,15 @@ static void test_pass(void) {
   CHECK_INT(mq_dirwatch_dir(dw, at("a"), NULL), 0);
   CHECK_INT(mq_dirwatch_dir(dw, at("b"), NULL), 0);
   mq_dirwatch_end(dw);
-  write_file(at("a/x"), "1");
+  mq_test_write(at("a/x"), "1");
   CHECK(notified());
   mq_dirwatch_begin(dw);
   CHECK_INT(mq_dirwatch_dir(dw, at("b"), NULL), 0);
   mq_dirwatch_end(dw);
   CHECK(!notified()); /* a's watch removed: its IN_IGNORED is ours */
-  write_file(at("a/x"), "2");
+  mq_test_write(at("a/x"), "2");
   CHECK(!notified());
-  write_file(at("b/y"), "1");
+  mq_test_write(at("b/y"), "1");
   CHECK(notified());
   CHECK_INT(unlink(at("b/y")), 0);
   CHECK(notified());
@@ -161,7 +150,7 @@ static void test_errors(void) {
   errno = 0;
   CHECK_INT(mq_dirwatch_dir(dw, at("missing"), NULL), -1);
   CHECK_INT(errno, ENOENT);
-  write_file(at("file"), "x");
+  mq_test_write(at("file"), "x");
   errno = 0;
   CHECK_INT(mq_dirwatch_dir(dw, at("file"), NULL), -1);
   CHECK_INT(errno, ENOTDIR);
