@@ -5,13 +5,17 @@
 -- picked up (its waiting jobs run); a deleted file's job name is unknown;
 -- a handler that changes its queue (by a reload, a removal and a new file,
 -- or a restart of `moonq run`) takes the jobs already sent to its old queue
--- along: they run.
+-- along: they run. Changes are noticed by inotify: a file added to an empty
+-- directory, a file renamed into place (even one with the old file's mtime
+-- and size), a new subdirectory and files added to it later, the handlers
+-- directory renamed into place and a symlink to it swapped.
 local moonq = require "moonq"
 local W = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/worker_helper.lua")
 local Q = moonq.queue
 
--- The watcher scans every 0.5 s and waits until a file has been quiet for
--- 0.1 s: a change is live after at most ~0.7 s; wait a little longer.
+-- A change notified is scanned 0.15 s later, and a file is read once it
+-- has been quiet for 0.1 s (without inotify the scan runs every 0.5 s): a
+-- change is live after at most ~0.7 s; wait a little longer.
 local SETTLE = 1.2
 
 local V1 = [[
@@ -191,6 +195,98 @@ return { queue = "%s", concurrency = 1,
     local job = W.wait_job(id, nil, 5)
     assert.equal("completed", job.state)
     assert.equal("two", job.output)
+  end)
+end)
+
+-- Waits for job `id` and checks that it completed with `output`.
+local function assert_output(id, output)
+  local job = W.wait_job(id, nil, 5)
+  assert.equal("completed", job.state)
+  assert.same(output, job.output)
+end
+
+describe("worker hot reload by change notification", function()
+  local base, dir
+
+  setup(function()
+    base = W.tmpdir()
+    dir = base .. "/handlers"
+    assert(os.execute("mkdir " .. W.shq(dir)))
+    W.open({ handlers = dir, hot_reload = true, queue = { retry_limit = 0 } })
+    assert(moonq.start())
+  end)
+  teardown(W.close)
+
+  it("a file added to an empty directory is picked up", function()
+    local id = assert(Q.send("first", {}))
+    W.run_for(0.7)
+    assert.equal("waiting", Q.get(id).state)
+    W.write(dir .. "/first.lua", [[return function() return "first" end]])
+    assert_output(id, "first")
+  end)
+
+  it("a file renamed into place serves the next job, even with the old mtime and size", function()
+    W.write(dir .. "/saved.lua", [[return function() return "one" end]])
+    W.run_for(SETTLE)
+    assert_output(assert(Q.send("saved", {})), "one")
+    -- an editor's save: a temporary file renamed over the old one; this
+    -- one has the old file's size and (touch -r) its modification time
+    local tmp = dir .. "/.saved.lua.swp"
+    W.write(tmp, [[return function() return "two" end]])
+    assert(os.execute(("touch -r %s %s"):format(W.shq(dir .. "/saved.lua"), W.shq(tmp))))
+    assert(os.rename(tmp, dir .. "/saved.lua"))
+    W.run_for(SETTLE)
+    assert_output(assert(Q.send("saved", {})), "two")
+  end)
+
+  it("a new subdirectory's files are picked up, and files added to it later", function()
+    local first = assert(Q.send("sub.one", {}))
+    local second = assert(Q.send("sub.two", {}))
+    W.write(dir .. "/sub/one.lua", [[return function() return "sub one" end]])
+    assert_output(first, "sub one")
+    assert.equal("waiting", Q.get(second).state)
+    W.write(dir .. "/sub/two.lua", [[return function() return "sub two" end]])
+    assert_output(second, "sub two")
+    -- a subdirectory renamed into the tree with its files
+    local ready = W.tmpdir()
+    W.write(ready .. "/three.lua", [[return function() return "moved in" end]])
+    local third = assert(Q.send("moved.three", {}))
+    assert(os.execute(("mv %s %s"):format(W.shq(ready), W.shq(dir .. "/moved"))))
+    assert_output(third, "moved in")
+  end)
+
+  it("the handlers directory replaced by another renamed into place", function()
+    local new = base .. "/handlers.new"
+    W.write(new .. "/first.lua", [[return function() return "replaced" end]])
+    assert(os.rename(dir, base .. "/handlers.old"))
+    assert(os.rename(new, dir))
+    W.run_for(SETTLE)
+    assert_output(assert(Q.send("first", {})), "replaced")
+    -- the new directory is watched: a change in it is picked up
+    W.write(dir .. "/first.lua", [[return function() return "changed in the new one" end]])
+    W.run_for(SETTLE)
+    assert_output(assert(Q.send("first", {})), "changed in the new one")
+    -- the old one is not: a change there is not
+    W.write(base .. "/handlers.old/first.lua", [[return function() return "old" end]])
+    W.run_for(SETTLE)
+    assert_output(assert(Q.send("first", {})), "changed in the new one")
+  end)
+
+  it("a symlink on the path to the handlers directory swapped", function()
+    -- handlers -> release1, then handlers -> release2 (ln -sfn: the link
+    -- removed and made again)
+    W.write(base .. "/release1/first.lua", [[return function() return "release 1" end]])
+    W.write(base .. "/release2/first.lua", [[return function() return "release 2" end]])
+    assert(os.execute(("rm -rf %s && ln -s release1 %s"):format(W.shq(dir), W.shq(dir))))
+    W.run_for(SETTLE)
+    assert_output(assert(Q.send("first", {})), "release 1")
+    assert(os.execute(("ln -sfn release2 %s"):format(W.shq(dir))))
+    W.run_for(SETTLE)
+    assert_output(assert(Q.send("first", {})), "release 2")
+    -- a file changed in the release the link points to
+    W.write(base .. "/release2/first.lua", [[return function() return "release 2, changed" end]])
+    W.run_for(SETTLE)
+    assert_output(assert(Q.send("first", {})), "release 2, changed")
   end)
 end)
 

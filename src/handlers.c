@@ -1,10 +1,17 @@
 /* handlers.c -- handler files loaded into structs; see handlers.h.
  *
- * One entry per file seen: its stat (mtime, size) for change detection and
- * the handler it last loaded, if any. Handler functions are anchored by
- * registry references; a running job holds its function in its coroutine,
- * so replacing or removing the reference never affects it.
+ * One entry per file seen: its stat (inode, mtime, size) for change
+ * detection and the handler it last loaded, if any. Handler functions are
+ * anchored by registry references; a running job holds its function in
+ * its coroutine, so replacing or removing the reference never affects it.
+ *
+ * Watching (hot reload): every scan renews the inotify watches of the
+ * directories it reads, of the directories that symlinked files point
+ * into and of each entry on the path to the handlers directory (dirwatch.h);
+ * an event arms `tick`, which scans SETTLE s later. Without inotify, tick
+ * repeats every POLL s instead.
  */
+#define _DEFAULT_SOURCE /* DT_LNK, realpath(); before any header */
 #include "handlers.h"
 
 #include <dirent.h>
@@ -18,13 +25,19 @@
 #include <ev.h>
 #include <lauxlib.h>
 
+#include "dirwatch.h"
 #include "log.h"
 #include "lua_host.h"
 
 #define LOAD_TIMEOUT 5.0 /* seconds a handler file's top level may run */
+#define QUIET 0.1   /* seconds a changed file stays unchanged before it is read */
+#define SETTLE 0.15 /* seconds from a change notified to the scan */
+#define POLL 0.5    /* seconds between scans without change notification */
 
 struct entry {
   char *path;
+  dev_t dev;
+  ino_t ino;
   time_t mtime;
   long mtime_ns;
   off_t size;
@@ -41,7 +54,18 @@ struct mq_handlers {
   struct entry *entries;
   size_t n, cap;
   size_t next; /* where find_entry looks first: after its last find */
+  bool settling; /* the last scan saw a file changed too recently to read */
+  /* Watching (mq_handlers_watch): */
+  struct ev_loop *loop;  /* NULL: not watching */
+  mq_dirwatch *watch;    /* NULL while watching: polling */
+  ev_timer tick;         /* the next scan */
+  void (*on_change)(void *data); /* after a scan that loaded or removed */
+  void *data;
 };
+
+static void watch_dir(mq_handlers *h, const char *path, const char *suffix);
+static void watch_target(mq_handlers *h, const char *path);
+static void watch_path(mq_handlers *h);
 
 /* "billing/charge.lua" -> "billing.charge" (caller frees). */
 static char *job_name(const char *rel) {
@@ -245,20 +269,27 @@ static struct entry *add_entry(mq_handlers *h, const char *path,
   return e;
 }
 
-/* True when the file at `st` is new or changed and quiet for 100 ms. */
-static bool changed(const struct entry *e, const struct stat *st,
-                    ev_tstamp now) {
-  if (e->mtime == st->st_mtim.tv_sec && e->mtime_ns == st->st_mtim.tv_nsec &&
+/* True when the file at `st` changed (another file renamed into place
+ * has another inode, whatever its mtime) and has been quiet for QUIET s;
+ * a change too recent marks the scan settling. */
+static bool changed(mq_handlers *h, const struct entry *e,
+                    const struct stat *st, ev_tstamp now) {
+  if (e->ino == st->st_ino && e->dev == st->st_dev &&
+      e->mtime == st->st_mtim.tv_sec && e->mtime_ns == st->st_mtim.tv_nsec &&
       e->size == st->st_size)
     return false;
   double age = now - ((double)st->st_mtim.tv_sec + st->st_mtim.tv_nsec / 1e9);
-  return age >= 0.1;
+  if (age >= QUIET)
+    return true;
+  h->settling = true;
+  return false;
 }
 
 /* Walks dir (rel: its path below the handlers directory), loading new and
  * changed files. Returns the number of handlers loaded. */
 static int scan_dir(mq_handlers *h, const char *dir, const char *rel,
                     ev_tstamp now) {
+  watch_dir(h, dir, ".lua"); /* before reading: a later change is notified */
   DIR *d = opendir(dir);
   if (!d)
     return 0;
@@ -280,15 +311,19 @@ static int scan_dir(mq_handlers *h, const char *dir, const char *rel,
     size_t len = strlen(de->d_name);
     if (!S_ISREG(st.st_mode) || len < 5 || strcmp(de->d_name + len - 4, ".lua"))
       continue;
+    if (de->d_type == DT_LNK || de->d_type == DT_UNKNOWN)
+      watch_target(h, path);
     struct entry *e = find_entry(h, path);
     if (e) {
       e->seen = true;
-      if (!changed(e, &st, now))
+      if (!changed(h, e, &st, now))
         continue;
     } else if (!(e = add_entry(h, path, sub))) {
       continue;
     }
     e->seen = true;
+    e->dev = st.st_dev;
+    e->ino = st.st_ino;
     e->mtime = st.st_mtim.tv_sec;
     e->mtime_ns = st.st_mtim.tv_nsec;
     e->size = st.st_size;
@@ -342,7 +377,14 @@ int mq_handlers_scan(mq_handlers *h, bool force) {
     if (force)
       h->entries[i].size = -1;
   }
+  h->settling = false;
+  if (h->watch) {
+    mq_dirwatch_begin(h->watch);
+    watch_path(h);
+  }
   int n = scan_dir(h, h->dir, "", ev_time());
+  if (h->watch)
+    mq_dirwatch_end(h->watch);
   for (size_t i = 0; i < h->n;) {
     struct entry *e = &h->entries[i];
     if (e->seen) {
@@ -428,9 +470,119 @@ void mq_handlers_missing(const mq_handlers *h, const char *name, char *out,
     snprintf(out + used, len - used, "%s", n ? ")" : "none)");
 }
 
+/* ---- watching --------------------------------------------------------- */
+
+/* Watching failed for a reason other than a vanished directory (the
+ * system's watch limit, memory): scans every POLL s from now on. */
+static void fall_back(mq_handlers *h, const char *why) {
+  mq_log_warn("handlers", "cannot watch the handlers directory for changes "
+              "(%s): scanning it every %g s instead dir=%s", why, POLL, h->dir);
+  mq_dirwatch_close(h->watch);
+  h->watch = NULL;
+  ev_timer_stop(h->loop, &h->tick);
+  ev_timer_set(&h->tick, POLL, POLL);
+  ev_timer_start(h->loop, &h->tick);
+  ev_unref(h->loop); /* polling alone keeps no loop running */
+}
+
+/* A watch that could not be added: a directory that vanished meanwhile is
+ * the next scan's business, anything else ends watching. */
+static void watch_failed(mq_handlers *h, const char *path) {
+  if (errno == ENOENT || errno == ENOTDIR || errno == EACCES)
+    return;
+  char why[4200];
+  snprintf(why, sizeof why, "%s: %s%s", path, strerror(errno),
+           errno == ENOSPC ? " (fs.inotify.max_user_watches reached)" : "");
+  fall_back(h, why);
+}
+
+/* suffix: which files' writes count (NULL: every file's). */
+static void watch_dir(mq_handlers *h, const char *path, const char *suffix) {
+  if (h->watch && mq_dirwatch_dir(h->watch, path, suffix) != 0)
+    watch_failed(h, path);
+}
+
+/* A symlinked file: the directory it resolves into, where it changes
+ * (whatever the name it has there). */
+static void watch_target(mq_handlers *h, const char *path) {
+  if (!h->watch)
+    return;
+  char *target = realpath(path, NULL);
+  char *slash = target ? strrchr(target, '/') : NULL;
+  if (slash) {
+    slash[slash == target] = '\0'; /* "/f.lua" -> "/" */
+    watch_dir(h, target, NULL);
+  }
+  free(target);
+}
+
+/* Each entry on the path to the handlers directory ("/srv/app/handlers":
+ * handlers in /srv/app, app in /srv, srv in /), so that the directory
+ * renamed into place or a symlink on its path swapped is noticed. */
+static void watch_path(mq_handlers *h) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s", h->dir);
+  size_t len = strlen(path);
+  while (len > 1 && path[len - 1] == '/')
+    path[--len] = '\0';
+  char *slash;
+  while (h->watch && (slash = strrchr(path, '/'))) {
+    *slash = '\0';
+    const char *parent = slash == path ? "/" : path;
+    if (slash[1] && mq_dirwatch_entry(h->watch, parent, slash + 1) != 0)
+      watch_failed(h, parent);
+  }
+  if (h->watch && path[0] && mq_dirwatch_entry(h->watch, ".", path) != 0)
+    watch_failed(h, "."); /* the first name of a relative path */
+}
+
+/* Something under the directory may have changed: scan after SETTLE s,
+ * counted from the first change (more changes do not postpone it). */
+static void notified(void *data) {
+  mq_handlers *h = data;
+  if (!ev_is_active(&h->tick)) {
+    ev_timer_set(&h->tick, SETTLE, 0.);
+    ev_timer_start(h->loop, &h->tick);
+  }
+}
+
+static void tick_cb(struct ev_loop *loop, ev_timer *t, int revents) {
+  mq_handlers *h = t->data;
+  int n = mq_handlers_scan(h, false);
+  if (h->watch && h->settling)
+    notified(h); /* a file still being written: look again */
+  if (n > 0 && h->on_change)
+    h->on_change(h->data);
+}
+
+int mq_handlers_watch(mq_handlers *h, struct ev_loop *loop,
+                      void (*on_change)(void *data), void *data) {
+  h->loop = loop;
+  h->on_change = on_change;
+  h->data = data;
+  ev_init(&h->tick, tick_cb);
+  h->tick.data = h;
+  char err[256];
+  if (!(h->watch = mq_dirwatch_new(loop, notified, h, err, sizeof err)))
+    fall_back(h, err);
+  return mq_handlers_scan(h, false);
+}
+
+void mq_handlers_unwatch(mq_handlers *h) {
+  if (!h->loop)
+    return;
+  if (!h->watch && ev_is_active(&h->tick))
+    ev_ref(h->loop); /* the poll was unreferenced */
+  ev_timer_stop(h->loop, &h->tick);
+  mq_dirwatch_close(h->watch);
+  h->watch = NULL;
+  h->loop = NULL;
+}
+
 void mq_handlers_free(mq_handlers *h) {
   if (!h)
     return;
+  mq_handlers_unwatch(h);
   for (size_t i = 0; i < h->n; i++) {
     unload(h, &h->entries[i]);
     forget_step(h->L, h->entries[i].name);

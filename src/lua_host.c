@@ -117,13 +117,14 @@ bool mq_lua_memory_reached(lua_State *L) {
   return reached;
 }
 
-void mq_lua_memory_trim(lua_State *L) {
+bool mq_lua_memory_trim(lua_State *L, size_t c_bytes) {
   struct memory *m = memory_of(L);
-  if (!m || m->peak < m->base + TRIM_GROWTH)
-    return;
+  if (!m || m->peak - m->base + c_bytes < TRIM_GROWTH)
+    return false;
   lua_gc(L, LUA_GCCOLLECT);
   malloc_trim(0);
   m->base = m->peak = m->used;
+  return true;
 }
 
 /* ---- protected calls ---------------------------------------------------- */

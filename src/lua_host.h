@@ -53,10 +53,12 @@ size_t mq_lua_memory_limit(lua_State *L);
 bool mq_lua_memory_reached(lua_State *L);
 
 /* After a job: when L's memory grew by more than 16 MiB over what it held
- * after the last trim, a full garbage collection, then the C allocator gives free memory
- * back to the system (malloc_trim), so a big job does not leave the
- * process big. Call it outside any Lua call. */
-void mq_lua_memory_trim(lua_State *L);
+ * after the last trim, counting c_bytes that the C side allocated for jobs
+ * meanwhile (big results encoded and stored), a full garbage collection,
+ * then the C allocator gives free memory back to the system (malloc_trim),
+ * so a big job does not leave the process big. Returns whether it trimmed.
+ * Call it outside any Lua call. */
+bool mq_lua_memory_trim(lua_State *L, size_t c_bytes);
 
 /* lua_pcall with a traceback handler. On error the message (traceback
  * included; "not enough memory" for LUA_ERRMEM) is on top of the stack;

@@ -5,6 +5,13 @@
  * (struct batch) and flushed from an ev_prepare watcher as one statement
  * each, with the ids as a bigint[] and the outputs or errors as one JSON
  * array parallel to them.
+ *
+ * A batch carries at most BATCH_BYTES of outputs (or errors) and effects,
+ * unless one job's alone is larger; a fuller batch waits in `ready`, and
+ * batches in flight carry at most BATCH_BYTES together (or one batch).
+ * libpq grows a connection's output buffer to the most it ever had to
+ * hold and never shrinks it: ten 1 MB outputs in one statement kept ~16
+ * MB resident for the life of the connection.
  */
 #include "queue.h"
 
@@ -12,11 +19,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <unistd.h>
 
 #include "buf.h"
 #include "json.h"
 #include "log.h"
+
+#define BATCH_BYTES (1024 * 1024) /* bytes of results a batch carries */
 
 enum stmt {
   ST_SEND,
@@ -150,8 +160,10 @@ struct batch {
                      enqueued */
   size_t effects_len, effects_cap;
   bool has_effects; /* some job of the batch has effects */
+  size_t bytes;     /* of the outputs (errors) and effects added */
   struct waiter *waiters;
   int n, cap;
+  STAILQ_ENTRY(batch) link; /* in the queue's `ready` */
 };
 
 struct mq_queue {
@@ -165,7 +177,10 @@ struct mq_queue {
   ev_prepare flush;
   struct batch *complete; /* gathering, or NULL */
   struct batch *fail;
+  STAILQ_HEAD(, batch) ready; /* gathered, to be sent, oldest first */
+  int nready;
   int storing;            /* batches sent and not yet answered */
+  size_t storing_bytes;   /* their `bytes` */
   char *wake;             /* "q1,q2" sent to this turn, or NULL */
   size_t wake_len, wake_cap;
   mq_queue_sent_cb sent_cb; /* mq_queue_on_sent's, or NULL */
@@ -307,6 +322,7 @@ mq_queue *mq_queue_new(struct ev_loop *loop, mq_pg *pg,
   q->host[sizeof q->host - 1] = '\0';
   ev_prepare_init(&q->flush, flush_cb);
   q->flush.data = q;
+  STAILQ_INIT(&q->ready);
   register_process(q);
   double every = cfg->stale_after / 2;
   every = every < 0.5 ? 0.5 : every > 15 ? 15 : every;
@@ -327,14 +343,14 @@ const char *mq_queue_process_id(const mq_queue *q) { return q->process_id; }
 const char *mq_queue_host(const mq_queue *q) { return q->host; }
 
 bool mq_queue_flushed(const mq_queue *q) {
-  return !q->complete && !q->fail && !q->wake_len;
+  return !q->complete && !q->fail && !q->nready && !q->wake_len;
 }
 
 int mq_queue_storing(const mq_queue *q) {
-  return q->storing + (q->complete != NULL) + (q->fail != NULL);
+  return q->storing + q->nready + (q->complete != NULL) + (q->fail != NULL);
 }
 
-static void batch_send(struct batch *b);
+static void send_ready(mq_queue *q, bool all);
 
 void mq_queue_stop(mq_queue *q) {
   if (q->stopped)
@@ -354,6 +370,7 @@ void mq_queue_close(mq_queue *q) {
   if (!q)
     return;
   mq_queue_stop(q);
+  send_ready(q, true); /* the pool is closed: they fail at once */
   ev_prepare_stop(q->loop, &q->flush);
   free(q->wake);
   free(q);
@@ -687,6 +704,9 @@ static void batch_done(const struct mq_pg_reply *r, void *data) {
     return;
   }
   b->q->storing--;
+  b->q->storing_bytes -= b->bytes;
+  if (b->q->nready) /* room for the next: flush_cb sends it */
+    ev_prepare_start(b->q->loop, &b->q->flush);
   if (r->status == MQ_PG_OK && b->stmt == ST_COMPLETE && b->has_effects)
     tell_sent(b->q, r->result); /* first: its fetches go out sooner */
   struct row_id *ix = r->status == MQ_PG_OK ? index_rows(r->result) : NULL;
@@ -724,6 +744,7 @@ static void batch_done(const struct mq_pg_reply *r, void *data) {
 
 static void batch_send(struct batch *b) {
   b->q->storing++; /* until batch_done has told every waiter */
+  b->q->storing_bytes += b->bytes;
   if (mq_buf_add(&b->ids, &b->ids_len, &b->ids_cap, "}", 1) != 0 ||
       mq_buf_add(&b->attempts, &b->attempts_len, &b->attempts_cap, "}", 1) != 0 ||
       mq_buf_add(&b->json, &b->json_len, &b->json_cap, "]", 1) != 0) {
@@ -760,15 +781,34 @@ static void batch_exec(struct batch *b) {
   }
 }
 
+/* A batch is done gathering: it is sent by the next send_ready(). */
+static void batch_ready(mq_queue *q, struct batch *b) {
+  STAILQ_INSERT_TAIL(&q->ready, b, link);
+  q->nready++;
+}
+
+/* Sends the ready batches, oldest first, while those in flight carry less
+ * than BATCH_BYTES (one at least); `all`: every one (closing). */
+static void send_ready(mq_queue *q, bool all) {
+  struct batch *b;
+  while ((b = STAILQ_FIRST(&q->ready)) &&
+         (all || q->storing == 0 ||
+          q->storing_bytes + b->bytes <= BATCH_BYTES)) {
+    STAILQ_REMOVE_HEAD(&q->ready, link);
+    q->nready--;
+    batch_send(b);
+  }
+}
+
 static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
   mq_queue *q = w->data;
   ev_prepare_stop(loop, w);
-  struct batch *c = q->complete, *f = q->fail;
+  if (q->complete)
+    batch_ready(q, q->complete);
+  if (q->fail)
+    batch_ready(q, q->fail);
   q->complete = q->fail = NULL;
-  if (c)
-    batch_send(c);
-  if (f)
-    batch_send(f);
+  send_ready(q, false);
   if (q->wake_len) {
     const char *params[] = {q->wake};
     exec_json(q, ST_WAKE, 1, params, log_failure, (void *)"wake");
@@ -777,13 +817,21 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
   }
 }
 
+/* Adds a result to the gathering batch of `slot`, which is made ready
+ * first when the result would take it past BATCH_BYTES. */
 static int enqueue_batch(mq_queue *q, struct batch **slot, enum stmt st,
                          long long id, int attempt, const char *json,
                          const char *effects, mq_queue_json_cb cb, void *data) {
+  size_t bytes = strlen(json) + (effects ? strlen(effects) : 0);
+  if (*slot && (*slot)->n > 0 && (*slot)->bytes + bytes > BATCH_BYTES) {
+    batch_ready(q, *slot);
+    *slot = NULL;
+  }
   if (!*slot && !(*slot = batch_new(q, st)))
     return MQ_QUEUE_EDB;
   if (batch_add(*slot, id, attempt, json, effects, cb, data) != 0)
     return MQ_QUEUE_EDB;
+  (*slot)->bytes += bytes;
   ev_prepare_start(q->loop, &q->flush);
   return 0;
 }

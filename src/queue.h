@@ -127,7 +127,9 @@ int mq_queue_fetch(mq_queue *q, const char *queue, int n,
                    mq_queue_fetch_cb cb, void *data);
 
 /* Completes an active job with output_json (NULL: no output). Batched with
- * the other completions of this loop turn. cb (may be NULL) gets
+ * the other completions of this loop turn, up to 1 MiB of outputs and
+ * effects a statement (a larger output goes alone) and 1 MiB in flight;
+ * failures are batched the same way. cb (may be NULL) gets
  * MQ_QUEUE_OK, MQ_QUEUE_ENOTACTIVE, or an error. */
 int mq_queue_complete(mq_queue *q, long long id, const char *output_json,
                       mq_queue_json_cb cb, void *data);

@@ -32,6 +32,10 @@
 #include "scheduler.h"
 #include "task.h"
 
+#define BIG_RESULT (64 * 1024) /* bytes of a result that count for a trim */
+#define TRIM_WAIT 0.5  /* seconds a trim waits for big results to be stored */
+#define TRIM_EVERY 1.0 /* seconds between trims counting big results */
+
 /* A fetched job waiting for a slot; its strings live after the struct. */
 struct buffered {
   STAILQ_ENTRY(buffered) link;
@@ -118,9 +122,12 @@ struct mq_worker {
   int nconsumers;
   LIST_HEAD(, active) actives;
   int nactive;
-  ev_timer scan;
   ev_timer grace;
   ev_timer trim; /* after a job: give back memory a big one left */
+  size_t big_results; /* C heap bytes the results of BIG_RESULT or more
+                         handed to the queue since the last trim took */
+  bool trim_waited;   /* the trim waited once for them (trim_cb) */
+  ev_tstamp trimmed_at; /* the loop time of the last trim */
   ev_prepare probe; /* polls of idle queues, checked together */
   bool probing;     /* a probe is in flight */
   int inflight;
@@ -723,8 +730,10 @@ static void release_active(struct active *a) {
   luaL_unref(w->L, LUA_REGISTRYINDEX, a->ctx_ref);
   free(a->name);
   free(a);
-  if (!ev_is_active(&w->trim)) /* once the task's thread is gone */
+  if (!ev_is_active(&w->trim)) { /* once the task's thread is gone */
+    ev_timer_set(&w->trim, 0., 0.);
     ev_timer_start(w->loop, &w->trim);
+  }
   if (w->stopping) {
     check_stopped(w);
   } else {
@@ -744,6 +753,12 @@ static void task_ended(mq_task *task, enum mq_task_end how, int nresults,
   double ran = ev_time() - a->started;
   mq_metrics_ran(c->metrics, ran);
   c->avg_run = c->avg_run < 0 ? ran : c->avg_run + 0.1 * (ran - c->avg_run);
+  size_t bytes = (out.failed ? (out.error ? strlen(out.error) : 0)
+                              : (out.output ? strlen(out.output) : 0)) +
+                 (out.effects ? strlen(out.effects) : 0);
+  if (bytes >= BIG_RESULT) /* held three times in C: encoded, in the
+                              completion batch and in libpq's buffer */
+    a->w->big_results += 3 * bytes;
   if (out.failed) {
     fail_job(a->c, a->id, a->attempt, a->name, out.message,
              out.error ? out.error : "{\"message\":\"error\"}");
@@ -1270,20 +1285,42 @@ static void store_handlers(mq_worker *w) {
   store_queues(w);
 }
 
-static void rescan(mq_worker *w, bool force) {
-  if (mq_handlers_scan(w->handlers, force) > 0) {
-    sync_consumers(w);
-    store_handlers(w);
-  }
+/* Handlers were loaded or removed (a hot reload, or SIGHUP's rescan). */
+static void reloaded(void *data) {
+  mq_worker *w = data;
+  sync_consumers(w);
+  store_handlers(w);
 }
 
+static void rescan(mq_worker *w, bool force) {
+  if (mq_handlers_scan(w->handlers, force) > 0)
+    reloaded(w);
+}
+
+/* Big results leave their encoded copies, the completion batch and
+ * libpq's buffers in the C heap until they are stored: the trim that
+ * counts them waits (once) TRIM_WAIT s for the queue to store them, and
+ * comes at most once a TRIM_EVERY s (a steady flow of big results would
+ * otherwise collect garbage many times a second). */
 static void trim_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   mq_worker *w = t->data;
-  mq_lua_memory_trim(w->L);
-}
-
-static void scan_cb(struct ev_loop *loop, ev_timer *t, int revents) {
-  rescan(t->data, false);
+  ev_tstamp now = ev_now(loop);
+  if (w->big_results && !w->trim_waited) {
+    ev_tstamp wait = w->trimmed_at + TRIM_EVERY - now;
+    if (mq_queue_storing(w->q) > 0 && wait < TRIM_WAIT)
+      wait = TRIM_WAIT;
+    if (wait > 0) {
+      w->trim_waited = true;
+      ev_timer_set(t, wait, 0.);
+      ev_timer_start(loop, t);
+      return;
+    }
+  }
+  w->trim_waited = false;
+  if (mq_lua_memory_trim(w->L, w->big_results)) {
+    w->big_results = 0;
+    w->trimmed_at = now;
+  }
 }
 
 void mq_worker_reload(mq_worker *w) { rescan(w, true); }
@@ -1332,10 +1369,8 @@ mq_worker *mq_worker_new(struct mq_runtime *rt, char *err, size_t errlen) {
     free(w);
     return NULL;
   }
-  ev_timer_init(&w->scan, scan_cb, 0.5, 0.5);
   ev_prepare_init(&w->probe, probe_cb);
   w->probe.data = w;
-  w->scan.data = w;
   ev_timer_init(&w->trim, trim_cb, 0., 0.);
   w->trim.data = w;
   sync_consumers(w);
@@ -1347,10 +1382,8 @@ bool mq_worker_handles(const mq_worker *w, const char *name) {
 }
 
 int mq_worker_start(mq_worker *w) {
-  if (w->cfg->hot_reload) {
-    ev_timer_again(w->loop, &w->scan);
-    ev_unref(w->loop);
-  }
+  if (w->cfg->hot_reload)
+    mq_handlers_watch(w->handlers, w->loop, reloaded, w);
   mq_pg_listen(mq_runtime_pg(w->rt), mq_runtime_channel(w->rt), wake_cb, w);
   mq_queue_on_sent(w->q, take_sent, w);
   w->started = true;
@@ -1416,10 +1449,7 @@ void mq_worker_stop(mq_worker *w, void (*done)(void *arg), void *arg) {
   if (w->started)
     mq_pg_unlisten(mq_runtime_pg(w->rt), mq_runtime_channel(w->rt), wake_cb,
                    w);
-  if (ev_is_active(&w->scan)) {
-    ev_ref(w->loop);
-    ev_timer_stop(w->loop, &w->scan);
-  }
+  mq_handlers_unwatch(w->handlers);
   if (w->nactive)
     mq_log_info("worker", "stopping: waiting for running jobs count=%d "
                 "grace_s=%g", w->nactive, w->cfg->shutdown_grace);
@@ -1452,10 +1482,7 @@ void mq_worker_close(mq_worker *w) {
   ev_timer_stop(w->loop, &w->grace);
   ev_timer_stop(w->loop, &w->trim);
   ev_prepare_stop(w->loop, &w->probe);
-  if (ev_is_active(&w->scan)) {
-    ev_ref(w->loop);
-    ev_timer_stop(w->loop, &w->scan);
-  }
+  mq_handlers_unwatch(w->handlers);
   for (int i = 0; i < w->nconsumers; i++) {
     struct consumer *c = w->consumers[i];
     struct buffered *b;

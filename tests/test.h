@@ -91,6 +91,17 @@ char *mq_test_sql(const char *sql);
  * whether the flag was set. */
 bool mq_test_run_until(struct ev_loop *loop, const bool *flag, double timeout);
 
+/* Makes a fresh directory "/tmp/moonq-<tag>-XXXXXX" into buf (len bytes);
+ * exits on failure. */
+void mq_test_mkdtemp(char *buf, size_t len, const char *tag);
+
+/* Removes the directory tree `path` (rm -rf); exits on failure. */
+void mq_test_rmtree(const char *path);
+
+/* Writes `text` to the file `path` (created or truncated); exits on
+ * failure. */
+void mq_test_write(const char *path, const char *text);
+
 /* Runs a shell command, capturing stdout+stderr into a malloc'd string
  * (caller frees) and the exit status into *status. */
 char *mq_test_shell(const char *cmd, int *status);

@@ -1,4 +1,5 @@
 /* testlib.c -- the harness behind test.h. */
+#define _DEFAULT_SOURCE /* mkdtemp */
 #include "test.h"
 
 #include <sys/wait.h>
@@ -81,6 +82,25 @@ bool mq_test_run_until(struct ev_loop *loop, const bool *flag,
     ev_run(loop, EVRUN_ONCE);
   ev_timer_stop(loop, &t);
   return *flag;
+}
+
+void mq_test_mkdtemp(char *buf, size_t len, const char *tag) {
+  snprintf(buf, len, "/tmp/moonq-%s-XXXXXX", tag);
+  REQUIRE(mkdtemp(buf));
+}
+
+void mq_test_rmtree(const char *path) {
+  char cmd[600];
+  REQUIRE(!strchr(path, '\''));
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
+  REQUIRE(system(cmd) == 0);
+}
+
+void mq_test_write(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  REQUIRE(f);
+  fputs(text, f);
+  REQUIRE(fclose(f) == 0);
 }
 
 char *mq_test_shell(const char *cmd, int *status) {
