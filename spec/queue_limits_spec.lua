@@ -204,9 +204,10 @@ describe("queue limits", function()
     it("fails that expired job for good; the others expire as usual and the pass completes", function()
       local a = assert(Q.send("maint_good", {}, { expire_in = 1 }))
       local b = assert(Q.send("maint_poison", {}, { expire_in = 1 }))
-      H.sql([[UPDATE @.job SET state = 'active', attempt = 1,
+      -- running for an hour in this (live) process
+      H.sql([[UPDATE @.job SET state = 'active', attempt = 1, process_id = $3::uuid,
                              started_at = now() - interval '1 hour'
-               WHERE id IN ($1, $2)]], a, b)
+               WHERE id IN ($1, $2)]], a, b, Q.process_id())
       H.sql([[ALTER TABLE @.job ADD CONSTRAINT poison_retry
                 CHECK (NOT (state = 'retry' AND name = 'maint_poison')) NOT VALID]])
       local r = Q.maintain()

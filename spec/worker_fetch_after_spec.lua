@@ -14,25 +14,28 @@ local function start(name)
   assert(moonq.start())
 end
 
--- Index entries of job's indexes on waiting jobs (job_fetch_idx,
--- job_due_idx) read by scans so far (this session's statistics flushed
--- first).
-local function entries_read()
-  local out = assert(W.psql(("SELECT pg_stat_force_next_flush();\n"
-    .. "SELECT sum(idx_tup_read) FROM pg_stat_user_indexes WHERE indexrelid IN"
-    .. " ('%s.job_fetch_idx'::regclass, '%s.job_due_idx'::regclass);")
-    :format(W.schema, W.schema)))
+-- Index entries read by scans so far (this session's statistics flushed
+-- first) of the indexes of job named in `names` (default: those on waiting
+-- jobs, job_fetch_idx and job_due_idx).
+local function entries_read(names)
+  local list = {}
+  for i, n in ipairs(names or { "job_fetch_idx", "job_due_idx" }) do
+    list[i] = ("'%s.%s'::regclass"):format(W.schema, n)
+  end
+  local out = assert(W.psql("SELECT pg_stat_force_next_flush();\n"
+    .. "SELECT sum(idx_tup_read) FROM pg_stat_user_indexes WHERE indexrelid IN ("
+    .. table.concat(list, ", ") .. ");"))
   return tonumber(out:match("(%d+)%s*$"))
 end
 
 -- Runs `sql` in one psql session, then the statistics flush, and returns
--- how many index entries (entries_read) it read, and its output.
-local function entries_read_by(sql)
-  local before = entries_read()
+-- how many index entries (entries_read(names)) it read, and its output.
+local function entries_read_by(sql, names)
+  local before = entries_read(names)
   local out, ok = W.psql((sql .. "\nSELECT pg_stat_force_next_flush();\n"):gsub("@%.", W.schema .. "."))
   assert(ok, out)
   W.sleep(0.2)
-  return entries_read() - before, out
+  return entries_read(names) - before, out
 end
 
 -- Ends this process's sessions (moonq reconnects), so that they report
@@ -88,7 +91,9 @@ describe("claims past the claimed head", function()
     -- Claim and complete them all: each leaves an entry no scan can remove.
     local pid = moonq.queue.process_id()
     W.sql("SELECT count(*) FROM @.fetch_jobs($1, 3000, $2::uuid)", q, pid)
-    W.sql("SELECT count(*) FROM @.complete_jobs(ARRAY(SELECT id FROM @.job WHERE queue = $1), NULL, $2::uuid)", q, pid)
+    W.sql([[SELECT count(*) FROM @.complete_jobs(ARRAY(SELECT id FROM @.job WHERE queue = $1),
+              (SELECT jsonb_agg(NULL::jsonb) FROM @.job WHERE queue = $1), $2::uuid)]], q, pid)
+    assert.equal(0, W.row("SELECT count(*)::int AS n FROM @.job WHERE queue = $1", q).n)
     assert(moonq.queue.send(q, { n = "a" }))
     assert(moonq.queue.send(q, { n = "b" }))
     -- Statistics of a table of two live rows, as autovacuum leaves them
@@ -100,6 +105,22 @@ describe("claims past the claimed head", function()
     local head = entries_read_by(("SELECT count(*) FROM @.fetch_jobs('%s', 1, '%s');"):format(q, pid))
     assert.is_true(head >= 3000, "the claim from the head read " .. head .. " entries")
     assert.is_true(after <= 20, "the claim past the position read " .. after .. " entries")
+    -- Completing and failing the two claimed jobs finds them by primary
+    -- key, not through job_active_idx, whose 3,000 dead entries (one per
+    -- completed job) a scan of it would read (sql/025).
+    local running = W.sql("SELECT id FROM @.job WHERE queue = $1 AND state = 'active' ORDER BY id", q)
+    assert.equal(2, #running)
+    local active = { "job_active_idx" }
+    local done, out2 = entries_read_by(([[SELECT count(*) FROM @.complete_jobs_guarded(ARRAY[%d]::bigint[],
+      '[null]'::jsonb, '%s'::uuid, NULL::jsonb, NULL::integer[]);]]):format(running[1].id, pid), active)
+    assert.equal("1", out2:match("^%s*(%d+)"))
+    assert.is_true(done <= 20, "the completion read " .. done .. " entries of job_active_idx")
+    local failed, out3 = entries_read_by(([[SELECT count(*) FROM @.fail_jobs_guarded(ARRAY[%d]::bigint[],
+      ARRAY['{"message": "x", "retry": false}'::jsonb], '%s'::uuid);]]):format(running[2].id, pid), active)
+    assert.equal("1", out3:match("^%s*(%d+)"))
+    assert.is_true(failed <= 20, "the failure read " .. failed .. " entries of job_active_idx")
+    assert.equal(2, W.row("SELECT count(*)::int AS n FROM @.job_archive WHERE id = ANY($1::bigint[])",
+      ("{%d,%d}"):format(running[1].id, running[2].id)).n)
   end)
 
   it("a worker claims past the head while the horizon is held, and still runs every job", function()

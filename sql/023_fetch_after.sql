@@ -73,6 +73,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
   ids bigint[];
 BEGIN
+  IF process_id IS NULL THEN -- crash recovery and expiry find a running job by it
+    RAISE EXCEPTION 'fetch_jobs: process_id is required (the process that runs the jobs)'
+      USING ERRCODE = '22023';
+  END IF;
   IF EXISTS (SELECT 1 FROM @schema@.queue x WHERE x.name = q AND x.paused) THEN
     RETURN;
   END IF;
