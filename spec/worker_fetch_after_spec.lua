@@ -97,9 +97,10 @@ describe("claims past the claimed head", function()
     assert(moonq.queue.send(q, { n = "a" }))
     assert(moonq.queue.send(q, { n = "b" }))
     -- Statistics of a table of two live rows, as autovacuum leaves them
-    -- under a held horizon: the planner then takes any plan for cheap, and
-    -- a bitmap scan of job_due_idx and a sort read every entry.
-    W.sql("ANALYZE @.job")
+    -- under a held horizon (it removes nothing): the planner then takes any
+    -- plan for cheap, and a bitmap scan of job_due_idx and a sort, or a
+    -- whole index read into a hash join, read every entry.
+    assert(W.psql(("VACUUM ANALYZE %s.job;"):format(W.schema)))
     local after, out = entries_read_by(("SELECT count(*) FROM @.fetch_jobs('%s', 1, '%s', 0, %d);"):format(q, pid, last))
     assert.equal("1", out:match("^%s*(%d+)"))
     local head = entries_read_by(("SELECT count(*) FROM @.fetch_jobs('%s', 1, '%s');"):format(q, pid))
@@ -110,15 +111,21 @@ describe("claims past the claimed head", function()
     -- completed job) a scan of it would read (sql/025).
     local running = W.sql("SELECT id FROM @.job WHERE queue = $1 AND state = 'active' ORDER BY id", q)
     assert.equal(2, #running)
-    local active = { "job_active_idx" }
-    local done, out2 = entries_read_by(([[SELECT count(*) FROM @.complete_jobs_guarded(ARRAY[%d]::bigint[],
-      '[null]'::jsonb, '%s'::uuid, NULL::jsonb, NULL::integer[]);]]):format(running[1].id, pid), active)
-    assert.equal("1", out2:match("^%s*(%d+)"))
-    assert.is_true(done <= 20, "the completion read " .. done .. " entries of job_active_idx")
-    local failed, out3 = entries_read_by(([[SELECT count(*) FROM @.fail_jobs_guarded(ARRAY[%d]::bigint[],
-      ARRAY['{"message": "x", "retry": false}'::jsonb], '%s'::uuid);]]):format(running[2].id, pid), active)
-    assert.equal("1", out3:match("^%s*(%d+)"))
-    assert.is_true(failed <= 20, "the failure read " .. failed .. " entries of job_active_idx")
+    local active = { "job_active_idx", "job_pkey" }
+    -- (Six calls first, as a worker's connection makes them: PostgreSQL
+    -- then plans the function's statements for any ids, not these.)
+    local done, out2 = entries_read_by(([[SELECT (SELECT count(*) FROM @.complete_jobs_guarded(ARRAY[-g]::bigint[],
+      '[null]'::jsonb, '%s'::uuid, NULL::jsonb, NULL::integer[])) FROM generate_series(1, 6) g;
+      SELECT count(*) FROM @.complete_jobs_guarded(ARRAY[%d]::bigint[],
+      '[null]'::jsonb, '%s'::uuid, NULL::jsonb, NULL::integer[]);]]):format(pid, running[1].id, pid), active)
+    assert.equal("1", out2:match("(%d+)%s*$"))
+    assert.is_true(done <= 20, "the completion read " .. done .. " entries of job_active_idx and job_pkey")
+    local failed, out3 = entries_read_by(([[SELECT (SELECT count(*) FROM @.fail_jobs_guarded(ARRAY[-g]::bigint[],
+      ARRAY['{"message": "x"}'::jsonb], '%s'::uuid)) FROM generate_series(1, 6) g;
+      SELECT count(*) FROM @.fail_jobs_guarded(ARRAY[%d]::bigint[],
+      ARRAY['{"message": "x", "retry": false}'::jsonb], '%s'::uuid);]]):format(pid, running[2].id, pid), active)
+    assert.equal("1", out3:match("(%d+)%s*$"))
+    assert.is_true(failed <= 20, "the failure read " .. failed .. " entries of job_active_idx and job_pkey")
     assert.equal(2, W.row("SELECT count(*)::int AS n FROM @.job_archive WHERE id = ANY($1::bigint[])",
       ("{%d,%d}"):format(running[1].id, running[2].id)).n)
   end)
