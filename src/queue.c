@@ -68,7 +68,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_SEND_MANY] = "SELECT coalesce($3::jsonb->>'queue', $1),"
                      " to_jsonb(%s.send_many($1, $2::jsonb, $3::jsonb))::text",
     [ST_FETCH] = "SELECT id, name, data::text, attempt, priority, retry_limit,"
-                 " expire_in, run_id, extract(epoch FROM now() - created_at)"
+                 " expire_in, run_id, extract(epoch FROM now() - created_at),"
+                 " extract(epoch FROM clock_timestamp() - statement_timestamp())"
                  " FROM %s.fetch_jobs($1, $2::int, $3::uuid, $4::int, $5::bigint)",
     [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_guarded($1::bigint[], $2::jsonb,"
                     " $3::uuid, $4::jsonb, $5::integer[]) AS c",
@@ -531,7 +532,8 @@ static void fetch_done(const struct mq_pg_reply *r, void *data) {
         .retry_limit = (int)mq_pg_getll(res, i, 5),
         .expire_in = mq_pg_getdouble(res, i, 6),
         .run_id = PQgetisnull(res, i, 7) ? NULL : PQgetvalue(res, i, 7),
-        .waited = mq_pg_getdouble(res, i, 8)};
+        .waited = mq_pg_getdouble(res, i, 8),
+        .claim_took = mq_pg_getdouble(res, i, 9)};
   }
   c->cb(MQ_QUEUE_OK, NULL, jobs, n, c->data);
   if (jobs != stack_jobs)

@@ -53,6 +53,8 @@ struct mq_job {
   int retry_limit;
   double expire_in;
   double waited;      /* seconds from its send to this fetch */
+  double claim_took;  /* seconds PostgreSQL spent on the fetch's statement
+                         (the same for every job of one fetch) */
 };
 
 /* Result callbacks. `error` is NULL unless status < 0 (and for the refused

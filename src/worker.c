@@ -1022,7 +1022,11 @@ static void note_claimed(struct consumer *c, bool head, ev_tstamp sent,
     }
   }
   if (head) {
-    double wait = MQ_FETCH_HEAD_SPACING * (now - sent);
+    /* PostgreSQL's time for the claim when it returned jobs: the loop's
+     * time from send to reply also holds whatever ran in between (handlers
+     * that do not yield, other replies), which is not the walk. */
+    double took = n > 0 ? jobs[0].claim_took : now - sent;
+    double wait = MQ_FETCH_HEAD_SPACING * took;
     wait = wait < MQ_FETCH_HEAD_INTERVAL ? MQ_FETCH_HEAD_INTERVAL
            : wait > MQ_FETCH_HEAD_MAX    ? MQ_FETCH_HEAD_MAX
                                          : wait;
