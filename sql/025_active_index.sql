@@ -19,9 +19,16 @@
 --
 -- A job made active by hand without a process (an UPDATE, not a claim)
 -- is no longer expired: expiry finds running jobs through the index.
+-- Those a SQL caller claimed without one before 023 are given one below.
 --
 -- Building the index locks job against writes for the time it takes (on a
 -- queue of millions of jobs, seconds): migrate while the queue is quiet.
+
+-- Jobs that a SQL caller claimed without a process, which fetch_jobs
+-- accepted before 023, get the nil process: it never beats, so crash
+-- recovery takes them back after stale_after (and expiry sees them).
+UPDATE @schema@.job SET process_id = '00000000-0000-0000-0000-000000000000'
+ WHERE state = 'active' AND process_id IS NULL;
 
 CREATE INDEX job_claimed_idx ON @schema@.job (process_id)
   WHERE state = 'active' AND process_id IS NOT NULL;

@@ -329,6 +329,34 @@ static void upgrade_clamps_durations(void) {
   drop_schema(schema);
 }
 
+/* A job that a SQL caller claimed without a process (fetch_jobs accepted
+ * that before 023) gets the nil process in 025, so crash recovery takes
+ * it back (expiry and recovery find running jobs by their process). */
+static void upgrade_adopts_claims_without_process(void) {
+  const char *schema = mq_test_schema("migrate_unowned");
+  drop_schema(schema);
+  REQUIRE(mq_migrate_to(mq_test_db_url(), schema, 22, err, sizeof err) > 0);
+  free(sqlf("SET search_path = %s; SET moonq.no_wake = on;"
+            " SELECT send('lost', '{}', '{\"queue\": \"q\"}');"
+            " SELECT fetch_jobs('q', 1, NULL);"
+            " UPDATE job SET started_at = now() - interval '1 hour'",
+            schema));
+  char *s = sqlf("SELECT state || ',' || (process_id IS NULL) FROM %s.job", schema);
+  CHECK_STR(s, "active,true");
+  free(s);
+  CHECK(mq_migrate(mq_test_db_url(), schema, err, sizeof err) > 0);
+  s = sqlf("SELECT process_id FROM %s.job", schema);
+  CHECK_STR(s, "00000000-0000-0000-0000-000000000000");
+  free(s);
+  s = sqlf("SELECT %s.maintain(30)->>'recovered'", schema);
+  CHECK_STR(s, "1");
+  free(s);
+  s = sqlf("SELECT state || ',' || (start_after <= now()) FROM %s.job", schema);
+  CHECK_STR(s, "retry,true"); /* it waits again, due at once */
+  free(s);
+  drop_schema(schema);
+}
+
 int main(void) {
   mq_test_db_url();
   RUN(first_run_applies_everything);
@@ -339,5 +367,6 @@ int main(void) {
   RUN(schema_name_is_quoted);
   RUN(upgrade_keeps_jobs);
   RUN(upgrade_clamps_durations);
+  RUN(upgrade_adopts_claims_without_process);
   return mq_test_done();
 }
