@@ -228,9 +228,13 @@ end }
     local late = W.poll(function() return waited("data->>'n' = 'late'") end, 60, 0.1)
     assert.is_truthy(late, "the late job never ran")
     assert.is_true(late - committed < 3, ("the late job was claimed %.2f s after its commit"):format(late - committed))
+    -- When the retry was due (its start_after; the row may be waiting,
+    -- running its second attempt, or archived already: a slow build takes
+    -- long over the checks above).
     local failed_at = W.poll(function()
       local r = W.row("SELECT extract(epoch FROM start_after)::float8 AS t FROM @.job WHERE id = $1 AND attempt = 1 AND state = 'retry'", retried)
         or W.row("SELECT extract(epoch FROM start_after)::float8 AS t FROM @.job WHERE id = $1 AND attempt = 2", retried)
+        or W.row("SELECT extract(epoch FROM start_after)::float8 AS t FROM @.job_archive WHERE id = $1 AND attempt = 2", retried)
       return r and r.t
     end, 30, 0.02)
     assert.is_truthy(failed_at, "the first attempt did not fail")
