@@ -1078,11 +1078,8 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
   c->fetching--;
   c->claiming -= asked;
   w->inflight--;
-  if (status != 0)
-    c->head = true; /* its claims may come back to the queue */
-  else
-    note_claimed(c, head, sent, jobs, n);
   if (status != 0) {
+    c->head = true; /* its claims may come back to the queue */
     mq_log_warn("worker", "fetch failed queue=%s error=\"%s\"", c->queue,
                 error);
     /* A fetch that ran but whose reply was lost claimed jobs for this
@@ -1093,6 +1090,7 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
     maybe_reclaim(w);
     return; /* the poll timer tries again */
   }
+  note_claimed(c, head, sent, jobs, n);
   if (w->stopping) { /* stopped while the fetch was in flight */
     long long *ids = malloc(sizeof *ids * (size_t)(n + 1));
     for (int i = 0; ids && i < n; i++)
