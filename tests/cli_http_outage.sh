@@ -18,15 +18,28 @@ on_exit() {
   pg stop >/dev/null 2>&1
 }
 own=$(pg start) || { echo "FAIL: cannot start a PostgreSQL: $own" >&2; exit 1; }
+# The server on a port derived from this shell's pid; the next one if
+# another process holds it. It is up when it answers (up to 30 s on a
+# loaded machine).
 port=$((20000 + ($$ * 13) % 20000))
-base=http://127.0.0.1:$port
-cat >"$dir/config.lua" <<EOF
+for _ in 1 2 3 4 5; do
+  base=http://127.0.0.1:$port
+  cat >"$dir/config.lua" <<EOF
 return { schema = "$schema", database = "$own password=secret-word",
          log = { level = "warn" }, http = { listen = "127.0.0.1:$port" } }
 EOF
-env -u DATABASE_URL "$bin" --config "$dir/config.lua" web >"$dir/web.log" 2>&1 &
-web=$!
-for _ in $(seq 1 100); do curl -s -o /dev/null "$base/api/queues" && break; sleep 0.1; done
+  env -u DATABASE_URL "$bin" --config "$dir/config.lua" web >"$dir/web.log" 2>&1 &
+  web=$!
+  for _ in $(seq 1 300); do
+    curl -s -o /dev/null "$base/api/queues" && break
+    kill -0 "$web" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$web" 2>/dev/null && break
+  wait "$web" 2>/dev/null
+  grep -q 'in use' "$dir/web.log" || { echo "FAIL: moonq web did not start: $(cat "$dir/web.log")" >&2; exit 1; }
+  port=$((port + 1))
+done
 
 # call PATH [METHOD [BODY]]: sets status, body and secs (the call's time).
 call() {
