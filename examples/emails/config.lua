@@ -7,8 +7,7 @@ return {
   handlers = "handlers",
   queue = { retry_limit = 3, retry_delay = 5, timeout = 30 },
   -- Job "digest" every morning at 08:00 in Berlin (summer and winter time
-  -- alike), with this data. The scheduler that fires it is being built:
-  -- today the entry is checked, and `moonq enqueue digest '{}'` runs it.
+  -- alike), with this data; `moonq run` fires it (docs/schedules.md).
   schedules = {
     { name = "digest", cron = "0 8 * * *", tz = "Europe/Berlin",
       data = { to = "team@example.com" } },
