@@ -38,6 +38,22 @@ local function entries_read_by(sql, names)
   return entries_read(names) - before, out
 end
 
+-- Runs `sql` in one psql session and returns how many pages of job and
+-- its indexes it read (from shared buffers or not), and its output.
+local function job_pages_read_by(sql)
+  local function read()
+    local out = assert(W.psql(("SELECT pg_stat_force_next_flush();\n"
+      .. "SELECT heap_blks_hit + heap_blks_read + idx_blks_hit + idx_blks_read"
+      .. " FROM pg_statio_user_tables WHERE relid = '%s.job'::regclass;"):format(W.schema)))
+    return tonumber(out:match("(%d+)%s*$"))
+  end
+  local before = read()
+  local out, ok = W.psql((sql .. "\nSELECT pg_stat_force_next_flush();\n"):gsub("@%.", W.schema .. "."))
+  assert(ok, out)
+  W.sleep(0.2)
+  return read() - before, out
+end
+
 -- Ends this process's sessions (moonq reconnects), so that they report
 -- their statistics, and returns the index entries read so far.
 local function settle_stats()
@@ -94,9 +110,8 @@ describe("claims past the claimed head", function()
     W.sql([[SELECT count(*) FROM @.complete_jobs(ARRAY(SELECT id FROM @.job WHERE queue = $1),
               (SELECT jsonb_agg(NULL::jsonb) FROM @.job WHERE queue = $1), $2::uuid)]], q, pid)
     assert.equal(0, W.row("SELECT count(*)::int AS n FROM @.job WHERE queue = $1", q).n)
-    assert(moonq.queue.send(q, { n = "a" }))
-    assert(moonq.queue.send(q, { n = "b" }))
-    -- Statistics of a table of two live rows, as autovacuum leaves them
+    for _, n in ipairs({ "a", "b", "c", "d", "e", "f" }) do assert(moonq.queue.send(q, { n = n })) end
+    -- Statistics of a table of six live rows, as autovacuum leaves them
     -- under a held horizon (it removes nothing): the planner then takes any
     -- plan for cheap, and a bitmap scan of job_due_idx and a sort, or a
     -- whole index read into a hash join, read every entry.
@@ -106,28 +121,40 @@ describe("claims past the claimed head", function()
     local head = entries_read_by(("SELECT count(*) FROM @.fetch_jobs('%s', 1, '%s');"):format(q, pid))
     assert.is_true(head >= 3000, "the claim from the head read " .. head .. " entries")
     assert.is_true(after <= 20, "the claim past the position read " .. after .. " entries")
-    -- Completing and failing the two claimed jobs finds them by primary
-    -- key, not through job_active_idx, whose 3,000 dead entries (one per
-    -- completed job) a scan of it would read (sql/025).
+    -- Completing and failing claimed jobs finds them by primary key: not
+    -- through job_active_idx, whose 3,000 dead entries (one per completed
+    -- job) a scan of it would read (sql/025), nor by reading all of job,
+    -- as the plan for any ids did (sql/026). That plan is the one a
+    -- worker's connection comes to use after a few calls: forced here.
+    local more = W.sql("SELECT id FROM @.fetch_jobs($1, 4, $2::uuid, 0, $3)", q, pid, last)
+    assert.equal(4, #more)
     local running = W.sql("SELECT id FROM @.job WHERE queue = $1 AND state = 'active' ORDER BY id", q)
-    assert.equal(2, #running)
-    local active = { "job_active_idx", "job_pkey" }
-    -- (Six calls first, as a worker's connection makes them: PostgreSQL
-    -- then plans the function's statements for any ids, not these.)
-    local done, out2 = entries_read_by(([[SELECT (SELECT count(*) FROM @.complete_jobs_guarded(ARRAY[-g]::bigint[],
-      '[null]'::jsonb, '%s'::uuid, NULL::jsonb, NULL::integer[])) FROM generate_series(1, 6) g;
-      SELECT count(*) FROM @.complete_jobs_guarded(ARRAY[%d]::bigint[],
-      '[null]'::jsonb, '%s'::uuid, NULL::jsonb, NULL::integer[]);]]):format(pid, running[1].id, pid), active)
-    assert.equal("1", out2:match("(%d+)%s*$"))
-    assert.is_true(done <= 20, "the completion read " .. done .. " entries of job_active_idx and job_pkey")
-    local failed, out3 = entries_read_by(([[SELECT (SELECT count(*) FROM @.fail_jobs_guarded(ARRAY[-g]::bigint[],
-      ARRAY['{"message": "x"}'::jsonb], '%s'::uuid)) FROM generate_series(1, 6) g;
-      SELECT count(*) FROM @.fail_jobs_guarded(ARRAY[%d]::bigint[],
-      ARRAY['{"message": "x", "retry": false}'::jsonb], '%s'::uuid);]]):format(pid, running[2].id, pid), active)
-    assert.equal("1", out3:match("(%d+)%s*$"))
-    assert.is_true(failed <= 20, "the failure read " .. failed .. " entries of job_active_idx and job_pkey")
-    assert.equal(2, W.row("SELECT count(*)::int AS n FROM @.job_archive WHERE id = ANY($1::bigint[])",
-      ("{%d,%d}"):format(running[1].id, running[2].id)).n)
+    assert.equal(6, #running)
+    local calls = {
+      completion = "SELECT count(*) FROM @.complete_jobs_guarded(ARRAY[%d]::bigint[], '[null]'::jsonb, '%s'::uuid, NULL::jsonb, NULL::integer[])",
+      ["completion with effects"] = "SELECT count(*) FROM @.complete_jobs_guarded(ARRAY[%d]::bigint[], '[null]'::jsonb, '%s'::uuid, '[[]]'::jsonb, ARRAY[1])",
+      ["failure at its attempt"] = [[SELECT count(*) FROM @.fail_jobs_at(ARRAY[%d]::bigint[], ARRAY['{"message": "x"}'::jsonb], '%s'::uuid, ARRAY[1])]],
+      ["failure without a retry"] = [[SELECT count(*) FROM @.fail_jobs_guarded(ARRAY[%d]::bigint[], ARRAY['{"message": "x", "retry": false}'::jsonb], '%s'::uuid)]],
+      ["failure"] = [[SELECT count(*) FROM @.fail_jobs_guarded(ARRAY[%d]::bigint[], ARRAY['{"message": "x"}'::jsonb], '%s'::uuid)]],
+    }
+    local names = { "completion", "completion with effects", "failure at its attempt", "failure without a retry", "failure" }
+    -- A write reads a few dozen pages (the new row's, index pages it goes
+    -- in); a read of the whole table, all of them.
+    local pages = W.row("SELECT relpages::int AS n FROM pg_class WHERE oid = $1::regclass", W.schema .. ".job").n
+    assert.is_true(pages >= 100, "job has " .. pages .. " pages")
+    for k, name in ipairs(names) do
+      local read, out = job_pages_read_by("SET plan_cache_mode = force_generic_plan;\n"
+        .. calls[name]:format(running[k].id, pid) .. ";")
+      assert.equal("1", out:match("(%d+)%s*$"), name)
+      assert.is_true(read < pages / 2, ("the %s read %d pages of job and its indexes (%d in job)"):format(name, read, pages))
+    end
+    local function state(k)
+      local r = W.row("SELECT state::text AS s FROM @.job WHERE id = $1", running[k].id)
+        or W.row("SELECT state::text AS s FROM @.job_archive WHERE id = $1", running[k].id)
+      return r and r.s
+    end
+    assert.same({ "completed", "completed", "retry", "failed", "retry", "active" },
+      { state(1), state(2), state(3), state(4), state(5), state(6) })
   end)
 
   it("a worker claims past the head while the horizon is held, and still runs every job", function()
