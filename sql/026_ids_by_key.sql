@@ -15,54 +15,52 @@
 -- to look the ids up; the rows found are the same.
 --
 -- The functions are long (complete_jobs_with is 260 lines), and the change
--- is one condition in each: rather than repeat them whole, this migration
--- rewrites their stored definitions, and fails unless each text it
--- replaces occurs exactly once (so that a later change to a function
--- cannot make it patch the wrong place, or nothing).
+-- is one condition in each: rather than repeat them whole, patch_function
+-- rewrites their stored definitions.
 
-DO $$
+-- Replaces text `old` with `new` in the stored definition of function fn
+-- and stores the result (CREATE OR REPLACE: its owner, grants and settings
+-- stay). Raises unless `old` occurs exactly once, so that a function
+-- changed since cannot be patched in the wrong place, or not at all. For
+-- migrations that change a few words of a long function.
+CREATE FUNCTION @schema@.patch_function(fn regprocedure, old text, new text)
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-  p record;
-  def text;
+  def text := pg_get_functiondef(fn);
 BEGIN
-  FOR p IN
-    SELECT * FROM (VALUES
-      -- 020: a completion without effects
-      ('@schema@.complete_jobs(bigint[],jsonb,uuid,jsonb)',
-       'WHERE j.id = u.id AND j.state = ''active''',
-       'WHERE j.id = u.id AND j.id = ANY(ids) AND j.state = ''active'''),
-      -- 019: whether a batch is plain. As NOT EXISTS, PostgreSQL planned
-      -- it to find a first row soon, which it expected of a sequential
-      -- scan; a count has to read them all, which it does by key.
-      ('@schema@.complete_jobs_with(bigint[],jsonb,uuid,jsonb,integer[])',
-       E'IF effects IS NULL AND NOT EXISTS (\n       SELECT 1 FROM unnest(ids, attempts)',
-       E'IF effects IS NULL AND 0 = (\n       SELECT count(*) FROM unnest(ids, attempts)'),
-      -- 019: a completion with effects (its third statement)
-      ('@schema@.complete_jobs_with(bigint[],jsonb,uuid,jsonb,integer[])',
-       'WHERE j.id = u.id AND j.state = ''active''',
-       'WHERE j.id = u.id AND j.id = ANY(ids) AND j.state = ''active'''),
-      -- 009: failed for good, cancelled, expired past the retries
-      ('@schema@.archive(bigint[],@schema@.job_state,jsonb[],jsonb[])',
-       'WHERE j.id = u.id',
-       'WHERE j.id = u.id AND j.id = ANY(ids)'),
-      -- 025: a failure, its retries
-      ('@schema@.fail_jobs(bigint[],jsonb[],uuid,boolean)',
-       'WHERE j.id = u.id',
-       'WHERE j.id = u.id AND j.id = ANY(again_ids)'),
-      -- 014: a failure that asks for no retry
-      ('@schema@.fail_jobs_guarded(bigint[],jsonb[],uuid,boolean)',
-       'WHERE j.id = u.id AND j.state = ''active''',
-       'WHERE j.id = u.id AND j.id = ANY(ids) AND j.state = ''active'''),
-      -- 014: a worker's failures, at their attempts
-      ('@schema@.fail_jobs_at(bigint[],jsonb[],uuid,integer[])',
-       'ON j.id = u.id',
-       'ON j.id = u.id AND j.id = ANY(ids)')
-    ) AS v(fn, old, new)
-  LOOP
-    def := pg_get_functiondef(p.fn::regprocedure);
-    IF (length(def) - length(replace(def, p.old, ''))) / length(p.old) <> 1 THEN
-      RAISE EXCEPTION '026_ids_by_key: % does not hold "%" exactly once', p.fn, p.old;
-    END IF;
-    EXECUTE replace(def, p.old, p.new);
-  END LOOP;
+  IF (length(def) - length(replace(def, old, ''))) / length(old) <> 1 THEN
+    RAISE EXCEPTION 'patch_function: % does not hold "%" exactly once', fn, old;
+  END IF;
+  EXECUTE replace(def, old, new);
 END $$;
+
+-- 020: a completion without effects
+SELECT @schema@.patch_function('@schema@.complete_jobs(bigint[],jsonb,uuid,jsonb)',
+  'WHERE j.id = u.id AND j.state = ''active''',
+  'WHERE j.id = u.id AND j.id = ANY(ids) AND j.state = ''active''');
+-- 019: whether a batch is plain. As NOT EXISTS, PostgreSQL planned it to
+-- find a first row soon, which it expected of a sequential scan; a count
+-- has to read them all, which it does by key.
+SELECT @schema@.patch_function('@schema@.complete_jobs_with(bigint[],jsonb,uuid,jsonb,integer[])',
+  E'IF effects IS NULL AND NOT EXISTS (\n       SELECT 1 FROM unnest(ids, attempts)',
+  E'IF effects IS NULL AND 0 = (\n       SELECT count(*) FROM unnest(ids, attempts)');
+-- 019: a completion with effects (its third statement)
+SELECT @schema@.patch_function('@schema@.complete_jobs_with(bigint[],jsonb,uuid,jsonb,integer[])',
+  'WHERE j.id = u.id AND j.state = ''active''',
+  'WHERE j.id = u.id AND j.id = ANY(ids) AND j.state = ''active''');
+-- 009: failed for good, cancelled, expired past the retries
+SELECT @schema@.patch_function('@schema@.archive(bigint[],@schema@.job_state,jsonb[],jsonb[])',
+  'WHERE j.id = u.id',
+  'WHERE j.id = u.id AND j.id = ANY(ids)');
+-- 025: a failure, its retries
+SELECT @schema@.patch_function('@schema@.fail_jobs(bigint[],jsonb[],uuid,boolean)',
+  'WHERE j.id = u.id',
+  'WHERE j.id = u.id AND j.id = ANY(again_ids)');
+-- 014: a failure that asks for no retry
+SELECT @schema@.patch_function('@schema@.fail_jobs_guarded(bigint[],jsonb[],uuid,boolean)',
+  'WHERE j.id = u.id AND j.state = ''active''',
+  'WHERE j.id = u.id AND j.id = ANY(ids) AND j.state = ''active''');
+-- 014: a worker's failures, at their attempts
+SELECT @schema@.patch_function('@schema@.fail_jobs_at(bigint[],jsonb[],uuid,integer[])',
+  'ON j.id = u.id',
+  'ON j.id = u.id AND j.id = ANY(ids)');
