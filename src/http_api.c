@@ -5,7 +5,7 @@
  * API with the request as its callback data and returns; the callback
  * replies. A call that cannot start replies at once. Status codes: 400 bad
  * input (the message names it), 404 no such job or run, 409 a singleton
- * key taken, 503 the database failed or is unreachable.
+ * key or a run id taken, 503 the database failed or is unreachable.
  */
 #include "http_api.h"
 
@@ -1084,9 +1084,15 @@ static void h_stream(mq_http_req *req, void *data) {
 
 /* ---- flows, schedules, groups ------------------------------------------ */
 
+/* The status for a failed statement: 400 for bad input (SQLSTATE class
+ * 22), 409 for a conflict with stored data (23505, e.g. a run id taken),
+ * 503 otherwise. */
 static int sql_status(const struct mq_pg_reply *r) {
-  return r->status == MQ_PG_ESQL && strncmp(r->sqlstate, "22", 2) == 0 ? 400
-                                                                       : 503;
+  if (r->status != MQ_PG_ESQL)
+    return 503;
+  if (strncmp(r->sqlstate, "22", 2) == 0)
+    return 400;
+  return strcmp(r->sqlstate, "23505") == 0 ? 409 : 503;
 }
 
 /* [run id] -> [its JSON string] */

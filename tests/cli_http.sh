@@ -399,6 +399,13 @@ for _ in $(seq 1 100); do
   api GET /api/runs/run-1; [ "$(jget status)" = completed ] && break; sleep 0.1
 done
 expect 200 '"status": "completed"' "get a run"
+run_rows() { sql "SELECT (SELECT count(*) FROM $schema.job WHERE run_id = 'run-1')
+  + (SELECT count(*) FROM $schema.job_archive WHERE run_id = 'run-1')
+  + (SELECT count(*) FROM $schema.queue_events WHERE run_id = 'run-1')"; }
+rows_before=$(run_rows)
+api POST /api/flows/greet/runs '{"data":{"to":"ann"},"options":{"run_id":"run-1"}}'
+expect 409 'a run \"run-1\" exists already' "start a run whose id is taken"
+[ "$(run_rows)" = "$rows_before" ] || fail "start a run whose id is taken: it wrote jobs or events"
 api POST /api/flows/nope/runs '{}'
 expect 400 'unknown flow \"nope\"' "start an unknown flow"
 api GET /api/runs/none
