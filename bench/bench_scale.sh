@@ -291,6 +291,7 @@ part4() {
     row 4 "fetch_jobs(500) at backlog $L: claim ms, buffers of its choice of jobs (all/walk) (vacuumed / after the drains)" \
       "${fb% *} ms, ${fb#* } buf / ${fa% *} ms, ${fa#* } buf" "flat with backlog" "see explain-*.txt"
     if [ "$L" = "$first_level" ]; then
+      q "CHECKPOINT" >/dev/null # the drains' dirty pages are not flushed during the sends
       IFS='|' read -r p50_0 p99_0 < <(q "CALL bench_sutil.send_timed('$s', 'timed', $send_n)")
       q "DELETE FROM $s.job WHERE queue = 'timed'" >/dev/null
     fi
@@ -320,6 +321,7 @@ EOF
       "$(at_least "$rate" "${rates[$first_level-$setting]}" 0.8)"
   done
   local p50_1 p99_1
+  q "CHECKPOINT" >/dev/null # nor the history's
   IFS='|' read -r p50_1 p99_1 < <(q "CALL bench_sutil.send_timed('$s', 'timed', $send_n)")
   q "DELETE FROM $s.job WHERE queue = 'timed'" >/dev/null
   row 4 "send p50 / p99 (ms, $send_n sends, in the backend), without / with $history archived" \
