@@ -14,11 +14,11 @@ local function waits(id)
 end
 
 -- A handlers directory with a handler for each of queues m1..m<n>, which
--- returns the job's data.n.
+-- returns its own name and the job's data.n ("m2 m2/1").
 local function many_handlers(n)
   local files = {}
   for i = 1, n do
-    files[("m%d.lua"):format(i)] = "return function(job) return job.data.n end"
+    files[("m%d.lua"):format(i)] = ("return function(job) return 'm%d ' .. job.data.n end"):format(i)
   end
   return W.handlers_dir(files)
 end
@@ -50,8 +50,8 @@ local function send_each(n, per)
   return ids, queue_of
 end
 
--- Asserts that every job of ids completed at its first attempt with its own
--- output, in the queue it was sent to.
+-- Asserts that every job of ids completed at its first attempt, in the
+-- queue it was sent to, run by that queue's handler.
 local function ran_once(ids, queue_of)
   local rows = W.sql("SELECT id, queue, state, attempt, output #>> '{}' AS output, data->>'n' AS n"
     .. " FROM @.job_archive WHERE id = ANY($1::bigint[]) ORDER BY id", "{" .. table.concat(ids, ",") .. "}")
@@ -59,7 +59,7 @@ local function ran_once(ids, queue_of)
   for _, r in ipairs(rows) do
     assert.equal("completed", r.state)
     assert.equal(1, r.attempt)
-    assert.equal(r.n, r.output)
+    assert.equal(queue_of[r.id] .. " " .. r.n, r.output)
     assert.equal(queue_of[r.id], r.queue)
   end
 end
