@@ -139,6 +139,8 @@ struct mq_worker {
   ev_tstamp trimmed_at; /* the loop time of the last trim */
   ev_prepare probe; /* polls of idle queues, checked together */
   ev_prepare gather; /* fetches asked for in this loop turn, sent together */
+  ev_idle gather_kick; /* keeps the loop from blocking before gather runs
+                          (a fetch asked for by another prepare watcher) */
   STAILQ_HEAD(, consumer) gathered;
   int ngathered;
   bool probing;     /* a probe is in flight */
@@ -1204,8 +1206,10 @@ static void consider_fetch(struct consumer *c) {
   c->gathered = true;
   STAILQ_INSERT_TAIL(&w->gathered, c, gather_link);
   w->ngathered++;
-  if (!ev_is_active(&w->gather))
+  if (!ev_is_active(&w->gather)) {
     ev_prepare_start(w->loop, &w->gather);
+    ev_idle_start(w->loop, &w->gather_kick);
+  }
 }
 
 /* Sends fetch f: each part's queue from where fetch_start says. On success
@@ -1251,6 +1255,10 @@ static void send_fetch(mq_worker *w, struct fetch *f) {
  * to MQ_FETCH_MANY_JOBS jobs (one consumer may ask for more alone): one
  * statement claims for many queues (sql/027_fetch_many.sql) instead of
  * one statement each. */
+static void gather_kick_cb(struct ev_loop *loop, ev_idle *iw, int revents) {
+  ev_idle_stop(loop, iw);
+}
+
 static void gather_cb(struct ev_loop *loop, ev_prepare *pw, int revents) {
   mq_worker *w = pw->data;
   ev_prepare_stop(loop, pw);
@@ -1481,6 +1489,7 @@ mq_worker *mq_worker_new(struct mq_runtime *rt, char *err, size_t errlen) {
   ev_prepare_init(&w->gather, gather_cb);
   ev_set_priority(&w->gather, 1);
   w->gather.data = w;
+  ev_idle_init(&w->gather_kick, gather_kick_cb);
   STAILQ_INIT(&w->gathered);
   ev_timer_init(&w->trim, trim_cb, 0., 0.);
   w->trim.data = w;
@@ -1535,6 +1544,7 @@ static void grace_cb(struct ev_loop *loop, ev_timer *t, int revents) {
 /* Drops the fetches asked for and not yet sent (stopping, closing). */
 static void stop_gathering(mq_worker *w) {
   ev_prepare_stop(w->loop, &w->gather);
+  ev_idle_stop(w->loop, &w->gather_kick);
   struct consumer *c;
   while ((c = STAILQ_FIRST(&w->gathered))) {
     STAILQ_REMOVE_HEAD(&w->gathered, gather_link);
