@@ -165,6 +165,44 @@ describe("a worker of many queues", function()
   end)
 end)
 
+describe("delayed jobs of many queues", function()
+  after_each(W.close)
+
+  it("wake their queues when due, looked up in one statement", function()
+    local n = 8
+    W.open({ handlers = many_handlers(n), hot_reload = false,
+             queue = { retry_limit = 0, poll_interval = 60 } })
+    local before = W.statement_calls("next_due")
+    if before == nil then
+      pending("pg_stat_statements is not loaded (scripts/pg.sh loads it)")
+      return
+    end
+    assert(moonq.start())
+    W.run_for(0.5) -- the first fetches found nothing
+    before = W.statement_calls("next_due")
+    -- One transaction: one wake-up names every queue, their fetches go out
+    -- together and find nothing runnable, and each queue asks when its
+    -- delayed job is due.
+    -- (From psql: moonq's own connections send no wake-up.)
+    assert(W.psql(([[SELECT @.send('m' || i, jsonb_build_object('n', 'd'), '{"delay": 1}')
+                       FROM generate_series(1, %d) i;]]):format(n):gsub("@%.", W.schema .. ".")))
+    local rows = W.sql("SELECT id FROM @.job ORDER BY id")
+    assert.equal(n, #rows)
+    local ids, queue_of = {}, {}
+    for i, r in ipairs(rows) do
+      ids[i] = r.id
+      queue_of[r.id] = "m" .. i
+    end
+    local t0 = W.now()
+    assert(W.wait_all(ids, 20))
+    -- without the look-up they would wait for the 60 s poll
+    assert.is_true(W.now() - t0 < 15, ("delayed jobs ran after %.1f s"):format(W.now() - t0))
+    ran_once(ids, queue_of)
+    local asked = W.statement_calls("next_due") - before
+    assert.is_true(asked >= 1 and asked < n, ("%d look-ups for %d queues"):format(asked, n))
+  end)
+end)
+
 describe("a batched fetch whose reply was lost", function()
   teardown(W.close)
 

@@ -129,7 +129,9 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_STORE_HANDLER_QUEUES] = "SELECT %s.store_handler_queues($1::jsonb)::text",
     [ST_STORE_JOB_EVENTS] = "SELECT %s.store_job_events($1::boolean,"
                             " $2::boolean), 'true'",
-    [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
+    [ST_NEXT_DUE] = "SELECT to_jsonb(coalesce(array_agg(%s.next_due(u.q)"
+                    " ORDER BY u.n), '{}'))::text FROM unnest($1::text[])"
+                    " WITH ORDINALITY u(q, n)",
     /* one index probe per queue (job_due_idx), however many jobs wait */
     [ST_READY] = "SELECT to_jsonb(coalesce(array_agg(u.n ORDER BY u.n),"
                  " '{}'))::text FROM unnest($1::text[]) WITH ORDINALITY"

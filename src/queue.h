@@ -222,8 +222,9 @@ enum mq_queue_op {
   MQ_QUEUE_RETRY,     /* a1 = id            -> true|false (found) */
   MQ_QUEUE_PURGE,     /* a1 = queue, a2 = state or NULL -> count */
   MQ_QUEUE_MAINTAIN,  /* -> {recovered, expired, deleted, ...} or null */
-  MQ_QUEUE_NEXT_DUE,  /* a1 = queue -> seconds until its next delayed job
-                         is due, or null */
+  MQ_QUEUE_NEXT_DUE,  /* a1 = text[] literal of queue names -> array of,
+                         for each in order, the seconds until its next
+                         delayed job is due, or null */
   MQ_QUEUE_RELEASE,   /* a1 = "{id,id,...}" -> count: this process's active
                          jobs go back to waiting, attempt not counted */
   MQ_QUEUE_RECLAIM,   /* a1 = "{id,id,...}" -> count: every active job of
