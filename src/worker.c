@@ -1251,14 +1251,14 @@ static void send_fetch(mq_worker *w, struct fetch *f) {
   w->inflight++;
 }
 
-/* The fetches consumers asked for in this loop turn, in statements of up
- * to MQ_FETCH_MANY_JOBS jobs (one consumer may ask for more alone): one
- * statement claims for many queues (sql/027_fetch_many.sql) instead of
- * one statement each. */
 static void gather_kick_cb(struct ev_loop *loop, ev_idle *iw, int revents) {
   ev_idle_stop(loop, iw);
 }
 
+/* The fetches consumers asked for in this loop turn, in statements of up
+ * to MQ_FETCH_MANY_JOBS jobs (one consumer may ask for more alone): one
+ * statement claims for many queues (sql/027_fetch_many.sql) instead of
+ * one statement each. */
 static void gather_cb(struct ev_loop *loop, ev_prepare *pw, int revents) {
   mq_worker *w = pw->data;
   ev_prepare_stop(loop, pw);
