@@ -49,7 +49,9 @@
 # MANY_JOBS (100000; MANY_JOBS_DEFAULT, 20000, for the defaults) spread
 # evenly over them and drained, against the same number in one queue;
 # then bench/bench_idle.sh QUEUES IDLE_SECONDS (default 20) for the idle
-# CPU.
+# CPU. Where pg_stat_statements is loaded, each drain also counts moonq's
+# statements (reset before it) and writes them, the most called first, to
+# $out/pgss-<label>.txt.
 #
 # Every drain is checked for exactly-once: no job left active, every
 # archived job completed at its first attempt, sent = archived + waiting.
@@ -518,7 +520,11 @@ part7() {
   mkdir -p "$dir"
   local i
   for i in $(seq 1 "$queues"); do echo 'return function() end' >"$dir/q$i.lua"; done
-  local per setting shape
+  local per setting shape pgss=off
+  if [[ $(q "SHOW shared_preload_libraries") == *pg_stat_statements* ]] &&
+    q "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null 2>&1; then
+    pgss=on
+  fi
   local -A r7 cpu7
   for setting in "$best" default; do
     per=$((many_jobs / queues))
@@ -534,6 +540,7 @@ part7() {
       q "VACUUM ANALYZE $s.job" >/dev/null
       local label; label="queues-$shape-$([ "$setting" = default ] && echo default || echo best)"
       log "  drain $label"
+      [ "$pgss" != on ] || q "SELECT pg_stat_statements_reset()" >/dev/null
       local c0; c0=$(bench_pg_cpu)
       local t0; t0=$(now)
       local pid; pid=$(start_moonq "$setting" "$out/moonq-$label.log" "$dir")
@@ -550,9 +557,15 @@ part7() {
       [ "$n" = $((per * queues)) ] && [ "$left" = 0 ] && [ "$bad" = 0 ] && [ "$maxatt" = 1 ] ||
         chk="FAIL(archived=$n left=$left not_completed=$bad max_attempt=$maxatt)"
       local r; r=$(awk -v n="$n" -v sp="$span" 'BEGIN { printf "%.0f", (sp > 0 ? n / sp : 0) }')
+      local stmts=?
+      if [ "$pgss" = on ]; then # moonq's statements name the schema quoted
+        psql "$url" -qX -c "SELECT calls, rows, round(total_exec_time::numeric, 1) AS ms, left(regexp_replace(query, '\s+', ' ', 'g'), 100) AS query
+          FROM pg_stat_statements WHERE query LIKE '%\"$s\".%' ORDER BY calls DESC LIMIT 10" >"$out/pgss-$label.txt"
+        stmts=$(q "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE '%\"$s\".%'")
+      fi
       r7[$shape-$setting]=$r
       cpu7[$shape-$setting]=$(us_per_job "$c0" "$c1" "$mc" "$n")
-      echo "$label setting=$setting jobs=$n first_claim_after=$(awk -v a="$first" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')s span=${span}s rate=$r/s wall=$(awk -v a="$at" -v b="$t0" 'BEGIN { printf "%.1f", a - b }')s cpu_us_per_job=${cpu7[$shape-$setting]} once=$chk" >>"$out/drain.txt"
+      echo "$label setting=$setting jobs=$n first_claim_after=$(awk -v a="$first" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')s span=${span}s rate=$r/s wall=$(awk -v a="$at" -v b="$t0" 'BEGIN { printf "%.1f", a - b }')s cpu_us_per_job=${cpu7[$shape-$setting]} statements=$stmts once=$chk" >>"$out/drain.txt"
       eval "chk_${shape}=\$chk"
     done
     row 7 "drain rate, $((per * queues)) jobs over $queues queues vs one queue, $( [ "$setting" = default ] && echo defaults || echo "$setting")" \

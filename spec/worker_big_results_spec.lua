@@ -11,17 +11,7 @@ local N = 6              -- jobs ending in one loop turn
 local SIZE = 400 * 1024  -- bytes of each one's output: 2.4 MB together
 local HUGE = 1536 * 1024 -- past the 1 MiB a statement carries
 
--- Calls so far of this schema's statements that call SQL function `fn`
--- (pg_stat_statements), or nil when the extension cannot be had.
-local function calls(fn)
-  local ok = pcall(W.sql, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-  if not ok and not pcall(W.sql, "SELECT 1 FROM pg_stat_statements LIMIT 1") then
-    return nil
-  end
-  local rows = W.sql("SELECT coalesce(sum(calls), 0)::int AS n FROM pg_stat_statements"
-    .. " WHERE query LIKE $1", '%"' .. W.schema .. '".' .. fn .. "(%")
-  return rows[1].n
-end
+local calls = W.statement_calls
 
 -- The n jobs sent, each with its own letter; the worker starts only after
 -- all are waiting, so one fetch claims them and they end in one turn.

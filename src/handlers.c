@@ -54,6 +54,13 @@ struct mq_handlers {
   struct entry *entries;
   size_t n, cap;
   size_t next; /* where find_entry looks first: after its last find */
+  /* Loaded handlers by name (mq_handlers_find, once per job run): open
+   * addressing, each slot 1 + an index into entries or 0 (empty),
+   * index_cap slots (a power of two, at least twice the entries). Rebuilt
+   * at the end of every scan, the only place entries change; NULL (during
+   * a scan, out of memory): entries are searched in order. */
+  size_t *index;
+  size_t index_cap;
   bool settling; /* the last scan saw a file changed too recently to read */
   /* Watching (mq_handlers_watch): */
   struct ev_loop *loop;  /* NULL: not watching */
@@ -371,7 +378,41 @@ static void forget_step(lua_State *L, const char *name) {
   }
 }
 
+/* FNV-1a of a handler's name. */
+static size_t name_hash(const char *name) {
+  size_t x = (size_t)14695981039346656037ULL;
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+    x = (x ^ *p) * (size_t)1099511628211ULL;
+  return x;
+}
+
+/* Rebuilds h->index from the loaded entries; where two files give one name
+ * ("a/b.lua", "a.b.lua"), the first entry keeps it, as a search in order
+ * finds it. */
+static void index_handlers(mq_handlers *h) {
+  size_t cap = 16;
+  while (cap < 2 * h->n)
+    cap *= 2;
+  free(h->index);
+  h->index_cap = 0;
+  if (!(h->index = calloc(cap, sizeof *h->index)))
+    return;
+  h->index_cap = cap;
+  for (size_t i = 0; i < h->n; i++) {
+    if (!h->entries[i].loaded)
+      continue;
+    size_t k = name_hash(h->entries[i].name) & (cap - 1);
+    while (h->index[k] &&
+           strcmp(h->entries[h->index[k] - 1].name, h->entries[i].name) != 0)
+      k = (k + 1) & (cap - 1);
+    if (!h->index[k])
+      h->index[k] = i + 1;
+  }
+}
+
 int mq_handlers_scan(mq_handlers *h, bool force) {
+  free(h->index); /* entries change: searched in order until rebuilt */
+  h->index = NULL;
   for (size_t i = 0; i < h->n; i++) {
     h->entries[i].seen = false;
     if (force)
@@ -402,6 +443,7 @@ int mq_handlers_scan(mq_handlers *h, bool force) {
     free(e->error);
     *e = h->entries[--h->n];
   }
+  index_handlers(h);
   if (n > 0 && mq_lua_protect(h->L, flow_warnings_cb, NULL, 0) != LUA_OK)
     lua_pop(h->L, 1);
   return n;
@@ -428,6 +470,13 @@ mq_handlers *mq_handlers_new(lua_State *L, const char *dir, char *err,
 
 const struct mq_handler *mq_handlers_find(const mq_handlers *h,
                                           const char *name) {
+  if (h->index) {
+    size_t mask = h->index_cap - 1;
+    for (size_t k = name_hash(name) & mask; h->index[k]; k = (k + 1) & mask)
+      if (strcmp(h->entries[h->index[k] - 1].name, name) == 0)
+        return &h->entries[h->index[k] - 1].h;
+    return NULL;
+  }
   for (size_t i = 0; i < h->n; i++)
     if (h->entries[i].loaded && strcmp(h->entries[i].name, name) == 0)
       return &h->entries[i].h;
@@ -591,6 +640,7 @@ void mq_handlers_free(mq_handlers *h) {
     free(h->entries[i].error);
   }
   free(h->entries);
+  free(h->index);
   free(h->dir);
   free(h);
 }

@@ -32,6 +32,7 @@ enum stmt {
   ST_SEND,
   ST_SEND_MANY,
   ST_FETCH,
+  ST_FETCH_MANY,
   ST_COMPLETE,
   ST_COMPLETE_SENT,
   ST_FAIL,
@@ -81,6 +82,14 @@ static const char *const stmt_sql[ST_COUNT] = {
                  " FROM %s.fetch_jobs($1, $2::int, $3::uuid, $4::int, $5::bigint),"
                  " (SELECT CASE WHEN %s.job_events_on() THEN NULL ELSE"
                  " set_config('synchronous_commit', 'off', true) END) AS lease",
+    /* ST_FETCH for many queues (sql/027_fetch_many.sql), a lease as well:
+     * each job with its queue, the queues' jobs in the order of $1. */
+    [ST_FETCH_MANY] = "SELECT id, name, data::text, attempt, priority, retry_limit,"
+                      " expire_in, run_id, extract(epoch FROM now() - created_at),"
+                      " claim_took, queue FROM %s.fetch_jobs_many($1::text[],"
+                      " $2::int[], $3::uuid, $4::int[], $5::bigint[]),"
+                      " (SELECT CASE WHEN %s.job_events_on() THEN NULL ELSE"
+                      " set_config('synchronous_commit', 'off', true) END) AS lease",
     [ST_COMPLETE] = "SELECT c FROM %s.complete_jobs_guarded($1::bigint[], $2::jsonb,"
                     " $3::uuid, $4::jsonb, $5::integer[]) AS c",
     /* a batch with effects: also the queues it sent jobs to (rows whose id
@@ -120,7 +129,9 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_STORE_HANDLER_QUEUES] = "SELECT %s.store_handler_queues($1::jsonb)::text",
     [ST_STORE_JOB_EVENTS] = "SELECT %s.store_job_events($1::boolean,"
                             " $2::boolean), 'true'",
-    [ST_NEXT_DUE] = "SELECT to_jsonb(%s.next_due($1))::text",
+    [ST_NEXT_DUE] = "SELECT to_jsonb(coalesce(array_agg(%s.next_due(u.q)"
+                    " ORDER BY u.n), '{}'))::text FROM unnest($1::text[])"
+                    " WITH ORDINALITY u(q, n)",
     /* one index probe per queue (job_due_idx), however many jobs wait */
     [ST_READY] = "SELECT to_jsonb(coalesce(array_agg(u.n ORDER BY u.n),"
                  " '{}'))::text FROM unnest($1::text[]) WITH ORDINALITY"
@@ -142,7 +153,8 @@ static const char *const stmt_sql[ST_COUNT] = {
  * would send or claim again. */
 static int flags_of(enum stmt st) {
   switch (st) {
-  case ST_SEND: case ST_SEND_MANY: case ST_FETCH: case ST_CANCEL:
+  case ST_SEND: case ST_SEND_MANY: case ST_FETCH: case ST_FETCH_MANY:
+  case ST_CANCEL:
   case ST_RETRY: case ST_PURGE:
     return 0;
   default:
@@ -510,45 +522,129 @@ int mq_queue_send_many(mq_queue *q, const char *name, const char *list_json,
 /* ---- fetch --------------------------------------------------------------- */
 
 struct fetch_call {
-  mq_queue_fetch_cb cb;
+  mq_queue_fetch_cb cb;           /* mq_queue_fetch's, or NULL */
+  mq_queue_fetch_many_cb many_cb; /* mq_queue_fetch_many's, or NULL */
   void *data;
-  char queue[];
+  int nspecs;
+  char **queues; /* [nspecs] copies of the queues' names */
 };
+
+static void fetch_call_free(struct fetch_call *c) {
+  for (int i = 0; c->queues && i < c->nspecs; i++)
+    free(c->queues[i]);
+  free(c->queues);
+  free(c);
+}
+
+/* A call for nspecs queues, their names copied from specs (or `queue` for
+ * one), or NULL when out of memory. */
+static struct fetch_call *fetch_call_new(const struct mq_queue_fetch_spec *specs,
+                                         int nspecs, const char *queue) {
+  struct fetch_call *c = calloc(1, sizeof *c);
+  if (!c)
+    return NULL;
+  c->nspecs = nspecs;
+  if (!(c->queues = calloc((size_t)nspecs, sizeof *c->queues))) {
+    free(c);
+    return NULL;
+  }
+  for (int i = 0; i < nspecs; i++)
+    if (!(c->queues[i] = strdup(specs ? specs[i].queue : queue))) {
+      fetch_call_free(c);
+      return NULL;
+    }
+  return c;
+}
+
+static void fetch_failed(struct fetch_call *c, int status, const char *error) {
+  if (c->many_cb)
+    c->many_cb(status, error, NULL, NULL, c->nspecs, c->data);
+  else
+    c->cb(status, error, NULL, 0, c->data);
+}
+
+/* Row i of a fetch's reply; ST_FETCH and ST_FETCH_MANY share columns 0-9. */
+static struct mq_job read_job(const PGresult *res, int i, const char *queue) {
+  return (struct mq_job){
+      .id = mq_pg_getll(res, i, 0),
+      .name = PQgetvalue(res, i, 1),
+      .queue = queue,
+      .data = PQgetvalue(res, i, 2),
+      .attempt = (int)mq_pg_getll(res, i, 3),
+      .priority = (int)mq_pg_getll(res, i, 4),
+      .retry_limit = (int)mq_pg_getll(res, i, 5),
+      .expire_in = mq_pg_getdouble(res, i, 6),
+      .run_id = PQgetisnull(res, i, 7) ? NULL : PQgetvalue(res, i, 7),
+      .waited = mq_pg_getdouble(res, i, 8),
+      .claim_took = mq_pg_getdouble(res, i, 9)};
+}
 
 static void fetch_done(const struct mq_pg_reply *r, void *data) {
   struct fetch_call *c = data;
   if (r->status != MQ_PG_OK) {
-    c->cb(reply_status(r), r->error, NULL, 0, c->data);
-    free(c);
+    fetch_failed(c, reply_status(r), r->error);
+    fetch_call_free(c);
     return;
   }
   const PGresult *res = r->result;
   int n = PQntuples(res);
+  bool many = PQnfields(res) > 10; /* ST_FETCH_MANY: column 10 the queue */
   struct mq_job stack_jobs[64];
+  int stack_counts[8];
   struct mq_job *jobs = n <= 64 ? stack_jobs : malloc(sizeof *jobs * (size_t)n);
-  if (!jobs) {
-    c->cb(MQ_QUEUE_EDB, "out of memory", NULL, 0, c->data);
-    free(c);
+  int *counts = c->nspecs <= 8 ? stack_counts
+                               : calloc((size_t)c->nspecs, sizeof *counts);
+  if (!jobs || !counts) {
+    if (jobs != stack_jobs)
+      free(jobs);
+    if (counts != stack_counts)
+      free(counts);
+    fetch_failed(c, MQ_QUEUE_EDB, "out of memory");
+    fetch_call_free(c);
     return;
   }
+  memset(counts, 0, sizeof *counts * (size_t)c->nspecs);
+  int k = 0; /* the spec of row i: the rows come grouped in spec order */
   for (int i = 0; i < n; i++) {
-    jobs[i] = (struct mq_job){
-        .id = mq_pg_getll(res, i, 0),
-        .name = PQgetvalue(res, i, 1),
-        .queue = c->queue,
-        .data = PQgetvalue(res, i, 2),
-        .attempt = (int)mq_pg_getll(res, i, 3),
-        .priority = (int)mq_pg_getll(res, i, 4),
-        .retry_limit = (int)mq_pg_getll(res, i, 5),
-        .expire_in = mq_pg_getdouble(res, i, 6),
-        .run_id = PQgetisnull(res, i, 7) ? NULL : PQgetvalue(res, i, 7),
-        .waited = mq_pg_getdouble(res, i, 8),
-        .claim_took = mq_pg_getdouble(res, i, 9)};
+    while (many && k < c->nspecs &&
+           strcmp(PQgetvalue(res, i, 10), c->queues[k]) != 0)
+      k++;
+    if (k == c->nspecs) { /* not a queue asked for: cannot happen */
+      n = i;
+      break;
+    }
+    jobs[i] = read_job(res, i, c->queues[k]);
+    counts[k]++;
   }
-  c->cb(MQ_QUEUE_OK, NULL, jobs, n, c->data);
+  if (c->many_cb)
+    c->many_cb(MQ_QUEUE_OK, NULL, jobs, counts, c->nspecs, c->data);
+  else
+    c->cb(MQ_QUEUE_OK, NULL, jobs, n, c->data);
   if (jobs != stack_jobs)
     free(jobs);
-  free(c);
+  if (counts != stack_counts)
+    free(counts);
+  fetch_call_free(c);
+}
+
+/* Sends ST_FETCH of up to n jobs of c's queue, past *after (NULL: from
+ * the head); frees c when it cannot. */
+static int fetch_one(mq_queue *q, struct fetch_call *c, int n,
+                     const struct mq_queue_position *after) {
+  char count[16], priority[16], id[24];
+  snprintf(count, sizeof count, "%d", n);
+  if (after) {
+    snprintf(priority, sizeof priority, "%d", after->priority);
+    snprintf(id, sizeof id, "%lld", after->id);
+  }
+  const char *params[] = {c->queues[0], count, q->process_id,
+                          after ? priority : NULL, after ? id : NULL};
+  if (mq_pg_exec(q->pg, q->stmts[ST_FETCH], 5, params, 0, fetch_done, c) !=
+      0) {
+    fetch_call_free(c);
+    return MQ_QUEUE_EDB;
+  }
+  return 0;
 }
 
 int mq_queue_fetch(mq_queue *q, const char *queue, int n,
@@ -556,27 +652,76 @@ int mq_queue_fetch(mq_queue *q, const char *queue, int n,
                    mq_queue_fetch_cb cb, void *data) {
   if (!queue || !*queue || n < 1)
     return MQ_QUEUE_EINVAL;
-  size_t len = strlen(queue) + 1;
-  struct fetch_call *c = malloc(sizeof *c + len);
+  struct fetch_call *c = fetch_call_new(NULL, 1, queue);
   if (!c)
     return MQ_QUEUE_EDB;
   c->cb = cb;
   c->data = data;
-  memcpy(c->queue, queue, len);
-  char count[16], priority[16], id[24];
-  snprintf(count, sizeof count, "%d", n);
-  if (after) {
-    snprintf(priority, sizeof priority, "%d", after->priority);
-    snprintf(id, sizeof id, "%lld", after->id);
+  return fetch_one(q, c, n, after);
+}
+
+/* ST_FETCH_MANY's array parameters: "{10,500}" the counts, "{NULL,3}" the
+ * positions' priorities and ids (NULL: from the head). 0, or -1 when out of
+ * memory; the caller frees the three. */
+static int fetch_many_arrays(const struct mq_queue_fetch_spec *specs,
+                             int nspecs, char **counts, char **priorities,
+                             char **ids) {
+  size_t counts_len = 0, counts_cap = 0, prio_len = 0, prio_cap = 0,
+         ids_len = 0, ids_cap = 0;
+  int rc = 0;
+  for (int i = 0; i < nspecs && rc == 0; i++) {
+    const struct mq_queue_position *at = specs[i].after;
+    char sep = i ? ',' : '{';
+    char count[24], prio[24], id[32];
+    int clen = snprintf(count, sizeof count, "%c%d", sep, specs[i].n);
+    int plen = at ? snprintf(prio, sizeof prio, "%c%d", sep, at->priority)
+                  : snprintf(prio, sizeof prio, "%cNULL", sep);
+    int ilen = at ? snprintf(id, sizeof id, "%c%lld", sep, at->id)
+                  : snprintf(id, sizeof id, "%cNULL", sep);
+    rc = mq_buf_add(counts, &counts_len, &counts_cap, count, (size_t)clen) |
+         mq_buf_add(priorities, &prio_len, &prio_cap, prio, (size_t)plen) |
+         mq_buf_add(ids, &ids_len, &ids_cap, id, (size_t)ilen);
   }
-  const char *params[] = {queue, count, q->process_id, after ? priority : NULL,
-                          after ? id : NULL};
-  if (mq_pg_exec(q->pg, q->stmts[ST_FETCH], 5, params, 0, fetch_done, c) !=
-      0) {
-    free(c);
+  if (rc == 0)
+    rc = mq_buf_add(counts, &counts_len, &counts_cap, "}", 1) |
+         mq_buf_add(priorities, &prio_len, &prio_cap, "}", 1) |
+         mq_buf_add(ids, &ids_len, &ids_cap, "}", 1);
+  return rc;
+}
+
+int mq_queue_fetch_many(mq_queue *q, const struct mq_queue_fetch_spec *specs,
+                        int nspecs, mq_queue_fetch_many_cb cb, void *data) {
+  if (nspecs < 1)
+    return MQ_QUEUE_EINVAL;
+  for (int i = 0; i < nspecs; i++)
+    if (!specs[i].queue || !*specs[i].queue || specs[i].n < 1)
+      return MQ_QUEUE_EINVAL;
+  struct fetch_call *c = fetch_call_new(specs, nspecs, NULL);
+  if (!c)
     return MQ_QUEUE_EDB;
+  c->many_cb = cb;
+  c->data = data;
+  if (nspecs == 1) /* one queue: the statement of one */
+    return fetch_one(q, c, specs[0].n, specs[0].after);
+  char *queues = mq_buf_text_array((const char *const *)c->queues, nspecs);
+  char *counts = NULL, *priorities = NULL, *ids = NULL;
+  int rc = queues && fetch_many_arrays(specs, nspecs, &counts, &priorities,
+                                       &ids) == 0
+               ? 0
+               : MQ_QUEUE_EDB;
+  if (rc == 0) {
+    const char *params[] = {queues, counts, q->process_id, priorities, ids};
+    if (mq_pg_exec(q->pg, q->stmts[ST_FETCH_MANY], 5, params, 0, fetch_done,
+                   c) != 0)
+      rc = MQ_QUEUE_EDB;
   }
-  return 0;
+  free(queues);
+  free(counts);
+  free(priorities);
+  free(ids);
+  if (rc != 0)
+    fetch_call_free(c);
+  return rc;
 }
 
 /* ---- batched complete and fail --------------------------------------- */

@@ -128,6 +128,32 @@ int mq_queue_fetch(mq_queue *q, const char *queue, int n,
                    const struct mq_queue_position *after,
                    mq_queue_fetch_cb cb, void *data);
 
+/* One queue's part of mq_queue_fetch_many. */
+struct mq_queue_fetch_spec {
+  const char *queue;
+  int n;                                /* jobs at most, >= 1 */
+  const struct mq_queue_position *after; /* as mq_queue_fetch's; NULL: the
+                                            head */
+};
+
+/* specs[i]'s jobs are jobs[first .. first + counts[i]), first the sum of
+ * the counts before it; on failure jobs and counts are NULL. Valid until
+ * the callback returns. */
+typedef void (*mq_queue_fetch_many_cb)(int status, const char *error,
+                                       const struct mq_job *jobs,
+                                       const int *counts, int nspecs,
+                                       void *data);
+
+/* mq_queue_fetch for each of specs[0..nspecs) in one statement
+ * (sql/027_fetch_many.sql fetch_jobs_many; for one spec, mq_queue_fetch's
+ * statement): each queue's jobs in claim order, claim_took the time spent
+ * choosing that queue's jobs. Each queue named once. specs is read before
+ * the call returns. Returns MQ_QUEUE_EINVAL (a spec without a queue or
+ * with n < 1, or no spec) or MQ_QUEUE_EDB (out of memory, the pool
+ * closed), and cb is then not called. */
+int mq_queue_fetch_many(mq_queue *q, const struct mq_queue_fetch_spec *specs,
+                        int nspecs, mq_queue_fetch_many_cb cb, void *data);
+
 /* Completes an active job with output_json (NULL: no output). Batched with
  * the other completions of this loop turn, up to 1 MiB of outputs and
  * effects a statement (a larger output goes alone) and 1 MiB in flight;
@@ -196,8 +222,9 @@ enum mq_queue_op {
   MQ_QUEUE_RETRY,     /* a1 = id            -> true|false (found) */
   MQ_QUEUE_PURGE,     /* a1 = queue, a2 = state or NULL -> count */
   MQ_QUEUE_MAINTAIN,  /* -> {recovered, expired, deleted, ...} or null */
-  MQ_QUEUE_NEXT_DUE,  /* a1 = queue -> seconds until its next delayed job
-                         is due, or null */
+  MQ_QUEUE_NEXT_DUE,  /* a1 = text[] literal of queue names -> array of,
+                         for each in order, the seconds until its next
+                         delayed job is due, or null */
   MQ_QUEUE_RELEASE,   /* a1 = "{id,id,...}" -> count: this process's active
                          jobs go back to waiting, attempt not counted */
   MQ_QUEUE_RECLAIM,   /* a1 = "{id,id,...}" -> count: every active job of

@@ -2,11 +2,12 @@
  *
  * A worker whose queue ran dry, or whose job was just put back for a
  * retry, asks the scheduler to wake it when the queue's next delayed job is
- * due: the scheduler asks the database (queue.h, MQ_QUEUE_NEXT_DUE) and arms
- * one timer per queue. NOTIFY covers jobs that are ready at once; this
+ * due: the scheduler asks the database (queue.h, MQ_QUEUE_NEXT_DUE, one
+ * statement for the queues asked about in one loop turn) and arms one
+ * timer per queue. NOTIFY covers jobs that are ready at once; this
  * covers jobs whose start_after lies ahead, without polling for them.
  *
- * Uses: queue, log.
+ * Uses: queue, buf, log.
  */
 #ifndef MQ_SCHEDULER_H
 #define MQ_SCHEDULER_H
@@ -25,9 +26,11 @@ typedef void (*mq_scheduler_wake_cb)(const char *queue, void *data);
 mq_scheduler *mq_scheduler_new(struct ev_loop *loop, mq_queue *q);
 
 /* Looks up when the next delayed job of `queue` is due and calls
- * wake(queue, data) then, once. A later call for the same queue replaces
- * the earlier one (the earliest answer wins). Returns 0, or a negative
- * status when the request could not be made (wake is never called). */
+ * wake(queue, data) then, once. The look-up goes out at the end of the
+ * loop turn, with those of the other queues asked about meanwhile, in one
+ * statement. A later call for the same queue replaces the earlier one
+ * (each answer sets the time). Returns 0, or a negative status when the
+ * scheduler is stopped or out of memory (wake is never called). */
 int mq_scheduler_wake_when_due(mq_scheduler *s, const char *queue,
                                mq_scheduler_wake_cb wake, void *data);
 

@@ -3,9 +3,12 @@
  *
  * Shapes:
  *  - consumer: one per queue a handler names; `running` jobs of at most
- *    `slots`; one fetch in flight at a time; `more` says a fetch may find
- *    work (a full batch came back, or a NOTIFY arrived meanwhile); jobs
- *    claimed ahead wait in `buffer` until a slot frees up.
+ *    `slots`; one fetch in flight at a time (two for a busy queue); `more`
+ *    says a fetch may find work (a full batch came back, or a NOTIFY
+ *    arrived meanwhile); jobs claimed ahead wait in `buffer` until a slot
+ *    frees up.
+ *  - fetch: one statement claiming jobs for the consumers that asked for
+ *    them in one loop turn (gather_cb), one `fetch_part` each.
  *  - active: one job whose handler runs as a task.
  *  - inflight: requests whose callbacks point into the worker (fetches and
  *    failures); the worker reports itself stopped only when it is zero.
@@ -53,6 +56,10 @@ struct buffered {
 #define MQ_FETCH_HEAD_SPACING 200.0
 #define MQ_FETCH_HEAD_MAX 20.0
 #define MQ_FETCH_MARKS 8
+/* Jobs one fetch statement asks for at most, the sum over the queues it
+ * claims for (one queue alone may ask for more): several statements can
+ * run on the pool's connections at once. */
+#define MQ_FETCH_MANY_JOBS 1000
 
 /* A job claimed, and when (ev_now). */
 struct claim_mark {
@@ -93,6 +100,8 @@ struct consumer {
   bool head;          /* the next fetch starts from the head */
   STAILQ_HEAD(, buffered) buffer;
   int nbuffer;
+  bool gathered; /* in the worker's `gathered` */
+  STAILQ_ENTRY(consumer) gather_link;
 };
 
 struct active {
@@ -129,6 +138,11 @@ struct mq_worker {
   bool trim_waited;   /* the trim waited once for them (trim_cb) */
   ev_tstamp trimmed_at; /* the loop time of the last trim */
   ev_prepare probe; /* polls of idle queues, checked together */
+  ev_prepare gather; /* fetches asked for in this loop turn, sent together */
+  ev_idle gather_kick; /* keeps the loop from blocking before gather runs
+                          (a fetch asked for by another prepare watcher) */
+  STAILQ_HEAD(, consumer) gathered;
+  int ngathered;
   bool probing;     /* a probe is in flight */
   int inflight;
   bool lost_claims; /* a fetch's reply was lost: it may have claimed jobs
@@ -1058,49 +1072,26 @@ static const struct mq_queue_position *fetch_start(struct consumer *c) {
   return &c->after;
 }
 
-/* One fetch in flight. */
-struct fetch {
+/* One consumer's part of a fetch. */
+struct fetch_part {
   struct consumer *c;
   int asked;
-  bool head;      /* it starts from the queue's head */
-  ev_tstamp sent; /* ev_now when it was sent */
+  bool head; /* it starts from the queue's head */
 };
 
-static void fetched(int status, const char *error, const struct mq_job *jobs,
-                    int n, void *data) {
-  struct fetch *f = data;
-  struct consumer *c = f->c;
+/* One fetch statement in flight, for one consumer or several. */
+struct fetch {
+  mq_worker *w;
+  ev_tstamp sent; /* ev_now when it was sent */
+  int n;
+  struct fetch_part parts[];
+};
+
+/* Hands jobs[0..n) that a fetch of `asked` claimed for the consumer to free
+ * slots, the rest to its buffer, and fetches again when it may find more. */
+static void take_jobs(struct consumer *c, int asked, const struct mq_job *jobs,
+                      int n) {
   mq_worker *w = c->w;
-  int asked = f->asked;
-  bool head = f->head;
-  ev_tstamp sent = f->sent;
-  free(f);
-  c->fetching--;
-  c->claiming -= asked;
-  w->inflight--;
-  if (status != 0) {
-    c->head = true; /* its claims may come back to the queue */
-    mq_log_warn("worker", "fetch failed queue=%s error=\"%s\"", c->queue,
-                error);
-    /* A fetch that ran but whose reply was lost claimed jobs for this
-     * process that it will never run: give them back. */
-    if (strstr(error, "may or may not have run"))
-      w->lost_claims = true;
-    check_stopped(w);
-    maybe_reclaim(w);
-    return; /* the poll timer tries again */
-  }
-  note_claimed(c, head, sent, jobs, n);
-  if (w->stopping) { /* stopped while the fetch was in flight */
-    long long *ids = malloc(sizeof *ids * (size_t)(n + 1));
-    for (int i = 0; ids && i < n; i++)
-      ids[i] = jobs[i].id;
-    if (ids)
-      release_ids(w, ids, n);
-    free(ids);
-    check_stopped(w);
-    return;
-  }
   for (int i = 0; i < n; i++) {
     if (c->running < c->slots && STAILQ_EMPTY(&c->buffer))
       run_job(c, &jobs[i]);
@@ -1115,6 +1106,55 @@ static void fetched(int status, const char *error, const struct mq_job *jobs,
     mq_scheduler_wake_when_due(mq_runtime_scheduler(w->rt), c->queue, due_cb,
                                c);
   consider_fetch(c);
+}
+
+/* Gives back jobs[0..n) claimed by a fetch that answered after stop. */
+static void release_jobs(mq_worker *w, const struct mq_job *jobs, int n) {
+  long long *ids = malloc(sizeof *ids * (size_t)(n + 1));
+  for (int i = 0; ids && i < n; i++)
+    ids[i] = jobs[i].id;
+  if (ids)
+    release_ids(w, ids, n);
+  else
+    mq_log_error("worker", "out of memory: jobs stay active until recovered");
+  free(ids);
+}
+
+static void fetched(int status, const char *error, const struct mq_job *jobs,
+                    const int *counts, int nparts, void *data) {
+  struct fetch *f = data;
+  mq_worker *w = f->w;
+  w->inflight--;
+  if (status != 0) {
+    mq_log_warn("worker", "fetch failed queue=%s queues=%d error=\"%s\"",
+                f->parts[0].c->queue, f->n, error);
+    /* A fetch that ran but whose reply was lost claimed jobs for this
+     * process that it will never run: give them back. */
+    if (strstr(error, "may or may not have run"))
+      w->lost_claims = true;
+  }
+  int njobs = 0;
+  for (int i = 0; status == 0 && i < f->n; i++)
+    njobs += counts[i];
+  if (status == 0 && w->stopping) /* stopped while the fetch was in flight */
+    release_jobs(w, jobs, njobs);
+  for (int i = 0; i < f->n; i++) {
+    struct fetch_part *p = &f->parts[i];
+    struct consumer *c = p->c;
+    c->fetching--;
+    c->claiming -= p->asked;
+    if (status != 0) {
+      c->head = true; /* its claims may come back to the queue */
+      continue;       /* the poll timer tries again */
+    }
+    note_claimed(c, p->head, f->sent, jobs, counts[i]);
+    if (!w->stopping)
+      take_jobs(c, p->asked, jobs, counts[i]);
+    jobs += counts[i];
+  }
+  free(f);
+  maybe_reclaim(w);
+  check_stopped(w);
 }
 
 /* Jobs the consumer claims ahead of its free slots: `prefetch`, or with
@@ -1137,44 +1177,115 @@ static int fetch_room(const struct consumer *c) {
   return c->slots + buffer_target(c) - c->running - c->nbuffer - c->claiming;
 }
 
-/* Fetches free slots' worth of jobs and the buffer's (buffer_target); a
- * fetch with jobs buffered or running waits until there is room for half
- * the buffer, so batches stay large. While a buffer of 100 or more jobs is
- * kept and the last fetch came back full, a second fetch may go out before
- * the first answers, so a busy queue is not held up by one fetch's round
- * trip (two fetches of one process skip each other's rows). */
-static void consider_fetch(struct consumer *c) {
-  mq_worker *w = c->w;
-  maybe_reclaim(w);
+/* True when the consumer should fetch now: free slots' worth of jobs and
+ * the buffer's (buffer_target); a fetch with jobs buffered or running waits
+ * until there is room for half the buffer, so batches stay large. While a
+ * buffer of 100 or more jobs is kept and the last fetch came back full, a
+ * second fetch may go out before the first answers, so a busy queue is not
+ * held up by one fetch's round trip (two fetches of one process skip each
+ * other's rows). */
+static bool wants_fetch(const struct consumer *c) {
+  const mq_worker *w = c->w;
   int target = buffer_target(c);
   int room = fetch_room(c);
   int worth = target / 2 > 0 ? target / 2 : 1;
   bool second = c->fetching == 1 && target >= 100 && c->full;
-  if (!w->started || w->stopping || w->reclaiming || w->lost_claims ||
-      !c->live || (c->fetching > 0 && !second) || (!c->more && !second) ||
-      room <= 0 || (room < worth && c->running + c->nbuffer + c->claiming > 0))
+  return w->started && !w->stopping && !w->reclaiming && !w->lost_claims &&
+         c->live && (c->fetching == 0 || second) && (c->more || second) &&
+         room > 0 &&
+         (room >= worth || c->running + c->nbuffer + c->claiming == 0);
+}
+
+/* Asks for a fetch for the consumer at the end of this loop turn
+ * (gather_cb), if it still wants one then. */
+static void consider_fetch(struct consumer *c) {
+  mq_worker *w = c->w;
+  maybe_reclaim(w);
+  if (c->gathered || !wants_fetch(c))
     return;
-  struct fetch *f = malloc(sizeof *f);
-  if (!f)
-    return; /* the poll timer tries again */
-  const struct mq_queue_position *after = fetch_start(c);
+  c->gathered = true;
+  STAILQ_INSERT_TAIL(&w->gathered, c, gather_link);
+  w->ngathered++;
+  if (!ev_is_active(&w->gather)) {
+    ev_prepare_start(w->loop, &w->gather);
+    ev_idle_start(w->loop, &w->gather_kick);
+  }
+}
+
+/* Sends fetch f: each part's queue from where fetch_start says. On success
+ * the consumers count it in flight. */
+static void send_fetch(mq_worker *w, struct fetch *f) {
+  struct mq_queue_fetch_spec stack_specs[16];
+  struct mq_queue_fetch_spec *specs =
+      f->n <= 16 ? stack_specs : malloc(sizeof *specs * (size_t)f->n);
+  if (!specs) {
+    free(f);
+    return; /* the poll timers try again */
+  }
   ev_tstamp now = ev_now(w->loop);
-  f->c = c;
-  f->asked = room;
-  f->head = !after;
+  for (int i = 0; i < f->n; i++) {
+    struct fetch_part *p = &f->parts[i];
+    const struct mq_queue_position *after = fetch_start(p->c);
+    p->head = !after;
+    specs[i] = (struct mq_queue_fetch_spec){p->c->queue, p->asked, after};
+  }
+  f->w = w;
   f->sent = now;
-  c->more = false;
-  if (mq_queue_fetch(w->q, c->queue, room, after, fetched, f) != 0) {
+  int rc = mq_queue_fetch_many(w->q, specs, f->n, fetched, f);
+  if (specs != stack_specs)
+    free(specs);
+  if (rc != 0) {
     free(f);
     return;
   }
-  if (!after) { /* a second fetch meanwhile starts past `after` */
-    c->head = false;
-    c->head_due = now + MQ_FETCH_HEAD_INTERVAL;
+  for (int i = 0; i < f->n; i++) {
+    struct consumer *c = f->parts[i].c;
+    c->more = false;
+    if (f->parts[i].head) { /* a second fetch meanwhile starts past `after` */
+      c->head = false;
+      c->head_due = now + MQ_FETCH_HEAD_INTERVAL;
+    }
+    c->fetching++;
+    c->claiming += f->parts[i].asked;
   }
-  c->fetching++;
-  c->claiming += room;
   w->inflight++;
+}
+
+static void gather_kick_cb(struct ev_loop *loop, ev_idle *iw, int revents) {
+  ev_idle_stop(loop, iw);
+}
+
+/* The fetches consumers asked for in this loop turn, in statements of up
+ * to MQ_FETCH_MANY_JOBS jobs (one consumer may ask for more alone): one
+ * statement claims for many queues (sql/027_fetch_many.sql) instead of
+ * one statement each. */
+static void gather_cb(struct ev_loop *loop, ev_prepare *pw, int revents) {
+  mq_worker *w = pw->data;
+  ev_prepare_stop(loop, pw);
+  while (!STAILQ_EMPTY(&w->gathered)) {
+    struct fetch *f =
+        malloc(sizeof *f + sizeof f->parts[0] * (size_t)w->ngathered);
+    int asked = 0;
+    struct consumer *c;
+    if (f)
+      f->n = 0;
+    while ((c = STAILQ_FIRST(&w->gathered))) {
+      int room = fetch_room(c);
+      if (f && f->n > 0 && asked + room > MQ_FETCH_MANY_JOBS)
+        break;
+      STAILQ_REMOVE_HEAD(&w->gathered, gather_link);
+      w->ngathered--;
+      c->gathered = false;
+      if (f && wants_fetch(c)) {
+        f->parts[f->n++] = (struct fetch_part){c, room, false};
+        asked += room;
+      }
+    }
+    if (f && f->n > 0)
+      send_fetch(w, f);
+    else
+      free(f); /* out of memory: the poll timers try again */
+  }
 }
 
 /* True when `list` (comma-separated queue names) names `queue`. */
@@ -1373,6 +1484,13 @@ mq_worker *mq_worker_new(struct mq_runtime *rt, char *err, size_t errlen) {
   }
   ev_prepare_init(&w->probe, probe_cb);
   w->probe.data = w;
+  /* Before the pool's dispatch (a prepare watcher too), so the fetches go
+   * out in the same loop turn. */
+  ev_prepare_init(&w->gather, gather_cb);
+  ev_set_priority(&w->gather, 1);
+  w->gather.data = w;
+  ev_idle_init(&w->gather_kick, gather_kick_cb);
+  STAILQ_INIT(&w->gathered);
   ev_timer_init(&w->trim, trim_cb, 0., 0.);
   w->trim.data = w;
   sync_consumers(w);
@@ -1423,6 +1541,18 @@ static void grace_cb(struct ev_loop *loop, ev_timer *t, int revents) {
   check_stopped(w);
 }
 
+/* Drops the fetches asked for and not yet sent (stopping, closing). */
+static void stop_gathering(mq_worker *w) {
+  ev_prepare_stop(w->loop, &w->gather);
+  ev_idle_stop(w->loop, &w->gather_kick);
+  struct consumer *c;
+  while ((c = STAILQ_FIRST(&w->gathered))) {
+    STAILQ_REMOVE_HEAD(&w->gathered, gather_link);
+    c->gathered = false;
+  }
+  w->ngathered = 0;
+}
+
 static void check_stopped(mq_worker *w) {
   if (!w->stopping || w->nactive > 0 || w->inflight > 0 || !w->stopped)
     return;
@@ -1442,6 +1572,7 @@ void mq_worker_stop(mq_worker *w, void (*done)(void *arg), void *arg) {
   w->stopping = true;
   mq_queue_on_sent(w->q, NULL, NULL); /* other processes take them */
   ev_prepare_stop(w->loop, &w->probe);
+  stop_gathering(w);
   for (int i = 0; i < w->nconsumers; i++) {
     struct consumer *c = w->consumers[i];
     ev_timer_stop(w->loop, &c->poll);
@@ -1484,6 +1615,7 @@ void mq_worker_close(mq_worker *w) {
   ev_timer_stop(w->loop, &w->grace);
   ev_timer_stop(w->loop, &w->trim);
   ev_prepare_stop(w->loop, &w->probe);
+  stop_gathering(w);
   mq_handlers_unwatch(w->handlers);
   for (int i = 0; i < w->nconsumers; i++) {
     struct consumer *c = w->consumers[i];

@@ -1,7 +1,8 @@
 /* test_migrate.c -- migrations: first run, rerun, concurrent runs, a bad
  * connection, a database newer than the binary, a schema name that needs
  * quoting, an upgrade of a database holding jobs, an upgrade that brings
- * durations within 014's limits. Each case uses its own
+ * durations within 014's limits, an upgrade that claims for many queues
+ * (027). Each case uses its own
  * schema and drops it at the end. */
 #include "test.h"
 
@@ -357,6 +358,27 @@ static void upgrade_adopts_claims_without_process(void) {
   drop_schema(schema);
 }
 
+/* Jobs sent at version 25 are claimed by 027's fetch_jobs_many, each queue's
+ * in claim order, after the upgrade. */
+static void upgrade_claims_many_queues(void) {
+  const char *schema = mq_test_schema("migrate_many");
+  drop_schema(schema);
+  REQUIRE(mq_migrate_to(mq_test_db_url(), schema, 25, err, sizeof err) > 0);
+  free(sqlf("SET search_path = %s; SET moonq.no_wake = on;"
+            " INSERT INTO process (id, host, pid, version)"
+            "   VALUES (" PROCESS ", 'h', 1, 'x');"
+            " SELECT send('a', '{}'), send('b', '{}'),"
+            "   send('b', '{}', '{\"priority\": 1}')",
+            schema));
+  CHECK(mq_migrate(mq_test_db_url(), schema, err, sizeof err) > 0);
+  char *s = sqlf("SELECT string_agg(queue || id, ',') FROM %s.fetch_jobs_many("
+                 "ARRAY['b', 'a'], ARRAY[5, 5], " PROCESS ", NULL, NULL)",
+                 schema);
+  CHECK_STR(s, "b3,b2,a1");
+  free(s);
+  drop_schema(schema);
+}
+
 int main(void) {
   mq_test_db_url();
   RUN(first_run_applies_everything);
@@ -368,5 +390,6 @@ int main(void) {
   RUN(upgrade_keeps_jobs);
   RUN(upgrade_clamps_durations);
   RUN(upgrade_adopts_claims_without_process);
+  RUN(upgrade_claims_many_queues);
   return mq_test_done();
 }

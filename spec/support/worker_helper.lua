@@ -2,6 +2,7 @@
 --   local W = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/worker_helper.lua")
 -- W has every function of queue_helper.lua (W.sql, W.row, W.now, W.spawn,
 -- ...) plus: temporary handler directories (W.handlers_dir, W.write),
+-- statements run so far (W.statement_calls),
 -- W.open/W.close for an in-process runtime whose handlers live in such a
 -- directory, W.wait_job/W.wait_all/W.run_for, background process groups
 -- that W.close() kills (W.own), and `moonq run` child processes
@@ -98,6 +99,19 @@ end
 -- Runs the loop (handlers included) for `s` seconds.
 function W.run_for(s)
   moonq.run_until(function() return false end, s)
+end
+
+-- Calls so far of this schema's statements that call SQL function `fn`
+-- (pg_stat_statements, which scripts/pg.sh loads; moonq must be open), or
+-- nil when the extension cannot be had.
+function W.statement_calls(fn)
+  local ok = pcall(H.sql, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+  if not ok and not pcall(H.sql, "SELECT 1 FROM pg_stat_statements LIMIT 1") then
+    return nil
+  end
+  local rows = H.sql("SELECT coalesce(sum(calls), 0)::int AS n FROM pg_stat_statements"
+    .. " WHERE query LIKE $1", '%"' .. H.schema .. '".' .. fn .. "(%")
+  return rows[1].n
 end
 
 -- Makes pid's process group one that W.close() kills if it still runs.
