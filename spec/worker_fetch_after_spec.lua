@@ -121,6 +121,14 @@ describe("claims past the claimed head", function()
     local head = entries_read_by(("SELECT count(*) FROM @.fetch_jobs('%s', 1, '%s');"):format(q, pid))
     assert.is_true(head >= 3000, "the claim from the head read " .. head .. " entries")
     assert.is_true(after <= 20, "the claim past the position read " .. after .. " entries")
+    -- The check of idle queues (worker.c probe_cb, sql/029) looks each
+    -- queue up from its newest due entry: it reads a handful, where the
+    -- semi-join it was read every due entry of every queue into memory.
+    local ready, out4 = entries_read_by(([[SET plan_cache_mode = force_generic_plan;
+      PREPARE ready(text[]) AS SELECT to_jsonb(@.ready_queues($1))::text;
+      EXECUTE ready('{other,%s,none}');]]):format(q))
+    assert.equal("[2]", out4:match("(%[[%d, ]*%])"))
+    assert.is_true(ready <= 20, "the check of idle queues read " .. ready .. " entries")
     -- Completing and failing claimed jobs finds them by primary key: not
     -- through job_active_idx, whose 3,000 dead entries (one per completed
     -- job) a scan of it would read (sql/025), nor by reading all of job,

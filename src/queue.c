@@ -132,12 +132,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_NEXT_DUE] = "SELECT to_jsonb(coalesce(array_agg(%s.next_due(u.q)"
                     " ORDER BY u.n), '{}'))::text FROM unnest($1::text[])"
                     " WITH ORDINALITY u(q, n)",
-    /* one index probe per queue (job_due_idx), however many jobs wait */
-    [ST_READY] = "SELECT to_jsonb(coalesce(array_agg(u.n ORDER BY u.n),"
-                 " '{}'))::text FROM unnest($1::text[]) WITH ORDINALITY"
-                 " u(q, n) WHERE EXISTS (SELECT 1 FROM %s.job j WHERE"
-                 " j.queue = u.q AND j.state < 'active'"
-                 " AND j.start_after <= now())",
+    /* one index range per queue (sql/029), however many jobs wait */
+    [ST_READY] = "SELECT to_jsonb(%s.ready_queues($1::text[]))::text",
     [ST_RELEASE] = "SELECT to_jsonb(%s.release_jobs_guarded($1::bigint[], $2::uuid))::text",
     [ST_RECLAIM] = "SELECT to_jsonb(%s.release_jobs_guarded(ARRAY(SELECT j.id FROM %s.job j"
                    " WHERE j.state = 'active' AND j.process_id = $2::uuid"
