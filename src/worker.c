@@ -160,6 +160,7 @@ struct mq_worker {
 static void consider_fetch(struct consumer *c);
 static void maybe_reclaim(mq_worker *w);
 static void start_buffered(struct consumer *c);
+static void release_buffer(mq_worker *w, struct consumer *c);
 static void check_stopped(mq_worker *w);
 
 /* ---- consumers ---------------------------------------------------------- */
@@ -319,8 +320,12 @@ static void sync_consumers(mq_worker *w) {
   }
   for (int i = 0; i < w->nconsumers; i++) {
     struct consumer *c = w->consumers[i];
-    if (!c->live) {
+    if (!c->live) { /* no slots: what it claimed ahead would never run */
       ev_timer_stop(w->loop, &c->poll);
+      if (c->nbuffer > 0) {
+        release_buffer(w, c);
+        c->head = true; /* the jobs given back lie behind `after` */
+      }
       continue;
     }
     if (c->slots == 0)
@@ -996,7 +1001,8 @@ static void start_buffered(struct consumer *c) {
   }
 }
 
-/* Gives every buffered job back to the queue (stopping). */
+/* Gives every buffered job back to the queue (stopping, or the consumer's
+ * last handler went). */
 static void release_buffer(mq_worker *w, struct consumer *c) {
   long long *ids = malloc(sizeof *ids * (size_t)(c->nbuffer + 1));
   int n = 0;
@@ -1087,11 +1093,31 @@ struct fetch {
   struct fetch_part parts[];
 };
 
+/* Gives back jobs[0..n) claimed by a fetch that answered after stop, or
+ * after the consumer's last handler went. */
+static void release_jobs(mq_worker *w, const struct mq_job *jobs, int n) {
+  long long *ids = malloc(sizeof *ids * (size_t)(n + 1));
+  for (int i = 0; ids && i < n; i++)
+    ids[i] = jobs[i].id;
+  if (ids)
+    release_ids(w, ids, n);
+  else
+    mq_log_error("worker", "out of memory: jobs stay active until recovered");
+  free(ids);
+}
+
 /* Hands jobs[0..n) that a fetch of `asked` claimed for the consumer to free
- * slots, the rest to its buffer, and fetches again when it may find more. */
+ * slots, the rest to its buffer, and fetches again when it may find more.
+ * A consumer that no handler names any more (a reload while the fetch was
+ * out) has no slots: its jobs go back to the queue. */
 static void take_jobs(struct consumer *c, int asked, const struct mq_job *jobs,
                       int n) {
   mq_worker *w = c->w;
+  if (!c->live) {
+    release_jobs(w, jobs, n);
+    c->head = true; /* they lie behind `after` */
+    return;
+  }
   for (int i = 0; i < n; i++) {
     if (c->running < c->slots && STAILQ_EMPTY(&c->buffer))
       run_job(c, &jobs[i]);
@@ -1106,18 +1132,6 @@ static void take_jobs(struct consumer *c, int asked, const struct mq_job *jobs,
     mq_scheduler_wake_when_due(mq_runtime_scheduler(w->rt), c->queue, due_cb,
                                c);
   consider_fetch(c);
-}
-
-/* Gives back jobs[0..n) claimed by a fetch that answered after stop. */
-static void release_jobs(mq_worker *w, const struct mq_job *jobs, int n) {
-  long long *ids = malloc(sizeof *ids * (size_t)(n + 1));
-  for (int i = 0; ids && i < n; i++)
-    ids[i] = jobs[i].id;
-  if (ids)
-    release_ids(w, ids, n);
-  else
-    mq_log_error("worker", "out of memory: jobs stay active until recovered");
-  free(ids);
 }
 
 static void fetched(int status, const char *error, const struct mq_job *jobs,
