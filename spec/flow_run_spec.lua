@@ -238,6 +238,18 @@ describe("flows", function()
     assert.matches('unknown flow "nope"', err2)
   end)
 
+  it("does not start a run whose entry job a taken singleton_key keeps from being created", function()
+    -- the first run's entry job waits (delayed) and holds the key
+    assert(F.start("order", { amount = 1 }, { run_id = "single-a", singleton_key = "k1", delay = 100 }))
+    local none, err = F.start("order", { amount = 2 }, { run_id = "single-b", singleton_key = "k1" })
+    assert.is_nil(none)
+    assert.matches('the singleton_key is taken: run "single%-b" was not started', err)
+    assert.is_nil(F.get("single-b"))
+    assert.equal(0, W.row("SELECT count(*)::int AS n FROM @.queue_events WHERE run_id = 'single-b'").n)
+    assert.equal(0, W.row("SELECT count(*)::int AS n FROM @.job WHERE run_id = 'single-b'").n)
+    assert.equal("running", F.get("single-a").status)
+  end)
+
   it("sending the entry job directly starts a run", function()
     local id = assert(moonq.queue.send("order.validate", { amount = 7, customer = "cy" }))
     local job = W.wait_job(id)
