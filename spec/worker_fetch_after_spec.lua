@@ -28,30 +28,34 @@ local function entries_read(names)
   return tonumber(out:match("(%d+)%s*$"))
 end
 
--- Runs `sql` in one psql session, then the statistics flush, and returns
--- how many index entries (entries_read(names)) it read, and its output.
-local function entries_read_by(sql, names)
-  local before = entries_read(names)
-  local out, ok = W.psql((sql .. "\nSELECT pg_stat_force_next_flush();\n"):gsub("@%.", W.schema .. "."))
-  assert(ok, out)
-  W.sleep(0.2)
-  return entries_read(names) - before, out
+-- Pages of job and its indexes read so far (from shared buffers or not),
+-- this session's statistics flushed first.
+local function job_pages_read()
+  local out = assert(W.psql(("SELECT pg_stat_force_next_flush();\n"
+    .. "SELECT heap_blks_hit + heap_blks_read + idx_blks_hit + idx_blks_read"
+    .. " FROM pg_statio_user_tables WHERE relid = '%s.job'::regclass;"):format(W.schema)))
+  return tonumber(out:match("(%d+)%s*$"))
 end
 
--- Runs `sql` in one psql session and returns how many pages of job and
--- its indexes it read (from shared buffers or not), and its output.
-local function job_pages_read_by(sql)
-  local function read()
-    local out = assert(W.psql(("SELECT pg_stat_force_next_flush();\n"
-      .. "SELECT heap_blks_hit + heap_blks_read + idx_blks_hit + idx_blks_read"
-      .. " FROM pg_statio_user_tables WHERE relid = '%s.job'::regclass;"):format(W.schema)))
-    return tonumber(out:match("(%d+)%s*$"))
-  end
+-- Runs `sql` in one psql session, then the statistics flush, and returns
+-- how much the counter `read` (a function) grew by meanwhile, and the
+-- session's output.
+local function read_by(sql, read)
   local before = read()
   local out, ok = W.psql((sql .. "\nSELECT pg_stat_force_next_flush();\n"):gsub("@%.", W.schema .. "."))
   assert(ok, out)
   W.sleep(0.2)
   return read() - before, out
+end
+
+-- read_by counting index entries (entries_read(names)).
+local function entries_read_by(sql, names)
+  return read_by(sql, function() return entries_read(names) end)
+end
+
+-- read_by counting pages of job and its indexes (job_pages_read).
+local function job_pages_read_by(sql)
+  return read_by(sql, job_pages_read)
 end
 
 -- Ends this process's sessions (moonq reconnects), so that they report
