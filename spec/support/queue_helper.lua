@@ -60,6 +60,49 @@ function H.psql(sql)
   return out, ok
 end
 
+-- Runs `sql` (with "@." standing for "<schema>.") in one psql session
+-- with the plan of every statement logged, statements inside functions
+-- included (auto_explain, ANALYZE without timing), and with generic plans
+-- forced: the plans a connection's cached statements come to use after
+-- five calls, which cannot know how many elements an array parameter has.
+-- Returns the most rows any one plan node handled -- the rows it returned
+-- plus the rows its filters and join filters removed, over all its loops --
+-- with a description of that node ("<node type> in: <statement>"), and
+-- psql's output. A statement whose work grows with the square of a batch
+-- (a nested loop over two sides of the batch) shows here as a node that
+-- handled about n*n/2 rows for a batch of n.
+function H.plan_work(sql)
+  local cjson = require "cjson"
+  local out, ok = H.psql("LOAD 'auto_explain';\n"
+    .. "SET auto_explain.log_min_duration = 0;\n"
+    .. "SET auto_explain.log_nested_statements = on;\n"
+    .. "SET auto_explain.log_analyze = on;\n"
+    .. "SET auto_explain.log_timing = off;\n"
+    .. "SET auto_explain.log_format = json;\n"
+    .. "SET client_min_messages = log;\n"
+    .. "SET plan_cache_mode = force_generic_plan;\n"
+    .. sql:gsub("@%.", H.schema .. "."))
+  assert(ok, out)
+  local most, where = 0, nil
+  local function walk(node, query)
+    local loops = node["Actual Loops"] or 1
+    local n = ((node["Actual Rows"] or 0) + (node["Rows Removed by Filter"] or 0)
+      + (node["Rows Removed by Join Filter"] or 0)) * loops
+    if n > most then
+      most, where = n, node["Node Type"] .. " in: " .. query:gsub("%s+", " "):sub(1, 200)
+    end
+    for _, child in ipairs(node.Plans or {}) do walk(child, query) end
+  end
+  local plans = 0
+  for block in out:gmatch("plan:\n({\n.-\n})\n") do
+    local doc = cjson.decode(block)
+    walk(doc.Plan, doc["Query Text"] or "")
+    plans = plans + 1
+  end
+  assert(plans > 0, "no plan was logged:\n" .. out)
+  return most, where, out
+end
+
 -- Closes moonq, then drops the schema (with psql, so the process row can
 -- still be unregistered while the schema exists).
 function H.close()
