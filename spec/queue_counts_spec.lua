@@ -1,0 +1,97 @@
+-- counts(q) of finished jobs come from job_archive_counts, which statement
+-- triggers of job_archive keep (sql/034_archive_counts.sql): exact through
+-- every way a job is archived or leaves the archive, and without reading
+-- the archive, whose size is the history's.
+local H = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/queue_helper.lua")
+
+local PROCESS = "00000000-0000-0000-0000-0000000000c1"
+
+describe("counts of finished jobs", function()
+  setup(function() H.open({ queue = { retry_limit = 0 } }) end)
+  teardown(function() H.close() end)
+
+  -- counts(q) as a table, and the same counted from job_archive
+  local function counts(q)
+    local c = require("moonq").json.decode(H.row("SELECT @.counts($1)::text AS c", q).c)
+    local real = { completed = 0, failed = 0, cancelled = 0 }
+    for _, r in ipairs(H.sql("SELECT state::text AS s, count(*)::int AS n FROM @.job_archive"
+        .. " WHERE queue = $1 GROUP BY state", q)) do
+      real[r.s] = r.n
+    end
+    return { completed = c.completed, failed = c.failed, cancelled = c.cancelled }, real
+  end
+
+  -- sends n jobs to q and claims them; returns their ids
+  local function claimed(q, n)
+    H.sql("SELECT count(*) FROM @.send_many($1, (SELECT jsonb_agg(jsonb_build_object('n', g))"
+      .. " FROM generate_series(1, $2::int) g))", q, n)
+    local ids = {}
+    for _, r in ipairs(H.sql("SELECT id FROM @.fetch_jobs($1, $2::int, $3::uuid)", q, n, PROCESS)) do
+      ids[#ids + 1] = r.id
+    end
+    return ids
+  end
+
+  local function pg_array(ids)
+    return "{" .. table.concat(ids, ",") .. "}"
+  end
+
+  it("follow completions, failures, cancels, retries, purges, retention and truncation", function()
+    local q = "counted"
+    local ids = claimed(q, 30)
+    H.sql("SELECT count(*) FROM @.complete_jobs($1::bigint[], (SELECT jsonb_agg(null::jsonb)"
+      .. " FROM generate_series(1, 10)), $2::uuid)", pg_array({ table.unpack(ids, 1, 10) }), PROCESS)
+    H.sql("SELECT count(*) FROM @.fail_jobs($1::bigint[], ARRAY(SELECT '{\"message\": \"no\"}'::jsonb"
+      .. " FROM generate_series(1, 8)), $2::uuid)", pg_array({ table.unpack(ids, 11, 18) }), PROCESS)
+    for i = 19, 21 do H.sql("SELECT @.cancel($1)", ids[i]) end
+    local got, real = counts(q)
+    assert.same({ completed = 10, failed = 8, cancelled = 3 }, real)
+    assert.same(real, got)
+
+    -- a failed job retried leaves the archive; purge deletes the cancelled
+    assert.is_true(H.row("SELECT @.retry_job($1) AS ok", ids[11]).ok)
+    H.sql("SELECT @.purge($1, 'cancelled')", q)
+    got, real = counts(q)
+    assert.same({ completed = 10, failed = 7, cancelled = 0 }, real)
+    assert.same(real, got)
+
+    -- retention deletes the jobs past their keep_until
+    H.sql("UPDATE @.job_archive SET keep_until = now() - interval '1 s' WHERE id = ANY($1::bigint[])",
+      pg_array({ table.unpack(ids, 1, 4) }))
+    H.sql("SELECT @.maintain(3600, 10000)")
+    got, real = counts(q)
+    assert.same({ completed = 6, failed = 7, cancelled = 0 }, real)
+    assert.same(real, got)
+
+    -- another queue's counts are its own
+    local other = claimed("counted_other", 2)
+    H.sql("SELECT count(*) FROM @.complete_jobs($1::bigint[], '[null, null]', $2::uuid)", pg_array(other), PROCESS)
+    got = counts("counted_other")
+    assert.same({ completed = 2, failed = 0, cancelled = 0 }, got)
+
+    H.sql("TRUNCATE @.job_archive")
+    got, real = counts(q)
+    assert.same({ completed = 0, failed = 0, cancelled = 0 }, real)
+    assert.same(real, got)
+  end)
+
+  it("do not read job_archive", function()
+    local q = "counted_big"
+    local ids = claimed(q, 3000)
+    H.sql("SELECT count(*) FROM @.complete_jobs($1::bigint[], (SELECT jsonb_agg(null::jsonb)"
+      .. " FROM generate_series(1, 3000)), $2::uuid)", pg_array(ids), PROCESS)
+    local function rows_read()
+      local out = assert(H.psql(("SELECT pg_stat_force_next_flush();\n"
+        .. "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables"
+        .. " WHERE relid = '%s.job_archive'::regclass;"):format(H.schema)))
+      return tonumber(out:match("(%d+)%s*$"))
+    end
+    local before = rows_read()
+    local out = assert(H.psql(("SELECT (%s.counts('%s')->>'completed');\nSELECT pg_stat_force_next_flush();")
+      :format(H.schema, q)))
+    assert.equal("3000", out:match("^%s*(%d+)"))
+    H.sleep(0.2)
+    local read = rows_read() - before
+    assert.is_true(read < 100, "counts read " .. read .. " rows of job_archive")
+  end)
+end)
