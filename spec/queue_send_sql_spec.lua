@@ -10,13 +10,6 @@ local function psql(sql)
   return H.psql((sql:gsub("@%.", H.schema .. ".")))
 end
 
--- The message of the error `sql` raises (it must raise).
-local function refusal(sql, ...)
-  local ok, err = pcall(H.sql, sql, ...)
-  assert(not ok, "expected an error from " .. sql)
-  return tostring(err)
-end
-
 local function count(sql, ...)
   return H.row("SELECT count(*)::int AS n FROM " .. sql, ...).n
 end
@@ -176,27 +169,27 @@ SELECT 'end';
 
   it("names an unknown option before a bad value, and of two bad values the first in jsonb's order", function()
     assert.matches('unknown option "colour"',
-      refusal([[SELECT @.send('bad', '{}', '{"priority": "high", "colour": "red"}')]]), 1, true)
+      H.refusal([[SELECT @.send('bad', '{}', '{"priority": "high", "colour": "red"}')]]), 1, true)
     assert.matches('unknown option "zz"',
-      refusal([[SELECT @.send('bad', '{}', '{"zz": 1, "aaa": 1}')]]), 1, true)
+      H.refusal([[SELECT @.send('bad', '{}', '{"zz": 1, "aaa": 1}')]]), 1, true)
     -- jsonb orders keys shorter first: "priority" (8) before "retry_limit" (11)
     assert.matches('option "priority" must be an integer',
-      refusal([[SELECT @.send('bad', '{}', '{"retry_limit": -1, "priority": "x"}')]]), 1, true)
+      H.refusal([[SELECT @.send('bad', '{}', '{"retry_limit": -1, "priority": "x"}')]]), 1, true)
     assert.matches('option "retry_limit" is out of range',
-      refusal([[SELECT @.send_many('bad', '[1]', '{"retry_limit": -1, "retention": 5}')]]), 1, true)
+      H.refusal([[SELECT @.send_many('bad', '[1]', '{"retry_limit": -1, "retention": 5}')]]), 1, true)
     assert.matches('option "expire_in" must be > 0',
-      refusal([[SELECT @.send('bad', '{}', '{"expire_in": 0}')]]), 1, true)
+      H.refusal([[SELECT @.send('bad', '{}', '{"expire_in": 0}')]]), 1, true)
     assert.matches('give either "delay" or "start_after", not both',
-      refusal([[SELECT @.send('bad', '{}', '{"delay": 1, "start_after": "x"}')]]), 1, true)
+      H.refusal([[SELECT @.send('bad', '{}', '{"delay": 1, "start_after": "x"}')]]), 1, true)
     assert.matches('option "start_after" must be a finite timestamp',
-      refusal([[SELECT @.send_many('bad', '[1]', '{"start_after": "infinity"}')]]), 1, true)
+      H.refusal([[SELECT @.send_many('bad', '[1]', '{"start_after": "infinity"}')]]), 1, true)
     assert.equal(0, count("@.job WHERE name = 'bad'"))
   end)
 
   it("refuses bad names, options and data in send and send_many, writing nothing", function()
     for _, fn in ipairs({ "@.send(%s, '{}', %s)", "@.send_many(%s, '[{}]', %s)" }) do
       local function err(name, opts)
-        return refusal("SELECT " .. fn:format(name, opts))
+        return H.refusal("SELECT " .. fn:format(name, opts))
       end
       assert.matches("job name must be a non-empty string", err("''", "'{}'"), 1, true)
       assert.matches("job name must be a non-empty string", err("NULL", "'{}'"), 1, true)
@@ -206,11 +199,11 @@ SELECT 'end';
         err("'bad'", [[jsonb_build_object('queue', repeat('q', 256))]]), 1, true)
     end
     assert.matches("job data holds a number beyond",
-      refusal([[SELECT @.send('bad', '{"n": 1e400}')]]), 1, true)
+      H.refusal([[SELECT @.send('bad', '{"n": 1e400}')]]), 1, true)
     assert.matches("job data holds a number beyond",
-      refusal([[SELECT @.send_many('bad', '[1, {"n": 1e400}]')]]), 1, true)
+      H.refusal([[SELECT @.send_many('bad', '[1, {"n": 1e400}]')]]), 1, true)
     assert.matches("send_many needs a JSON array of job data",
-      refusal([[SELECT @.send_many('bad', '{}')]]), 1, true)
+      H.refusal([[SELECT @.send_many('bad', '{}')]]), 1, true)
     assert.is_number(H.row("SELECT @.send(repeat('x', 255), NULL, NULL) AS id").id)
     assert.equal(0, count("@.job WHERE name = 'bad'"))
   end)

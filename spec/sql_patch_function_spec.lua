@@ -3,13 +3,6 @@
 -- once is refused, and the function is left as it was.
 local H = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/queue_helper.lua")
 
--- The message of the error `sql` raises (it must raise).
-local function refusal(sql, ...)
-  local ok, err = pcall(H.sql, sql, ...)
-  assert(not ok, "expected an error from " .. sql)
-  return tostring(err)
-end
-
 describe("patch_function", function()
   setup(function()
     H.open({})
@@ -29,9 +22,9 @@ describe("patch_function", function()
 
   it("refuses a text that is missing or occurs twice, and changes nothing", function()
     assert.matches('does not hold "RETURN y" exactly once',
-      refusal("SELECT @.patch_function($1::regprocedure, 'RETURN y', 'RETURN 0')", fn()))
+      H.refusal("SELECT @.patch_function($1::regprocedure, 'RETURN y', 'RETURN 0')", fn()))
     assert.matches('does not hold "%+ 1" exactly once',
-      refusal("SELECT @.patch_function($1::regprocedure, '+ 1', '- 1')", fn()))
+      H.refusal("SELECT @.patch_function($1::regprocedure, '+ 1', '- 1')", fn()))
     assert.equal(32, H.row("SELECT @.patch_me(3) AS n").n)
   end)
 

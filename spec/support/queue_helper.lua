@@ -137,6 +137,13 @@ function H.row(sql, ...)
   return (H.sql(sql, ...))[1]
 end
 
+-- The message of the error H.sql(sql, ...) raises (it must raise).
+function H.refusal(sql, ...)
+  local ok, err = pcall(H.sql, sql, ...)
+  assert(not ok, "expected an error from " .. sql)
+  return tostring(err)
+end
+
 -- Wall-clock seconds (sub-second precision), from the database.
 function H.now()
   return moonq.db.query("SELECT extract(epoch FROM clock_timestamp())::float8 AS t")[1].t
