@@ -1,7 +1,9 @@
--- counts(q) of finished jobs come from job_archive_counts, which statement
--- triggers of job_archive keep (sql/034_archive_counts.sql): exact through
--- every way a job is archived or leaves the archive, and without reading
--- the archive, whose size is the history's.
+-- counts(q) of finished jobs come from job_archive_counts, the changes that
+-- statement triggers of job_archive insert and maintain adds up
+-- (sql/034_archive_counts.sql): exact through every way a job is archived
+-- or leaves the archive, without reading the archive, whose size is the
+-- history's, and without making two archiving transactions wait on each
+-- other.
 local H = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/queue_helper.lua")
 
 local PROCESS = "00000000-0000-0000-0000-0000000000c1"
@@ -93,5 +95,54 @@ describe("counts of finished jobs", function()
     H.sleep(0.2)
     local read = rows_read() - before
     assert.is_true(read < 100, "counts read " .. read .. " rows of job_archive")
+  end)
+
+  it("add up in maintain without changing", function()
+    local q = "counted_sum"
+    for _ = 1, 5 do
+      local ids = claimed(q, 3)
+      H.sql("SELECT count(*) FROM @.complete_jobs($1::bigint[], '[null, null, null]', $2::uuid)",
+        pg_array(ids), PROCESS)
+    end
+    local rows = function()
+      return H.row("SELECT count(*)::int AS n FROM @.job_archive_counts WHERE queue = $1", q).n
+    end
+    assert.is_true(rows() >= 5, "one change a statement: " .. rows())
+    H.sql("SELECT @.maintain(3600, 10000)")
+    assert.equal(1, rows())
+    assert.same({ completed = 15, failed = 0, cancelled = 0 }, (counts(q)))
+  end)
+
+  it("hold back no other connection's archiving while a transaction that archived stays open", function()
+    local q = "counted_open"
+    local ids = claimed(q, 2)
+    -- A: archives the first job and stays open for up to a minute
+    local log = H.tmpname()
+    local a = H.bg(("{ echo \"BEGIN; SELECT 'slot=' || pg_backend_pid() %% 16;"
+      .. " SELECT 'done=' || count(*) FROM %s.complete_jobs('{%d}', '[null]', '%s');\"; sleep 60; }"
+      .. " | psql \"$DATABASE_URL\" -X -q -t -A"):format(H.schema, ids[1], PROCESS), log)
+    local slot = H.wait_for(function()
+      local text = H.read(log) or ""
+      return text:find("done=1", 1, true) and tonumber(text:match("slot=(%d+)"))
+    end, 20)
+    assert.truthy(slot, H.read(log))
+    -- B: connections until one has A's backend pid modulo 16 (the row of
+    -- A's queue that a count kept per pid modulo 16 would hold locked),
+    -- which archives the second job, waiting at most 5 s for a lock
+    local out, ok
+    for _ = 1, 400 do
+      out, ok = H.psql(([[SET lock_timeout = '5s';
+        DO $$ BEGIN
+          IF pg_backend_pid() %% 16 = %d THEN
+            PERFORM count(*) FROM %s.complete_jobs('{%d}', '[null]', '%s');
+            RAISE NOTICE 'archived';
+          END IF;
+        END $$;]]):format(slot, H.schema, ids[2], PROCESS))
+      if not ok or out:find("archived", 1, true) then break end
+    end
+    H.kill_group(a)
+    assert(ok, out)
+    assert.truthy(out:find("archived", 1, true), "no connection shared A's slot")
+    assert.equal("completed", H.row("SELECT state::text AS s FROM @.job_archive WHERE id = $1", ids[2]).s)
   end)
 end)
