@@ -107,6 +107,17 @@ function H.plan_work(sql)
   return most, where, out
 end
 
+-- Runs `sql` (statements; "@." the schema) through H.plan_work in a
+-- transaction that is rolled back, and asserts that no plan node handled
+-- more than 4 rows an element of a batch of n (work linear in the batch);
+-- returns psql's output.
+function H.assert_linear_plans(sql, n)
+  local most, where, out = H.plan_work("BEGIN;\n" .. sql .. ";\nROLLBACK;")
+  require("luassert").is_true(most <= 4 * n,
+    ("a plan node handled %d rows for a batch of %d: %s"):format(most, n, where))
+  return out
+end
+
 -- Closes moonq, then drops the schema (with psql, so the process row can
 -- still be unregistered while the schema exists).
 function H.close()
