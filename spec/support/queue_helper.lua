@@ -143,6 +143,23 @@ function H.sql(sql, ...)
   return rows, n
 end
 
+-- Rows of table `rel` ("job", "job_archive") that `sql` visits, run in a
+-- psql session of its own with "@." standing for "<schema>.": rows read by
+-- sequential scans plus rows fetched by index scans, from the statistics
+-- (flushed by both sessions). Returns the rows and psql's output.
+function H.rows_visited(rel, sql)
+  local function visited()
+    local out = assert(H.psql(("SELECT pg_stat_force_next_flush();\n"
+      .. "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables"
+      .. " WHERE relid = '%s.%s'::regclass;"):format(H.schema, rel)))
+    return tonumber(out:match("(%d+)%s*$"))
+  end
+  local before = visited()
+  local out = assert(H.psql(sql:gsub("@%.", H.schema .. ".") .. "\nSELECT pg_stat_force_next_flush();"))
+  H.sleep(0.2)
+  return visited() - before, out
+end
+
 -- The first row of a query.
 function H.row(sql, ...)
   return (H.sql(sql, ...))[1]
