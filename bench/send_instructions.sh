@@ -9,6 +9,9 @@
 #                                   its schema send_base is counted too
 #   BENCH_MANY=1                    also send_many of 1,000 jobs (per job;
 #                                   2 and 7 calls, a few minutes more)
+#   BENCH_PATCH="f.sql ..."         also a schema send_patch: the current
+#                                   migrations, then these files (@schema@
+#                                   replaced by send_patch), counted too
 #   BUILD_DIR=DIR                   build directory (default build-bench)
 #
 # Each statement runs inside a plpgsql loop in a single-user backend
@@ -26,6 +29,13 @@ DATABASE_URL=$url "$build/bench/bench_queue" --schema send_cur --phases none >"$
 if [ -n "${BENCH_BASE:-}" ]; then
   DATABASE_URL=$url "$BENCH_BASE" --schema send_base --phases none >>"$out/migrate.log" 2>&1
   schemas=(send_base send_cur)
+fi
+if [ -n "${BENCH_PATCH:-}" ]; then
+  DATABASE_URL=$url "$build/bench/bench_queue" --schema send_patch --phases none >>"$out/migrate.log" 2>&1
+  for f in $BENCH_PATCH; do
+    sed 's/@schema@/send_patch/g' "$f" | psql "$url" -q -v ON_ERROR_STOP=1 >>"$out/migrate.log" 2>&1
+  done
+  schemas+=(send_patch)
 fi
 psql "$url" -q -v ON_ERROR_STOP=1 -f "$repo/bench/sql/floor_setup.sql" >/dev/null 2>&1
 data=$(psql "$url" -qAtX -c "SHOW data_directory")

@@ -129,6 +129,9 @@ describe("counts of waiting, delayed and active jobs", function()
     expect(q, { waiting = 6, completed = 2, failed = 2, cancelled = 2 })
     expect("live_other", { waiting = 3 })
 
+    -- no path left a finished state in job (its CHECK is gone, sql/037)
+    assert.equal(0, H.row("SELECT count(*)::int AS n FROM @.job WHERE state > 'active'").n)
+
     -- TRUNCATE forgets the jobs in job and keeps the finished ones
     H.sql("TRUNCATE @.job")
     expect(q, { waiting = 0, delayed = 0, active = 0, completed = 2, failed = 2, cancelled = 2 })
