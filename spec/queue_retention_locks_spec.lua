@@ -1,5 +1,5 @@
 -- maintain's retention pass skips the expired finished jobs that another
--- transaction holds (sql/038_retention_skip_locked.sql): it waited for
+-- transaction holds (sql/038_maintain_truncate.sql): it waited for
 -- them, and a purge deleting the same rows in another order deadlocked
 -- with it.
 local H = dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/queue_helper.lua")
