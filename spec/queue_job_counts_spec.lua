@@ -138,6 +138,33 @@ describe("counts of waiting, delayed and active jobs", function()
     expect("live_other", { waiting = 0 })
   end)
 
+  it("refuse a TRUNCATE whose snapshot would miss jobs written meanwhile", function()
+    -- Under REPEATABLE READ or SERIALIZABLE the trigger's DELETE would not
+    -- see the changes of the jobs sent while the TRUNCATE waited for them.
+    local q = "truncated_rr"
+    send_many(q, 2)
+    H.sql("SELECT count(*) FROM @.complete_jobs((SELECT array_agg(id) FROM @.fetch_jobs($1, 1, $2::uuid)),"
+      .. " '[null]', $2::uuid)", q, PROCESS)
+    for _, t in ipairs({ "job", "job_archive" }) do
+      for _, level in ipairs({ "REPEATABLE READ", "SERIALIZABLE" }) do
+        local out, ok = H.psql(("BEGIN ISOLATION LEVEL %s; TRUNCATE %s.%s; COMMIT;")
+          :format(level, H.schema, t))
+        assert.is_falsy(ok, out)
+        assert.truthy(out:find(("TRUNCATE of %s needs READ COMMITTED isolation, not %s")
+          :format(t, level:lower()), 1, true), out)
+      end
+    end
+    expect(q, { waiting = 1, completed = 1 })
+    -- under READ COMMITTED it sees the send it waited for
+    local log = H.tmpname()
+    local b = H.bg(("{ echo \"BEGIN; SELECT 'sent=' || %s.send('%s', '{}'); SELECT pg_sleep(1); COMMIT;\"; }"
+      .. " | psql \"$DATABASE_URL\" -X -q -t -A"):format(H.schema, q), log)
+    assert.truthy(H.wait_for(function() return (H.read(log) or ""):find("sent=", 1, true) end, 20), H.read(log))
+    H.sql("TRUNCATE @.job")
+    H.kill_group(b)
+    expect(q, { waiting = 0, completed = 1 })
+  end)
+
   it("do not visit the jobs that are ready", function()
     local q = "live_big"
     send_many(q, 3000)

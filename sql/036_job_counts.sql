@@ -17,6 +17,16 @@
 -- range past now() holds only them: still a visit per delayed job, and
 -- none per job that is ready.
 
+-- The tables this changes, locked first and in the order moonq's statements
+-- write them (job, job_archive, then the counts job_archive's triggers
+-- write): processes of an older moonq still completing jobs meanwhile wait
+-- for the migration. Renaming the counts first and then replacing
+-- job_archive's triggers took them in the opposite order, and a completion
+-- holding job_archive between its rows and its trigger deadlocked the
+-- migration (tests/test_migrate.c, upgrade_while_jobs_complete).
+LOCK TABLE @schema@.job IN SHARE ROW EXCLUSIVE MODE;
+LOCK TABLE @schema@.job_archive, @schema@.job_archive_counts IN ACCESS EXCLUSIVE MODE;
+
 ALTER TABLE @schema@.job_archive_counts RENAME TO job_counts;
 ALTER INDEX @schema@.job_archive_counts_queue_idx RENAME TO job_counts_queue_idx;
 

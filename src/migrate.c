@@ -6,7 +6,10 @@
  * releases it with the connection), make sure the schema and its migrations
  * table exist, then apply each missing migration in its own transaction
  * together with the row that records it. A migration that fails leaves the
- * ones before it applied and nothing of itself.
+ * ones before it applied and nothing of itself. One that PostgreSQL chose
+ * as a deadlock's victim (processes of an older moonq still write the tables
+ * it changes, in an order of their own) is rolled back and run again, up to
+ * MIGRATION_TRIES times.
  */
 #include "migrate.h"
 
@@ -15,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -26,6 +30,10 @@
 /* PostgreSQL silently truncates identifiers longer than this, which would
  * make two different configured names share one schema. */
 #define MAX_SCHEMA_LEN 63
+
+/* Runs of one migration, the first included, before a deadlock fails it;
+ * the n-th retry starts n * 200 ms after the failure. */
+#define MIGRATION_TRIES 5
 
 /* One mq_migrate() call. */
 struct run {
@@ -101,7 +109,19 @@ int mq_migrate_to(const char *conninfo, const char *schema, int version,
     const struct mq_migration *m = order[i];
     if (is_applied(applied, m->version) || m->version > version)
       continue;
-    if (apply_one(&r, m) < 0)
+    int applied_rc;
+    for (int try = 1; (applied_rc = apply_one(&r, m)) == -2; try++) {
+      if (try == MIGRATION_TRIES)
+        goto done;
+      PQclear(PQexec(r.conn, "ROLLBACK"));
+      set_err(&r, "%s", "");
+      mq_log_warn(MODULE, "deadlock, running it again version=%d try=%d%s",
+                  m->version, try + 1, fields);
+      struct timespec pause = {.tv_sec = try / 5,
+                               .tv_nsec = (long)(try % 5) * 200000000L};
+      nanosleep(&pause, NULL);
+    }
+    if (applied_rc < 0)
       goto done;
     count++;
     char name[128] = "";
@@ -263,8 +283,10 @@ static const struct mq_migration **sorted_migrations(struct run *r) {
   return order;
 }
 
-/* Runs one migration and records it, in one transaction. On failure the
- * transaction is left for the caller's ROLLBACK. */
+/* Runs one migration and records it, in one transaction: 0 when done, -2
+ * when PostgreSQL rolled it back to break a deadlock (running it again can
+ * succeed), -1 on another failure; with the error set either way. On failure
+ * the transaction is left for the caller's ROLLBACK. */
 static int apply_one(struct run *r, const struct mq_migration *m) {
   char what[160], insert[256], version[16];
   snprintf(what, sizeof what, "migration %03d_%s failed", m->version,
@@ -286,7 +308,10 @@ static int apply_one(struct run *r, const struct mq_migration *m) {
   PGresult *res = PQexec(r->conn, sql);
   ExecStatusType st = PQresultStatus(res);
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     sql_error(r, what, res, sql);
+    if (state && strcmp(state, "40P01") == 0) /* deadlock_detected */
+      rc = -2;
     PQclear(res);
     goto out;
   }

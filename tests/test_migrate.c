@@ -2,13 +2,17 @@
  * connection, a database newer than the binary, a schema name that needs
  * quoting, an upgrade of a database holding jobs, an upgrade that brings
  * durations within 014's limits, an upgrade that claims for many queues
- * (027). Each case uses its own
+ * (027), 036 while an older moonq's processes complete and retry jobs. Each
+ * case uses its own
  * schema and drops it at the end. */
 #include "test.h"
 
 #include <stdarg.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <libpq-fe.h>
 
 #include "migrate.h"
 
@@ -379,6 +383,161 @@ static void upgrade_claims_many_queues(void) {
   drop_schema(schema);
 }
 
+/* A migration to `version` in a child process, with PGOPTIONS set to
+ * `options` there when not NULL; its struct child_result comes through
+ * *fd (the parent's end of a pipe, to close). Returns the child's pid. */
+static pid_t migrate_in_child(const char *schema, int version,
+                              const char *options, int *fd) {
+  int p[2];
+  REQUIRE(pipe(p) == 0);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(p[0]);
+    if (options)
+      setenv("PGOPTIONS", options, 1);
+    struct child_result res = {0};
+    res.rc = mq_migrate_to(mq_test_db_url(), schema, version, res.err,
+                           sizeof res.err);
+    (void)!write(p[1], &res, sizeof res);
+    _exit(0);
+  }
+  close(p[1]);
+  *fd = p[0];
+  return pid;
+}
+
+/* Waits (up to 30 s) until the migration `name` waits for a lock. */
+static bool migration_waits(const char *name) {
+  for (int i = 0; i < 1500; i++) {
+    char *s = sqlf("SELECT count(*) FROM pg_stat_activity"
+                   " WHERE wait_event_type = 'Lock' AND query LIKE '-- %s%%'",
+                   name);
+    bool waits = s && strcmp(s, "0") != 0;
+    free(s);
+    if (waits)
+      return true;
+    nanosleep(&(struct timespec){.tv_nsec = 20000000L}, NULL);
+  }
+  return false;
+}
+
+/* The child's result, after it exits. */
+static struct child_result migrated_in_child(pid_t pid, int fd) {
+  struct child_result res = {.rc = -100};
+  CHECK_INT(read(fd, &res, sizeof res), sizeof res);
+  close(fd);
+  int status;
+  CHECK_INT(waitpid(pid, &status, 0), pid);
+  return res;
+}
+
+/* One statement on `c`; its first value ("" for none), or the error. */
+static char *exec_on(PGconn *c, const char *sql) {
+  PGresult *r = PQexec(c, sql);
+  ExecStatusType st = PQresultStatus(r);
+  char *out = strdup(st == PGRES_TUPLES_OK && PQntuples(r) > 0
+                         ? PQgetvalue(r, 0, 0)
+                     : st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK
+                         ? ""
+                         : PQresultErrorMessage(r));
+  PQclear(r);
+  return out;
+}
+
+/* A connection for `schema` in a transaction, as a process of an older
+ * moonq is while it completes or retries jobs; `setup` runs first. */
+static PGconn *older_process(const char *schema, const char *setup) {
+  PGconn *c = PQconnectdb(mq_test_db_url());
+  REQUIRE(PQstatus(c) == CONNECTION_OK);
+  char sql[512];
+  snprintf(sql, sizeof sql,
+           "SET search_path = %s; SET moonq.no_wake = on; %s; BEGIN", schema,
+           setup);
+  char *s = exec_on(c, sql);
+  CHECK_STR(s, "");
+  free(s);
+  return c;
+}
+
+/* A migration to 036 of a schema at 035 holding `jobs` (run there with a
+ * process PROCESS), while a process of the older moonq is in a transaction
+ * (after `setup`) that holds `locks` and then runs `work`, whose first value
+ * must be `want`. PGOPTIONS `options` go to the migration. Then the
+ * migration has succeeded and `queue`'s counts hold `counts`. */
+static void upgrade_36_while(const char *tag, const char *jobs,
+                             const char *setup, const char *locks,
+                             const char *options, const char *work,
+                             const char *want, const char *queue,
+                             const char *counts) {
+  const char *schema = mq_test_schema(tag);
+  drop_schema(schema);
+  REQUIRE(mq_migrate_to(mq_test_db_url(), schema, 35, err, sizeof err) > 0);
+  free(sqlf("SET search_path = %s; SET moonq.no_wake = on;"
+            " INSERT INTO process (id, host, pid, version)"
+            "   VALUES (" PROCESS ", 'h', 1, 'x'); %s",
+            schema, jobs));
+  PGconn *w = older_process(schema, setup);
+  char *s = exec_on(w, locks);
+  CHECK_STR(s, "");
+  free(s);
+
+  int fd;
+  pid_t pid = migrate_in_child(schema, 36, options, &fd);
+  CHECK(migration_waits("036_job_counts"));
+  s = exec_on(w, work);
+  CHECK_STR(s, want);
+  free(s);
+  s = exec_on(w, "COMMIT");
+  CHECK_STR(s, "");
+  free(s);
+  PQfinish(w);
+  struct child_result res = migrated_in_child(pid, fd);
+  CHECK_INT(res.rc, 1);
+  CHECK_STR(res.err, "");
+
+  s = sqlf("SELECT %s.counts('%s') @> '%s'", schema, queue, counts);
+  CHECK_STR(s, "t");
+  free(s);
+  drop_schema(schema);
+}
+
+/* 036 while a process of the older moonq completes jobs: the completion
+ * has written job and job_archive (the LOCK stands for that) when the
+ * migration starts, and its trigger then writes the counts. The migration
+ * waits for it instead of deadlocking with it. The migration's own
+ * deadlock check is put off, so that a deadlock fails the completion. */
+static void upgrade_while_jobs_complete(void) {
+  upgrade_36_while("migrate_complete",
+                   "SELECT send('a', '{}'), send('a', '{}');"
+                   " SELECT count(*) FROM fetch_jobs('a', 2, " PROCESS ")",
+                   "SELECT 1", "LOCK TABLE job, job_archive IN ROW EXCLUSIVE MODE",
+                   "-c deadlock_timeout=60s",
+                   "SELECT count(*) FROM complete_jobs(ARRAY[1]::bigint[],"
+                   " '[null]', " PROCESS ")",
+                   "1", "a", "{\"active\": 1, \"completed\": 1}");
+}
+
+/* 036 while a process of the older moonq retries a failed job: retry_job
+ * has deleted the job from job_archive (the LOCK stands for that) when the
+ * migration starts, and then inserts it into job, which the migration has
+ * locked first. PostgreSQL breaks the deadlock by failing the migration
+ * (the process's own deadlock check is put off); the migration runs again
+ * once the retry has committed. */
+static void upgrade_while_jobs_retry(void) {
+  upgrade_36_while("migrate_retry",
+                   "SELECT send('b', '{}', '{\"retry_limit\": 0}');"
+                   " SELECT count(*) FROM fetch_jobs('b', 1, " PROCESS ");"
+                   " SELECT count(*) FROM fail_jobs(ARRAY[1]::bigint[],"
+                   "   ARRAY['{\"message\": \"no\"}'::jsonb], " PROCESS ")",
+                   "SET deadlock_timeout = '60s'",
+                   "LOCK TABLE job_archive IN ROW EXCLUSIVE MODE", NULL,
+                   "SELECT retry_job(1)", "t", "b",
+                   "{\"waiting\": 1, \"failed\": 0}");
+}
+
 int main(void) {
   mq_test_db_url();
   RUN(first_run_applies_everything);
@@ -391,5 +550,7 @@ int main(void) {
   RUN(upgrade_clamps_durations);
   RUN(upgrade_adopts_claims_without_process);
   RUN(upgrade_claims_many_queues);
+  RUN(upgrade_while_jobs_complete);
+  RUN(upgrade_while_jobs_retry);
   return mq_test_done();
 }
