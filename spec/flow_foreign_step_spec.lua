@@ -33,7 +33,7 @@ describe("a run's last step archived with another flow's step of the same run id
     end
     assert.equal(0, H.row("SELECT count(*)::int AS n FROM @.job WHERE run_id = $1"
       .. " AND state <> 'active'", run).n)
-    return "{" .. table.concat(ids, ",") .. "}"
+    return H.pg_array(ids)
   end
 
   local function run_row(run)

@@ -14,14 +14,8 @@ describe("a batch's outputs", function()
   -- sends n jobs to q and claims them; returns their ids as a PostgreSQL
   -- array literal
   local function claimed(q, n)
-    H.sql("SELECT count(*) FROM @.send_many($1, (SELECT jsonb_agg(jsonb_build_object('n', g))"
-      .. " FROM generate_series(1, $2::int) g))", q, n)
-    local ids = {}
-    for _, r in ipairs(H.sql("SELECT id FROM @.fetch_jobs($1, $2::int, $3::uuid) ORDER BY id",
-        q, n, PROCESS)) do
-      ids[#ids + 1] = r.id
-    end
-    return "{" .. table.concat(ids, ",") .. "}"
+    H.send_jobs(q, n)
+    return H.pg_array(H.claim_ids(q, n, PROCESS))
   end
 
   -- the queue's jobs still active, and archived

@@ -25,18 +25,11 @@ describe("counts of finished jobs", function()
 
   -- sends n jobs to q and claims them; returns their ids
   local function claimed(q, n)
-    H.sql("SELECT count(*) FROM @.send_many($1, (SELECT jsonb_agg(jsonb_build_object('n', g))"
-      .. " FROM generate_series(1, $2::int) g))", q, n)
-    local ids = {}
-    for _, r in ipairs(H.sql("SELECT id FROM @.fetch_jobs($1, $2::int, $3::uuid)", q, n, PROCESS)) do
-      ids[#ids + 1] = r.id
-    end
-    return ids
+    H.send_jobs(q, n)
+    return H.claim_ids(q, n, PROCESS)
   end
 
-  local function pg_array(ids)
-    return "{" .. table.concat(ids, ",") .. "}"
-  end
+  local pg_array = H.pg_array
 
   it("follow completions, failures, cancels, retries, purges, retention and truncation", function()
     local q = "counted"

@@ -11,9 +11,7 @@ describe("counts of waiting, delayed and active jobs", function()
   setup(function() H.open({ queue = { retry_limit = 1, retry_delay = 3600, retry_backoff = false } }) end)
   teardown(function() H.close() end)
 
-  local function pg_array(ids)
-    return "{" .. table.concat(ids, ",") .. "}"
-  end
+  local pg_array = H.pg_array
 
   -- counts(q) and the same counted from the rows of job, job_archive and queue
   local function both(q)
@@ -43,17 +41,10 @@ describe("counts of waiting, delayed and active jobs", function()
     assert.same(real, got)
   end
 
-  local function send_many(q, n, options)
-    H.sql("SELECT count(*) FROM @.send_many($1, (SELECT jsonb_agg(jsonb_build_object('n', g))"
-      .. " FROM generate_series(1, $2::int) g), $3::jsonb)", q, n, options or "{}")
-  end
+  local send_many = H.send_jobs
 
   local function fetch(q, n)
-    local ids = {}
-    for _, r in ipairs(H.sql("SELECT id FROM @.fetch_jobs($1, $2::int, $3::uuid) ORDER BY id", q, n, PROCESS)) do
-      ids[#ids + 1] = r.id
-    end
-    return ids
+    return H.claim_ids(q, n, PROCESS)
   end
 
   local function waiting_ids(q, n)

@@ -278,6 +278,29 @@ function H.ids(jobs)
   return out
 end
 
+-- A PostgreSQL array literal of a list of ids: "{1,2,3}".
+function H.pg_array(ids)
+  return "{" .. table.concat(ids, ",") .. "}"
+end
+
+-- Sends n jobs {"n": 1..n} to queue q in one send_many; `options` a JSON
+-- object as text (default "{}").
+function H.send_jobs(q, n, options)
+  H.sql("SELECT count(*) FROM @.send_many($1, (SELECT jsonb_agg(jsonb_build_object('n', g))"
+    .. " FROM generate_series(1, $2::int) g), $3::jsonb)", q, n, options or "{}")
+end
+
+-- Claims up to n jobs of queue q for process `process_id` (fetch_jobs);
+-- returns their ids in ascending order.
+function H.claim_ids(q, n, process_id)
+  local ids = {}
+  for _, r in ipairs(H.sql("SELECT id FROM @.fetch_jobs($1, $2::int, $3::uuid) ORDER BY id",
+      q, n, process_id)) do
+    ids[#ids + 1] = r.id
+  end
+  return ids
+end
+
 -- Rows of the hot table and of the archive.
 function H.job_rows()
   return H.row("SELECT count(*) AS n FROM @.job").n
