@@ -49,6 +49,36 @@ describe("queue fetch", function()
     assert.has_error(function() Q.fetch("limit", 0) end)
   end)
 
+  -- The claim updates the rows it locked where they are (sql/039): each
+  -- UPDATE of a waiting job writes its row anew elsewhere in the table.
+  it("claims jobs whose rows moved since they were sent, skipping one locked meanwhile", function()
+    local a = assert(Q.send("moved", { v = 0 }, { queue = "mq" }))
+    local b = assert(Q.send("moved", { v = 0 }, { queue = "mq" }))
+    local c = assert(Q.send("moved", { v = 0 }, { queue = "mq" }))
+    for v = 1, 3 do
+      H.sql("UPDATE @.job SET data = jsonb_build_object('v', $2::int) WHERE id = ANY($1::bigint[])",
+        H.pg_array({ a, b }), v)
+    end
+    -- another transaction updates c and holds it for a while
+    local hold = H.bg(("psql %s -X -q -c %s"):format(H.shq(H.url), H.shq(([[
+      BEGIN; UPDATE @.job SET data = '{"v": 9}' WHERE id = %d; SELECT pg_sleep(3); COMMIT;]])
+      :gsub("@%.", H.schema .. "."):format(c))))
+    assert(H.wait_for(function()
+      return H.row("SELECT count(*)::int AS n FROM pg_locks l JOIN pg_stat_activity s USING (pid)"
+        .. " WHERE l.locktype = 'transactionid' AND s.query LIKE '%pg_sleep(3)%'").n > 0
+    end, 10))
+    local jobs = assert(Q.fetch("mq", 10))
+    assert.same({ a, b }, H.ids(jobs))
+    assert.same({ { v = 3 }, { v = 3 } }, { jobs[1].data, jobs[2].data })
+    assert(H.wait_for(function() return not H.alive(hold) end, 10))
+    jobs = assert(Q.fetch("mq", 10))
+    assert.same({ c }, H.ids(jobs))
+    assert.same({ v = 9 }, jobs[1].data)
+    local r = H.row("SELECT count(*)::int AS n, count(*) FILTER (WHERE state = 'active'"
+      .. " AND attempt = 1)::int AS claimed FROM @.job WHERE queue = 'mq'")
+    assert.same({ n = 3, claimed = 3 }, { n = r.n, claimed = r.claimed })
+  end)
+
   it("priority order, FIFO within a priority", function()
     local a = assert(Q.send("prio", { n = "a" }))
     local b = assert(Q.send("prio", { n = "b" }, { priority = 5 }))
