@@ -148,12 +148,7 @@ DECLARE
   batch record := @schema@.batch_order(ids);
   noted boolean := events IS NOT NULL OR @schema@.job_events_on();
   done bigint[];
-  names text[];
-  queues text[];
-  done_attempts integer[];
-  run_ids text[];
-  done_outputs jsonb[];
-  emitted jsonb[];
+  done_jobs jsonb; -- when noted: [id, name, queue, attempt, run_id, output, emitted] each
 BEGIN
   PERFORM @schema@.check_outputs('complete_jobs', ids, outputs);
   WITH gone AS (
@@ -181,32 +176,32 @@ BEGIN
       FROM gone g
      WHERE g.retention > 0 OR g.run_id IS NOT NULL
   )
-  SELECT array_agg(g.id), array_agg(g.name) FILTER (WHERE noted),
-         array_agg(g.queue) FILTER (WHERE noted),
-         array_agg(g.attempt) FILTER (WHERE noted),
-         array_agg(g.run_id) FILTER (WHERE noted),
-         array_agg(g.new_output) FILTER (WHERE noted),
-         array_agg(g.new_events) FILTER (WHERE noted)
-    INTO done, names, queues, done_attempts, run_ids, done_outputs, emitted
+  SELECT array_agg(g.id),
+         jsonb_agg(jsonb_build_array(g.id, g.name, g.queue, g.attempt, g.run_id,
+                                     g.new_output, g.new_events)) FILTER (WHERE noted)
+    INTO done, done_jobs
     FROM gone g;
   IF noted AND done IS NOT NULL THEN
+    WITH g AS (
+      SELECT (d->>0)::bigint AS id, d->>1 AS name, d->>2 AS queue,
+             (d->>3)::integer AS attempt, d->>4 AS run_id,
+             nullif(d->5, 'null') AS output, nullif(d->6, 'null') AS emitted
+        FROM jsonb_array_elements(done_jobs) d
+    )
     INSERT INTO @schema@.queue_events (stream, type, data, run_id, attempt)
     SELECT x.stream, x.type, x.data, x.run_id, x.attempt
       FROM (SELECT coalesce(e.stream, @schema@.job_stream(g.name, g.id)) AS stream,
                    e.type, coalesce(e.data, '{}'::jsonb) AS data, g.run_id,
                    g.attempt, g.id, e.n
-              FROM unnest(done, names, done_attempts, run_ids, emitted)
-                     AS g(id, name, attempt, run_id, emitted),
-                   ROWS FROM (jsonb_to_recordset(g.emitted)
-                              AS (stream text, type text, data jsonb))
-                   WITH ORDINALITY AS e(stream, type, data, n)
+              FROM g, ROWS FROM (jsonb_to_recordset(g.emitted)
+                                 AS (stream text, type text, data jsonb))
+                      WITH ORDINALITY AS e(stream, type, data, n)
              WHERE g.emitted IS NOT NULL
             UNION ALL
             SELECT @schema@.job_stream(g.name, g.id), 'job.completed',
                    @schema@.completed_event_data(g.queue, g.attempt, g.output),
                    g.run_id, g.attempt, g.id, NULL
-              FROM unnest(done, names, queues, done_attempts, run_ids, done_outputs)
-                     AS g(id, name, queue, attempt, run_id, output)
+              FROM g
              WHERE @schema@.job_events_on()) x
      ORDER BY x.id, x.n NULLS LAST;
   END IF;
