@@ -189,14 +189,15 @@ EOF
   done
 }
 # fetch_ms LABEL -> "ms buffers": the duration of fetch_jobs' claim (its
-# choice of jobs, lock_waiting's ARRAY(...), plus the UPDATE, as
+# choice of jobs, lock_waiting_rows' SELECT (sql/039; before it
+# lock_waiting's ARRAY(...)), plus the UPDATE, as
 # auto_explain timed them) and the shared buffers its choice of jobs
 # touched: "all/scan", all = the choice (the walk and the row locks), scan =
 # the walk alone (the scan nodes in it).
 fetch_ms() {
   awk 'function bufs(   i, a, n) { for (i = 1; i <= NF; i++) if ($i ~ /^(hit|read)=/) { split($i, a, "="); n += a[2] }; return n }
        /duration: .* ms/ { for (i = 1; i <= NF; i++) if ($i == "duration:") d = $(i + 1); c = 0; next }
-       /Query Text: ARRAY\(/ { t += d; seen = 1; c = 1; next }
+       /Query Text: (ARRAY\(|SELECT coalesce\(array_agg\(x\.id\))/ { t += d; seen = 1; c = 1; next }
        /Query Text: WITH claimed AS/ { t += d; next }
        c && all == "" && /Buffers: shared/ { all = bufs(); next }
        c && /-> +(Index Scan|Index Only Scan|Bitmap Heap Scan|Seq Scan) .* on job / { f = 1; next }
