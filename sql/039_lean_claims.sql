@@ -48,7 +48,8 @@ BEGIN
 END $$;
 
 -- The job.active events of jobs this transaction claimed (given by id),
--- written after the claim, in the order of their ids.
+-- written after the claim, in the order of their ids. An id locked but
+-- not claimed (still waiting) gets none.
 CREATE FUNCTION @schema@.store_claim_events(ids bigint[], process_id uuid)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -58,7 +59,7 @@ BEGIN
                             'process_id', store_claim_events.process_id),
          j.run_id, j.attempt
     FROM @schema@.job j
-   WHERE j.id = ANY(ids)
+   WHERE j.id = ANY(ids) AND j.state = 'active'
    ORDER BY j.id;
   PERFORM @schema@.events_wake();
 END $$;
