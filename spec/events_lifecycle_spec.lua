@@ -105,6 +105,33 @@ moonq.close()
     assert.equal(job.attempt, list[4].attempt)
   end)
 
+  -- A flow step's claim and completion fire triggers that write the step's
+  -- events (step.started; step.completed and flow.completed) at the end
+  -- of the statement that changes its job. The job's own events come
+  -- first (sql/039), whichever function claims and completes it.
+  it("come before a flow step's and its run's events, in a run's history", function()
+    V.sql("SELECT @.store_flows($1::jsonb)",
+      '[{"flow": "solo", "steps": [{"step": "only", "job": "solo.only", "entry": true}]}]')
+    local pid = Q.process_id()
+    local function history(rid)
+      return types(V.sql("SELECT type FROM @.queue_events WHERE run_id = $1 ORDER BY id", rid))
+    end
+    -- fetch_jobs, then complete_jobs with events the handler emitted
+    local first = V.row("SELECT @.start_flow('solo', '{}') AS r").r
+    local id = V.row("SELECT id FROM @.fetch_jobs('solo.only', 1, $1::uuid)", pid).id
+    V.sql([=[SELECT @.complete_jobs(ARRAY[$1]::bigint[], '[{"k": 1}]', $2::uuid,
+                                    '[[{"type": "solo.note"}]]')]=], id, pid)
+    -- a worker's calls: fetch_jobs_many, complete_jobs_guarded without effects
+    local second = V.row("SELECT @.start_flow('solo', '{}') AS r").r
+    id = V.row([[SELECT id FROM @.fetch_jobs_many(ARRAY['solo.only'], ARRAY[1], $1::uuid,
+                                                   NULL, NULL)]], pid).id
+    V.sql("SELECT @.complete_jobs_guarded(ARRAY[$1]::bigint[], '[null]', $2::uuid)", id, pid)
+    assert.same({ "flow.started", "job.created", "job.active", "step.started", "solo.note",
+                  "job.completed", "step.completed", "flow.completed" }, history(first))
+    assert.same({ "flow.started", "job.created", "job.active", "step.started",
+                  "job.completed", "step.completed", "flow.completed" }, history(second))
+  end)
+
   it("leave a big output out of job.completed and give its size", function()
     local id = assert(Q.send("big", {}))
     local list = wait_events("big", id, 3)

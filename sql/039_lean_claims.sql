@@ -10,8 +10,12 @@
 --   whether events were on or not. PostgreSQL set that INSERT up at every
 --   call (its partitioned table, its generated column, a UNION, a sort):
 --   about 400,000 instructions a claim and completion, 11% of a batch of
---   10. The events are now written by a second statement, run only when
---   they are on (or a handler emitted some), from what the first returned.
+--   10. The events are now written by a statement of their own, run only
+--   when they are on (or a handler emitted some), before the claim's
+--   UPDATE and the completion's DELETE, from the rows those are about to
+--   change, locked: so a flow step's job.active still comes before the
+--   step.started that the UPDATE's statement trigger writes, and its
+--   job.completed before step.completed and flow.completed.
 -- - The claim locked its jobs (lock_waiting) and then found them again by
 --   primary key to update them. lock_waiting_rows also returns where the
 --   locked rows are (ctid), and the UPDATE goes straight there: a row
@@ -47,27 +51,28 @@ BEGIN
            LIMIT n) x;
 END $$;
 
--- The job.active events of jobs this transaction claimed (given by id),
--- written after the claim, in the order of their ids. An id locked but
--- not claimed (still waiting) gets none.
+-- The job.active events of jobs this transaction has locked to claim and
+-- is about to claim, at their attempt + 1 (given by id), in the order of
+-- their ids. Written before the claim's UPDATE, whose statement triggers
+-- write a flow step's step.started: a step's job.active comes first.
 CREATE FUNCTION @schema@.store_claim_events(ids bigint[], process_id uuid)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO @schema@.queue_events (stream, type, data, run_id, attempt)
   SELECT @schema@.job_stream(j.name, j.id), 'job.active',
-         jsonb_build_object('queue', j.queue, 'attempt', j.attempt,
+         jsonb_build_object('queue', j.queue, 'attempt', j.attempt + 1,
                             'process_id', store_claim_events.process_id),
-         j.run_id, j.attempt
+         j.run_id, j.attempt + 1
     FROM @schema@.job j
-   WHERE j.id = ANY(ids) AND j.state = 'active'
+   WHERE j.id = ANY(ids)
    ORDER BY j.id;
   PERFORM @schema@.events_wake();
 END $$;
 
 -- fetch_jobs (023) and fetch_jobs_many (027): the claim by position, the
--- events only when on. The edits are made with the bodies unchecked (a
--- body between two edits names a variable not declared yet), then each
--- function is checked whole.
+-- events only when on, before the UPDATE. The edits are made with the
+-- bodies unchecked (a body between two edits names a variable not
+-- declared yet), then each function is checked whole.
 SET LOCAL check_function_bodies = off;
 SELECT @schema@.patch_function('@schema@.fetch_jobs(text,integer,uuid,integer,bigint)',
   old, new)
@@ -90,8 +95,12 @@ SELECT @schema@.patch_function('@schema@.fetch_jobs(text,integer,uuid,integer,bi
      ORDER BY c.id
   )
 $old$, E'  )\n'),
-    ('PERFORM @schema@.events_wake();',
-     'PERFORM @schema@.store_claim_events(locked.ids, process_id);')
+    (E'  IF FOUND AND @schema@.job_events_on() THEN\n'
+     '    PERFORM @schema@.events_wake();\n  END IF;\n', ''),
+    (E'  RETURN QUERY\n  WITH claimed AS (\n',
+     E'  IF @schema@.job_events_on() THEN\n'
+     '    PERFORM @schema@.store_claim_events(locked.ids, process_id);\n'
+     '  END IF;\n  RETURN QUERY\n  WITH claimed AS (\n')
   ) AS edit(old, new);
 
 SELECT @schema@.patch_function('@schema@.fetch_jobs_many(text[],integer[],uuid,integer[],bigint[])',
@@ -126,8 +135,12 @@ $new$),
      ORDER BY c.id
   )
 $old$, E'  )\n'),
-    ('PERFORM @schema@.events_wake();',
-     'PERFORM @schema@.store_claim_events(ids, process_id);')
+    (E'  IF FOUND AND @schema@.job_events_on() THEN\n'
+     '    PERFORM @schema@.events_wake();\n  END IF;\n', ''),
+    (E'  RETURN QUERY\n  WITH claimed AS (\n',
+     E'  IF @schema@.job_events_on() THEN\n'
+     '    PERFORM @schema@.store_claim_events(ids, process_id);\n'
+     '  END IF;\n  RETURN QUERY\n  WITH claimed AS (\n')
   ) AS edit(old, new);
 
 SET LOCAL check_function_bodies = on;
@@ -136,22 +149,50 @@ SELECT plpgsql_validator('@schema@.fetch_jobs(text,integer,uuid,integer,bigint)'
 
 DROP FUNCTION @schema@.lock_waiting(text, integer, bigint, bigint);
 
--- complete_jobs (033, 035): the jobs are deleted and archived by one
--- statement, which also returns what their events need when events are
--- wanted (a handler emitted some, or job events are on); a second
--- statement writes those: each job's emitted events in their order, then
--- its job.completed, jobs in the order of their ids.
+-- complete_jobs (033, 035): when events are wanted (a handler emitted
+-- some, or job events are on), a statement of their own locks the batch's
+-- jobs and writes them first: each job's emitted events in their order,
+-- then its job.completed, jobs in the order of their ids. The jobs then
+-- are deleted and archived as they were locked; the archive INSERT's
+-- statement trigger writes a flow step's step.completed (and
+-- flow.completed) after them. Without events, that one statement alone.
 CREATE OR REPLACE FUNCTION @schema@.complete_jobs(ids bigint[], outputs jsonb, process_id uuid,
                                                   events jsonb DEFAULT NULL,
                                                   attempts integer[] DEFAULT NULL)
 RETURNS SETOF bigint LANGUAGE plpgsql AS $$
 DECLARE
   batch record := @schema@.batch_order(ids);
-  noted boolean := events IS NOT NULL OR @schema@.job_events_on();
-  done bigint[];
-  done_jobs jsonb; -- when noted: [id, name, queue, attempt, run_id, output, emitted] each
 BEGIN
   PERFORM @schema@.check_outputs('complete_jobs', ids, outputs);
+  IF events IS NOT NULL OR @schema@.job_events_on() THEN
+    WITH g AS (
+      SELECT j.id, j.name, j.queue, j.attempt, j.run_id,
+             batch.positions[width_bucket(j.id, batch.sorted)] AS k
+        FROM @schema@.job j
+       WHERE j.id = ANY(ids) AND j.state = 'active'
+         AND j.process_id IS NOT DISTINCT FROM complete_jobs.process_id
+         AND coalesce(attempts[batch.positions[width_bucket(j.id, batch.sorted)]], 0)
+             IN (0, j.attempt)
+         FOR UPDATE
+    )
+    INSERT INTO @schema@.queue_events (stream, type, data, run_id, attempt)
+    SELECT x.stream, x.type, x.data, x.run_id, x.attempt
+      FROM (SELECT coalesce(e.stream, @schema@.job_stream(g.name, g.id)) AS stream,
+                   e.type, coalesce(e.data, '{}'::jsonb) AS data, g.run_id,
+                   g.attempt, g.id, e.n
+              FROM g, ROWS FROM (jsonb_to_recordset(nullif(events -> (g.k - 1), 'null'))
+                                 AS (stream text, type text, data jsonb))
+                      WITH ORDINALITY AS e(stream, type, data, n)
+            UNION ALL
+            SELECT @schema@.job_stream(g.name, g.id), 'job.completed',
+                   @schema@.completed_event_data(g.queue, g.attempt,
+                                                 nullif(outputs -> (g.k - 1), 'null')),
+                   g.run_id, g.attempt, g.id, NULL
+              FROM g
+             WHERE @schema@.job_events_on()) x
+     ORDER BY x.id, x.n NULLS LAST;
+  END IF;
+  RETURN QUERY
   WITH gone AS (
     DELETE FROM @schema@.job j
      WHERE j.id = ANY(ids) AND j.state = 'active'
@@ -160,9 +201,7 @@ BEGIN
            IN (0, j.attempt)
     RETURNING j.*,
       nullif(outputs -> (batch.positions[width_bucket(j.id, batch.sorted)] - 1),
-             'null'::jsonb) AS new_output,
-      nullif(events -> (batch.positions[width_bucket(j.id, batch.sorted)] - 1),
-             'null'::jsonb) AS new_events
+             'null'::jsonb) AS new_output
   ), kept AS (
     INSERT INTO @schema@.job_archive
       (id, queue, name, data, state, priority, retry_limit, attempt,
@@ -177,39 +216,10 @@ BEGIN
       FROM gone g
      WHERE g.retention > 0 OR g.run_id IS NOT NULL
   )
-  SELECT array_agg(g.id),
-         jsonb_agg(jsonb_build_array(g.id, g.name, g.queue, g.attempt, g.run_id,
-                                     g.new_output, g.new_events)) FILTER (WHERE noted)
-    INTO done, done_jobs
-    FROM gone g;
-  IF noted AND done IS NOT NULL THEN
-    WITH g AS (
-      SELECT (d->>0)::bigint AS id, d->>1 AS name, d->>2 AS queue,
-             (d->>3)::integer AS attempt, d->>4 AS run_id,
-             nullif(d->5, 'null') AS output, nullif(d->6, 'null') AS emitted
-        FROM jsonb_array_elements(done_jobs) d
-    )
-    INSERT INTO @schema@.queue_events (stream, type, data, run_id, attempt)
-    SELECT x.stream, x.type, x.data, x.run_id, x.attempt
-      FROM (SELECT coalesce(e.stream, @schema@.job_stream(g.name, g.id)) AS stream,
-                   e.type, coalesce(e.data, '{}'::jsonb) AS data, g.run_id,
-                   g.attempt, g.id, e.n
-              FROM g, ROWS FROM (jsonb_to_recordset(g.emitted)
-                                 AS (stream text, type text, data jsonb))
-                      WITH ORDINALITY AS e(stream, type, data, n)
-             WHERE g.emitted IS NOT NULL
-            UNION ALL
-            SELECT @schema@.job_stream(g.name, g.id), 'job.completed',
-                   @schema@.completed_event_data(g.queue, g.attempt, g.output),
-                   g.run_id, g.attempt, g.id, NULL
-              FROM g
-             WHERE @schema@.job_events_on()) x
-     ORDER BY x.id, x.n NULLS LAST;
-  END IF;
-  IF events IS NOT NULL OR (done IS NOT NULL AND @schema@.job_events_on()) THEN
+  SELECT g.id FROM gone g;
+  IF events IS NOT NULL OR (FOUND AND @schema@.job_events_on()) THEN
     PERFORM @schema@.events_wake();
   END IF;
-  RETURN QUERY SELECT unnest(done);
 END $$;
 
 -- batch_order (031) in plpgsql: the same result, its plan kept.
