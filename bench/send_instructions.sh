@@ -15,6 +15,7 @@
 #   BENCH_PATCH="f.sql ..."         also a schema send_patch: the current
 #                                   migrations, then these files (@schema@
 #                                   replaced by send_patch), counted too
+#   BENCH_JOB_EVENTS=1              the drain with job events on
 #   BENCH_SEND=0                    leave the single sends out
 #   BUILD_DIR=DIR                   build directory (default build-bench)
 #
@@ -44,6 +45,8 @@ if [ -n "${BENCH_PATCH:-}" ]; then
   schemas+=(send_patch)
 fi
 psql "$url" -q -v ON_ERROR_STOP=1 -f "$repo/bench/sql/floor_setup.sql" >/dev/null 2>&1
+job_events=false
+[ -n "${BENCH_JOB_EVENTS:-}" ] && job_events=true
 if [ -n "${BENCH_DRAIN:-}" ]; then
   # the jobs drain() claims below: (6 + 2) + (6 + 7) calls of 500 and
   # (10 + 50) + (10 + 250) of 10
@@ -53,6 +56,8 @@ if [ -n "${BENCH_DRAIN:-}" ]; then
                                             FROM generate_series(1, 1000) g), '{}')
         FROM generate_series(1, 14)) x" >/dev/null
     psql "$url" -qAtX -v ON_ERROR_STOP=1 -c "VACUUM ANALYZE $s.job" >/dev/null
+    psql "$url" -qAtX -v ON_ERROR_STOP=1 \
+      -c "SELECT $s.store_job_events($job_events)" >/dev/null
   done
 fi
 data=$(psql "$url" -qAtX -c "SHOW data_directory")
