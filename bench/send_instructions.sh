@@ -121,9 +121,9 @@ if [ -n "${BENCH_DRAIN:-}" ]; then
       printf '%9.0f  %s\n' "$(awk -v a="$a" -v b="$b" -v n="$(( ($4 - $3) * $1 ))" 'BEGIN {print (b - a) / n}')" "$s" | tee -a "$out/summary.txt"
     done
   }
-  echo "per job of a claim of 500 jobs and its completion (a worker at concurrency 500):" | tee -a "$out/summary.txt"
+  echo "per job of a claim of 500 jobs and its completion, each its own transaction (a worker at concurrency 500):" | tee -a "$out/summary.txt"
   drain 500 6 2 7
-  echo "per job of a claim of 10 jobs and its completion (the default concurrency):" | tee -a "$out/summary.txt"
+  echo "per job of a claim of 10 jobs and its completion, each its own transaction (the default concurrency):" | tee -a "$out/summary.txt"
   drain 10 10 50 250
 fi
 rm -rf "$work"
